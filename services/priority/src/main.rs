@@ -1,0 +1,32 @@
+//! The `priority` binary: parses the common serve options, then serves the priority service with
+//! the mesh runtime until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use protomesh::config::ServeConfig;
+use protomesh::server::MeshServer;
+use protomesh_priority::{PriorityHandler, PriorityServiceServer};
+
+/// Scores tasks by urgency × impact over gRPC, registered in Consul.
+#[derive(Debug, Parser)]
+#[command(name = "priority", version)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = protomesh::telemetry::init(cli.serve.log_format, "priority") {
+        eprintln!("priority: {err}");
+        return ExitCode::FAILURE;
+    }
+    let served = MeshServer::new("priority", cli.serve)
+        .version(env!("CARGO_PKG_VERSION"))
+        .add_service(PriorityServiceServer::new(PriorityHandler))
+        .serve()
+        .await;
+    protomesh::telemetry::exit_code(served)
+}

@@ -1,0 +1,131 @@
+//! The `mesh` command: `mesh up` brings a whole dev mesh up (Consul dev agent, services), `mesh
+//! status` shows what Consul knows about it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use protomesh::config::LogFormat;
+use protomesh::consul::{ConsulClient, ConsulConfig};
+use protomesh::devmesh::{self, ServiceSpec, UpOptions};
+
+/// protomesh: a Rust gRPC service mesh on Consul.
+#[derive(Debug, Parser)]
+#[command(name = "mesh", version)]
+struct Cli {
+    /// Consul agent HTTP address.
+    #[arg(
+        long = "consul-addr",
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "127.0.0.1:8500",
+        global = true
+    )]
+    consul_addr: String,
+    /// Consul ACL token.
+    #[arg(
+        long = "consul-token",
+        env = "CONSUL_HTTP_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    consul_token: Option<String>,
+    /// Log format of the mesh command itself.
+    #[arg(long, env = "PROTOMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a Consul dev agent if none answers, start the services, wait until they pass, and
+    /// run until Ctrl-C.
+    Up {
+        /// Services to start, `name=count` (binary name = Consul service name).
+        #[arg(long = "service", default_values_t = vec!["priority=3".to_owned()])]
+        services: Vec<String>,
+        /// Folder of the service binaries (defaults to the folder of this `mesh` binary).
+        #[arg(long, env = "PROTOMESH_BIN_DIR")]
+        bin_dir: Option<PathBuf>,
+        /// Folder for logs.
+        #[arg(long, default_value = "target/mesh-logs")]
+        log_dir: PathBuf,
+        /// The `consul` binary to start a dev agent with.
+        #[arg(long, env = "CONSUL_BIN")]
+        consul_bin: Option<PathBuf>,
+        /// How long to wait for every instance to pass.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ready_timeout: Duration,
+    },
+    /// List services, instances, addresses and check states from Consul.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = protomesh::telemetry::init(cli.log_format, "mesh") {
+        eprintln!("mesh: {err}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("mesh: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mesh: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut consul =
+        ConsulConfig::new(&cli.consul_addr).context("CONSUL_HTTP_ADDR / --consul-addr")?;
+    if let Some(token) = cli.consul_token.filter(|t| !t.is_empty()) {
+        consul = consul.with_token(token);
+    }
+    match cli.command {
+        Command::Status => {
+            let client = ConsulClient::new(consul)?;
+            print!("{}", devmesh::status(&client).await?);
+        }
+        Command::Up {
+            services,
+            bin_dir,
+            log_dir,
+            consul_bin,
+            ready_timeout,
+        } => {
+            let services = services
+                .iter()
+                .map(|s| s.parse::<ServiceSpec>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => std::env::current_exe()?
+                    .parent()
+                    .context("the mesh binary has no parent folder")?
+                    .to_path_buf(),
+            };
+            let options = UpOptions {
+                consul,
+                consul_binary: consul_bin,
+                bin_dir,
+                log_dir,
+                services,
+                ready_timeout,
+                stop_grace: Duration::from_secs(15),
+            };
+            let mut stdout = std::io::stdout();
+            devmesh::up(options, &mut stdout, protomesh::server::shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}

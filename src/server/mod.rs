@@ -1,0 +1,364 @@
+//! Serving a mesh service: one call adds gRPC health, server reflection (v1 and v1alpha), Consul
+//! registration under a gRPC health check, and a lame-duck graceful shutdown to a tonic service.
+//!
+//! Lifecycle of [`MeshServer::serve`]:
+//! 1. bind the listener (port 0 picks a free port) and mark every service SERVING;
+//! 2. register with the local Consul agent (ID `<name>-<host>-<port>`, tag `grpc`, meta, one `GRPC`
+//!    check per gRPC service) and keep the registration alive across agent restarts;
+//! 3. on SIGTERM/SIGINT: NOT_SERVING at once, deregister, keep serving for the lame-duck period so
+//!    watchers and balancers see the change, then stop accepting and send HTTP/2 GOAWAY, let
+//!    in-flight calls finish within the drain timeout, cut what is left, return `Ok(())`.
+
+mod cuttable;
+mod registration;
+mod shutdown;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeConfig;
+use crate::consul::{ConsulClient, ConsulError, Registrar, Registration};
+
+pub use registration::instance_registration;
+pub use shutdown::shutdown_signal;
+
+/// Name of the standard gRPC health service.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Why a mesh server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (--listen / PROTOMESH_LISTEN): {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Consul settings are invalid.
+    #[error("invalid Consul settings (CONSUL_HTTP_ADDR / --consul-addr, CONSUL_HTTP_TOKEN): {0}")]
+    ConsulConfig(#[source] ConsulError),
+    /// The first registration with the Consul agent failed.
+    #[error("cannot register {service_id} with the Consul agent: {source}")]
+    Register {
+        /// The instance's service ID.
+        service_id: String,
+        /// What the agent (or the network) said.
+        #[source]
+        source: ConsulError,
+    },
+    /// The reflection service could not read the descriptor sets.
+    #[error("invalid descriptor set for server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A tonic server with health, reflection, Consul registration and graceful shutdown.
+pub struct MeshServer {
+    name: String,
+    version: String,
+    config: ServeConfig,
+    routes: Routes,
+    grpc_services: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    health: HealthReporter,
+}
+
+impl MeshServer {
+    /// A server for the Consul service `name` (for example `priority`), configured by `config`.
+    /// It serves the descriptors of [`crate::proto::FILE_DESCRIPTOR_SET`] over reflection.
+    pub fn new(name: impl Into<String>, config: ServeConfig) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        Self {
+            name: name.into(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            config,
+            routes: Routes::new(health_service),
+            grpc_services: Vec::new(),
+            descriptor_sets: vec![crate::proto::FILE_DESCRIPTOR_SET],
+            health,
+        }
+    }
+
+    /// The service's own version, put in its Consul meta (`version`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Adds a generated tonic service. Its health status follows the server's, reflection lists it,
+    /// and Consul checks it with its own gRPC health check.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes = self.routes.add_service(service);
+        self.grpc_services.push(S::NAME);
+        self
+    }
+
+    /// Adds another encoded descriptor set for reflection (for services generated outside this crate).
+    pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// A handle to change the health status of services while serving.
+    pub fn health_reporter(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Binds the listener; the returned server knows its real address.
+    pub async fn bind(self) -> Result<BoundServer, ServeError> {
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: self.config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+            addr: self.config.listen,
+            source,
+        })?;
+        Ok(BoundServer {
+            server: self,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Binds, registers and serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn serve(self) -> Result<(), ServeError> {
+        self.bind().await?.run_until(shutdown_signal()).await
+    }
+}
+
+/// A [`MeshServer`] whose listener is bound.
+pub struct BoundServer {
+    server: MeshServer,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundServer {
+    /// The address the listener really bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers and serves until `signal` completes, then runs the graceful shutdown.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let BoundServer {
+            server,
+            listener,
+            local_addr,
+        } = self;
+        let MeshServer {
+            name,
+            version,
+            config,
+            routes,
+            grpc_services,
+            descriptor_sets,
+            health,
+        } = server;
+
+        let routes = routes
+            .add_service(reflection_v1(&descriptor_sets, &grpc_services)?)
+            .add_service(reflection_v1alpha(&descriptor_sets, &grpc_services)?);
+        for service in &grpc_services {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+
+        let (stop_accepting, stop_accepting_rx) = oneshot::channel::<()>();
+        // Every connection is cuttable, so the drain timeout really bounds the shutdown.
+        let cut_connections = CancellationToken::new();
+        let cut = cut_connections.clone();
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
+        let mut serving = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_accepting_rx.await;
+                }),
+        );
+
+        let registration = if config.no_register {
+            tracing::info!(service = %name, %local_addr, "serving (not registered in Consul)");
+            None
+        } else {
+            match register(&name, &version, &config, local_addr, &grpc_services).await {
+                Ok(registration) => Some(registration),
+                Err(err) => {
+                    serving.abort();
+                    return Err(err);
+                }
+            }
+        };
+
+        tokio::select! {
+            () = signal => {}
+            result = &mut serving => {
+                // The server stopped on its own: only an error can do that.
+                return match result {
+                    Ok(outcome) => outcome.map_err(ServeError::from),
+                    Err(join) => {
+                        tracing::error!(error = %join, "gRPC server task ended");
+                        Ok(())
+                    }
+                };
+            }
+        }
+
+        // Lame duck: tell health checkers and watchers first, keep answering meanwhile.
+        tracing::info!(service = %name, lame_duck = ?config.lame_duck, "shutting down: NOT_SERVING");
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for service in &grpc_services {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        if let Some(registration) = registration {
+            let service_id = registration.service_id().to_owned();
+            match registration.deregister().await {
+                Ok(()) => tracing::info!(%service_id, "deregistered from Consul"),
+                Err(err) => tracing::warn!(%service_id, error = %err, "deregistration failed"),
+            }
+        }
+        tokio::time::sleep(config.lame_duck).await;
+
+        // Stop accepting, send GOAWAY, drain within the bound, cut what is left.
+        let _ = stop_accepting.send(());
+        match tokio::time::timeout(config.drain_timeout, &mut serving).await {
+            Ok(Ok(outcome)) => {
+                tracing::info!(service = %name, "drained; stopped");
+                outcome.map_err(ServeError::from)
+            }
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "gRPC server task ended");
+                Ok(())
+            }
+            Err(_) => {
+                cut_connections.cancel();
+                serving.abort();
+                tracing::warn!(
+                    service = %name,
+                    drain_timeout = ?config.drain_timeout,
+                    "drain timeout reached; closing the remaining connections"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Registers the instance with the Consul agent and keeps it registered.
+async fn register(
+    name: &str,
+    version: &str,
+    config: &ServeConfig,
+    local_addr: SocketAddr,
+    grpc_services: &[&'static str],
+) -> Result<Registration, ServeError> {
+    let consul_config = config.consul().map_err(ServeError::ConsulConfig)?;
+    let client = ConsulClient::new(consul_config).map_err(ServeError::ConsulConfig)?;
+    let advertise = match config.advertise {
+        Some(addr) => addr,
+        None => registration::advertise_addr(local_addr, client.address()),
+    };
+    let registration = instance_registration(name, version, advertise, grpc_services, config);
+    let service_id = registration.id.clone();
+    let handle = Registrar::new(client, registration)
+        .register()
+        .await
+        .map_err(|source| ServeError::Register {
+            service_id: service_id.clone(),
+            source,
+        })?;
+    tracing::info!(%service_id, %advertise, "registered in Consul");
+    Ok(handle)
+}
+
+/// Names advertised by reflection: the mesh services, health, and reflection itself.
+fn advertised_names(grpc_services: &[&'static str]) -> Vec<&'static str> {
+    let mut names = grpc_services.to_vec();
+    names.push(HEALTH_SERVICE);
+    names
+}
+
+/// Builds the `grpc.reflection.v1` service over `descriptor_sets`, listing only served services.
+fn reflection_v1(
+    descriptor_sets: &[&'static [u8]],
+    grpc_services: &[&'static str],
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    ServeError,
+> {
+    Ok(reflection_builder(descriptor_sets, grpc_services)
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1()?)
+}
+
+/// Builds the `grpc.reflection.v1alpha` service (grpcurl 1.8 asks only for this one).
+fn reflection_v1alpha(
+    descriptor_sets: &[&'static [u8]],
+    grpc_services: &[&'static str],
+) -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    ServeError,
+> {
+    Ok(reflection_builder(descriptor_sets, grpc_services)
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()?)
+}
+
+/// The reflection builder both versions share: our descriptors, health's, the served names.
+fn reflection_builder<'b>(
+    descriptor_sets: &[&'b [u8]],
+    grpc_services: &[&'static str],
+) -> tonic_reflection::server::Builder<'b> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in descriptor_sets {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    for name in advertised_names(grpc_services) {
+        builder = builder.with_service_name(name);
+    }
+    builder
+}

@@ -1,0 +1,125 @@
+//! Rich gRPC errors: `tonic::Status` values that carry `google.rpc` details (the field a request got
+//! wrong), so grpcurl and the gateway can name the field.
+
+use prost::Message;
+use tonic::{Code, Status};
+
+use crate::proto::google::rpc;
+
+/// Type URL of `google.rpc.BadRequest` inside a `google.protobuf.Any`.
+const BAD_REQUEST_TYPE_URL: &str = "type.googleapis.com/google.rpc.BadRequest";
+
+/// One field of a request and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Path of the field, dotted and indexed as in the request (`tasks[2].urgency`).
+    pub field: String,
+    /// What is wrong, for a person to read (`must be between 1 and 10, got 11`).
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// `INVALID_ARGUMENT` naming one field, in the message and as a `google.rpc.BadRequest` detail.
+pub fn invalid_argument(field: impl Into<String>, description: impl Into<String>) -> Status {
+    bad_request(vec![FieldViolation::new(field, description)])
+}
+
+/// `INVALID_ARGUMENT` naming every violation, in the message and as a `google.rpc.BadRequest` detail.
+pub fn bad_request(violations: Vec<FieldViolation>) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let detail = rpc::BadRequest {
+        field_violations: violations
+            .into_iter()
+            .map(|v| rpc::bad_request::FieldViolation {
+                field: v.field,
+                description: v.description,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    with_details(
+        Code::InvalidArgument,
+        message,
+        detail.encode_to_vec(),
+        BAD_REQUEST_TYPE_URL,
+    )
+}
+
+/// A status whose `grpc-status-details-bin` is a `google.rpc.Status` holding one detail.
+fn with_details(code: Code, message: String, detail: Vec<u8>, type_url: &str) -> Status {
+    let status = rpc::Status {
+        code: code as i32,
+        message: message.clone(),
+        details: vec![prost_types::Any {
+            type_url: type_url.to_owned(),
+            value: detail,
+        }],
+    };
+    Status::with_details(code, message, status.encode_to_vec().into())
+}
+
+/// The field violations of a status built by [`bad_request`] (or any server that sends
+/// `google.rpc.BadRequest` details); empty when it has none.
+pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
+    let Ok(rpc_status) = rpc::Status::decode(status.details()) else {
+        return Vec::new();
+    };
+    rpc_status
+        .details
+        .iter()
+        .filter(|any| any.type_url == BAD_REQUEST_TYPE_URL)
+        .filter_map(|any| rpc::BadRequest::decode(any.value.as_slice()).ok())
+        .flat_map(|br| br.field_violations)
+        .map(|v| FieldViolation::new(v.field, v.description))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_message_and_details() {
+        let status = invalid_argument("urgency", "must be between 1 and 10, got 11");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "urgency: must be between 1 and 10, got 11"
+        );
+        assert_eq!(
+            field_violations(&status),
+            vec![FieldViolation::new(
+                "urgency",
+                "must be between 1 and 10, got 11"
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_request_joins_every_violation() {
+        let status = bad_request(vec![
+            FieldViolation::new("urgency", "too low"),
+            FieldViolation::new("impact", "too high"),
+        ]);
+        assert_eq!(status.message(), "urgency: too low; impact: too high");
+        assert_eq!(field_violations(&status).len(), 2);
+    }
+
+    #[test]
+    fn a_status_without_details_has_no_violations() {
+        assert!(field_violations(&Status::internal("boom")).is_empty());
+    }
+}

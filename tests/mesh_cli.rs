@@ -1,0 +1,148 @@
+//! The `mesh` command end to end: `mesh up` starts its own Consul dev agent and three priority
+//! instances, prints what to try, and stops everything on Ctrl-C; `mesh status` shows the instances.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use protomesh::consul::{ConsulClient, ConsulConfig, QueryOptions};
+use support::{binary, eventually, spawn_priority, tempdir, tool, Consul};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn mesh_status_lists_instances_with_addresses_and_check_states() {
+    let consul = Consul::start().await;
+    let _priority = spawn_priority(&consul.addr(), &[]);
+    eventually(Duration::from_secs(10), "a passing instance", || async {
+        (!consul.instances("priority", true).await.is_empty()).then_some(())
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("status")
+        .env("CONSUL_HTTP_ADDR", consul.addr())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("priority"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("priority-127.0.0.1-"), "{row}");
+    assert!(row.contains("passing"), "{row}");
+    assert!(
+        row.contains("gRPC health of protomesh.priority.v1.PriorityService: passing"),
+        "{row}"
+    );
+}
+
+#[tokio::test]
+async fn mesh_status_against_no_agent_is_a_clear_error() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg("status")
+        .env("CONSUL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
+    let port = free_port();
+    let consul_addr = format!("127.0.0.1:{port}");
+    let priority = binary("priority");
+    let mut mesh = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--log-dir"])
+        .arg(tempdir())
+        .arg("--bin-dir")
+        .arg(priority.parent().unwrap())
+        .env("CONSUL_HTTP_ADDR", &consul_addr)
+        .env("CONSUL_BIN", tool("consul"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // kill_on_drop for a std child: make sure a failing assertion still ends it.
+    struct Guard(u32);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+    let _guard = Guard(mesh.id());
+
+    let stdout = mesh.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        seen
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(90), banner)
+        .await
+        .expect("mesh up reports ready")
+        .unwrap();
+    assert!(banner.contains("started a Consul dev agent"), "{banner}");
+    assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+
+    let client = ConsulClient::new(ConsulConfig::new(&consul_addr).unwrap()).unwrap();
+    let passing = client
+        .health_service(
+            "priority",
+            &QueryOptions {
+                passing: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(passing.len(), 3, "{banner}");
+    let addrs: Vec<String> = passing
+        .iter()
+        .map(|e| format!("{}:{}", e.service.address, e.service.port))
+        .collect();
+
+    kill(Pid::from_raw(mesh.id() as i32), Signal::SIGINT).unwrap();
+    let status = tokio::task::spawn_blocking(move || mesh.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "mesh up exits 0 after Ctrl-C: {status}");
+    for addr in addrs {
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "{addr} still accepts connections"
+        );
+    }
+    assert!(
+        std::net::TcpStream::connect(&consul_addr).is_err(),
+        "the dev agent it started is stopped"
+    );
+}

@@ -1,0 +1,159 @@
+//! Helpers shared by the integration tests: find or build the binaries, start a private Consul dev
+//! agent on free ports, start service processes (killed on drop), run grpcurl, and poll for a
+//! condition with a deadline instead of sleeping.
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
+use protomesh::devmesh::ServiceProcess;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/<profile>` of this test binary (`target/debug/deps/<test>` → `target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Path of a workspace binary, built first if it is missing.
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.is_file() {
+        let profile = target_dir()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(repo_root()).args(["build", "--bin", name]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// A tool from `.tools/bin` (installed by scripts/setup.sh), or from PATH.
+pub fn tool(name: &str) -> PathBuf {
+    let local = repo_root().join(".tools/bin").join(name);
+    if local.exists() {
+        return local;
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| panic!("{name} not found: run scripts/setup.sh"))
+}
+
+/// A private Consul dev agent on free loopback ports, killed on drop.
+pub struct Consul {
+    pub agent: DevAgent,
+    pub client: ConsulClient,
+}
+
+impl Consul {
+    pub async fn start() -> Self {
+        let log = tempdir().join("consul.log");
+        let agent = DevAgent::start(DevAgentOptions {
+            binary: tool("consul"),
+            http_port: None,
+            node_name: None,
+            log_file: Some(log),
+            extra_args: Vec::new(),
+        })
+        .unwrap();
+        agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let client = agent.client().unwrap();
+        Self { agent, client }
+    }
+
+    pub fn addr(&self) -> String {
+        self.agent.http_addr()
+    }
+
+    /// Instances of `service` Consul reports (all, or passing only).
+    pub async fn instances(&self, service: &str, passing: bool) -> Vec<ServiceEntry> {
+        let opts = QueryOptions {
+            passing,
+            ..Default::default()
+        };
+        match self.client.health_service(service, &opts).await {
+            Ok(response) => response.value,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A unique name for a service in one test (Consul is private per test, but names in logs help).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh folder under the system temp dir.
+pub fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("protomesh-test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts the `priority` binary registered with `consul_addr`, listening on a port it picks.
+pub fn spawn_priority(consul_addr: &str, extra_args: &[&str]) -> ServiceProcess {
+    let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+    ServiceProcess::spawn(
+        unique("priority"),
+        &binary("priority"),
+        &args,
+        &[
+            ("CONSUL_HTTP_ADDR".into(), consul_addr.into()),
+            ("PROTOMESH_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ],
+        tempdir().join("priority.log"),
+    )
+    .unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs grpcurl with `args` (plaintext is up to the caller).
+pub fn grpcurl(args: &[&str]) -> Output {
+    Command::new(tool("grpcurl")).args(args).output().unwrap()
+}
