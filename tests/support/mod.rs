@@ -35,7 +35,10 @@ pub fn binary(name: &str) -> PathBuf {
             .to_string_lossy()
             .into_owned();
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(repo_root()).args(["build", "--bin", name]);
+        // Service crates are named `protomesh-<binary>` (see README, "Adding a service").
+        let package = format!("protomesh-{name}");
+        cmd.current_dir(repo_root())
+            .args(["build", "-p", &package, "--bin", name]);
         if profile == "release" {
             cmd.arg("--release");
         }
