@@ -23,10 +23,20 @@ fn root() -> PathBuf {
 fn release_priority() -> PathBuf {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
-        .args(["build", "--release", "-p", "protomesh-priority", "--bin", "priority"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "protomesh-priority",
+            "--bin",
+            "priority",
+        ])
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "cargo build --release --bin priority failed");
+    assert!(
+        status.success(),
+        "cargo build --release --bin priority failed"
+    );
     root().join("target/release/priority")
 }
 

@@ -43,7 +43,8 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
   local opts=(-o "Dir::Etc::SourceList=$apt_dir/bullseye.sources" -o "Dir::Etc::SourceParts=$apt_dir/parts"
     -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives"
-    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Get::List-Cleanup=0")
+    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Get::List-Cleanup=0"
+    -o "APT::Sandbox::User=root")
   apt-get "${opts[@]}" update -qq >&2
   (cd "$apt_dir" && apt-get "${opts[@]}" download consul >&2)
   local deb
