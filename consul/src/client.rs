@@ -18,7 +18,9 @@ use crate::config::normalize_address;
 pub use crate::config::ConsulConfig;
 use crate::error::ConsulError;
 use crate::request::ApiRequest;
-use crate::types::{AgentSelf, AgentSelfEnvelope, AgentService, ServiceEntry, ServiceRegistration};
+use crate::types::{
+    AgentSelf, AgentSelfEnvelope, AgentService, CheckStatus, ServiceEntry, ServiceRegistration,
+};
 
 /// Longest part of an error answer's body kept in [`ConsulError::Status`].
 const MAX_ERROR_BODY: usize = 4096;
@@ -191,6 +193,20 @@ impl ConsulClient {
     /// `PUT /v1/agent/service/deregister/:id`: removes a service instance from the agent.
     pub async fn agent_service_deregister(&self, id: &str) -> Result<(), ConsulError> {
         self.send(&ApiRequest::agent_service_deregister(id)).await?;
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/update/:check_id`: sets the status and output of a TTL check
+    /// (`passing`, `warning` or `critical`; Consul answers 400 to `maintenance` and 500 to a
+    /// check that is not a TTL check).
+    pub async fn agent_check_update(
+        &self,
+        check_id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> Result<(), ConsulError> {
+        self.send(&ApiRequest::agent_check_update(check_id, status, output)?)
+            .await?;
         Ok(())
     }
 

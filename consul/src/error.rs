@@ -1,4 +1,5 @@
-//! The one error type of this crate, [`ConsulError`], and its classification helpers.
+//! The error type of the client, the registrar and the dev-agent launcher, [`ConsulError`],
+//! and its classification helpers (the watcher's own is [`WatchError`](crate::WatchError)).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! protomesh's own small typed client of the Consul HTTP API (plain HTTP on hyper), the
-//! [`Registrar`] that keeps a service registered, and [`DevAgent`], a `consul agent -dev`
+//! [`Registrar`] that keeps a service registered, the [`HealthWatcher`] that follows a
+//! service's healthy instances for discovery, and [`DevAgent`], a `consul agent -dev`
 //! launcher for development and tests.
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod error;
 pub mod registrar;
 pub mod request;
 pub mod types;
+pub mod watcher;
 
 pub use client::{ConsulClient, ConsulConfig, QueryOptions, QueryResponse};
 pub use dev_agent::{DevAgent, DevAgentOptions, DevAgentPorts};
@@ -44,4 +46,8 @@ pub use registrar::{Registrar, Registration};
 pub use types::{
     AgentSelf, AgentService, CheckRegistration, CheckStatus, HealthCheck, Node, ServiceEntry,
     ServiceRegistration,
+};
+pub use watcher::{
+    diff, HealthWatcher, InstanceChange, InstanceChanges, ServiceInstance, WatchError, WatchHandle,
+    WatchOptions, WatchState,
 };

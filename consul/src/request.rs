@@ -11,7 +11,7 @@ use crate::client::QueryOptions;
 use crate::config::ConsulConfig;
 use crate::duration::to_go_duration;
 use crate::error::ConsulError;
-use crate::types::ServiceRegistration;
+use crate::types::{CheckStatus, ServiceRegistration};
 
 /// Name of the header carrying the ACL token.
 pub const TOKEN_HEADER: &str = "x-consul-token";
@@ -75,6 +75,30 @@ impl ApiRequest {
             Method::PUT,
             format!("/v1/agent/service/deregister/{}", encode_component(id)),
         )
+    }
+
+    /// `PUT /v1/agent/check/update/:check_id` with `{"Status": ..., "Output": ...}` as JSON
+    /// body: sets the status and output of a TTL check. Consul accepts only `passing`,
+    /// `warning` and `critical` (it answers 400 to `maintenance`).
+    pub fn agent_check_update(
+        check_id: &str,
+        status: CheckStatus,
+        output: &str,
+    ) -> Result<Self, ConsulError> {
+        let mut req = Self::new(
+            Method::PUT,
+            format!("/v1/agent/check/update/{}", encode_component(check_id)),
+        );
+        let body = serde_json::to_vec(&serde_json::json!({
+            "Status": status.as_str(),
+            "Output": output,
+        }))
+        .map_err(|source| ConsulError::Encode {
+            endpoint: req.endpoint(),
+            source,
+        })?;
+        req.body = Some(Bytes::from(body));
+        Ok(req)
     }
 
     /// `GET /v1/agent/service/:id`.
@@ -344,6 +368,39 @@ mod tests {
             req.timeout(&config()),
             Duration::from_secs(300 + 18) + Duration::from_millis(750) + Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn check_update_sends_status_and_output() {
+        let config = config().with_token("t");
+        let req =
+            ApiRequest::agent_check_update("web 1/ttl", CheckStatus::Warning, "slow: 2s").unwrap();
+        assert_eq!(req.endpoint(), "PUT /v1/agent/check/update/web%201%2Fttl");
+        assert_eq!(req.timeout(&config), Duration::from_secs(10));
+        let http = req.to_http(&config).unwrap();
+        assert_eq!(http.method(), Method::PUT);
+        assert_eq!(
+            http.uri(),
+            "http://127.0.0.1:8500/v1/agent/check/update/web%201%2Fttl"
+        );
+        assert_eq!(http.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(http.headers()[TOKEN_HEADER], "t");
+        let body: serde_json::Value = serde_json::from_slice(http.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"Status": "warning", "Output": "slow: 2s"})
+        );
+        for (status, name) in [
+            (CheckStatus::Passing, "passing"),
+            (CheckStatus::Critical, "critical"),
+        ] {
+            let http = ApiRequest::agent_check_update("c", status, "")
+                .unwrap()
+                .to_http(&config)
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(http.body()).unwrap();
+            assert_eq!(body, serde_json::json!({"Status": name, "Output": ""}));
+        }
     }
 
     #[test]

@@ -206,6 +206,8 @@ impl BoundServer {
             .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
         let mut serving = tokio::spawn(
             tonic::transport::Server::builder()
+                // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
+                .layer(crate::client::IncomingDeadlineLayer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_accepting_rx.await;

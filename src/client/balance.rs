@@ -1,0 +1,495 @@
+//! Client-side load balancing over the instances Consul reports: power of two choices over
+//! peak-EWMA latency × (pending + 1) by default, round robin as an option, with passive outlier
+//! ejection (an endpoint failing N times in a row sits out a growing backoff) and a panic threshold
+//! (when ejection would leave too few endpoints, balance over all of them).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use protomesh_consul::{ServiceInstance, WatchHandle, WatchState};
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tower::Service;
+
+use super::deadline::Deadline;
+use super::BoxError;
+
+/// How the next endpoint is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BalancePolicy {
+    /// Power of two random choices, the one with the lower peak-EWMA latency × (pending + 1).
+    #[default]
+    PeakEwma,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+/// When an endpoint is taken out of rotation before Consul notices it is unwell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutlierPolicy {
+    /// Failures in a row (connection errors or `UNAVAILABLE`) that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection time; doubles with each ejection of the same endpoint.
+    pub base_ejection: Duration,
+    /// Longest ejection time.
+    pub max_ejection: Duration,
+    /// Panic threshold: when fewer than this share of endpoints would be left, balance over all.
+    pub min_healthy_share: f64,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+            min_healthy_share: 0.34,
+        }
+    }
+}
+
+/// Latency assumed for an endpoint before it answered anything.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// How fast the EWMA forgets (time constant).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// What is known about one endpoint's calls.
+#[derive(Debug)]
+pub struct EndpointStats {
+    pending: AtomicUsize,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ewma: Mutex<Ewma>,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Ewma {
+    nanos: f64,
+    updated: Instant,
+}
+
+impl EndpointStats {
+    fn new() -> Self {
+        Self {
+            pending: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ewma: Mutex::new(Ewma {
+                nanos: DEFAULT_RTT.as_nanos() as f64,
+                updated: Instant::now(),
+            }),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
+    /// Peak-EWMA latency in nanoseconds, decayed to now.
+    fn ewma_nanos(&self) -> f64 {
+        self.ewma.lock().map(|e| e.nanos).unwrap_or(0.0)
+    }
+
+    /// The balancing cost: latency × (pending + 1).
+    fn load(&self) -> f64 {
+        self.ewma_nanos() * (self.pending.load(Ordering::Relaxed) as f64 + 1.0)
+    }
+
+    fn observe_rtt(&self, rtt: Duration) {
+        let Ok(mut ewma) = self.ewma.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let rtt = rtt.as_nanos() as f64;
+        if rtt > ewma.nanos {
+            // Peak: jump up at once, decay down slowly.
+            ewma.nanos = rtt;
+        } else {
+            let elapsed = now.saturating_duration_since(ewma.updated).as_secs_f64();
+            let weight = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+            ewma.nanos = ewma.nanos * weight + rtt * (1.0 - weight);
+        }
+        ewma.updated = now;
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .map(|until| until.is_some_and(|t| t > now))
+            .unwrap_or(false)
+    }
+
+    /// Records a success or failure; returns the ejection time when this failure ejects it.
+    fn record(&self, ok: bool, policy: &OutlierPolicy) -> Option<Duration> {
+        if ok {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return None;
+        }
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let in_a_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if in_a_row < policy.consecutive_failures {
+            return None;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let ejection = policy
+            .base_ejection
+            .saturating_mul(1u32 << times)
+            .min(policy.max_ejection);
+        if let Ok(mut until) = self.ejected_until.lock() {
+            *until = Some(Instant::now() + ejection);
+        }
+        Some(ejection)
+    }
+}
+
+/// One instance of the target service and its connection.
+#[derive(Debug)]
+pub struct Endpoint {
+    instance: ServiceInstance,
+    channel: Channel,
+    stats: EndpointStats,
+}
+
+/// A point-in-time view of an endpoint, for `mesh status` and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointSnapshot {
+    /// Consul instance ID.
+    pub id: String,
+    /// `host:port`.
+    pub address: String,
+    /// Calls in flight.
+    pub pending: usize,
+    /// Calls sent.
+    pub requests: u64,
+    /// Calls that failed with a connection error or `UNAVAILABLE`.
+    pub failures: u64,
+    /// Peak-EWMA latency.
+    pub ewma: Duration,
+    /// Time left out of rotation, if ejected.
+    pub ejected_for: Option<Duration>,
+}
+
+/// The balancer of one target service: endpoints follow the discovery watch; clones share state.
+#[derive(Clone)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    service: String,
+    watch: WatchHandle,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    policy: BalancePolicy,
+    outliers: OutlierPolicy,
+    next: AtomicUsize,
+    connect_timeout: Duration,
+}
+
+impl Balancer {
+    /// A balancer for `watch`'s service; a background task keeps the endpoints in step with it
+    /// and ends when the last clone of the balancer is dropped.
+    pub fn new(
+        watch: WatchHandle,
+        policy: BalancePolicy,
+        outliers: OutlierPolicy,
+        connect_timeout: Duration,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            service: watch.service().to_owned(),
+            watch: watch.clone(),
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            policy,
+            outliers,
+            next: AtomicUsize::new(0),
+            connect_timeout,
+        });
+        shared.apply(&watch.current());
+        let weak = Arc::downgrade(&shared);
+        let mut updates = watch.subscribe();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let Some(shared) = weak.upgrade() else { return };
+                let state = updates.borrow_and_update().clone();
+                shared.apply(&state);
+            }
+        });
+        Self { shared }
+    }
+
+    /// The target service's name.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// The endpoints and their stats now.
+    pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
+        let now = Instant::now();
+        self.shared
+            .current()
+            .iter()
+            .map(|e| EndpointSnapshot {
+                id: e.instance.id.clone(),
+                address: e.instance.socket_addr_text(),
+                pending: e.stats.pending.load(Ordering::Relaxed),
+                requests: e.stats.requests.load(Ordering::Relaxed),
+                failures: e.stats.failures.load(Ordering::Relaxed),
+                ewma: Duration::from_nanos(e.stats.ewma_nanos() as u64),
+                ejected_for: e
+                    .stats
+                    .ejected_until
+                    .lock()
+                    .ok()
+                    .and_then(|u| *u)
+                    .and_then(|u| u.checked_duration_since(now)),
+            })
+            .collect()
+    }
+
+    /// The discovery state behind this balancer.
+    pub fn discovery(&self) -> WatchState {
+        self.shared.watch.current()
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints
+            .read()
+            .map(|e| Arc::clone(&e))
+            .unwrap_or_default()
+    }
+
+    /// Keeps endpoints (and their connections and stats) whose instance is unchanged, adds new
+    /// ones, drops the ones that left.
+    fn apply(&self, state: &WatchState) {
+        let old = self.current();
+        let by_id: HashMap<&str, &Arc<Endpoint>> =
+            old.iter().map(|e| (e.instance.id.as_str(), e)).collect();
+        let mut next = Vec::with_capacity(state.instances.len());
+        for instance in state.instances.values() {
+            match by_id.get(instance.id.as_str()) {
+                Some(existing) if existing.instance == *instance => next.push(Arc::clone(existing)),
+                _ => match self.connect(instance) {
+                    Ok(endpoint) => next.push(Arc::new(endpoint)),
+                    Err(err) => {
+                        tracing::warn!(service = %self.service, instance = %instance.id, error = %err, "bad endpoint address")
+                    }
+                },
+            }
+        }
+        tracing::debug!(service = %self.service, endpoints = next.len(), "endpoints updated");
+        if let Ok(mut endpoints) = self.endpoints.write() {
+            *endpoints = Arc::new(next);
+        }
+    }
+
+    fn connect(&self, instance: &ServiceInstance) -> Result<Endpoint, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            instance.socket_addr_text()
+        ))?
+        .connect_timeout(self.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(false)
+        .connect_lazy();
+        Ok(Endpoint {
+            instance: instance.clone(),
+            channel,
+            stats: EndpointStats::new(),
+        })
+    }
+
+    /// Picks an endpoint, skipping ejected ones unless too few would be left.
+    fn pick(&self) -> Option<Arc<Endpoint>> {
+        let all = self.current();
+        if all.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let healthy: Vec<&Arc<Endpoint>> =
+            all.iter().filter(|e| !e.stats.is_ejected(now)).collect();
+        let enough = healthy.len() as f64
+            >= (all.len() as f64 * self.outliers.min_healthy_share).ceil()
+            && !healthy.is_empty();
+        let candidates: Vec<&Arc<Endpoint>> = if enough {
+            healthy
+        } else {
+            all.iter().collect()
+        };
+        let chosen = match (self.policy, candidates.len()) {
+            (_, 1) => candidates[0],
+            (BalancePolicy::RoundRobin, n) => {
+                candidates[self.next.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            (BalancePolicy::PeakEwma, n) => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (ea, eb) = (candidates[a], candidates[b]);
+                if ea.stats.load() <= eb.stats.load() {
+                    ea
+                } else {
+                    eb
+                }
+            }
+        };
+        Some(Arc::clone(chosen))
+    }
+}
+
+/// Decrements the pending count when a call ends, however it ends.
+struct PendingGuard(Arc<Endpoint>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.stats.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `UNAVAILABLE` in the headers of a trailers-only response.
+pub(crate) fn is_unavailable<B>(response: &http::Response<B>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == b"14")
+}
+
+impl Service<http::Request<tonic::body::Body>> for Balancer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Readiness is per endpoint, decided when the call picks one.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            if !shared.watch.current().initialized {
+                let wait = request
+                    .extensions()
+                    .get::<Deadline>()
+                    .map(Deadline::remaining)
+                    .unwrap_or(Duration::from_secs(5));
+                let state = shared.watch.initialized(wait).await.map_err(|err| {
+                    Box::new(tonic::Status::unavailable(err.to_string())) as BoxError
+                })?;
+                // The update task may not have run yet: apply the first answer here.
+                shared.apply(&state);
+            }
+            // An empty pick may only mean the update task is behind the watch: catch up once.
+            let picked = shared.pick().or_else(|| {
+                shared.apply(&shared.watch.current());
+                shared.pick()
+            });
+            let Some(endpoint) = picked else {
+                return Err(Box::new(tonic::Status::unavailable(format!(
+                    "no healthy instance of service \"{}\" in Consul",
+                    shared.service
+                ))) as BoxError);
+            };
+            endpoint.stats.pending.fetch_add(1, Ordering::Relaxed);
+            endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let _pending = PendingGuard(Arc::clone(&endpoint));
+            let mut channel = endpoint.channel.clone();
+            let started = Instant::now();
+            let result = async {
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                channel.call(request).await
+            }
+            .await;
+            let ok = match &result {
+                Ok(response) => {
+                    endpoint.stats.observe_rtt(started.elapsed());
+                    !is_unavailable(response)
+                }
+                Err(_) => false,
+            };
+            if let Some(ejection) = endpoint.stats.record(ok, &shared.outliers) {
+                tracing::warn!(service = %shared.service, instance = %endpoint.instance.id, ?ejection, "endpoint ejected after consecutive failures");
+            }
+            result.map_err(|err| Box::new(err) as BoxError)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let stats = EndpointStats::new();
+        stats.observe_rtt(Duration::from_millis(10));
+        assert!((stats.ewma_nanos() - 10_000_000.0).abs() < 1.0);
+        stats.observe_rtt(Duration::from_millis(1));
+        assert!(stats.ewma_nanos() <= 10_000_000.0);
+        assert!(stats.ewma_nanos() >= 1_000_000.0);
+    }
+
+    #[test]
+    fn load_grows_with_pending_calls() {
+        let stats = EndpointStats::new();
+        let idle = stats.load();
+        stats.pending.fetch_add(3, Ordering::Relaxed);
+        assert!((stats.load() - idle * 4.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_growing_backoff_and_success_resets() {
+        let policy = OutlierPolicy {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(3),
+            min_healthy_share: 0.5,
+        };
+        let stats = EndpointStats::new();
+        assert_eq!(stats.record(false, &policy), None);
+        assert_eq!(
+            stats.record(true, &policy),
+            None,
+            "a success resets the run"
+        );
+        assert_eq!(stats.record(false, &policy), None);
+        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(1)));
+        assert!(stats.is_ejected(Instant::now()));
+        stats.record(false, &policy);
+        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(2)));
+        stats.record(false, &policy);
+        assert_eq!(
+            stats.record(false, &policy),
+            Some(Duration::from_secs(3)),
+            "capped"
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn unavailable_is_read_from_trailers_only_headers() {
+        let response = http::Response::builder()
+            .header("grpc-status", "14")
+            .body(())
+            .expect("response");
+        assert!(is_unavailable(&response));
+        let ok = http::Response::builder()
+            .header("grpc-status", "0")
+            .body(())
+            .expect("response");
+        assert!(!is_unavailable(&ok));
+    }
+}

@@ -1,0 +1,224 @@
+//! Retries: a call that failed with a connection error or `UNAVAILABLE` is sent again, but only for
+//! methods the proto marks `NO_SIDE_EFFECTS` or `IDEMPOTENT`, only while a retry budget (a share of
+//! recent calls) allows, with jittered exponential backoff, and never past the call's deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use rand::Rng;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service};
+
+use super::balance::is_unavailable;
+use super::deadline::{set_remaining, Deadline};
+use super::methods::MethodTable;
+use super::BoxError;
+
+/// How retries are allowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Most attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Share of calls that may be retries, over the budget's window.
+    pub budget_ratio: f32,
+    /// Retries always allowed per second, whatever the ratio.
+    pub min_retries_per_second: u32,
+    /// First backoff; doubles each retry, with full jitter.
+    pub base_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            budget_ratio: 0.2,
+            min_retries_per_second: 10,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Layer that retries retryable calls.
+#[derive(Clone)]
+pub struct RetryLayer {
+    policy: RetryPolicy,
+    methods: Arc<MethodTable>,
+    budget: Arc<TpsBudget>,
+}
+
+impl RetryLayer {
+    /// Retries by `policy`, for methods `methods` marks safe.
+    pub fn new(policy: RetryPolicy, methods: Arc<MethodTable>) -> Self {
+        let budget = Arc::new(TpsBudget::new(
+            Duration::from_secs(10),
+            policy.min_retries_per_second,
+            policy.budget_ratio,
+        ));
+        Self {
+            policy,
+            methods,
+            budget,
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`RetryLayer`].
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    layer: RetryLayer,
+}
+
+type Req = http::Request<tonic::body::Body>;
+type Resp = http::Response<tonic::body::Body>;
+
+/// A request whose body was read, so it can be sent more than once.
+struct Replayable {
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+impl Replayable {
+    fn request(&self) -> Req {
+        let mut builder = http::Request::builder()
+            .method(self.parts.method.clone())
+            .uri(self.parts.uri.clone())
+            .version(self.parts.version);
+        if let Some(headers) = builder.headers_mut() {
+            *headers = self.parts.headers.clone();
+        }
+        let mut request = builder
+            .body(tonic::body::Body::new(Full::new(self.body.clone())))
+            // Parts taken from a valid request are valid again.
+            .unwrap_or_else(|_| http::Request::new(tonic::body::Body::empty()));
+        *request.extensions_mut() = self.parts.extensions.clone();
+        request
+    }
+}
+
+fn should_retry(result: &Result<Resp, BoxError>) -> bool {
+    match result {
+        Ok(response) => is_unavailable(response),
+        // Errors the balancer made itself (no endpoint) are statuses; retrying cannot help them.
+        Err(err) => !err.is::<tonic::Status>(),
+    }
+}
+
+impl<S> Service<Req> for Retry<S>
+where
+    S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let layer = self.layer.clone();
+        layer.budget.deposit();
+        if !layer.methods.is_retryable(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        // Take the service that was made ready; keep a clone for the retries.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|err| Box::new(err) as BoxError)?
+                .to_bytes();
+            let replay = Replayable { parts, body };
+            let deadline = replay.parts.extensions.get::<Deadline>().copied();
+            let mut attempt = 1;
+            let mut result = inner.call(replay.request()).await;
+            while attempt < layer.policy.max_attempts && should_retry(&result) {
+                let backoff = backoff(&layer.policy, attempt);
+                if deadline.is_some_and(|d| d.remaining() <= backoff) || !layer.budget.withdraw() {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                attempt += 1;
+                let mut request = replay.request();
+                if let Some(deadline) = deadline {
+                    set_remaining(&mut request, deadline);
+                }
+                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                tracing::debug!(path = %replay.parts.uri.path(), attempt, "retrying");
+                result = inner.call(request).await;
+            }
+            result
+        })
+    }
+}
+
+/// Full-jitter exponential backoff before retry number `attempt` (1-based).
+fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let cap = policy
+        .base_backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(policy.max_backoff);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_below_a_growing_capped_ceiling() {
+        let policy = RetryPolicy::default();
+        for attempt in 1..10 {
+            let ceiling = policy
+                .base_backoff
+                .saturating_mul(1 << (attempt - 1))
+                .min(policy.max_backoff);
+            for _ in 0..50 {
+                assert!(backoff(&policy, attempt) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn only_unavailable_and_transport_errors_are_retried() {
+        let unavailable = http::Response::builder()
+            .header("grpc-status", "14")
+            .body(tonic::body::Body::empty())
+            .expect("response");
+        assert!(should_retry(&Ok(unavailable)));
+        let invalid = http::Response::builder()
+            .header("grpc-status", "3")
+            .body(tonic::body::Body::empty())
+            .expect("response");
+        assert!(!should_retry(&Ok(invalid)));
+        assert!(should_retry(&Err(Box::new(std::io::Error::other("reset")))));
+        assert!(!should_retry(&Err(Box::new(tonic::Status::unavailable(
+            "no endpoint"
+        )))));
+    }
+}

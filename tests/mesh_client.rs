@@ -1,0 +1,152 @@
+//! The mesh client against real Consul and real priority processes: calls by service name spread
+//! over instances, survive an instance killed with SIGKILL, and fail fast for unknown services.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protomesh::client::Mesh;
+use protomesh::proto::protomesh::priority::v1::{
+    priority_service_client::PriorityServiceClient, ScoreRequest,
+};
+use support::{eventually, spawn_priority, Consul};
+
+fn request() -> ScoreRequest {
+    ScoreRequest {
+        title: "t".into(),
+        urgency: 9,
+        impact: 8,
+    }
+}
+
+async fn mesh_with_instances(consul: &Consul, n: usize) -> Mesh {
+    eventually(Duration::from_secs(15), "passing instances", || async {
+        (consul.instances("priority", true).await.len() == n).then_some(())
+    })
+    .await;
+    Mesh::from_consul(consul.client.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn calls_spread_over_three_instances() {
+    let consul = Consul::start().await;
+    let _instances: Vec<_> = (0..3)
+        .map(|_| spawn_priority(&consul.addr(), &[]))
+        .collect();
+    let mesh = mesh_with_instances(&consul, 3).await;
+    let channel = mesh.channel("priority");
+
+    let total = 3_000;
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = PriorityServiceClient::new(channel.clone());
+            let next = next.clone();
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let response = client.score(request()).await.unwrap().into_inner();
+                    assert_eq!(response.score, 72);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    let balancer = mesh.balancers().into_iter().next().unwrap();
+    let per_endpoint: Vec<u64> = balancer.snapshot().iter().map(|e| e.requests).collect();
+    assert_eq!(per_endpoint.len(), 3);
+    assert_eq!(per_endpoint.iter().sum::<u64>(), total as u64);
+    for requests in per_endpoint.iter().copied() {
+        let share = requests as f64 / total as f64;
+        assert!((0.20..=0.47).contains(&share), "shares {per_endpoint:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_service_is_unavailable_naming_it_within_the_deadline() {
+    let consul = Consul::start().await;
+    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mut client = PriorityServiceClient::new(mesh.channel("no-such-service"));
+    let mut call = tonic::Request::new(request());
+    call.set_timeout(Duration::from_secs(3));
+    let started = Instant::now();
+    let status = client.score(call).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("no-such-service"), "{status:?}");
+}
+
+#[tokio::test]
+async fn killing_one_of_three_instances_under_load_fails_no_call() {
+    let consul = Consul::start().await;
+    let mut instances: Vec<_> = (0..3)
+        .map(|_| spawn_priority(&consul.addr(), &[]))
+        .collect();
+    let mesh = mesh_with_instances(&consul, 3).await;
+    let channel = mesh.channel("priority");
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = PriorityServiceClient::new(channel.clone());
+            let (stop, failures, calls) = (stop.clone(), failures.clone(), calls.clone());
+            tokio::spawn(async move {
+                // Bounded in count as well as by the stop flag.
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if let Err(status) = client.score(request()).await {
+                        eprintln!("call failed: {status:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let victim = &mut instances[0];
+    victim.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    victim.wait().await.unwrap();
+    // Let the client notice (ejection) and keep the load on for a while.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let balancer = mesh.balancers().into_iter().next().unwrap();
+    let dead_requests = |snapshot: &[protomesh::client::EndpointSnapshot]| {
+        snapshot
+            .iter()
+            .filter(|e| e.failures > 0)
+            .map(|e| e.requests)
+            .sum::<u64>()
+    };
+    let after_first_failures = dead_requests(&balancer.snapshot());
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let later = dead_requests(&balancer.snapshot());
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    assert!(calls.load(Ordering::Relaxed) > 1_000, "load was applied");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "retries cover the killed instance"
+    );
+    assert_eq!(
+        after_first_failures, later,
+        "the dead instance receives nothing more"
+    );
+}
