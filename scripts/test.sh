@@ -16,4 +16,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries the integration tests start)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads 4
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked -- --test-threads 4 2>&1 | tee "$log"
+# One closing line for the whole run (cargo's last line is the doc tests' own, often 0 of 0).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
