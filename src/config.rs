@@ -52,6 +52,11 @@ pub struct ServeConfig {
     #[arg(long = "consul-datacenter", env = "CONSUL_DATACENTER")]
     pub consul_datacenter: Option<String>,
 
+    /// Address of the admin HTTP listener (`/healthz`, `/readyz`, `/mesh`), kept off the
+    /// public port; none by default.
+    #[arg(long, env = "PROTOMESH_ADMIN")]
+    pub admin: Option<SocketAddr>,
+
     /// Serve without registering in Consul (standalone use, benchmarks).
     #[arg(long, env = "PROTOMESH_NO_REGISTER")]
     pub no_register: bool,
@@ -88,6 +93,7 @@ impl ServeConfig {
         Self {
             listen,
             advertise: None,
+            admin: None,
             consul_addr: "127.0.0.1:8500".to_owned(),
             consul_token: None,
             consul_datacenter: None,

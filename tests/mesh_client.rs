@@ -9,18 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protomesh::client::Mesh;
-use protomesh::proto::protomesh::priority::v1::{
-    priority_service_client::PriorityServiceClient, ScoreRequest,
-};
-use support::{eventually, spawn_priority, Consul};
-
-fn request() -> ScoreRequest {
-    ScoreRequest {
-        title: "t".into(),
-        urgency: 9,
-        impact: 8,
-    }
-}
+use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use support::{eventually, score_request, spawn_priority, Consul, Load};
 
 async fn mesh_with_instances(consul: &Consul, n: usize) -> Mesh {
     eventually(Duration::from_secs(15), "passing instances", || async {
@@ -47,7 +37,7 @@ async fn calls_spread_over_three_instances() {
             let next = next.clone();
             tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let response = client.score(request()).await.unwrap().into_inner();
+                    let response = client.score(score_request()).await.unwrap().into_inner();
                     assert_eq!(response.score, 72);
                 }
             })
@@ -72,7 +62,7 @@ async fn an_unknown_service_is_unavailable_naming_it_within_the_deadline() {
     let consul = Consul::start().await;
     let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
     let mut client = PriorityServiceClient::new(mesh.channel("no-such-service"));
-    let mut call = tonic::Request::new(request());
+    let mut call = tonic::Request::new(score_request());
     call.set_timeout(Duration::from_secs(3));
     let started = Instant::now();
     let status = client.score(call).await.unwrap_err();
@@ -94,28 +84,7 @@ async fn killing_one_of_three_instances_under_load_fails_no_call() {
     let mesh = mesh_with_instances(&consul, 3).await;
     let channel = mesh.channel("priority");
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let mut client = PriorityServiceClient::new(channel.clone());
-            let (stop, failures, calls) = (stop.clone(), failures.clone(), calls.clone());
-            tokio::spawn(async move {
-                // Bounded in count as well as by the stop flag.
-                for _ in 0..200_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    calls.fetch_add(1, Ordering::Relaxed);
-                    if let Err(status) = client.score(request()).await {
-                        eprintln!("call failed: {status:?}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(&channel, 8);
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim = &mut instances[0];
@@ -134,17 +103,10 @@ async fn killing_one_of_three_instances_under_load_fails_no_call() {
     let after_first_failures = dead_requests(&balancer.snapshot());
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let later = dead_requests(&balancer.snapshot());
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    let (calls, failures) = load.finish().await;
 
-    assert!(calls.load(Ordering::Relaxed) > 1_000, "load was applied");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "retries cover the killed instance"
-    );
+    assert!(calls > 1_000, "load was applied");
+    assert_eq!(failures, 0, "retries cover the killed instance");
     assert_eq!(
         after_first_failures, later,
         "the dead instance receives nothing more"

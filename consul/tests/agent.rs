@@ -2,84 +2,22 @@
 //! `consul agent -dev` processes (one per test, on free loopback ports).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
-use std::net::{Ipv4Addr, TcpListener};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use protomesh_consul::request::{ApiRequest, TOKEN_HEADER};
 use protomesh_consul::{
     CheckRegistration, CheckStatus, ConsulClient, ConsulConfig, ConsulError, DevAgent,
-    DevAgentOptions, QueryOptions, Registrar, ServiceRegistration,
+    DevAgentOptions, QueryOptions, QueryResponse, Registrar, Registration, ServiceEntry,
+    ServiceRegistration,
 };
+use support::{client_at, closed_port, eventually, start_agent, unique, Events, READY};
+use tracing::Level;
 
-const READY: Duration = Duration::from_secs(30);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other test (or concurrent test run) uses.
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Options for the consul binary; fails (never skips) when there is none.
+/// One log per test: `target/tmp/consul-<test>.log`.
 fn options(test: &str) -> DevAgentOptions {
-    let options = DevAgentOptions::discover().unwrap_or_else(|err| {
-        panic!("these tests need a real consul binary: {err}");
-    });
-    // One log per test (target/tmp/consul-<test>.log), fresh at every run.
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("consul-{test}.log"));
-    let _ = std::fs::remove_file(&log);
-    options.with_log_file(log)
-}
-
-/// Sends the crate's logs to the test output (shown for failing tests or with --nocapture).
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "protomesh_consul=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Starts a dev agent and waits until it is ready.
-async fn start_agent(test: &str) -> DevAgent {
-    init_logs();
-    let agent = DevAgent::start(options(test)).expect("start consul dev agent");
-    agent.wait_ready(READY).await.expect("dev agent ready");
-    agent
-}
-
-/// A loopback port nothing listens on (very likely).
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, panicking after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::options("consul", test)
 }
 
 /// Instances of `name` currently in the health endpoint.
@@ -99,6 +37,56 @@ fn passing_ttl_instance(id: &str, name: &str, port: u16) -> ServiceRegistration 
         )
 }
 
+/// Waits (up to 10 s) until the health endpoint lists `count` instances of `name`, and returns
+/// that answer.
+async fn until_instances(
+    client: &ConsulClient,
+    name: &str,
+    count: usize,
+) -> QueryResponse<Vec<ServiceEntry>> {
+    eventually(
+        &format!("{count} instance(s) of {name} in the health endpoint"),
+        Duration::from_secs(10),
+        || async {
+            let resp = client
+                .health_service(name, &QueryOptions::default())
+                .await
+                .unwrap();
+            (resp.value.len() == count).then_some(resp)
+        },
+    )
+    .await
+}
+
+/// Registers a passing TTL instance through a [`Registrar`] that resyncs every `resync`.
+async fn register_via_registrar(
+    client: &ConsulClient,
+    id: &str,
+    name: &str,
+    port: u16,
+    resync: Duration,
+) -> Registration {
+    Registrar::new(client.clone(), passing_ttl_instance(id, name, port))
+        .with_resync_interval(resync)
+        .register()
+        .await
+        .unwrap()
+}
+
+/// Asserts that instance `id` stays gone from the agent for a second (nothing re-registers it
+/// after `what`).
+async fn assert_stays_deregistered(client: &ConsulClient, id: &str, what: &str) {
+    let observe = Instant::now();
+    while observe.elapsed() < Duration::from_secs(1) {
+        assert_eq!(
+            client.agent_service(id).await.unwrap(),
+            None,
+            "re-registered after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn the_consul_binary_is_found() {
     let binary = DevAgentOptions::find_binary()
@@ -108,7 +96,7 @@ fn the_consul_binary_is_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_self_and_leader() {
-    let agent = start_agent("self").await;
+    let agent = start_agent(options("self")).await;
     let client = agent.client().unwrap();
     assert_eq!(client.address(), format!("http://{}", agent.http_addr()));
 
@@ -136,7 +124,10 @@ async fn agent_self_and_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_run_side_by_side() {
-    let (a, b) = tokio::join!(start_agent("side-a"), start_agent("side-b"));
+    let (a, b) = tokio::join!(
+        start_agent(options("side-a")),
+        start_agent(options("side-b"))
+    );
     assert_ne!(a.http_addr(), b.http_addr());
     assert_ne!(a.node_name(), b.node_name());
     let (ma, mb) = tokio::join!(
@@ -149,7 +140,7 @@ async fn two_agents_run_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_query_and_deregister() {
-    let agent = start_agent("register").await;
+    let agent = start_agent(options("register")).await;
     let client = agent.client().unwrap();
     let name = unique("svc-register");
     let critical_id = format!("{name}-critical");
@@ -186,18 +177,7 @@ async fn register_query_and_deregister() {
     assert_eq!(svc.port, port);
     assert_eq!(svc.meta.get("version").map(String::as_str), Some("0.1.0"));
 
-    let entries = eventually(
-        "the instance in the health endpoint",
-        Duration::from_secs(10),
-        || async {
-            let resp = client
-                .health_service(&name, &QueryOptions::default())
-                .await
-                .unwrap();
-            (resp.value.len() == 1).then_some(resp)
-        },
-    )
-    .await;
+    let entries = until_instances(&client, &name, 1).await;
     assert!(entries.index > 0);
     assert!(entries.known_leader);
     let entry = &entries.value[0];
@@ -229,14 +209,7 @@ async fn register_query_and_deregister() {
         .agent_service_register(&passing_ttl_instance(&healthy_id, &name, port))
         .await
         .unwrap();
-    eventually("both instances", Duration::from_secs(10), || async {
-        (instances(&client, &name, &QueryOptions::default())
-            .await
-            .len()
-            == 2)
-            .then_some(())
-    })
-    .await;
+    until_instances(&client, &name, 2).await;
     assert_eq!(
         instances(&client, &name, &QueryOptions::default().with_passing(true)).await,
         [healthy_id.as_str()]
@@ -268,17 +241,7 @@ async fn register_query_and_deregister() {
     client.agent_service_deregister(&critical_id).await.unwrap();
     client.agent_service_deregister(&healthy_id).await.unwrap();
     assert_eq!(client.agent_service(&critical_id).await.unwrap(), None);
-    eventually(
-        "the instances to disappear",
-        Duration::from_secs(10),
-        || async {
-            instances(&client, &name, &QueryOptions::default())
-                .await
-                .is_empty()
-                .then_some(())
-        },
-    )
-    .await;
+    until_instances(&client, &name, 0).await;
     let services = client
         .catalog_services(&QueryOptions::default())
         .await
@@ -288,21 +251,14 @@ async fn register_query_and_deregister() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_query_returns_when_an_instance_registers() {
-    let agent = start_agent("blocking-change").await;
+    let agent = start_agent(options("blocking-change")).await;
     let client = agent.client().unwrap();
     let name = unique("svc-block");
     client
         .agent_service_register(&passing_ttl_instance(&format!("{name}-1"), &name, 1111))
         .await
         .unwrap();
-    let first = eventually("the first instance", Duration::from_secs(10), || async {
-        let resp = client
-            .health_service(&name, &QueryOptions::default())
-            .await
-            .unwrap();
-        (resp.value.len() == 1).then_some(resp)
-    })
-    .await;
+    let first = until_instances(&client, &name, 1).await;
 
     let watcher = {
         let client = client.clone();
@@ -339,21 +295,14 @@ async fn blocking_query_returns_when_an_instance_registers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_query_waits_when_nothing_changes() {
-    let agent = start_agent("blocking-wait").await;
+    let agent = start_agent(options("blocking-wait")).await;
     let client = agent.client().unwrap();
     let name = unique("svc-wait");
     client
         .agent_service_register(&passing_ttl_instance(&format!("{name}-1"), &name, 1111))
         .await
         .unwrap();
-    let mut index = eventually("the instance", Duration::from_secs(10), || async {
-        let resp = client
-            .health_service(&name, &QueryOptions::default())
-            .await
-            .unwrap();
-        (resp.value.len() == 1).then_some(resp.index)
-    })
-    .await;
+    let mut index = until_instances(&client, &name, 1).await.index;
 
     let wait = Duration::from_secs(2);
     for _ in 0..5 {
@@ -384,15 +333,12 @@ async fn blocking_query_waits_when_nothing_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrar_reregisters_after_agent_restart() {
-    let mut agent = start_agent("restart").await;
+    let mut agent = start_agent(options("restart")).await;
     let client = agent.client().unwrap();
     let name = unique("svc-restart");
     let id = format!("{name}-1");
-    let registration = Registrar::new(client.clone(), passing_ttl_instance(&id, &name, 3333))
-        .with_resync_interval(Duration::from_millis(200))
-        .register()
-        .await
-        .unwrap();
+    let registration =
+        register_via_registrar(&client, &id, &name, 3333, Duration::from_millis(200)).await;
     assert_eq!(registration.service_id(), id);
     assert!(client.agent_service(&id).await.unwrap().is_some());
 
@@ -427,83 +373,34 @@ async fn registrar_reregisters_after_agent_restart() {
     // Deregistering stops the task first: the instance stays gone.
     registration.deregister().await.unwrap();
     assert_eq!(client.agent_service(&id).await.unwrap(), None);
-    let observe = Instant::now();
-    while observe.elapsed() < Duration::from_secs(1) {
-        assert_eq!(
-            client.agent_service(&id).await.unwrap(),
-            None,
-            "re-registered after deregister"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Counts the registrar's warnings and re-registrations.
-#[derive(Clone, Default)]
-struct RegistrarEvents {
-    warnings: Arc<AtomicUsize>,
-    reregistrations: Arc<AtomicUsize>,
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RegistrarEvents {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let meta = event.metadata();
-        if meta.target() != "protomesh_consul::registrar" {
-            return;
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        if *meta.level() == tracing::Level::WARN {
-            self.warnings.fetch_add(1, Ordering::SeqCst);
-        } else if message.0.starts_with("re-registered") {
-            self.reregistrations.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    assert_stays_deregistered(&client, &id, "deregister").await;
 }
 
 // Single-threaded runtime: the registrar's task runs on this thread, so the thread-local
 // subscriber below sees its events.
 #[tokio::test(flavor = "current_thread")]
 async fn registrar_warns_once_per_outage_and_recovers() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let events = RegistrarEvents::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let (events, _guard) = Events::capture("protomesh_consul::registrar");
 
     let mut agent = DevAgent::start(options("outage")).unwrap();
     agent.wait_ready(READY).await.unwrap();
     let client = agent.client().unwrap();
     let name = unique("svc-outage");
     let id = format!("{name}-1");
-    let registration = Registrar::new(client.clone(), passing_ttl_instance(&id, &name, 5555))
-        .with_resync_interval(Duration::from_millis(100))
-        .register()
-        .await
-        .unwrap();
+    let registration =
+        register_via_registrar(&client, &id, &name, 5555, Duration::from_millis(100)).await;
 
     agent.stop().await;
     eventually(
         "a warning about the unreachable agent",
         Duration::from_secs(10),
-        || async { (events.warnings.load(Ordering::SeqCst) > 0).then_some(()) },
+        || async { (events.at(Level::WARN) > 0).then_some(()) },
     )
     .await;
     // Ten more resync rounds against the dead agent: still a single warning.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        events.warnings.load(Ordering::SeqCst),
+        events.at(Level::WARN),
         1,
         "warned more than once per outage"
     );
@@ -515,38 +412,27 @@ async fn registrar_warns_once_per_outage_and_recovers() {
         || async { client.agent_service(&id).await.ok().flatten() },
     )
     .await;
-    assert!(events.reregistrations.load(Ordering::SeqCst) >= 1);
-    assert_eq!(events.warnings.load(Ordering::SeqCst), 1);
+    assert!(events.starting_with("re-registered") >= 1);
+    assert_eq!(events.at(Level::WARN), 1);
     registration.deregister().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_registration_stops_the_background_task() {
-    let agent = start_agent("drop").await;
+    let agent = start_agent(options("drop")).await;
     let client = agent.client().unwrap();
     let name = unique("svc-drop");
     let id = format!("{name}-1");
-    let registration = Registrar::new(client.clone(), passing_ttl_instance(&id, &name, 4444))
-        .with_resync_interval(Duration::from_millis(100))
-        .register()
-        .await
-        .unwrap();
+    let registration =
+        register_via_registrar(&client, &id, &name, 4444, Duration::from_millis(100)).await;
     drop(registration);
     client.agent_service_deregister(&id).await.unwrap();
-    let observe = Instant::now();
-    while observe.elapsed() < Duration::from_secs(1) {
-        assert_eq!(
-            client.agent_service(&id).await.unwrap(),
-            None,
-            "re-registered after drop"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_stays_deregistered(&client, &id, "drop").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_errors_are_reported() {
-    let agent = start_agent("errors").await;
+    let agent = start_agent(options("errors")).await;
     let client = agent.client().unwrap();
 
     // Unknown instance: None, not an error.
@@ -583,8 +469,7 @@ async fn agent_errors_are_reported() {
 #[tokio::test]
 async fn closed_port_gives_a_connect_error_naming_the_address() {
     let port = closed_port();
-    let client =
-        ConsulClient::new(ConsulConfig::new(&format!("127.0.0.1:{port}")).unwrap()).unwrap();
+    let client = client_at(&format!("127.0.0.1:{port}"));
     let err = client.agent_self().await.unwrap_err();
     assert!(matches!(err, ConsulError::Connect { .. }), "{err:?}");
     assert!(err.is_unreachable());

@@ -3,91 +3,28 @@
 //! and retry rules.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::net::{Ipv4Addr, TcpListener};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protomesh_consul::{
-    CheckRegistration, CheckStatus, ConsulClient, ConsulConfig, DevAgent, DevAgentOptions,
-    HealthWatcher, InstanceChange, InstanceChanges, QueryOptions, ServiceRegistration, WatchError,
-    WatchOptions,
+    CheckRegistration, CheckStatus, ConsulClient, DevAgentOptions, HealthWatcher, InstanceChange,
+    InstanceChanges, QueryOptions, ServiceRegistration, WatchError, WatchOptions,
 };
+use support::{client_at, closed_port, eventually, init_logs, start_agent, unique, Events, READY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
-
-const READY: Duration = Duration::from_secs(30);
+use tracing::Level;
 
 /// Bound for anything the watcher should notice "within a few seconds".
 const SOON: Duration = Duration::from_secs(15);
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other test (or concurrent test run) uses.
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Options for the consul binary; fails (never skips) when there is none.
+/// One log per test: `target/tmp/consul-watcher-<test>.log`.
 fn options(test: &str) -> DevAgentOptions {
-    let options = DevAgentOptions::discover().unwrap_or_else(|err| {
-        panic!("these tests need a real consul binary: {err}");
-    });
-    // One log per test (target/tmp/consul-watcher-<test>.log), fresh at every run.
-    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("consul-watcher-{test}.log"));
-    let _ = std::fs::remove_file(&log);
-    options.with_log_file(log)
-}
-
-/// Sends the crate's logs to the test output (shown for failing tests or with --nocapture).
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "protomesh_consul=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Starts a dev agent with `options` and waits until it is ready.
-async fn start_agent(options: DevAgentOptions) -> DevAgent {
-    init_logs();
-    let agent = DevAgent::start(options).expect("start consul dev agent");
-    agent.wait_ready(READY).await.expect("dev agent ready");
-    agent
-}
-
-/// A loopback port nothing listens on (very likely).
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-/// Polls `f` every 100 ms until it gives `Some`, panicking after `deadline`.
-async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::options("consul-watcher", test)
 }
 
 /// An instance with a TTL check `<id>-ttl` registered as passing.
@@ -100,6 +37,21 @@ fn ttl_instance(id: &str, name: &str, port: u16) -> ServiceRegistration {
                 .with_id(format!("{id}-ttl"))
                 .with_status(CheckStatus::Passing),
         )
+}
+
+/// Registers passing instances `(id, port)` of `name` and waits until all of them pass.
+async fn register_passing(client: &ConsulClient, name: &str, instances: &[(&str, u16)]) {
+    for &(id, port) in instances {
+        client
+            .agent_service_register(&ttl_instance(id, name, port))
+            .await
+            .unwrap();
+    }
+    let what = format!("{} passing instances of {name}", instances.len());
+    eventually(&what, SOON, || async {
+        (passing_ids(client, name).await.len() == instances.len()).then_some(())
+    })
+    .await;
 }
 
 /// Ids of the passing instances of `name`, straight from the health endpoint.
@@ -155,18 +107,7 @@ async fn follows_registrations_health_and_deregistrations() {
     let [a1, a2, a3] = [1, 2, 3].map(|n| format!("{name}-{n}"));
 
     // 1. Two passing instances: the initial set, then two Inserts first in the stream.
-    client
-        .agent_service_register(&ttl_instance(&a1, &name, 1001))
-        .await
-        .unwrap();
-    client
-        .agent_service_register(&ttl_instance(&a2, &name, 1002))
-        .await
-        .unwrap();
-    eventually("two passing instances", SOON, || async {
-        (passing_ids(&client, &name).await.len() == 2).then_some(())
-    })
-    .await;
+    register_passing(&client, &name, &[(&a1, 1001), (&a2, 1002)]).await;
 
     let handle = HealthWatcher::spawn(client.clone(), &name, test_watch_options());
     assert_eq!(handle.service(), name);
@@ -294,16 +235,7 @@ async fn keeps_instances_while_the_agent_is_down_and_recovers() {
     let client = agent.client().unwrap();
     let name = unique("svc-outage");
     let [b1, b2, b3] = [1, 2, 3].map(|n| format!("{name}-{n}"));
-    for (id, port) in [(&b1, 2001), (&b2, 2002)] {
-        client
-            .agent_service_register(&ttl_instance(id, &name, port))
-            .await
-            .unwrap();
-    }
-    eventually("two passing instances", SOON, || async {
-        (passing_ids(&client, &name).await.len() == 2).then_some(())
-    })
-    .await;
+    register_passing(&client, &name, &[(&b1, 2001), (&b2, 2002)]).await;
 
     let handle = HealthWatcher::spawn(client.clone(), &name, test_watch_options());
     let state = handle.initialized(SOON).await.unwrap();
@@ -380,8 +312,7 @@ async fn keeps_instances_while_the_agent_is_down_and_recovers() {
 async fn initialized_fails_in_time_against_a_closed_port() {
     init_logs();
     let port = closed_port();
-    let client =
-        ConsulClient::new(ConsulConfig::new(&format!("127.0.0.1:{port}")).unwrap()).unwrap();
+    let client = client_at(&format!("127.0.0.1:{port}"));
     let handle = HealthWatcher::spawn(client, "svc-nowhere", test_watch_options());
     let started = Instant::now();
     let limit = Duration::from_secs(2);
@@ -501,39 +432,11 @@ impl Drop for FakeAgent {
     }
 }
 
-/// Counts the watcher's warnings and recovery messages.
-#[derive(Clone, Default)]
-struct WatcherEvents {
-    warnings: Arc<AtomicUsize>,
-    recoveries: Arc<AtomicUsize>,
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for WatcherEvents {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let meta = event.metadata();
-        if meta.target() != "protomesh_consul::watcher" {
-            return;
-        }
-        if *meta.level() == tracing::Level::WARN {
-            self.warnings.fetch_add(1, Ordering::SeqCst);
-        } else if *meta.level() == tracing::Level::INFO {
-            self.recoveries.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
 // Single-threaded runtime: the watcher's task runs on this thread, so the thread-local
 // subscriber below sees its events.
 #[tokio::test(flavor = "current_thread")]
 async fn follows_consul_index_rate_limit_and_retry_rules() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let events = WatcherEvents::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    let (events, _guard) = Events::capture("protomesh_consul::watcher");
 
     let fake = FakeAgent::start(vec![
         Answer::Ok(0),  // #0, non-blocking: index 0 counts as 1
@@ -549,7 +452,7 @@ async fn follows_consul_index_rate_limit_and_retry_rules() {
         Answer::Ok(20), // #10... blocks on 20, answered at once, forever: rate limited
     ])
     .await;
-    let client = ConsulClient::new(ConsulConfig::new(&fake.addr).unwrap()).unwrap();
+    let client = client_at(&fake.addr);
     let min_interval = Duration::from_millis(100);
     let min_backoff = Duration::from_millis(150);
     let options = WatchOptions::default()
@@ -607,8 +510,8 @@ async fn follows_consul_index_rate_limit_and_retry_rules() {
     assert_eq!(handle.current().index, 20);
     assert!(rx.has_changed().unwrap());
     // One warning for the whole outage, one recovery message.
-    assert_eq!(events.warnings.load(Ordering::SeqCst), 1);
-    assert_eq!(events.recoveries.load(Ordering::SeqCst), 1);
+    assert_eq!(events.at(Level::WARN), 1);
+    assert_eq!(events.at(Level::INFO), 1);
 
     // Dropping the last handle stops the watcher: the channel closes, queries stop.
     rx.mark_unchanged();
@@ -627,7 +530,7 @@ async fn follows_consul_index_rate_limit_and_retry_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_stream_keeps_the_watcher_running() {
     let fake = FakeAgent::start(vec![Answer::Ok(3)]).await;
-    let client = ConsulClient::new(ConsulConfig::new(&fake.addr).unwrap()).unwrap();
+    let client = client_at(&fake.addr);
     let options = WatchOptions::default().with_min_interval(Duration::from_millis(20));
     let handle = HealthWatcher::spawn(client, "svc", options);
     let mut changes = handle.changes();

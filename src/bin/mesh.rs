@@ -59,8 +59,14 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
     },
-    /// List services, instances, addresses and check states from Consul.
-    Status,
+    /// List services, instances, addresses and check states from Consul; with `--client`, what
+    /// one process's mesh client sees: per service it calls, the endpoints, their Consul
+    /// health, ejection, calls in flight, EWMA latency, and the circuit breaker.
+    Status {
+        /// Admin address (`--admin` of that process) to read the client view from.
+        #[arg(long, value_name = "ADMIN_ADDR")]
+        client: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,7 +98,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         consul = consul.with_token(token);
     }
     match cli.command {
-        Command::Status => {
+        Command::Status {
+            client: Some(admin),
+        } => {
+            print!("{}", devmesh::client_status(&admin).await?);
+        }
+        Command::Status { client: None } => {
             let client = ConsulClient::new(consul)?;
             print!("{}", devmesh::status(&client).await?);
         }

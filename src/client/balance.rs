@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tower::Service;
 
 use super::deadline::Deadline;
-use super::BoxError;
+use super::{BoxError, ChannelOptions};
 
 /// How the next endpoint is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +50,24 @@ impl Default for OutlierPolicy {
             base_ejection: Duration::from_secs(5),
             max_ejection: Duration::from_secs(60),
             min_healthy_share: 0.34,
+        }
+    }
+}
+
+/// How many HTTP/2 connections an endpoint gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionPolicy {
+    /// Calls in flight on every open connection before another connection is opened.
+    pub streams_per_connection: usize,
+    /// Most connections to one endpoint.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionPolicy {
+    fn default() -> Self {
+        Self {
+            streams_per_connection: 100,
+            max_connections: 4,
         }
     }
 }
@@ -151,12 +169,64 @@ impl EndpointStats {
     }
 }
 
-/// One instance of the target service and its connection.
+/// One HTTP/2 connection to an endpoint and its calls in flight.
+#[derive(Debug)]
+struct Connection {
+    channel: Channel,
+    pending: AtomicUsize,
+}
+
+/// One instance of the target service and its connections (opened lazily, one at first, more
+/// while every open one carries [`ConnectionPolicy::streams_per_connection`] calls).
 #[derive(Debug)]
 pub struct Endpoint {
     instance: ServiceInstance,
-    channel: Channel,
+    target: tonic::transport::Endpoint,
+    connections: RwLock<Vec<Arc<Connection>>>,
     stats: EndpointStats,
+}
+
+impl Endpoint {
+    /// The least busy connection, after opening another one if all are at the policy's limit.
+    fn connection(&self, policy: &ConnectionPolicy) -> Arc<Connection> {
+        let least_busy = |connections: &[Arc<Connection>]| {
+            connections
+                .iter()
+                .min_by_key(|c| c.pending.load(Ordering::Relaxed))
+                .cloned()
+        };
+        let full = |c: &Arc<Connection>| {
+            c.pending.load(Ordering::Relaxed) >= policy.streams_per_connection.max(1)
+        };
+        if let Ok(connections) = self.connections.read() {
+            if let Some(connection) = least_busy(&connections) {
+                if !full(&connection) || connections.len() >= policy.max_connections.max(1) {
+                    return connection;
+                }
+            }
+        }
+        let mut connections = match self.connections.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Another call may have opened one meanwhile.
+        if let Some(connection) = least_busy(&connections) {
+            if !full(&connection) || connections.len() >= policy.max_connections.max(1) {
+                return connection;
+            }
+        }
+        let connection = Arc::new(Connection {
+            channel: self.target.connect_lazy(),
+            pending: AtomicUsize::new(0),
+        });
+        connections.push(Arc::clone(&connection));
+        tracing::debug!(instance = %self.instance.id, connections = connections.len(), "opened another connection");
+        connection
+    }
+
+    fn connection_count(&self) -> usize {
+        self.connections.read().map(|c| c.len()).unwrap_or(0)
+    }
 }
 
 /// A point-in-time view of an endpoint, for `mesh status` and tests.
@@ -168,6 +238,8 @@ pub struct EndpointSnapshot {
     pub address: String,
     /// Calls in flight.
     pub pending: usize,
+    /// HTTP/2 connections opened to it.
+    pub connections: usize,
     /// Calls sent.
     pub requests: u64,
     /// Calls that failed with a connection error or `UNAVAILABLE`.
@@ -190,27 +262,29 @@ struct Shared {
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     policy: BalancePolicy,
     outliers: OutlierPolicy,
+    connections: ConnectionPolicy,
     next: AtomicUsize,
     connect_timeout: Duration,
+    empty_set_grace: Duration,
+    /// Since when Consul reports an empty set while endpoints are kept.
+    empty_since: Mutex<Option<Instant>>,
 }
 
 impl Balancer {
     /// A balancer for `watch`'s service; a background task keeps the endpoints in step with it
     /// and ends when the last clone of the balancer is dropped.
-    pub fn new(
-        watch: WatchHandle,
-        policy: BalancePolicy,
-        outliers: OutlierPolicy,
-        connect_timeout: Duration,
-    ) -> Self {
+    pub fn new(watch: WatchHandle, options: &ChannelOptions) -> Self {
         let shared = Arc::new(Shared {
             service: watch.service().to_owned(),
             watch: watch.clone(),
             endpoints: RwLock::new(Arc::new(Vec::new())),
-            policy,
-            outliers,
+            policy: options.balance,
+            outliers: options.outliers,
+            connections: options.connections,
             next: AtomicUsize::new(0),
-            connect_timeout,
+            connect_timeout: options.connect_timeout,
+            empty_set_grace: options.empty_set_grace,
+            empty_since: Mutex::new(None),
         });
         shared.apply(&watch.current());
         let weak = Arc::downgrade(&shared);
@@ -240,6 +314,7 @@ impl Balancer {
                 id: e.instance.id.clone(),
                 address: e.instance.socket_addr_text(),
                 pending: e.stats.pending.load(Ordering::Relaxed),
+                connections: e.connection_count(),
                 requests: e.stats.requests.load(Ordering::Relaxed),
                 failures: e.stats.failures.load(Ordering::Relaxed),
                 ewma: Duration::from_nanos(e.stats.ewma_nanos() as u64),
@@ -270,8 +345,31 @@ impl Shared {
 
     /// Keeps endpoints (and their connections and stats) whose instance is unchanged, adds new
     /// ones, drops the ones that left.
+    ///
+    /// An answer with no instance at all while endpoints are known is not trusted at once: a
+    /// Consul agent that just restarted answers empty until the services register again (within
+    /// seconds). The known endpoints stay for [`ChannelOptions::empty_set_grace`]; if they are
+    /// really gone, calls to them fail over and eject them just as "no instance" would have.
     fn apply(&self, state: &WatchState) {
         let old = self.current();
+        {
+            let mut empty_since = match self.empty_since.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if state.instances.is_empty() && !old.is_empty() {
+                let since = *empty_since.get_or_insert_with(|| {
+                    tracing::warn!(service = %self.service, grace = ?self.empty_set_grace, "Consul reports no instance; keeping the known endpoints for a grace period");
+                    Instant::now()
+                });
+                if since.elapsed() < self.empty_set_grace {
+                    return;
+                }
+            } else {
+                *empty_since = None;
+            }
+        }
+
         let by_id: HashMap<&str, &Arc<Endpoint>> =
             old.iter().map(|e| (e.instance.id.as_str(), e)).collect();
         let mut next = Vec::with_capacity(state.instances.len());
@@ -293,18 +391,22 @@ impl Shared {
     }
 
     fn connect(&self, instance: &ServiceInstance) -> Result<Endpoint, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(format!(
+        let target = tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
             instance.socket_addr_text()
         ))?
         .connect_timeout(self.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(false)
-        .connect_lazy();
+        .keep_alive_while_idle(false);
+        let first = Arc::new(Connection {
+            channel: target.connect_lazy(),
+            pending: AtomicUsize::new(0),
+        });
         Ok(Endpoint {
             instance: instance.clone(),
-            channel,
+            target,
+            connections: RwLock::new(vec![first]),
             stats: EndpointStats::new(),
         })
     }
@@ -350,12 +452,21 @@ impl Shared {
     }
 }
 
-/// Decrements the pending count when a call ends, however it ends.
-struct PendingGuard(Arc<Endpoint>);
+/// Counts a call in flight on its endpoint and connection until it ends, however it ends.
+struct PendingGuard(Arc<Endpoint>, Arc<Connection>);
+
+impl PendingGuard {
+    fn new(endpoint: Arc<Endpoint>, connection: Arc<Connection>) -> Self {
+        endpoint.stats.pending.fetch_add(1, Ordering::Relaxed);
+        connection.pending.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint, connection)
+    }
+}
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.0.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        self.1.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -392,6 +503,14 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 // The update task may not have run yet: apply the first answer here.
                 shared.apply(&state);
             }
+            // A kept set whose grace ran out goes now, even with no new answer from Consul.
+            if shared
+                .empty_since
+                .lock()
+                .is_ok_and(|since| since.is_some_and(|s| s.elapsed() >= shared.empty_set_grace))
+            {
+                shared.apply(&shared.watch.current());
+            }
             // An empty pick may only mean the update task is behind the watch: catch up once.
             let picked = shared.pick().or_else(|| {
                 shared.apply(&shared.watch.current());
@@ -403,10 +522,10 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                     shared.service
                 ))) as BoxError);
             };
-            endpoint.stats.pending.fetch_add(1, Ordering::Relaxed);
             endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let _pending = PendingGuard(Arc::clone(&endpoint));
-            let mut channel = endpoint.channel.clone();
+            let connection = endpoint.connection(&shared.connections);
+            let mut channel = connection.channel.clone();
+            let _pending = PendingGuard::new(Arc::clone(&endpoint), connection);
             let started = Instant::now();
             let result = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;

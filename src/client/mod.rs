@@ -6,17 +6,22 @@
 //! The layers of a channel, outermost first, and why they sit there:
 //! 1. [`deadline::DeadlineLayer`]: resolves the call's deadline first, so everything below —
 //!    waiting for a concurrency slot, retries, backoff — spends the same budget;
-//! 2. concurrency limit: caps calls in flight to the service, so a slow target cannot make this
+//! 2. [`breaker::BreakerLayer`]: the target service's circuit breaker; while open, calls fail at
+//!    once instead of queueing for a service that is down (see [`with_fallback`]);
+//! 3. concurrency limit: caps calls in flight to the service, so a slow target cannot make this
 //!    process pile up unbounded work; waiting for a slot counts against the deadline;
-//! 3. [`retry::RetryLayer`]: retries safe methods on connection errors and `UNAVAILABLE`, within
+//! 4. [`retry::RetryLayer`]: retries safe methods on connection errors and `UNAVAILABLE`, within
 //!    a budget; each retry goes back through the balancer, which usually picks another endpoint;
-//! 4. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers.
+//! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers,
+//!    and spreads calls over as many connections per endpoint as the load needs.
 
 pub mod balance;
+pub mod breaker;
 pub mod deadline;
 pub mod grpc_timeout;
 pub mod methods;
 pub mod retry;
+pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,7 +32,10 @@ use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
-pub use balance::{BalancePolicy, Balancer, EndpointSnapshot, OutlierPolicy};
+pub use balance::{BalancePolicy, Balancer, ConnectionPolicy, EndpointSnapshot, OutlierPolicy};
+pub use breaker::{
+    is_circuit_open, is_service_down, with_fallback, BreakerPolicy, BreakerState, CircuitBreaker,
+};
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
 pub use methods::MethodTable;
 pub use retry::RetryPolicy;
@@ -48,8 +56,15 @@ pub struct ChannelOptions {
     pub outliers: OutlierPolicy,
     /// Retries.
     pub retry: RetryPolicy,
+    /// Connections per endpoint.
+    pub connections: ConnectionPolicy,
+    /// The target service's circuit breaker.
+    pub breaker: BreakerPolicy,
     /// TCP connect timeout to an endpoint.
     pub connect_timeout: Duration,
+    /// How long known endpoints are kept when Consul suddenly reports none (an agent that
+    /// restarted answers empty until services register again).
+    pub empty_set_grace: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -60,7 +75,10 @@ impl Default for ChannelOptions {
             balance: BalancePolicy::default(),
             outliers: OutlierPolicy::default(),
             retry: RetryPolicy::default(),
+            connections: ConnectionPolicy::default(),
+            breaker: BreakerPolicy::default(),
             connect_timeout: Duration::from_secs(1),
+            empty_set_grace: Duration::from_secs(10),
         }
     }
 }
@@ -75,7 +93,15 @@ struct MeshInner {
     consul: ConsulClient,
     watch_options: WatchOptions,
     methods: Arc<MethodTable>,
-    balancers: Mutex<HashMap<String, Balancer>>,
+    targets: Mutex<HashMap<String, Target>>,
+}
+
+/// What the process shares about one target service: its balancer (with the discovery watch
+/// behind it) and its circuit breaker.
+#[derive(Clone)]
+struct Target {
+    balancer: Balancer,
+    breaker: CircuitBreaker,
 }
 
 impl Mesh {
@@ -87,7 +113,7 @@ impl Mesh {
                 consul,
                 watch_options: WatchOptions::default(),
                 methods: Arc::new(methods),
-                balancers: Mutex::new(HashMap::new()),
+                targets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -105,12 +131,14 @@ impl Mesh {
         self.channel_with(service, ChannelOptions::default())
     }
 
-    /// A channel to `service`. Channels to the same service share its watcher and balancer (the
-    /// balancing and ejection options of the first channel to a service apply to all).
+    /// A channel to `service`. Channels to the same service share its watcher, balancer and
+    /// circuit breaker (the balancing, connection, ejection and breaker options of the first
+    /// channel to a service apply to all).
     pub fn channel_with(&self, service: &str, options: ChannelOptions) -> MeshChannel {
-        let balancer = self.balancer(service, &options);
+        let Target { balancer, breaker } = self.target(service, &options);
         let stack = ServiceBuilder::new()
             .layer(deadline::DeadlineLayer::new(options.default_timeout))
+            .layer(breaker::BreakerLayer::new(breaker))
             .concurrency_limit(options.concurrency_limit)
             .map_err(BoxError::from)
             .layer(retry::RetryLayer::new(
@@ -124,21 +152,43 @@ impl Mesh {
         }
     }
 
-    /// The balancers of every service this process calls, for status views.
+    /// The balancers of every service this process calls.
     pub fn balancers(&self) -> Vec<Balancer> {
-        self.inner
-            .balancers
-            .lock()
-            .map(|b| b.values().cloned().collect())
-            .unwrap_or_default()
+        self.targets().into_iter().map(|t| t.balancer).collect()
     }
 
-    fn balancer(&self, service: &str, options: &ChannelOptions) -> Balancer {
-        let mut balancers = match self.inner.balancers.lock() {
+    /// The circuit breaker of `service`, if this process has a channel to it.
+    pub fn breaker(&self, service: &str) -> Option<CircuitBreaker> {
+        self.targets()
+            .into_iter()
+            .find(|t| t.balancer.service() == service)
+            .map(|t| t.breaker)
+    }
+
+    /// What this process knows about every service it calls, sorted by service name.
+    pub fn status(&self) -> status::ClientStatus {
+        let mut targets: Vec<_> = self
+            .targets()
+            .iter()
+            .map(|t| status::TargetStatus::of(&t.balancer, &t.breaker))
+            .collect();
+        targets.sort_by(|a, b| a.service.cmp(&b.service));
+        status::ClientStatus(targets)
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        match self.inner.targets.lock() {
+            Ok(targets) => targets.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        }
+    }
+
+    fn target(&self, service: &str, options: &ChannelOptions) -> Target {
+        let mut targets = match self.inner.targets.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        balancers
+        targets
             .entry(service.to_owned())
             .or_insert_with(|| {
                 let watch: WatchHandle = HealthWatcher::spawn(
@@ -146,12 +196,10 @@ impl Mesh {
                     service,
                     self.inner.watch_options.clone(),
                 );
-                Balancer::new(
-                    watch,
-                    options.balance,
-                    options.outliers,
-                    options.connect_timeout,
-                )
+                Target {
+                    balancer: Balancer::new(watch, options),
+                    breaker: CircuitBreaker::new(service, options.breaker),
+                }
             })
             .clone()
     }

@@ -1,13 +1,14 @@
 //! The development mesh behind the `mesh` command: `up` starts a Consul dev agent when none answers,
 //! starts service processes, waits until Consul says they pass, and stops it all on Ctrl-C;
-//! `status` reads services, instances, addresses and check states from Consul.
+//! `status` reads services, instances, addresses and check states from Consul, or with `--client`
+//! what one process's mesh client knows (from its admin listener).
 
 mod process;
 mod status;
 mod up;
 
 pub use process::ServiceProcess;
-pub use status::{status, InstanceStatus, StatusReport};
+pub use status::{client_status, status, InstanceStatus, StatusReport};
 pub use up::{up, ServiceSpec, UpOptions};
 
 use protomesh_consul::ConsulError;
@@ -63,6 +64,14 @@ pub enum DevMeshError {
         after: std::time::Duration,
         /// Which services were still short of passing instances.
         waiting: String,
+    },
+    /// A process's admin listener could not be read.
+    #[error("cannot read the mesh client state at http://{address}/mesh (is the process running with --admin {address}?): {reason}")]
+    Admin {
+        /// The admin address.
+        address: String,
+        /// What went wrong.
+        reason: String,
     },
     /// A service specification could not be parsed.
     #[error("invalid service spec {spec:?}: {reason}")]

@@ -27,6 +27,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::admin::{AdminServer, AdminState};
 use crate::config::ServeConfig;
 use crate::consul::{ConsulClient, ConsulError, Registrar, Registration};
 
@@ -61,6 +62,9 @@ pub enum ServeError {
         #[source]
         source: ConsulError,
     },
+    /// The admin listener could not be bound.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// The reflection service could not read the descriptor sets.
     #[error("invalid descriptor set for server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -78,6 +82,7 @@ pub struct MeshServer {
     grpc_services: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthReporter,
+    mesh: Option<crate::client::Mesh>,
 }
 
 impl MeshServer {
@@ -93,7 +98,15 @@ impl MeshServer {
             grpc_services: Vec::new(),
             descriptor_sets: vec![crate::proto::FILE_DESCRIPTOR_SET],
             health,
+            mesh: None,
         }
+    }
+
+    /// The mesh client the service's handlers call other services with; the admin listener's
+    /// `/mesh` shows its state.
+    pub fn with_mesh(mut self, mesh: crate::client::Mesh) -> Self {
+        self.mesh = Some(mesh);
+        self
     }
 
     /// The service's own version, put in its Consul meta (`version`).
@@ -145,10 +158,15 @@ impl MeshServer {
             addr: self.config.listen,
             source,
         })?;
+        let admin = match self.config.admin {
+            Some(addr) => Some(AdminServer::bind(addr).await?),
+            None => None,
+        };
         Ok(BoundServer {
             server: self,
             listener,
             local_addr,
+            admin,
         })
     }
 
@@ -163,6 +181,7 @@ pub struct BoundServer {
     server: MeshServer,
     listener: TcpListener,
     local_addr: SocketAddr,
+    admin: Option<AdminServer>,
 }
 
 impl BoundServer {
@@ -171,12 +190,18 @@ impl BoundServer {
         self.local_addr
     }
 
+    /// The address the admin listener really bound, if `--admin` was given.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::local_addr)
+    }
+
     /// Registers and serves until `signal` completes, then runs the graceful shutdown.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer {
             server,
             listener,
             local_addr,
+            admin,
         } = self;
         let MeshServer {
             name,
@@ -186,7 +211,21 @@ impl BoundServer {
             grpc_services,
             descriptor_sets,
             health,
+            mesh,
         } = server;
+        let admin_state = AdminState::new(mesh);
+        let stop_admin = CancellationToken::new();
+        if let Some(admin) = admin {
+            tracing::info!(admin = %admin.local_addr(), "admin listener: /healthz /readyz /mesh");
+            let (state, stop) = (admin_state.clone(), stop_admin.clone());
+            tokio::spawn(async move {
+                if let Err(err) = admin.serve(state, stop).await {
+                    tracing::error!(error = %err, "admin listener failed");
+                }
+            });
+        }
+        // However run_until ends, the admin listener ends with it.
+        let _stop_admin = stop_admin.drop_guard();
 
         let routes = routes
             .add_service(reflection_v1(&descriptor_sets, &grpc_services)?)
@@ -243,6 +282,7 @@ impl BoundServer {
 
         // Lame duck: tell health checkers and watchers first, keep answering meanwhile.
         tracing::info!(service = %name, lame_duck = ?config.lame_duck, "shutting down: NOT_SERVING");
+        admin_state.set_ready(false);
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;

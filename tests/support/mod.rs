@@ -5,11 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use protomesh::client::MeshChannel;
 use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
 use protomesh::devmesh::ServiceProcess;
+use protomesh::proto::protomesh::priority::v1::{
+    priority_service_client::PriorityServiceClient, ScoreRequest,
+};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -121,18 +126,23 @@ pub fn tempdir() -> PathBuf {
 
 /// Starts the `priority` binary registered with `consul_addr`, listening on a port it picks.
 pub fn spawn_priority(consul_addr: &str, extra_args: &[&str]) -> ServiceProcess {
+    spawn_service("priority", consul_addr, extra_args)
+}
+
+/// Starts the service binary `name` registered with `consul_addr`, listening on a port it picks.
+pub fn spawn_service(name: &str, consul_addr: &str, extra_args: &[&str]) -> ServiceProcess {
     let mut args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
     args.extend(extra_args.iter().map(|s| (*s).to_owned()));
     ServiceProcess::spawn(
-        unique("priority"),
-        &binary("priority"),
+        unique(name),
+        &binary(name),
         &args,
         &[
             ("CONSUL_HTTP_ADDR".into(), consul_addr.into()),
             ("PROTOMESH_LOG_FORMAT".into(), "json".into()),
             ("RUST_LOG".into(), "info".into()),
         ],
-        tempdir().join("priority.log"),
+        tempdir().join(format!("{name}.log")),
     )
     .unwrap()
 }
@@ -159,4 +169,66 @@ where
 /// Runs grpcurl with `args` (plaintext is up to the caller).
 pub fn grpcurl(args: &[&str]) -> Output {
     Command::new(tool("grpcurl")).args(args).output().unwrap()
+}
+
+/// The Score request the load and the tests send (score 72).
+pub fn score_request() -> ScoreRequest {
+    ScoreRequest {
+        title: "t".into(),
+        urgency: 9,
+        impact: 8,
+    }
+}
+
+/// Keeps `workers` callers scoring through `channel` until stopped; counts calls and failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub calls: Arc<AtomicUsize>,
+    pub failures: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(channel: &MeshChannel, workers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let workers = (0..workers)
+            .map(|_| {
+                let mut client = PriorityServiceClient::new(channel.clone());
+                let (stop, calls, failures) = (stop.clone(), calls.clone(), failures.clone());
+                tokio::spawn(async move {
+                    // Bounded in count as well as by the stop flag.
+                    for _ in 0..2_000_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        if let Err(status) = client.score(score_request()).await {
+                            eprintln!("call failed: {status:?}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            calls,
+            failures,
+            workers,
+        }
+    }
+
+    /// Stops the callers; returns (calls, failures).
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
 }
