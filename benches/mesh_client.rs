@@ -6,13 +6,15 @@
 //! (HdrHistogram), client CPU per call (this process's utime+stime from `/proc/self/stat`, so it
 //! includes the tokio runtime's work), server CPU per call (the priority processes'
 //! utime+stime), errors, the b/a and c/a ratios, and how much one slow endpoint among three
-//! (behind an in-process TCP latency pipe that delays client→server bytes) raises p99.
+//! (behind an in-process TCP latency pipe that delays client→server bytes) raises p99. Each row
+//! also shows the CPU the rest of the machine used during its window (`other cores`), since a
+//! 2-core machine shared with other work gives noisy figures.
 //!
 //! `cargo bench --bench mesh_client` (release build of the `priority` binary, real Consul dev agent
 //! on free loopback ports, servers as separate processes). Settings from the environment:
 //! `BENCH_SECS` (measured window per cell, default 3), `BENCH_WARMUP_SECS` (default 1),
 //! `BENCH_CONCURRENCY` (default `1,64,512`), `BENCH_SLOW_MS` (delay of the slow endpoint,
-//! default 20). Quick smoke run: `BENCH_SECS=0.3 BENCH_WARMUP_SECS=0.2 cargo bench --bench
+//! default 20), `BENCH_ONLY` (one scenario: `a`, `b`, `c` or `s`, for profiling). Quick smoke run: `BENCH_SECS=0.3 BENCH_WARMUP_SECS=0.2 cargo bench --bench
 //! mesh_client`.
 //!
 //! Targets: b/a throughput ≥ 0.95 and added p99 ≤ 50 µs at concurrency 64; server CPU ≤ 15 µs
@@ -619,7 +621,7 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
         );
         if let Some(share) = slow_share {
             println!(
-                "  share of calls the balancer sent to the slow endpoint: {:.2}%",
+                "  share of calls the balancer sent to the slow endpoint (warm-up included): {:.2}%",
                 share * 100.0
             );
         }
@@ -679,21 +681,28 @@ async fn run(binary: PathBuf, settings: Settings) {
     let reference = settings.reference_concurrency();
     let mut cells = Vec::new();
     let mut slow_share = None;
+    // `BENCH_ONLY=a` (or b, c, s) runs one scenario alone, for profiling.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |scenario: &str| only.as_deref().is_none_or(|o| scenario.starts_with(o));
     for &concurrency in &settings.concurrency {
-        let plain = Client::plain(instances[0].port).await;
-        cells.push(run_cell("a plain", plain, concurrency, &settings, &pids).await);
+        if wanted("a") {
+            let plain = Client::plain(instances[0].port).await;
+            cells.push(run_cell("a plain", plain, concurrency, &settings, &pids).await);
+        }
 
-        let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
-        let one = Client::Mesh(PriorityServiceClient::new(mesh.channel(ONE)));
-        cells.push(run_cell("b mesh x1", one, concurrency, &settings, &pids).await);
-        drop(mesh);
+        if wanted("b") {
+            let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
+            let one = Client::Mesh(PriorityServiceClient::new(mesh.channel(ONE)));
+            cells.push(run_cell("b mesh x1", one, concurrency, &settings, &pids).await);
+        }
 
-        let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
-        let three = Client::Mesh(PriorityServiceClient::new(mesh.channel(THREE)));
-        cells.push(run_cell("c mesh x3", three, concurrency, &settings, &pids).await);
-        drop(mesh);
+        if wanted("c") {
+            let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
+            let three = Client::Mesh(PriorityServiceClient::new(mesh.channel(THREE)));
+            cells.push(run_cell("c mesh x3", three, concurrency, &settings, &pids).await);
+        }
 
-        if concurrency == reference {
+        if concurrency == reference && wanted("s") {
             let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
             let slow = Client::Mesh(PriorityServiceClient::new(mesh.channel(SLOW)));
             cells.push(run_cell("s 1 slow", slow, concurrency, &settings, &pids).await);

@@ -474,6 +474,11 @@ impl WatchHandle {
         self.rx.borrow().clone()
     }
 
+    /// Whether Consul answered at least once (cheaper than `current().initialized`).
+    pub fn is_initialized(&self) -> bool {
+        self.rx.borrow().initialized
+    }
+
     /// A receiver of the published states. Its current value counts as seen: `changed()`
     /// resolves at the next publication. It does not keep the watcher running; once the
     /// watcher stops, `changed()` fails.

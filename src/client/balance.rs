@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,8 +74,10 @@ impl Default for ConnectionPolicy {
 
 /// Latency assumed for an endpoint before it answered anything.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
-/// How fast the EWMA forgets (time constant).
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Time constant of the latency EWMA when a sample is above it: it rises fast…
+const EWMA_RISE: Duration = Duration::from_millis(50);
+/// …and when a sample is below it: it falls ten times slower, so it leans to the peaks.
+const EWMA_FALL: Duration = Duration::from_millis(500);
 
 /// What is known about one endpoint's calls.
 #[derive(Debug)]
@@ -85,14 +87,14 @@ pub struct EndpointStats {
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
-    ewma: Mutex<Ewma>,
-    ejected_until: Mutex<Option<Instant>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Ewma {
-    nanos: f64,
-    updated: Instant,
+    /// Peak-EWMA latency in nanoseconds, as `f64` bits (updates race benignly: a lost update
+    /// only loses one sample).
+    ewma_bits: AtomicU64,
+    /// When the EWMA was last updated, in nanoseconds since `created`.
+    ewma_updated: AtomicU64,
+    created: Instant,
+    /// End of the current ejection in nanoseconds since `created` (0: never ejected).
+    ejected_until: AtomicU64,
 }
 
 impl EndpointStats {
@@ -103,17 +105,16 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
-            ewma: Mutex::new(Ewma {
-                nanos: DEFAULT_RTT.as_nanos() as f64,
-                updated: Instant::now(),
-            }),
-            ejected_until: Mutex::new(None),
+            ewma_bits: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            ewma_updated: AtomicU64::new(0),
+            created: Instant::now(),
+            ejected_until: AtomicU64::new(0),
         }
     }
 
-    /// Peak-EWMA latency in nanoseconds, decayed to now.
+    /// Peak-EWMA latency in nanoseconds.
     fn ewma_nanos(&self) -> f64 {
-        self.ewma.lock().map(|e| e.nanos).unwrap_or(0.0)
+        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
     }
 
     /// The balancing cost: latency × (pending + 1).
@@ -121,28 +122,44 @@ impl EndpointStats {
         self.ewma_nanos() * (self.pending.load(Ordering::Relaxed) as f64 + 1.0)
     }
 
+    /// Folds one latency sample in. The EWMA is weighted by time, not by sample: a sample moves
+    /// it by `1 - e^(-Δt/τ)`, with τ short for samples above it and ten times longer for samples
+    /// below. So one slow answer does not stamp a busy endpoint's latency for seconds (a pure
+    /// peak would: with thousands of calls a second, the recent maximum is always high, which
+    /// makes busy fast endpoints look as costly as a slow one), while an endpoint that turns
+    /// slow is seen as slow within a few of its calls. The first sample is taken as is.
     fn observe_rtt(&self, rtt: Duration) {
-        let Ok(mut ewma) = self.ewma.lock() else {
-            return;
-        };
-        let now = Instant::now();
+        let now = self.offset(Instant::now()).max(1);
+        let last = self.ewma_updated.swap(now, Ordering::Relaxed);
+        let current = self.ewma_nanos();
         let rtt = rtt.as_nanos() as f64;
-        if rtt > ewma.nanos {
-            // Peak: jump up at once, decay down slowly.
-            ewma.nanos = rtt;
+        let next = if last == 0 {
+            rtt
         } else {
-            let elapsed = now.saturating_duration_since(ewma.updated).as_secs_f64();
-            let weight = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            ewma.nanos = ewma.nanos * weight + rtt * (1.0 - weight);
-        }
-        ewma.updated = now;
+            let elapsed = now.saturating_sub(last) as f64 / 1e9;
+            let tau = if rtt > current { EWMA_RISE } else { EWMA_FALL };
+            let weight = 1.0 - (-elapsed / tau.as_secs_f64()).exp();
+            current + (rtt - current) * weight
+        };
+        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Nanoseconds from `created` to `at`.
+    fn offset(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.created).as_nanos()).unwrap_or(u64::MAX)
     }
 
     fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until
-            .lock()
-            .map(|until| until.is_some_and(|t| t > now))
-            .unwrap_or(false)
+        self.ejected_until.load(Ordering::Relaxed) > self.offset(now)
+    }
+
+    /// Time left in the current ejection, if any.
+    fn ejected_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until
+            .checked_sub(self.offset(now))
+            .filter(|left| *left > 0)
+            .map(Duration::from_nanos)
     }
 
     /// Records a success or failure; returns the ejection time when this failure ejects it.
@@ -162,9 +179,8 @@ impl EndpointStats {
             .base_ejection
             .saturating_mul(1u32 << times)
             .min(policy.max_ejection);
-        if let Ok(mut until) = self.ejected_until.lock() {
-            *until = Some(Instant::now() + ejection);
-        }
+        self.ejected_until
+            .store(self.offset(Instant::now() + ejection), Ordering::Relaxed);
         Some(ejection)
     }
 }
@@ -266,8 +282,11 @@ struct Shared {
     next: AtomicUsize,
     connect_timeout: Duration,
     empty_set_grace: Duration,
+    http2_keep_alive: Option<Duration>,
     /// Since when Consul reports an empty set while endpoints are kept.
     empty_since: Mutex<Option<Instant>>,
+    /// True while `empty_since` is set (read on every call without the lock).
+    keeping_empty: AtomicBool,
 }
 
 impl Balancer {
@@ -284,7 +303,9 @@ impl Balancer {
             next: AtomicUsize::new(0),
             connect_timeout: options.connect_timeout,
             empty_set_grace: options.empty_set_grace,
+            http2_keep_alive: options.http2_keep_alive,
             empty_since: Mutex::new(None),
+            keeping_empty: AtomicBool::new(false),
         });
         shared.apply(&watch.current());
         let weak = Arc::downgrade(&shared);
@@ -318,13 +339,7 @@ impl Balancer {
                 requests: e.stats.requests.load(Ordering::Relaxed),
                 failures: e.stats.failures.load(Ordering::Relaxed),
                 ewma: Duration::from_nanos(e.stats.ewma_nanos() as u64),
-                ejected_for: e
-                    .stats
-                    .ejected_until
-                    .lock()
-                    .ok()
-                    .and_then(|u| *u)
-                    .and_then(|u| u.checked_duration_since(now)),
+                ejected_for: e.stats.ejected_for(now),
             })
             .collect()
     }
@@ -363,11 +378,12 @@ impl Shared {
                     Instant::now()
                 });
                 if since.elapsed() < self.empty_set_grace {
+                    self.keeping_empty.store(true, Ordering::Relaxed);
                     return;
                 }
-            } else {
-                *empty_since = None;
             }
+            *empty_since = None;
+            self.keeping_empty.store(false, Ordering::Relaxed);
         }
 
         let by_id: HashMap<&str, &Arc<Endpoint>> =
@@ -391,14 +407,17 @@ impl Shared {
     }
 
     fn connect(&self, instance: &ServiceInstance) -> Result<Endpoint, tonic::transport::Error> {
-        let target = tonic::transport::Endpoint::from_shared(format!(
+        let mut target = tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
             instance.socket_addr_text()
         ))?
         .connect_timeout(self.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(false);
+        .tcp_nodelay(true);
+        if let Some(interval) = self.http2_keep_alive {
+            target = target
+                .http2_keep_alive_interval(interval)
+                .keep_alive_while_idle(false);
+        }
         let first = Arc::new(Connection {
             channel: target.connect_lazy(),
             pending: AtomicUsize::new(0),
@@ -411,28 +430,33 @@ impl Shared {
         })
     }
 
-    /// Picks an endpoint, skipping ejected ones unless too few would be left.
+    /// Picks an endpoint, skipping ejected ones unless too few would be left. Allocates nothing:
+    /// the candidates are the endpoints in rotation, or all of them under the panic threshold.
     fn pick(&self) -> Option<Arc<Endpoint>> {
         let all = self.current();
         if all.is_empty() {
             return None;
         }
         let now = Instant::now();
-        let healthy: Vec<&Arc<Endpoint>> =
-            all.iter().filter(|e| !e.stats.is_ejected(now)).collect();
-        let enough = healthy.len() as f64
-            >= (all.len() as f64 * self.outliers.min_healthy_share).ceil()
-            && !healthy.is_empty();
-        let candidates: Vec<&Arc<Endpoint>> = if enough {
-            healthy
-        } else {
-            all.iter().collect()
-        };
-        let chosen = match (self.policy, candidates.len()) {
-            (_, 1) => candidates[0],
-            (BalancePolicy::RoundRobin, n) => {
-                candidates[self.next.fetch_add(1, Ordering::Relaxed) % n]
+        let in_rotation = all.iter().filter(|e| !e.stats.is_ejected(now)).count();
+        let enough = in_rotation > 0
+            && in_rotation as f64 >= (all.len() as f64 * self.outliers.min_healthy_share).ceil();
+        // Under the panic threshold every endpoint is a candidate.
+        let skip_ejected = enough && in_rotation < all.len();
+        let count = if skip_ejected { in_rotation } else { all.len() };
+        let nth = |n: usize| -> &Arc<Endpoint> {
+            if skip_ejected {
+                all.iter()
+                    .filter(|e| !e.stats.is_ejected(now))
+                    .nth(n)
+                    .unwrap_or(&all[0])
+            } else {
+                &all[n]
             }
+        };
+        let chosen = match (self.policy, count) {
+            (_, 1) => nth(0),
+            (BalancePolicy::RoundRobin, n) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
             (BalancePolicy::PeakEwma, n) => {
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
@@ -440,7 +464,7 @@ impl Shared {
                 if b >= a {
                     b += 1;
                 }
-                let (ea, eb) = (candidates[a], candidates[b]);
+                let (ea, eb) = (nth(a), nth(b));
                 if ea.stats.load() <= eb.stats.load() {
                     ea
                 } else {
@@ -474,7 +498,7 @@ impl Drop for PendingGuard {
 pub(crate) fn is_unavailable<B>(response: &http::Response<B>) -> bool {
     response
         .headers()
-        .get("grpc-status")
+        .get(super::grpc_timeout::GRPC_STATUS_HEADER)
         .is_some_and(|s| s.as_bytes() == b"14")
 }
 
@@ -491,7 +515,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
-            if !shared.watch.current().initialized {
+            if !shared.watch.is_initialized() {
                 let wait = request
                     .extensions()
                     .get::<Deadline>()
@@ -504,10 +528,11 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 shared.apply(&state);
             }
             // A kept set whose grace ran out goes now, even with no new answer from Consul.
-            if shared
-                .empty_since
-                .lock()
-                .is_ok_and(|since| since.is_some_and(|s| s.elapsed() >= shared.empty_set_grace))
+            if shared.keeping_empty.load(Ordering::Relaxed)
+                && shared
+                    .empty_since
+                    .lock()
+                    .is_ok_and(|since| since.is_some_and(|s| s.elapsed() >= shared.empty_set_grace))
             {
                 shared.apply(&shared.watch.current());
             }
@@ -525,6 +550,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
             endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
             let connection = endpoint.connection(&shared.connections);
             let mut channel = connection.channel.clone();
+            let deadline = request.extensions().get::<Deadline>().copied();
             let _pending = PendingGuard::new(Arc::clone(&endpoint), connection);
             let started = Instant::now();
             let result = async {
@@ -536,6 +562,10 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 Ok(response) => {
                     endpoint.stats.observe_rtt(started.elapsed());
                     !is_unavailable(response)
+                }
+                // A call cut by its own deadline says nothing about the endpoint.
+                Err(_) if deadline.is_some_and(|d| d.remaining().is_zero()) => {
+                    return result.map_err(|err| Box::new(err) as BoxError);
                 }
                 Err(_) => false,
             };
@@ -552,13 +582,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn peak_ewma_jumps_up_and_decays_down() {
+    fn ewma_takes_the_first_sample_then_rises_faster_than_it_falls() {
         let stats = EndpointStats::new();
         stats.observe_rtt(Duration::from_millis(10));
         assert!((stats.ewma_nanos() - 10_000_000.0).abs() < 1.0);
+        // 50 ms later a 1 ms sample: it falls by 1 - e^(-0.1), about 10%.
+        std::thread::sleep(Duration::from_millis(50));
         stats.observe_rtt(Duration::from_millis(1));
-        assert!(stats.ewma_nanos() <= 10_000_000.0);
-        assert!(stats.ewma_nanos() >= 1_000_000.0);
+        let fallen = stats.ewma_nanos();
+        assert!((8_000_000.0..10_000_000.0).contains(&fallen), "{fallen}");
+        // 50 ms later a 20 ms sample: it rises by 1 - e^(-1), about 63%.
+        std::thread::sleep(Duration::from_millis(50));
+        stats.observe_rtt(Duration::from_millis(20));
+        let risen = stats.ewma_nanos();
+        assert!((14_000_000.0..20_000_000.0).contains(&risen), "{risen}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -88,14 +89,25 @@ enum Phase {
     HalfOpen { in_flight: u32, succeeded: u32 },
 }
 
+/// State changed only under the lock: transitions and failures (rare when all is well).
 #[derive(Debug)]
 struct Core {
     phase: Phase,
     window_start: Instant,
-    calls: u32,
     failures: u32,
-    in_a_row: u32,
     times_opened: u64,
+}
+
+/// What every call touches, without a lock: while closed, a call is admitted and its success
+/// counted with a few atomic operations.
+#[derive(Debug)]
+struct FastPath {
+    /// Mirrors `Core::phase == Closed`.
+    closed: AtomicBool,
+    /// Successes in the current window.
+    successes: AtomicU32,
+    /// Failures in a row.
+    in_a_row: AtomicU32,
 }
 
 /// The breaker of one service; clones share their state.
@@ -103,6 +115,7 @@ struct Core {
 pub struct CircuitBreaker {
     service: Arc<str>,
     policy: BreakerPolicy,
+    fast: Arc<FastPath>,
     core: Arc<Mutex<Core>>,
 }
 
@@ -150,12 +163,15 @@ impl CircuitBreaker {
         Self {
             service: Arc::from(service),
             policy,
+            fast: Arc::new(FastPath {
+                closed: AtomicBool::new(true),
+                successes: AtomicU32::new(0),
+                in_a_row: AtomicU32::new(0),
+            }),
             core: Arc::new(Mutex::new(Core {
                 phase: Phase::Closed,
                 window_start: Instant::now(),
-                calls: 0,
                 failures: 0,
-                in_a_row: 0,
                 times_opened: 0,
             })),
         }
@@ -192,6 +208,14 @@ impl CircuitBreaker {
 
     /// Lets a call through, or refuses it with `UNAVAILABLE` while open.
     pub fn admit(&self, deadline: Option<Deadline>) -> Result<Permit, tonic::Status> {
+        if self.fast.closed.load(Ordering::Acquire) {
+            return Ok(Permit {
+                breaker: self.clone(),
+                probe: false,
+                deadline,
+                done: false,
+            });
+        }
         let now = Instant::now();
         let mut core = self.lock();
         if let Phase::Open { until } = core.phase {
@@ -237,6 +261,19 @@ impl CircuitBreaker {
 
     /// Counts a call's outcome (`None`: the call left without one).
     fn record(&self, probe: bool, outcome: Option<Outcome>) {
+        if !probe {
+            match outcome {
+                None => return,
+                Some(Outcome::Success) if self.fast.closed.load(Ordering::Acquire) => {
+                    self.fast.successes.fetch_add(1, Ordering::Relaxed);
+                    if self.fast.in_a_row.load(Ordering::Relaxed) != 0 {
+                        self.fast.in_a_row.store(0, Ordering::Relaxed);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         let now = Instant::now();
         let mut core = self.lock();
         match (&mut core.phase, probe) {
@@ -255,33 +292,30 @@ impl CircuitBreaker {
                             tracing::info!(service = %self.service, "circuit breaker closed: probes succeeded");
                             core.phase = Phase::Closed;
                             core.window_start = now;
-                            core.calls = 0;
                             core.failures = 0;
-                            core.in_a_row = 0;
+                            self.fast.successes.store(0, Ordering::Relaxed);
+                            self.fast.in_a_row.store(0, Ordering::Relaxed);
+                            self.fast.closed.store(true, Ordering::Release);
                         }
                     }
                     Some(Outcome::Failure) => self.open(&mut core, now, "a probe failed"),
                     None => {}
                 }
             }
-            (Phase::Closed, _) => {
-                let Some(outcome) = outcome else { return };
+            // Successes while closed took the fast path; this is a failure.
+            (Phase::Closed, _) if outcome == Some(Outcome::Failure) => {
+                // The window starts again with the first failure after it ran out.
                 if now.saturating_duration_since(core.window_start) >= self.policy.window {
                     core.window_start = now;
-                    core.calls = 0;
                     core.failures = 0;
+                    self.fast.successes.store(0, Ordering::Relaxed);
                 }
-                core.calls += 1;
-                if outcome == Outcome::Failure {
-                    core.failures += 1;
-                    core.in_a_row += 1;
-                } else {
-                    core.in_a_row = 0;
-                }
-                let ratio_tripped = core.calls >= self.policy.min_calls.max(1)
-                    && f64::from(core.failures)
-                        >= self.policy.failure_ratio * f64::from(core.calls);
-                if core.in_a_row >= self.policy.consecutive_failures.max(1) || ratio_tripped {
+                core.failures += 1;
+                let in_a_row = self.fast.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                let calls = core.failures + self.fast.successes.load(Ordering::Relaxed);
+                let ratio_tripped = calls >= self.policy.min_calls.max(1)
+                    && f64::from(core.failures) >= self.policy.failure_ratio * f64::from(calls);
+                if in_a_row >= self.policy.consecutive_failures.max(1) || ratio_tripped {
                     self.open(&mut core, now, "too many failures");
                 }
             }
@@ -292,6 +326,7 @@ impl CircuitBreaker {
     }
 
     fn open(&self, core: &mut Core, now: Instant, why: &str) {
+        self.fast.closed.store(false, Ordering::Release);
         core.phase = Phase::Open {
             until: now + self.policy.open_for,
         };
@@ -299,7 +334,7 @@ impl CircuitBreaker {
         tracing::warn!(
             service = %self.service,
             reason = why,
-            calls = core.calls,
+            successes = self.fast.successes.load(Ordering::Relaxed),
             failures = core.failures,
             open_for = ?self.policy.open_for,
             "circuit breaker opened"
@@ -341,7 +376,11 @@ where
 /// How a finished call counts for the breaker.
 fn outcome<B>(result: &Result<http::Response<B>, BoxError>) -> Outcome {
     match result {
-        Ok(response) => match response.headers().get("grpc-status").map(|s| s.as_bytes()) {
+        Ok(response) => match response
+            .headers()
+            .get(super::grpc_timeout::GRPC_STATUS_HEADER)
+            .map(|s| s.as_bytes())
+        {
             Some(b"14") | Some(b"4") => Outcome::Failure,
             _ => Outcome::Success,
         },

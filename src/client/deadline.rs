@@ -9,11 +9,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderValue;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::grpc_timeout::{self, GRPC_TIMEOUT};
+use super::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
 use super::BoxError;
 
 tokio::task_local! {
@@ -39,9 +38,10 @@ impl Deadline {
 
 /// Sets `grpc-timeout` on `request` to what is left of `deadline`.
 pub(crate) fn set_remaining<B>(request: &mut http::Request<B>, deadline: Deadline) {
-    if let Ok(value) = HeaderValue::from_str(&grpc_timeout::encode(deadline.remaining())) {
-        request.headers_mut().insert(GRPC_TIMEOUT, value);
-    }
+    request.headers_mut().insert(
+        GRPC_TIMEOUT_HEADER,
+        grpc_timeout::encode_header(deadline.remaining()),
+    );
 }
 
 /// Client layer: resolves the call's deadline and enforces it.
@@ -92,7 +92,7 @@ where
         let now = Instant::now();
         let from_header = request
             .headers()
-            .get(GRPC_TIMEOUT)
+            .get(GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout::parse)
             .map(|t| now + t);
@@ -106,12 +106,18 @@ where
         set_remaining(&mut request, deadline);
         let call = self.inner.call(request);
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline.0, call).await {
-                Ok(result) => result,
-                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
+            let exceeded = || {
+                Box::new(tonic::Status::deadline_exceeded(format!(
                     "deadline exceeded after {:?}",
                     now.elapsed()
-                ))) as BoxError),
+                ))) as BoxError
+            };
+            match tokio::time::timeout_at(deadline.0, call).await {
+                // tonic's channel enforces the `grpc-timeout` we send too; when its timer wins
+                // the race with ours, its "timeout expired" is this same deadline.
+                Err(_) => Err(exceeded()),
+                Ok(Err(_)) if deadline.remaining().is_zero() => Err(exceeded()),
+                Ok(result) => result,
             }
         })
     }
@@ -152,7 +158,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let deadline = request
             .headers()
-            .get(GRPC_TIMEOUT)
+            .get(GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout::parse)
             .map(|t| Instant::now() + t);

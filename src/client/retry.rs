@@ -91,26 +91,44 @@ pub struct Retry<S> {
 type Req = http::Request<tonic::body::Body>;
 type Resp = http::Response<tonic::body::Body>;
 
-/// A request whose body was read, so it can be sent more than once.
+/// What a retry needs of a request whose body was read: the first attempt takes the original
+/// request; retries are rebuilt from this copy (the deadline is the only extension they keep).
 struct Replayable {
-    parts: http::request::Parts,
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    deadline: Option<Deadline>,
     body: Bytes,
 }
 
 impl Replayable {
-    fn request(&self) -> Req {
-        let mut builder = http::Request::builder()
-            .method(self.parts.method.clone())
-            .uri(self.parts.uri.clone())
-            .version(self.parts.version);
-        if let Some(headers) = builder.headers_mut() {
-            *headers = self.parts.headers.clone();
+    fn new(parts: &http::request::Parts, body: Bytes) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            deadline: parts.extensions.get::<Deadline>().copied(),
+            body,
         }
-        let mut request = builder
-            .body(tonic::body::Body::new(Full::new(self.body.clone())))
-            // Parts taken from a valid request are valid again.
-            .unwrap_or_else(|_| http::Request::new(tonic::body::Body::empty()));
-        *request.extensions_mut() = self.parts.extensions.clone();
+    }
+
+    fn body(&self) -> tonic::body::Body {
+        tonic::body::Body::new(Full::new(self.body.clone()))
+    }
+
+    /// Another attempt, with `grpc-timeout` set to what is left of the deadline.
+    fn request(&self) -> Req {
+        let mut request = http::Request::new(self.body());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        if let Some(deadline) = self.deadline {
+            request.extensions_mut().insert(deadline);
+            set_remaining(&mut request, deadline);
+        }
         request
     }
 }
@@ -152,10 +170,12 @@ where
                 .await
                 .map_err(|err| Box::new(err) as BoxError)?
                 .to_bytes();
-            let replay = Replayable { parts, body };
-            let deadline = replay.parts.extensions.get::<Deadline>().copied();
+            let replay = Replayable::new(&parts, body);
+            let deadline = replay.deadline;
             let mut attempt = 1;
-            let mut result = inner.call(replay.request()).await;
+            let mut result = inner
+                .call(http::Request::from_parts(parts, replay.body()))
+                .await;
             while attempt < layer.policy.max_attempts && should_retry(&result) {
                 let backoff = backoff(&layer.policy, attempt);
                 if deadline.is_some_and(|d| d.remaining() <= backoff) || !layer.budget.withdraw() {
@@ -163,13 +183,9 @@ where
                 }
                 tokio::time::sleep(backoff).await;
                 attempt += 1;
-                let mut request = replay.request();
-                if let Some(deadline) = deadline {
-                    set_remaining(&mut request, deadline);
-                }
                 std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-                tracing::debug!(path = %replay.parts.uri.path(), attempt, "retrying");
-                result = inner.call(request).await;
+                tracing::debug!(path = %replay.uri.path(), attempt, "retrying");
+                result = inner.call(replay.request()).await;
             }
             result
         })
