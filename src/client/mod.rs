@@ -8,7 +8,7 @@
 //!    waiting for a concurrency slot, retries, backoff — spends the same budget;
 //! 2. [`breaker::BreakerLayer`]: the target service's circuit breaker; while open, calls fail at
 //!    once instead of queueing for a service that is down (see [`with_fallback`]);
-//! 3. concurrency limit: caps calls in flight to the service, so a slow target cannot make this
+//! 3. [`limit::LimitLayer`]: caps calls in flight to the service, so a slow target cannot make this
 //!    process pile up unbounded work; waiting for a slot counts against the deadline;
 //! 4. [`retry::RetryLayer`]: retries safe methods on connection errors and `UNAVAILABLE`, within
 //!    a budget; each retry goes back through the balancer, which usually picks another endpoint;
@@ -19,6 +19,7 @@ pub mod balance;
 pub mod breaker;
 pub mod deadline;
 pub mod grpc_timeout;
+pub mod limit;
 pub mod methods;
 pub mod retry;
 pub mod status;
@@ -144,8 +145,7 @@ impl Mesh {
         let stack = ServiceBuilder::new()
             .layer(deadline::DeadlineLayer::new(options.default_timeout))
             .layer(breaker::BreakerLayer::new(breaker))
-            .concurrency_limit(options.concurrency_limit)
-            .map_err(BoxError::from)
+            .layer(limit::LimitLayer::new(options.concurrency_limit))
             .layer(retry::RetryLayer::new(
                 options.retry,
                 Arc::clone(&self.inner.methods),
