@@ -110,7 +110,9 @@ mod tests {
 
         open_first.send(()).expect("first still waiting");
         first.await.expect("joined").expect("first call");
-        second_running.await.expect("the second call runs once the slot is free");
+        second_running
+            .await
+            .expect("the second call runs once the slot is free");
         second.abort();
     }
 }
