@@ -1,5 +1,23 @@
-//! The protomesh transcoding gateway: it will find services in Consul, read their descriptors over
-//! server reflection and serve their `google.api.http` routes as JSON/HTTP.
+//! The protomesh transcoding gateway: it finds services in Consul, reads their descriptors over
+//! server reflection, and serves their `google.api.http` routes as JSON/HTTP (and forwards native
+//! gRPC by path).
 //!
-//! This crate is a placeholder until the gateway issue; it exists so the workspace layout is final.
+//! The pieces, in the order a request meets them:
+//! - [`template`]: `google.api.http` path templates, parsed and matched against request paths;
+//! - [`reflection`]: a service's descriptors, fetched over server reflection (v1, then v1alpha);
+//! - [`transcode`]: an HTTP request (path bindings, query string, body) into a request message,
+//!   and a response message back into JSON, by the proto3 JSON mapping;
+//! - [`routes`]: the route table built from the `google.api.http` options of every method;
+//! - [`discovery`]: the services in Consul and their descriptors, followed at run time;
+//! - [`server`]: the HTTP handlers; [`codec`]: protobuf for messages known only at run time;
+//! - [`errors`]: gRPC statuses (and the gateway's own errors) as HTTP codes and JSON bodies.
 #![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod discovery;
+pub mod errors;
+pub mod reflection;
+pub mod routes;
+pub mod server;
+pub mod template;
+pub mod transcode;

@@ -1,0 +1,75 @@
+//! A tonic codec for messages known only at run time: requests are [`DynamicMessage`]s encoded as
+//! protobuf, responses are decoded into [`DynamicMessage`]s of the method's output type.
+
+use bytes::Buf;
+use prost::Message;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+/// Encodes any [`DynamicMessage`]; decodes responses as `output`.
+#[derive(Debug, Clone)]
+pub struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl DynamicCodec {
+    /// A codec whose decoded messages are of type `output`.
+    pub fn new(output: MessageDescriptor) -> Self {
+        Self { output }
+    }
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder {
+            output: self.output.clone(),
+        }
+    }
+}
+
+/// See [`DynamicCodec`].
+#[derive(Debug, Clone, Copy)]
+pub struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|err| Status::internal(format!("cannot encode the request: {err}")))
+    }
+}
+
+/// See [`DynamicCodec`].
+#[derive(Debug, Clone)]
+pub struct DynamicDecoder {
+    output: MessageDescriptor,
+}
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        DynamicMessage::decode(self.output.clone(), bytes)
+            .map(Some)
+            .map_err(|err| {
+                Status::internal(format!(
+                    "cannot decode the response as {}: {err}",
+                    self.output.full_name()
+                ))
+            })
+    }
+}

@@ -1,0 +1,341 @@
+//! Errors as HTTP answers: a gRPC status becomes the HTTP code of the standard table (the one
+//! grpc-gateway and Envoy use) and a JSON body `{"code": <gRPC code>, "message": "...",
+//! "details": [...]}`, its `google.rpc.Status` details decoded to JSON (`{"@type": ..., ...}`);
+//! errors the gateway makes itself (no route, wrong method, body too big, bad JSON) use the same
+//! body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use serde::Serialize;
+
+/// The HTTP status for a gRPC status code.
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::Ok => StatusCode::OK,
+        // nginx's "client closed request": the caller went away.
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The JSON error body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorBody {
+    /// The gRPC status code, as a number.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+    /// The status details (`google.protobuf.Any` in JSON form), possibly empty.
+    pub details: Vec<serde_json::Value>,
+}
+
+/// An error ready to send: HTTP status, extra headers, JSON body.
+#[derive(Debug, Clone)]
+pub struct HttpError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Headers to add (`Allow` for 405, say).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The body.
+    pub body: ErrorBody,
+}
+
+impl HttpError {
+    /// An error of the gateway's own, with the gRPC `code` its body reports.
+    pub fn new(status: StatusCode, code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: ErrorBody {
+                code: code as i32,
+                message: message.into(),
+                details: Vec::new(),
+            },
+        }
+    }
+
+    /// No route for the path.
+    pub fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            tonic::Code::NotFound,
+            format!("no route for path {path}"),
+        )
+    }
+
+    /// A route exists for the path, but not for this method; `allow` lists the methods that
+    /// have one.
+    pub fn method_not_allowed(method: &http::Method, path: &str, allow: &[http::Method]) -> Self {
+        let allowed = allow
+            .iter()
+            .map(http::Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut error = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            tonic::Code::Unimplemented,
+            format!("method {method} not allowed for path {path}; allowed: {allowed}"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&allowed) {
+            error.headers.push((header::ALLOW, value));
+        }
+        error
+    }
+
+    /// The body is larger than `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tonic::Code::ResourceExhausted,
+            format!("request body larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// The request cannot be turned into the method's request message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            message,
+        )
+    }
+
+    /// A gRPC status from upstream (or from the mesh client), its details decoded with the
+    /// messages `pool` knows.
+    pub fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {
+        Self {
+            status: http_status(status.code()),
+            headers: Vec::new(),
+            body: ErrorBody {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                details: decode_details(status.details(), pool),
+            },
+        }
+    }
+
+    /// The JSON body, encoded.
+    pub fn body_bytes(&self) -> Bytes {
+        serde_json::to_vec(&self.body)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| {
+                Bytes::from_static(b"{\"code\":13,\"message\":\"internal error\",\"details\":[]}")
+            })
+    }
+}
+
+impl axum::response::IntoResponse for HttpError {
+    fn into_response(self) -> axum::response::Response {
+        let body = self.body_bytes();
+        let mut response = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+}
+
+/// The details of an encoded `google.rpc.Status` as JSON values: each `Any` in its JSON form when
+/// `pool` knows its type, else `{"@type": url, "value": <base64>}`.
+pub fn decode_details(encoded: &[u8], pool: &DescriptorPool) -> Vec<serde_json::Value> {
+    if encoded.is_empty() {
+        return Vec::new();
+    }
+    let Ok(status) = RpcStatus::decode(encoded) else {
+        return Vec::new();
+    };
+    status
+        .details
+        .iter()
+        .map(|any| any_to_json(any, pool))
+        .collect()
+}
+
+/// `google.rpc.Status`, as far as the gateway needs it.
+#[derive(Clone, PartialEq, Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// The mesh's own descriptors, which hold the `google.rpc` detail types: details are decoded
+/// with them when the service's pool does not know the type (a service that returns
+/// `BadRequest` need not import `error_details.proto`).
+fn builtin_pool() -> Option<&'static DescriptorPool> {
+    static POOL: std::sync::OnceLock<Option<DescriptorPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).ok())
+        .as_ref()
+}
+
+fn any_to_json(any: &prost_types::Any, pool: &DescriptorPool) -> serde_json::Value {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let decoded = pool
+        .get_message_by_name(type_name)
+        .or_else(|| builtin_pool().and_then(|p| p.get_message_by_name(type_name)))
+        .and_then(|descriptor| DynamicMessage::decode(descriptor, any.value.as_slice()).ok())
+        .and_then(|message| {
+            message
+                .serialize_with_options(
+                    serde_json::value::Serializer,
+                    &SerializeOptions::new().stringify_64_bit_integers(true),
+                )
+                .ok()
+        });
+    match decoded {
+        Some(serde_json::Value::Object(mut fields)) => {
+            let mut object = serde_json::Map::new();
+            object.insert("@type".into(), any.type_url.clone().into());
+            object.append(&mut fields);
+            serde_json::Value::Object(object)
+        }
+        _ => serde_json::json!({
+            "@type": any.type_url,
+            "value": base64_encode(&any.value),
+        }),
+    }
+}
+
+/// Standard base64 with padding (what proto3 JSON uses for bytes).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pool() -> DescriptorPool {
+        DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap()
+    }
+
+    #[test]
+    fn the_standard_table() {
+        use tonic::Code;
+        let table = [
+            (Code::InvalidArgument, 400),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::Unauthenticated, 401),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Internal, 500),
+            (Code::Cancelled, 499),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+        ];
+        for (code, http) in table {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn bad_request_details_are_decoded_to_json() {
+        let status = protomesh::status::invalid_argument("urgency", "must be 1..10, got 11");
+        let error = HttpError::from_status(&status, &pool());
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        let body: serde_json::Value = serde_json::from_slice(&error.body_bytes()).unwrap();
+        assert_eq!(body["code"], 3);
+        assert!(body["message"].as_str().unwrap().contains("urgency"));
+        let detail = &body["details"][0];
+        assert_eq!(detail["@type"], "type.googleapis.com/google.rpc.BadRequest");
+        assert_eq!(detail["fieldViolations"][0]["field"], "urgency");
+    }
+
+    #[test]
+    fn rpc_details_decode_even_when_the_service_pool_lacks_them() {
+        let status = protomesh::status::invalid_argument("urgency", "must be 1..10");
+        let error = HttpError::from_status(&status, &DescriptorPool::new());
+        assert_eq!(
+            error.body.details[0]["fieldViolations"][0]["field"],
+            "urgency"
+        );
+    }
+
+    #[test]
+    fn unknown_detail_types_keep_their_bytes() {
+        let any = prost_types::Any {
+            type_url: "type.googleapis.com/nobody.Knows".into(),
+            value: vec![1, 2, 3, 4],
+        };
+        let json = any_to_json(&any, &pool());
+        assert_eq!(json["@type"], "type.googleapis.com/nobody.Knows");
+        assert_eq!(json["value"], "AQIDBA==");
+    }
+
+    #[test]
+    fn garbage_details_give_no_details_not_a_panic() {
+        assert!(decode_details(b"\xff\xff\xff", &pool()).is_empty());
+    }
+
+    #[test]
+    fn method_not_allowed_lists_the_allowed_methods() {
+        let error = HttpError::method_not_allowed(
+            &http::Method::DELETE,
+            "/v1/priority:score",
+            &[http::Method::POST],
+        );
+        assert_eq!(error.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(error.headers[0].1, "POST");
+    }
+
+    #[test]
+    fn base64_pads_like_the_standard() {
+        for (input, expected) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(base64_encode(input), expected);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The `gateway` binary: JSON/HTTP (HTTP/1.1 and h2c on one port) in front of every gRPC service in
+//! Consul, with routes learned at run time from their `google.api.http` options.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use protomesh::client::Mesh;
+use protomesh::config::LogFormat;
+use protomesh::consul::{ConsulClient, ConsulConfig};
+use protomesh_gateway::discovery::{self, DiscoveryOptions};
+use protomesh_gateway::server::{self, Gateway, GatewayOptions};
+use protomesh_gateway::transcode::JsonOptions;
+
+/// JSON/HTTP to gRPC for every service in the mesh.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+struct Cli {
+    /// Address to listen on (HTTP/1.1 and h2c).
+    #[arg(
+        long,
+        env = "PROTOMESH_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: SocketAddr,
+    /// Consul agent HTTP address.
+    #[arg(
+        long = "consul-addr",
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    consul_addr: String,
+    /// Consul ACL token.
+    #[arg(
+        long = "consul-token",
+        env = "CONSUL_HTTP_TOKEN",
+        hide_env_values = true
+    )]
+    consul_token: Option<String>,
+    /// Only services with this Consul tag are routed.
+    #[arg(long, env = "PROTOMESH_GATEWAY_TAG", default_value = "grpc")]
+    tag: String,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "PROTOMESH_GATEWAY_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    body_limit: usize,
+    /// Deadline of a call when the request sends no `Grpc-Timeout`.
+    #[arg(long, env = "PROTOMESH_GATEWAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    default_timeout: Duration,
+    /// Extra request headers passed to services as gRPC metadata (repeat the flag).
+    #[arg(
+        long = "forward-header",
+        env = "PROTOMESH_GATEWAY_FORWARD_HEADERS",
+        value_delimiter = ','
+    )]
+    forward_headers: Vec<String>,
+    /// Prefix of response headers carrying the services' response metadata.
+    #[arg(
+        long,
+        env = "PROTOMESH_GATEWAY_METADATA_PREFIX",
+        default_value = "grpc-metadata-"
+    )]
+    metadata_prefix: String,
+    /// Answer with proto field names instead of lowerCamelCase.
+    #[arg(long)]
+    proto_names: bool,
+    /// Answer with fields at their default values too.
+    #[arg(long)]
+    emit_defaults: bool,
+    /// Accept (and ignore) unknown JSON fields instead of answering 400.
+    #[arg(long)]
+    allow_unknown_fields: bool,
+    /// Log format.
+    #[arg(long, env = "PROTOMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = protomesh::telemetry::init(cli.log_format, "gateway") {
+        eprintln!("gateway: {err}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("gateway: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "gateway stopped");
+            eprintln!("gateway: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut consul =
+        ConsulConfig::new(&cli.consul_addr).context("CONSUL_HTTP_ADDR / --consul-addr")?;
+    if let Some(token) = cli.consul_token.filter(|t| !t.is_empty()) {
+        consul = consul.with_token(token);
+    }
+    let consul = ConsulClient::new(consul)?;
+    consul.agent_self().await.with_context(|| {
+        format!(
+            "cannot reach the Consul agent at {} (CONSUL_HTTP_ADDR)",
+            cli.consul_addr
+        )
+    })?;
+    let mesh = Mesh::from_consul(consul.clone())?;
+    let state = discovery::spawn(
+        consul,
+        mesh.clone(),
+        DiscoveryOptions {
+            tag: cli.tag,
+            ..DiscoveryOptions::default()
+        },
+    );
+    let forward_headers = cli
+        .forward_headers
+        .iter()
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                .with_context(|| format!("--forward-header {h:?} is not a header name"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = GatewayOptions {
+        body_limit: cli.body_limit,
+        default_timeout: cli.default_timeout,
+        json: JsonOptions {
+            use_proto_names: cli.proto_names,
+            emit_defaults: cli.emit_defaults,
+            allow_unknown_fields: cli.allow_unknown_fields,
+        },
+        forward_headers,
+        metadata_prefix: cli.metadata_prefix.to_ascii_lowercase(),
+        ..GatewayOptions::default()
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening (HTTP/1.1 and h2c)");
+    axum::serve(listener, server::router(Gateway::new(mesh, state, options)))
+        .with_graceful_shutdown(protomesh::server::shutdown_signal())
+        .await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The gateway's HTTP side: an axum router that answers `/healthz`, `/readyz` and `/routes`, and
+//! transcodes every other request by the live route table: route lookup (404 / 405 with `Allow`),
+//! body limit (413), JSON → request message (400 naming the field or the JSON position), a unary
+//! or server-streaming call through the mesh client (deadline from `Grpc-Timeout` or the default;
+//! `Authorization`, `X-Request-Id`, `traceparent` and configured headers as metadata), and the
+//! answer back as JSON (errors by the standard table, streams as NDJSON or SSE). A client that
+//! goes away drops the handler, which cancels the upstream call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::header::{self, HeaderName, HeaderValue};
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use prost_reflect::{DescriptorPool, DynamicMessage};
+use protomesh::client::Mesh;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::codec::DynamicCodec;
+use crate::discovery::GatewayState;
+use crate::errors::HttpError;
+use crate::routes::{Lookup, Route};
+use crate::transcode::{self, JsonOptions, RequestParts};
+
+/// `X-Request-Id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How the gateway handles requests.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Largest request body accepted, in bytes.
+    pub body_limit: usize,
+    /// Deadline of a call when the request sets none (`Grpc-Timeout`).
+    pub default_timeout: Duration,
+    /// Longest deadline a request may ask for.
+    pub max_timeout: Duration,
+    /// JSON mapping options.
+    pub json: JsonOptions,
+    /// Request headers passed on as gRPC metadata, besides `authorization`, `x-request-id` and
+    /// `traceparent`/`tracestate`.
+    pub forward_headers: Vec<HeaderName>,
+    /// Prefix of response headers carrying the answer's gRPC metadata.
+    pub metadata_prefix: String,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            body_limit: 4 * 1024 * 1024,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            json: JsonOptions::default(),
+            forward_headers: Vec::new(),
+            metadata_prefix: "grpc-metadata-".to_owned(),
+        }
+    }
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    mesh: Mesh,
+    state: watch::Receiver<Arc<GatewayState>>,
+    options: Arc<GatewayOptions>,
+}
+
+impl Gateway {
+    /// A gateway calling through `mesh`, routing by the states `state` publishes.
+    pub fn new(
+        mesh: Mesh,
+        state: watch::Receiver<Arc<GatewayState>>,
+        options: GatewayOptions,
+    ) -> Self {
+        Self {
+            mesh,
+            state,
+            options: Arc::new(options),
+        }
+    }
+
+    fn current(&self) -> Arc<GatewayState> {
+        Arc::clone(&self.state.borrow())
+    }
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/routes", get(routes))
+        .fallback(transcode_request)
+        .with_state(gateway)
+}
+
+async fn readyz(State(gateway): State<Gateway>) -> Response {
+    if gateway.current().ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the Consul catalog\n",
+        )
+            .into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct RouteView {
+    method: String,
+    path: String,
+    grpc_method: String,
+    service: String,
+    streaming: bool,
+}
+
+#[derive(Serialize)]
+struct RoutesView {
+    routes: Vec<RouteView>,
+    conflicts: Vec<String>,
+    errors: Vec<String>,
+    unreachable: std::collections::BTreeMap<String, String>,
+}
+
+async fn routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
+    let state = gateway.current();
+    Json(RoutesView {
+        routes: state
+            .table
+            .routes()
+            .iter()
+            .map(|r| RouteView {
+                method: r.http_method.to_string(),
+                path: r.template.to_string(),
+                grpc_method: r.method.full_name().to_owned(),
+                service: r.service.clone(),
+                streaming: r.method.is_server_streaming(),
+            })
+            .collect(),
+        conflicts: state
+            .table
+            .conflicts()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        errors: state
+            .table
+            .errors()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        unreachable: state.unreachable.clone(),
+    })
+}
+
+/// The request ID: the caller's, or a new random one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get(&REQUEST_ID)
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            let id: u128 = rand::random();
+            HeaderValue::from_str(&format!("{id:032x}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        })
+}
+
+/// Transcodes one HTTP request.
+async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> Response {
+    let id = request_id(request.headers());
+    let mut response = match handle(&gateway, request, &id).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+async fn handle(
+    gateway: &Gateway,
+    request: Request,
+    request_id: &HeaderValue,
+) -> Result<Response, HttpError> {
+    let state = gateway.current();
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let (route, bindings) = match state.table.lookup(&parts.method, path) {
+        Lookup::Found(route, bindings) => (route.clone(), bindings),
+        Lookup::MethodNotAllowed(allowed) => {
+            return Err(HttpError::method_not_allowed(&parts.method, path, &allowed))
+        }
+        Lookup::NotFound => return Err(HttpError::not_found(path)),
+    };
+    let pool = state
+        .services
+        .get(&route.service)
+        .map(|s| s.pool.clone())
+        .unwrap_or_else(|| route.method.parent_pool().clone());
+
+    let body = Limited::new(body, gateway.options.body_limit)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                HttpError::payload_too_large(gateway.options.body_limit)
+            } else {
+                HttpError::bad_request(format!("cannot read the request body: {err}"))
+            }
+        })?
+        .to_bytes();
+
+    let path_bindings: Vec<(Vec<String>, String)> = bindings
+        .into_iter()
+        .map(|b| (b.field_path, b.value))
+        .collect();
+    let message = transcode::request_message(
+        &route.method.input(),
+        &RequestParts {
+            path_bindings: &path_bindings,
+            query: parts.uri.query(),
+            body: &body,
+            body_rule: &route.body,
+            fill_update_mask: parts.method == http::Method::PATCH,
+        },
+        &gateway.options.json,
+    )
+    .map_err(|err| HttpError::bad_request(err.to_string()))?;
+
+    let timeout = match parts.headers.get("grpc-timeout") {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(protomesh::client::grpc_timeout::parse)
+            .ok_or_else(|| {
+                HttpError::bad_request(format!(
+                    "invalid Grpc-Timeout header {value:?}: use e.g. 500m, 2S, 1M"
+                ))
+            })?,
+        None => gateway.options.default_timeout,
+    }
+    .min(gateway.options.max_timeout);
+
+    let mut call = tonic::Request::new(message);
+    call.set_timeout(timeout);
+    copy_metadata(
+        &parts.headers,
+        request_id,
+        &gateway.options,
+        call.metadata_mut(),
+    );
+
+    let mut grpc = tonic::client::Grpc::new(gateway.mesh.channel(&route.service));
+    grpc.ready().await.map_err(|err| {
+        HttpError::from_status(&tonic::Status::unavailable(err.to_string()), &pool)
+    })?;
+    let codec = DynamicCodec::new(route.method.output());
+    let grpc_path: http::uri::PathAndQuery = route
+        .grpc_path()
+        .parse()
+        .map_err(|_| HttpError::bad_request("invalid gRPC method path"))?;
+
+    if route.method.is_server_streaming() {
+        let wants_sse = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"));
+        let response = grpc
+            .server_streaming(call, grpc_path, codec)
+            .await
+            .map_err(|status| HttpError::from_status(&status, &pool))?;
+        return Ok(stream_response(
+            response,
+            &route,
+            &gateway.options,
+            pool,
+            wants_sse,
+        ));
+    }
+
+    let response = grpc
+        .unary(call, grpc_path, codec)
+        .await
+        .map_err(|status| HttpError::from_status(&status, &pool))?;
+    let (metadata, message, _) = response.into_parts();
+    let json = transcode::response_json(
+        &message,
+        route.response_body.as_deref(),
+        &gateway.options.json,
+    )
+    .map_err(|err| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            format!("cannot encode the answer as JSON: {err}"),
+        )
+    })?;
+    let mut response = (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response();
+    copy_response_metadata(&metadata, &gateway.options, response.headers_mut());
+    Ok(response)
+}
+
+/// Request headers the service sees as metadata.
+fn copy_metadata(
+    headers: &http::HeaderMap,
+    request_id: &HeaderValue,
+    options: &GatewayOptions,
+    metadata: &mut tonic::metadata::MetadataMap,
+) {
+    let always = [
+        header::AUTHORIZATION,
+        HeaderName::from_static("traceparent"),
+        HeaderName::from_static("tracestate"),
+    ];
+    for name in always.iter().chain(options.forward_headers.iter()) {
+        for value in headers.get_all(name) {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+            ) {
+                metadata.append(key, value);
+            }
+        }
+    }
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(request_id.as_bytes()) {
+        metadata.insert("x-request-id", value);
+    }
+}
+
+/// The answer's metadata as prefixed response headers (binary metadata and gRPC's own left out).
+fn copy_response_metadata(
+    metadata: &tonic::metadata::MetadataMap,
+    options: &GatewayOptions,
+    headers: &mut http::HeaderMap,
+) {
+    for (key, value) in metadata.clone().into_headers() {
+        let Some(key) = key else { continue };
+        let name = key.as_str();
+        // gRPC's own headers, binary metadata, and HTTP headers of the upstream hop.
+        if name.starts_with("grpc-")
+            || name.ends_with("-bin")
+            || matches!(name, "content-type" | "content-length" | "date" | "server")
+        {
+            continue;
+        }
+        if let Ok(prefixed) =
+            HeaderName::from_bytes(format!("{}{name}", options.metadata_prefix).as_bytes())
+        {
+            headers.append(prefixed, value);
+        }
+    }
+}
+
+/// A server stream as newline-delimited JSON, or as server-sent events.
+fn stream_response(
+    response: tonic::Response<tonic::Streaming<DynamicMessage>>,
+    route: &Route,
+    options: &GatewayOptions,
+    pool: DescriptorPool,
+    sse: bool,
+) -> Response {
+    let (metadata, stream, _) = response.into_parts();
+    let json_options = options.json;
+    let response_body = route.response_body.clone();
+    let lines = stream.map(move |item| {
+        let json = match item {
+            Ok(message) => {
+                transcode::response_json(&message, response_body.as_deref(), &json_options)
+                    .unwrap_or_else(|err| {
+                        HttpError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            tonic::Code::Internal,
+                            err.to_string(),
+                        )
+                        .body_bytes()
+                        .to_vec()
+                    })
+            }
+            // An error mid-stream: one last line with the error body (HTTP status already sent).
+            Err(status) => {
+                let error = HttpError::from_status(&status, &pool);
+                serde_json::to_vec(&serde_json::json!({ "error": error.body })).unwrap_or_default()
+            }
+        };
+        let mut frame = Vec::with_capacity(json.len() + 8);
+        if sse {
+            frame.extend_from_slice(b"data: ");
+            frame.extend_from_slice(&json);
+            frame.extend_from_slice(b"\n\n");
+        } else {
+            frame.extend_from_slice(&json);
+            frame.push(b'\n');
+        }
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut response = Response::new(Body::from_stream(lines));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    copy_response_metadata(&metadata, options, response.headers_mut());
+    response
+}
