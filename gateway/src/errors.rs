@@ -114,6 +114,17 @@ impl HttpError {
         )
     }
 
+    /// The request names a field wrongly: 400 with a `google.rpc.BadRequest` detail naming it.
+    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut error = Self::bad_request(message.clone());
+        error.body.details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{ "field": field, "description": message }],
+        }));
+        error
+    }
+
     /// A gRPC status from upstream (or from the mesh client), its details decoded with the
     /// messages `pool` knows.
     pub fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {

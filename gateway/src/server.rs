@@ -233,7 +233,15 @@ async fn handle(
         },
         &gateway.options.json,
     )
-    .map_err(|err| HttpError::bad_request(err.to_string()))?;
+    .map_err(|err| match err.field() {
+        Some(field) => HttpError::bad_field(field, err.to_string()),
+        None if err.is_client_error() => HttpError::bad_request(err.to_string()),
+        None => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            err.to_string(),
+        ),
+    })?;
 
     let timeout = match parts.headers.get("grpc-timeout") {
         Some(value) => value
