@@ -16,6 +16,8 @@
 pub mod codec;
 pub mod discovery;
 pub mod errors;
+pub mod grpc_proxy;
+pub mod openapi;
 pub mod reflection;
 pub mod routes;
 pub mod server;

@@ -301,7 +301,16 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     echo.take();
 
-    let cases: Vec<(&str, &str, &str, String, StatusCode, &[&str])> = vec![
+    /// Name, method, path, body, status, words the message must contain.
+    type ErrorCase = (
+        &'static str,
+        &'static str,
+        &'static str,
+        String,
+        StatusCode,
+        &'static [&'static str],
+    );
+    let cases: Vec<ErrorCase> = vec![
         (
             "malformed JSON",
             "POST",

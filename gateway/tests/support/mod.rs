@@ -414,3 +414,52 @@ pub async fn wait_for_route(gateway: &TestGateway, method: &str, path: &str, tim
     })
     .await;
 }
+
+/// Path of a workspace binary, built first if it is missing.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let path = target.join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.is_file() {
+        let status =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .current_dir(repo_root())
+                .args(["build", "-p", &format!("protomesh-{name}"), "--bin", name])
+                .status()
+                .unwrap();
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    path
+}
+
+/// Starts the service binary `name` registered with `consul_addr` (killed on drop).
+pub fn spawn_service(name: &str, consul_addr: &str) -> protomesh::devmesh::ServiceProcess {
+    let log = std::env::temp_dir().join(format!(
+        "protomesh-gateway-test-{}-{name}-{}.log",
+        std::process::id(),
+        rand_suffix()
+    ));
+    protomesh::devmesh::ServiceProcess::spawn(
+        name,
+        &binary(name),
+        &["--listen".to_owned(), "127.0.0.1:0".to_owned()],
+        &[
+            ("CONSUL_HTTP_ADDR".to_owned(), consul_addr.to_owned()),
+            ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ],
+        log,
+    )
+    .unwrap()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

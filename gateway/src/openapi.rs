@@ -1,0 +1,1268 @@
+//! An [OpenAPI 3.0.3] document for the JSON/HTTP API the gateway serves, generated from the live
+//! [`RouteTable`]: one operation per route, with the request and response messages as schemas by
+//! the [proto3 JSON mapping], the way [`transcode`](crate::transcode) reads and writes them.
+//!
+//! # Paths
+//!
+//! Each path template becomes an OpenAPI path:
+//!
+//! - `{field}` and `{a.b}` become path parameters of the same name (`a.b`), typed by the bound
+//!   field;
+//! - a variable with its own template, `{name=shelves/*}`, becomes the single parameter `{name}`,
+//!   whose description (and `pattern`) gives the template. OpenAPI path parameters cannot hold a
+//!   `/`, while such a value does: the description says to send its `/` unescaped (a `%2F` would not
+//!   match the route);
+//! - a bare `*` or `**` segment, bound to no field, becomes a parameter `{_segment1}`,
+//!   `{_segment2}`, …;
+//! - the verb stays in the path as written: `/v1/priority:score`.
+//!
+//! A route goes under its HTTP method. A `custom` rule whose method has no slot in an OpenAPI path
+//! item (anything but GET, PUT, POST, DELETE, PATCH, HEAD, OPTIONS, TRACE) gets no operation: it is
+//! listed in the document's `x-custom-methods` instead. So is, in `x-path-collisions`, a route whose
+//! OpenAPI path and method are already taken by another route (`/v1/{name=shelves/*}` and
+//! `/v1/{name=authors/*}` both render as `/v1/{name}`).
+//!
+//! # Operations
+//!
+//! - `operationId`: `Service_Method` (the service's short name); a method's additional bindings
+//!   get `Service_Method2`, `Service_Method3`, … in the order of its `google.api.http` rule, and a
+//!   name already taken gets a further `_2`, `_3`, ….
+//! - `summary`: the first paragraph of the method's comment, `description` the rest, when the
+//!   descriptors carry source info; otherwise the summary is the method's full name.
+//! - `tags`: the gRPC service's full name (described by its comment in the top-level `tags`).
+//! - `parameters`: the path parameters (required), then, unless the rule's `body` is `*`, one query
+//!   parameter for every field the path and the body leave unbound that a query parameter can set:
+//!   scalars, enums, the well-known types with a text form (`Timestamp`, `Duration`, `FieldMask`,
+//!   `Value`, wrappers), and repeated ones of those (`?tag=a&tag=b`); the fields of a nested
+//!   message get dotted names (`filter.state`), down to [`MAX_QUERY_DEPTH`] levels and never
+//!   through a message already being expanded. Maps and repeated messages cannot be query
+//!   parameters and are left out.
+//! - `requestBody` (`application/json`): the request message for `body: "*"`, the field's schema
+//!   for `body: "<field>"`, none otherwise.
+//! - `responses`: `200` with the response message (or its `response_body` field); for a
+//!   server-streaming method, `application/x-ndjson` and `text/event-stream`, each item being one
+//!   message. `default` is the gateway's error body, the schema `Error`.
+//! - Extensions: `x-grpc-method` (`/package.Service/Method`) and `x-consul-service`.
+//!
+//! # Schemas
+//!
+//! `components/schemas` holds one schema per message and enum type referenced, named by full name
+//! (`protomesh.priority.v1.ScoreRequest`), plus `Error`. Properties are named by JSON name
+//! (lowerCamelCase) or, with [`JsonOptions::use_proto_names`], by proto name. Types follow the
+//! proto3 JSON mapping as the gateway writes it: 32-bit integers are `integer`s, 64-bit integers
+//! `string`s (format `int64` / `uint64`), `float`/`double` `number`s, `bytes` base64 `string`s
+//! (format `byte`), enums `string`s listing the value names, repeated fields `array`s, maps
+//! `object`s with `additionalProperties`, messages `$ref`s. The well-known types are written
+//! inline in their JSON forms: `Timestamp` a `date-time` string, `Duration` and `FieldMask`
+//! strings, `Struct` an object, `Value` anything, `ListValue` an array, wrappers their (nullable)
+//! scalar, `Empty` an object, `Any` an object with `@type`. Comments become descriptions.
+//!
+//! If two services' descriptors define different messages under one full name, the first route
+//! (in the order of the document) decides the schema.
+//!
+//! The document is deterministic: the same table and options give byte-identical JSON.
+//!
+//! [OpenAPI 3.0.3]: https://spec.openapis.org/oas/v3.0.3
+//! [proto3 JSON mapping]: https://protobuf.dev/programming-guides/json/
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use http::Method;
+use prost_reflect::{
+    DynamicMessage, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor,
+    MethodDescriptor, Value as ProtoValue,
+};
+use prost_types::FileDescriptorProto;
+use serde_json::{json, Map, Value};
+
+use crate::routes::{Route, RouteTable};
+use crate::template::PathTemplate;
+use crate::transcode::{BodyRule, JsonOptions};
+
+/// How many levels of nested messages query parameters are generated for (`a.b.c` is three).
+pub const MAX_QUERY_DEPTH: usize = 3;
+
+/// The OpenAPI version of the documents [`document`] writes.
+pub const OPENAPI_VERSION: &str = "3.0.3";
+
+/// Full name of the `google.api.http` method option.
+const HTTP_OPTION: &str = "google.api.http";
+
+/// Where component schemas are referenced from.
+const SCHEMA_PREFIX: &str = "#/components/schemas/";
+
+/// Builds the OpenAPI 3.0.3 document of the routes in `table`, with JSON field names as `options`
+/// writes them, and `title` and `version` as its `info` (see the [module documentation](self)).
+pub fn document(
+    table: &RouteTable,
+    options: &JsonOptions,
+    title: &str,
+    version: &str,
+) -> Value {
+    let mut builder = Builder::new(options);
+
+    let mut routes: Vec<(&Route, usize)> = table
+        .routes()
+        .iter()
+        .map(|route| (route, binding_index(route)))
+        .collect();
+    routes.sort_by(|(a, a_index), (b, b_index)| {
+        (
+            a.method.parent_service().full_name(),
+            a.method.name(),
+            *a_index,
+            a.http_method.as_str(),
+            a.template.to_string(),
+            a.service.as_str(),
+        )
+            .cmp(&(
+                b.method.parent_service().full_name(),
+                b.method.name(),
+                *b_index,
+                b.http_method.as_str(),
+                b.template.to_string(),
+                b.service.as_str(),
+            ))
+    });
+
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut custom_methods = Vec::new();
+    let mut collisions = Vec::new();
+    let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut operation_ids = OperationIds::default();
+
+    for (route, _) in routes {
+        let operation_id = operation_ids.next(&route.method);
+        let rendered = render_path(&route.template);
+        let listing = || {
+            json!({
+                "method": route.http_method.as_str(),
+                "path": route.template.to_string(),
+                "operationId": operation_id,
+                "x-grpc-method": route.grpc_path(),
+                "x-consul-service": route.service,
+            })
+        };
+        let Some(slot) = operation_slot(&route.http_method) else {
+            custom_methods.push(listing());
+            continue;
+        };
+        let item = paths.entry(rendered.path.clone()).or_default();
+        if let Some(taken) = item.get(slot) {
+            let mut entry = listing();
+            if let Some(object) = entry.as_object_mut() {
+                object.insert(
+                    "openapiPath".to_owned(),
+                    Value::String(rendered.path.clone()),
+                );
+                object.insert(
+                    "collidesWith".to_owned(),
+                    taken.get("operationId").cloned().unwrap_or(Value::Null),
+                );
+            }
+            collisions.push(entry);
+            continue;
+        }
+        let operation = builder.operation(route, &rendered, &operation_id);
+        item.insert(slot.to_owned(), operation);
+        let service = route.method.parent_service();
+        tags.entry(service.full_name().to_owned())
+            .or_insert_with(|| {
+                builder
+                    .comments
+                    .of(&service.parent_file(), service.path())
+            });
+    }
+
+    let error_name = builder.error_schema_name();
+    for item in paths.values_mut() {
+        for operation in item.values_mut() {
+            resolve_error_refs(operation, &format!("{SCHEMA_PREFIX}{error_name}"));
+        }
+    }
+    let any = any_schema();
+    builder.schemas.insert(
+        error_name,
+        json!({
+            "type": "object",
+            "description": "An error: the gRPC status of the call (or the gateway's own error), as \
+                            the gateway answers it with a non-2xx HTTP status.",
+            "properties": {
+                "code": {
+                    "type": "integer",
+                    "format": "int32",
+                    "description": "The gRPC status code (`google.rpc.Code`), as a number.",
+                },
+                "message": {
+                    "type": "string",
+                    "description": "What went wrong.",
+                },
+                "details": {
+                    "type": "array",
+                    "description": "The status details, each a `google.protobuf.Any` in its JSON \
+                                    form.",
+                    "items": any,
+                },
+            },
+            "required": ["code", "message"],
+        }),
+    );
+
+    let mut document = Map::new();
+    document.insert(
+        "openapi".to_owned(),
+        Value::String(OPENAPI_VERSION.to_owned()),
+    );
+    document.insert(
+        "info".to_owned(),
+        json!({
+            "title": title,
+            "version": version,
+            "description": "The JSON/HTTP API of the protomesh gateway, generated from the \
+                            `google.api.http` annotations of the gRPC services it routes to.",
+        }),
+    );
+    document.insert(
+        "tags".to_owned(),
+        Value::Array(
+            tags.into_iter()
+                .map(|(name, description)| {
+                    let mut tag = Map::new();
+                    tag.insert("name".to_owned(), Value::String(name));
+                    if let Some(description) = description {
+                        tag.insert("description".to_owned(), Value::String(description));
+                    }
+                    Value::Object(tag)
+                })
+                .collect(),
+        ),
+    );
+    document.insert(
+        "paths".to_owned(),
+        Value::Object(
+            paths
+                .into_iter()
+                .filter(|(_, item)| !item.is_empty())
+                .map(|(path, item)| (path, Value::Object(item)))
+                .collect(),
+        ),
+    );
+    document.insert(
+        "components".to_owned(),
+        json!({ "schemas": Value::Object(builder.schemas.into_iter().collect()) }),
+    );
+    if !custom_methods.is_empty() {
+        document.insert("x-custom-methods".to_owned(), Value::Array(custom_methods));
+    }
+    if !collisions.is_empty() {
+        document.insert("x-path-collisions".to_owned(), Value::Array(collisions));
+    }
+    Value::Object(document)
+}
+
+/// The key of an operation with this HTTP method in an OpenAPI path item, if it has one.
+fn operation_slot(method: &Method) -> Option<&'static str> {
+    Some(match *method {
+        Method::GET => "get",
+        Method::PUT => "put",
+        Method::POST => "post",
+        Method::DELETE => "delete",
+        Method::PATCH => "patch",
+        Method::HEAD => "head",
+        Method::OPTIONS => "options",
+        Method::TRACE => "trace",
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operation IDs
+
+/// Hands out unique operation IDs: `Service_Method`, then `Service_Method2`, … for the method's
+/// further routes.
+#[derive(Debug, Default)]
+struct OperationIds {
+    used: BTreeSet<String>,
+    per_method: HashMap<String, usize>,
+}
+
+impl OperationIds {
+    fn next(&mut self, method: &MethodDescriptor) -> String {
+        let count = self
+            .per_method
+            .entry(method.full_name().to_owned())
+            .or_default();
+        *count += 1;
+        let mut base = format!("{}_{}", method.parent_service().name(), method.name());
+        if *count > 1 {
+            base.push_str(&count.to_string());
+        }
+        let mut id = base.clone();
+        let mut suffix = 1;
+        while self.used.contains(&id) {
+            suffix += 1;
+            id = format!("{base}_{suffix}");
+        }
+        self.used.insert(id.clone());
+        id
+    }
+}
+
+/// The position of the route's rule among its method's `google.api.http` rule and additional
+/// bindings (0 for the rule itself); `usize::MAX` if it is not found there.
+fn binding_index(route: &Route) -> usize {
+    let method = &route.method;
+    let Some(extension) = method.parent_pool().get_extension_by_name(HTTP_OPTION) else {
+        return usize::MAX;
+    };
+    let options = method.options();
+    if !options.has_extension(&extension) {
+        return usize::MAX;
+    }
+    let ProtoValue::Message(rule) = options.get_extension(&extension).into_owned() else {
+        return usize::MAX;
+    };
+    let mut rules = vec![rule.clone()];
+    if let Some(ProtoValue::List(more)) = rule
+        .get_field_by_name("additional_bindings")
+        .map(|v| v.into_owned())
+    {
+        rules.extend(more.into_iter().filter_map(|v| match v {
+            ProtoValue::Message(m) => Some(m),
+            _ => None,
+        }));
+    }
+    rules
+        .iter()
+        .position(|rule| {
+            rule_pattern(rule).is_some_and(|(verb, path)| {
+                verb.eq_ignore_ascii_case(route.http_method.as_str())
+                    && PathTemplate::parse(&path).is_ok_and(|t| t == route.template)
+            })
+        })
+        .unwrap_or(usize::MAX)
+}
+
+/// The HTTP method and path of an `HttpRule`.
+fn rule_pattern(rule: &DynamicMessage) -> Option<(String, String)> {
+    let text = |message: &DynamicMessage, name: &str| -> Option<String> {
+        if !message.has_field_by_name(name) {
+            return None;
+        }
+        match message.get_field_by_name(name)?.into_owned() {
+            ProtoValue::String(text) => Some(text),
+            _ => None,
+        }
+    };
+    for verb in ["get", "put", "post", "delete", "patch"] {
+        if let Some(path) = text(rule, verb) {
+            return Some((verb.to_owned(), path));
+        }
+    }
+    if !rule.has_field_by_name("custom") {
+        return None;
+    }
+    match rule.get_field_by_name("custom")?.into_owned() {
+        ProtoValue::Message(custom) => Some((
+            text(&custom, "kind").unwrap_or_default(),
+            text(&custom, "path").unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths
+
+/// A path template as an OpenAPI path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RenderedPath {
+    /// The OpenAPI path, `/v1/{name}:publish`.
+    path: String,
+    /// Its parameters, in order.
+    parameters: Vec<PathParameter>,
+}
+
+/// One `{parameter}` of a rendered path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PathParameter {
+    /// The parameter's name in the path: the dotted field path, or `_segmentN` for a bare
+    /// wildcard.
+    name: String,
+    /// The bound field (proto names), `None` for a bare wildcard.
+    field_path: Option<Vec<String>>,
+    /// The segments the value must match, when not a single `*`: `["shelves", "*"]`.
+    pattern: Option<Vec<String>>,
+}
+
+impl PathParameter {
+    /// Whether the value can hold a `/`.
+    fn multi_segment(&self) -> bool {
+        self.pattern
+            .as_ref()
+            .is_some_and(|p| p.len() > 1 || p.iter().any(|s| s == "**"))
+    }
+}
+
+/// Renders `template` as an OpenAPI path (see the [module documentation](self)).
+fn render_path(template: &PathTemplate) -> RenderedPath {
+    let text = template.to_string();
+    let verb = template.verb();
+    let body = verb
+        .and_then(|verb| text.strip_suffix(&format!(":{verb}")))
+        .unwrap_or(&text);
+    let mut field_paths = template.variables();
+
+    // Segments of the canonical text, a variable (with its own `/`s) being one.
+    let mut segments = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    for c in body.strip_prefix('/').unwrap_or(body).chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '/' if depth == 0 => {
+                segments.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    segments.push(current);
+
+    let variable_names: Vec<String> = template.variables().map(|v| v.join(".")).collect();
+    let mut wildcard = 0usize;
+    let mut parameters = Vec::new();
+    let mut path = String::new();
+    for segment in segments {
+        path.push('/');
+        if let Some(inner) = segment
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+        {
+            let (name, pattern) = match inner.split_once('=') {
+                Some((name, pattern)) => (name, Some(pattern)),
+                None => (inner, None),
+            };
+            let field_path = field_paths
+                .next()
+                .map(<[String]>::to_vec)
+                .unwrap_or_else(|| name.split('.').map(str::to_owned).collect());
+            let name = field_path.join(".");
+            path.push('{');
+            path.push_str(&name);
+            path.push('}');
+            parameters.push(PathParameter {
+                name,
+                field_path: Some(field_path),
+                pattern: pattern
+                    .filter(|p| *p != "*")
+                    .map(|p| p.split('/').map(str::to_owned).collect()),
+            });
+        } else if segment == "*" || segment == "**" {
+            let name = loop {
+                wildcard += 1;
+                let name = format!("_segment{wildcard}");
+                if !variable_names.contains(&name) {
+                    break name;
+                }
+            };
+            path.push('{');
+            path.push_str(&name);
+            path.push('}');
+            parameters.push(PathParameter {
+                name,
+                field_path: None,
+                pattern: (segment == "**").then(|| vec![segment.clone()]),
+            });
+        } else {
+            path.push_str(&segment);
+        }
+    }
+    if let Some(verb) = verb {
+        path.push(':');
+        path.push_str(verb);
+    }
+    RenderedPath { path, parameters }
+}
+
+/// A regular expression for values of a variable with these segments, unless a literal is
+/// percent-encoded (the value is matched decoded, so the pattern would mislead).
+fn segments_regex(segments: &[String]) -> Option<String> {
+    let mut regex = String::from("^");
+    for (i, segment) in segments.iter().enumerate() {
+        match segment.as_str() {
+            "*" => {
+                if i > 0 {
+                    regex.push('/');
+                }
+                regex.push_str("[^/]+");
+            }
+            "**" if i > 0 => regex.push_str("(/[^/]+)*"),
+            "**" => regex.push_str("([^/]+(/[^/]+)*)?"),
+            literal if literal.contains('%') => return None,
+            literal => {
+                if i > 0 {
+                    regex.push('/');
+                }
+                for c in literal.chars() {
+                    if "\\^$.|?*+()[]{}".contains(c) {
+                        regex.push('\\');
+                    }
+                    regex.push(c);
+                }
+            }
+        }
+    }
+    regex.push('$');
+    Some(regex)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comments
+
+/// The comments of the descriptors' source info, indexed by file and path.
+#[derive(Debug, Default)]
+struct Comments {
+    /// Per file (by the address of its descriptor, which lives as long as its pool): each
+    /// element's path and its cleaned-up comment.
+    files: HashMap<*const FileDescriptorProto, HashMap<Vec<i32>, String>>,
+}
+
+impl Comments {
+    /// The comment of the element at `path` in `file` (the leading one, else the trailing one),
+    /// cleaned up; `None` if there is none or the file has no source info.
+    fn of(&mut self, file: &FileDescriptor, path: &[i32]) -> Option<String> {
+        let proto = file.file_descriptor_proto();
+        let index = self
+            .files
+            .entry(std::ptr::from_ref(proto))
+            .or_insert_with(|| {
+                proto
+                    .source_code_info
+                    .iter()
+                    .flat_map(|info| &info.location)
+                    .filter_map(|location| {
+                        let comment = [&location.leading_comments, &location.trailing_comments]
+                            .into_iter()
+                            .flatten()
+                            .find_map(|text| clean_comment(text))?;
+                        Some((location.path.clone(), comment))
+                    })
+                    .collect()
+            });
+        index.get(path).cloned()
+    }
+}
+
+/// A comment without the space after each `//` and without blank lines around it.
+fn clean_comment(text: &str) -> Option<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end())
+        .collect();
+    let cleaned = lines.join("\n").trim().to_owned();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// A comment as a summary (its first paragraph, on one line) and a description (the rest).
+fn split_comment(comment: &str) -> (String, Option<String>) {
+    match comment.split_once("\n\n") {
+        Some((first, rest)) => (
+            first.split_whitespace().collect::<Vec<_>>().join(" "),
+            Some(rest.trim().to_owned()).filter(|r| !r.is_empty()),
+        ),
+        None => (comment.split_whitespace().collect::<Vec<_>>().join(" "), None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations and schemas
+
+/// The document under construction: the component schemas so far and the comment index.
+struct Builder<'o> {
+    options: &'o JsonOptions,
+    schemas: BTreeMap<String, Value>,
+    comments: Comments,
+}
+
+impl<'o> Builder<'o> {
+    fn new(options: &'o JsonOptions) -> Self {
+        Self {
+            options,
+            schemas: BTreeMap::new(),
+            comments: Comments::default(),
+        }
+    }
+
+    /// The name of the error schema: `Error`, unless a message is called that (with no package),
+    /// then `gateway-Error` (no message's full name has a `-`).
+    fn error_schema_name(&self) -> String {
+        if self.schemas.contains_key("Error") {
+            "gateway-Error".to_owned()
+        } else {
+            "Error".to_owned()
+        }
+    }
+
+    /// A reference to the error schema, whose name is known only once every message schema is
+    /// (see [`resolve_error_refs`]).
+    fn error_ref(&self) -> Value {
+        json!({ "$ref": format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}") })
+    }
+
+    /// The field (or the JSON name) a property is called by.
+    fn property_name<'f>(&self, field: &'f FieldDescriptor) -> &'f str {
+        if self.options.use_proto_names {
+            field.name()
+        } else {
+            field.json_name()
+        }
+    }
+
+    /// The operation for `route`, at `path`.
+    fn operation(&mut self, route: &Route, path: &RenderedPath, operation_id: &str) -> Value {
+        let method = &route.method;
+        let input = method.input();
+        let output = method.output();
+        let mut operation = Map::new();
+        operation.insert(
+            "operationId".to_owned(),
+            Value::String(operation_id.to_owned()),
+        );
+        let comment = self.comments.of(&method.parent_file(), method.path());
+        let (summary, mut description) = match comment {
+            Some(comment) => split_comment(&comment),
+            None => (method.full_name().to_owned(), None),
+        };
+        if method.is_client_streaming() {
+            let note = "A client-streaming method: the HTTP request carries exactly one request \
+                        message.";
+            description = Some(match description {
+                Some(text) => format!("{text}\n\n{note}"),
+                None => note.to_owned(),
+            });
+        }
+        operation.insert("summary".to_owned(), Value::String(summary));
+        if let Some(description) = description {
+            operation.insert("description".to_owned(), Value::String(description));
+        }
+        operation.insert(
+            "tags".to_owned(),
+            json!([method.parent_service().full_name()]),
+        );
+        if is_deprecated(&method.options()) {
+            operation.insert("deprecated".to_owned(), Value::Bool(true));
+        }
+
+        // Parameters: the path's, then the query's.
+        let mut parameters = Vec::new();
+        let mut bound = Vec::new();
+        for parameter in &path.parameters {
+            parameters.push(self.path_parameter(&input, parameter));
+            if let Some(field_path) = &parameter.field_path {
+                bound.push(field_path.clone());
+            }
+        }
+        if route.body != BodyRule::Whole {
+            let body_field = match &route.body {
+                BodyRule::Field(field) => Some(field.as_str()),
+                _ => None,
+            };
+            let mut query = Vec::new();
+            self.query_parameters(
+                &input,
+                &QueryWalk {
+                    bound: &bound,
+                    body_field,
+                },
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut vec![input.full_name().to_owned()],
+                &mut query,
+            );
+            parameters.extend(query);
+        }
+        if !parameters.is_empty() {
+            operation.insert("parameters".to_owned(), Value::Array(parameters));
+        }
+
+        // Request body.
+        let request_schema = match &route.body {
+            BodyRule::None => None,
+            BodyRule::Whole => Some((
+                self.message_schema(&input),
+                if path.parameters.iter().any(|p| p.field_path.is_some()) {
+                    "The request message. The fields bound by the URL path are taken from the \
+                     path, whatever the body says."
+                        .to_owned()
+                } else {
+                    "The request message.".to_owned()
+                },
+            )),
+            BodyRule::Field(name) => input.get_field_by_name(name).map(|field| {
+                (
+                    self.field_schema(&field),
+                    format!(
+                        "The `{}` field of the request message ({}).",
+                        self.property_name(&field),
+                        input.full_name()
+                    ),
+                )
+            }),
+        };
+        if let Some((schema, description)) = request_schema {
+            operation.insert(
+                "requestBody".to_owned(),
+                json!({
+                    "description": description,
+                    "required": false,
+                    "content": { "application/json": { "schema": schema } },
+                }),
+            );
+        }
+
+        // Responses.
+        let (response_schema, what) = match route
+            .response_body
+            .as_deref()
+            .and_then(|name| output.get_field_by_name(name))
+        {
+            Some(field) => (
+                self.field_schema(&field),
+                format!(
+                    "the `{}` field of the response message ({})",
+                    self.property_name(&field),
+                    output.full_name()
+                ),
+            ),
+            None => (
+                self.message_schema(&output),
+                format!("the response message ({})", output.full_name()),
+            ),
+        };
+        let ok = if method.is_server_streaming() {
+            json!({
+                "description": format!(
+                    "A stream of messages, each {what}: as newline-delimited JSON (one message \
+                     per line), or as server-sent events (one `data:` event per message) when the \
+                     request's `Accept` header includes `text/event-stream`. An error after the \
+                     stream has started ends it with one last item `{{\"error\": Error}}`."
+                ),
+                "content": {
+                    "application/x-ndjson": { "schema": response_schema.clone() },
+                    "text/event-stream": { "schema": response_schema },
+                },
+            })
+        } else {
+            json!({
+                "description": format!("OK: {what}."),
+                "content": { "application/json": { "schema": response_schema } },
+            })
+        };
+        operation.insert(
+            "responses".to_owned(),
+            json!({
+                "200": ok,
+                "default": {
+                    "description": "An error, with the HTTP status of its gRPC code.",
+                    "content": { "application/json": { "schema": self.error_ref() } },
+                },
+            }),
+        );
+        operation.insert(
+            "x-grpc-method".to_owned(),
+            Value::String(route.grpc_path()),
+        );
+        operation.insert(
+            "x-consul-service".to_owned(),
+            Value::String(route.service.clone()),
+        );
+        Value::Object(operation)
+    }
+
+    /// The parameter object of a path parameter of a route to a method taking `input`.
+    fn path_parameter(&mut self, input: &MessageDescriptor, parameter: &PathParameter) -> Value {
+        let field = parameter
+            .field_path
+            .as_ref()
+            .and_then(|path| resolve_field(input, path));
+        let mut schema = match &field {
+            Some(field) => self.kind_schema(&field.kind()),
+            None => json!({ "type": "string" }),
+        };
+        let mut notes = Vec::new();
+        if let Some(comment) = field
+            .as_ref()
+            .and_then(|f| self.comments.of(&f.parent_file(), f.path()))
+        {
+            notes.push(comment);
+        }
+        if parameter.field_path.is_none() {
+            notes.push(
+                "A path segment the template matches with a wildcard; it is bound to no field."
+                    .to_owned(),
+            );
+        }
+        if let Some(pattern) = &parameter.pattern {
+            let pattern_text = pattern.join("/");
+            if parameter.field_path.is_some() {
+                notes.push(format!(
+                    "The value has the form `{pattern_text}` (`*` is one path segment, `**` any \
+                     number of them)."
+                ));
+            }
+            if parameter.multi_segment() {
+                notes.push(
+                    "The value spans several path segments: it contains `/`, which OpenAPI path \
+                     parameters cannot express. Send its `/` separators unescaped (a `%2F` does \
+                     not match the route); escape other reserved characters as usual."
+                        .to_owned(),
+                );
+            }
+            if let (Some(regex), Some(object)) = (segments_regex(pattern), schema.as_object_mut())
+            {
+                if !object.contains_key("$ref") {
+                    object.insert("pattern".to_owned(), Value::String(regex));
+                }
+            }
+        }
+        let mut object = Map::new();
+        object.insert("name".to_owned(), Value::String(parameter.name.clone()));
+        object.insert("in".to_owned(), Value::String("path".to_owned()));
+        object.insert("required".to_owned(), Value::Bool(true));
+        if !notes.is_empty() {
+            object.insert("description".to_owned(), Value::String(notes.join("\n\n")));
+        }
+        object.insert("schema".to_owned(), schema);
+        Value::Object(object)
+    }
+
+    /// Appends to `out` the query parameters for the fields of `message` (reached by
+    /// `proto_path`, named by `names`), recursing into nested messages; `visiting` holds the
+    /// messages being expanded.
+    fn query_parameters(
+        &mut self,
+        message: &MessageDescriptor,
+        walk: &QueryWalk<'_>,
+        proto_path: &mut Vec<String>,
+        names: &mut Vec<String>,
+        visiting: &mut Vec<String>,
+        out: &mut Vec<Value>,
+    ) {
+        for field in message.fields() {
+            if proto_path.is_empty() && walk.body_field == Some(field.name()) {
+                continue;
+            }
+            proto_path.push(field.name().to_owned());
+            names.push(self.property_name(&field).to_owned());
+            if !walk.bound.contains(proto_path) && !field.is_map() {
+                match field.kind() {
+                    Kind::Message(inner) if has_text_form(&inner) => {
+                        out.push(self.query_parameter(&field, names));
+                    }
+                    Kind::Message(inner) => {
+                        if !field.is_list()
+                            && !is_well_known(&inner)
+                            && proto_path.len() < MAX_QUERY_DEPTH
+                            && !visiting.iter().any(|name| name == inner.full_name())
+                        {
+                            visiting.push(inner.full_name().to_owned());
+                            self.query_parameters(&inner, walk, proto_path, names, visiting, out);
+                            visiting.pop();
+                        }
+                    }
+                    _ => out.push(self.query_parameter(&field, names)),
+                }
+            }
+            proto_path.pop();
+            names.pop();
+        }
+    }
+
+    /// The query parameter for `field`, named by the dotted `names`.
+    fn query_parameter(&mut self, field: &FieldDescriptor, names: &[String]) -> Value {
+        let mut object = Map::new();
+        object.insert("name".to_owned(), Value::String(names.join(".")));
+        object.insert("in".to_owned(), Value::String("query".to_owned()));
+        let mut description = self.comments.of(&field.parent_file(), field.path());
+        if field.is_list() {
+            let note = "Repeat the parameter for each element.";
+            description = Some(match description {
+                Some(text) => format!("{text}\n\n{note}"),
+                None => note.to_owned(),
+            });
+        }
+        if let Some(description) = description {
+            object.insert("description".to_owned(), Value::String(description));
+        }
+        if is_deprecated(&field.options()) {
+            object.insert("deprecated".to_owned(), Value::Bool(true));
+        }
+        let item = self.kind_schema(&field.kind());
+        let schema = if field.is_list() {
+            object.insert("style".to_owned(), Value::String("form".to_owned()));
+            object.insert("explode".to_owned(), Value::Bool(true));
+            json!({ "type": "array", "items": item })
+        } else {
+            item
+        };
+        object.insert("schema".to_owned(), schema);
+        Value::Object(object)
+    }
+
+    /// The schema of a value of message type `message`: a `$ref` (the schema added to the
+    /// components), or the inline JSON form of a well-known type.
+    fn message_schema(&mut self, message: &MessageDescriptor) -> Value {
+        if let Some(schema) = well_known_schema(message) {
+            return schema;
+        }
+        let name = message.full_name().to_owned();
+        if !self.schemas.contains_key(&name) {
+            // A placeholder first, so that a recursive message refers to itself and stops.
+            self.schemas.insert(name.clone(), Value::Null);
+            let schema = self.message_definition(message);
+            self.schemas.insert(name.clone(), schema);
+        }
+        json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
+    }
+
+    /// The component schema of `message`.
+    fn message_definition(&mut self, message: &MessageDescriptor) -> Value {
+        let mut properties = Map::new();
+        let mut required = Vec::new();
+        for field in message.fields() {
+            let name = self.property_name(&field).to_owned();
+            let schema = self.field_schema(&field);
+            let mut notes = Vec::new();
+            if let Some(comment) = self.comments.of(&field.parent_file(), field.path()) {
+                notes.push(comment);
+            }
+            if let Some(oneof) = field.containing_oneof().filter(|o| !o.is_synthetic()) {
+                let members: Vec<String> = oneof
+                    .fields()
+                    .map(|f| format!("`{}`", self.property_name(&f)))
+                    .collect();
+                notes.push(format!(
+                    "Part of the oneof `{}`: at most one of {} is set.",
+                    oneof.name(),
+                    members.join(", ")
+                ));
+            }
+            let description = (!notes.is_empty()).then(|| notes.join("\n\n"));
+            let schema = annotate(schema, description, is_deprecated(&field.options()));
+            if field.is_required() {
+                required.push(Value::String(name.clone()));
+            }
+            properties.insert(name, schema);
+        }
+        let mut object = Map::new();
+        object.insert("type".to_owned(), Value::String("object".to_owned()));
+        if let Some(comment) = self.comments.of(&message.parent_file(), message.path()) {
+            object.insert("description".to_owned(), Value::String(comment));
+        }
+        if !properties.is_empty() {
+            object.insert("properties".to_owned(), Value::Object(properties));
+        }
+        if !required.is_empty() {
+            object.insert("required".to_owned(), Value::Array(required));
+        }
+        if is_deprecated(&message.options()) {
+            object.insert("deprecated".to_owned(), Value::Bool(true));
+        }
+        Value::Object(object)
+    }
+
+    /// The schema of `field`'s value: an array for a repeated field, an object for a map.
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Value {
+        if field.is_map() {
+            if let Kind::Message(entry) = field.kind() {
+                let key = entry.map_entry_key_field().kind();
+                let value = self.kind_schema(&entry.map_entry_value_field().kind());
+                let mut object = Map::new();
+                object.insert("type".to_owned(), Value::String("object".to_owned()));
+                object.insert("additionalProperties".to_owned(), value);
+                if !matches!(key, Kind::String) {
+                    object.insert(
+                        "x-map-key-type".to_owned(),
+                        Value::String(kind_name(&key).to_owned()),
+                    );
+                }
+                return Value::Object(object);
+            }
+        }
+        let item = self.kind_schema(&field.kind());
+        if field.is_list() {
+            json!({ "type": "array", "items": item })
+        } else {
+            item
+        }
+    }
+
+    /// The schema of one value of `kind`.
+    fn kind_schema(&mut self, kind: &Kind) -> Value {
+        match kind {
+            Kind::Message(message) => self.message_schema(message),
+            Kind::Enum(enumeration) => self.enum_schema(enumeration),
+            scalar => scalar_schema(scalar),
+        }
+    }
+
+    /// The schema of an enum value: a `$ref` to the enum's component schema (`null` for
+    /// `google.protobuf.NullValue`).
+    fn enum_schema(&mut self, enumeration: &EnumDescriptor) -> Value {
+        if enumeration.full_name() == "google.protobuf.NullValue" {
+            return json!({ "nullable": true, "enum": [null], "description": "Always `null`." });
+        }
+        let name = enumeration.full_name().to_owned();
+        if !self.schemas.contains_key(&name) {
+            let mut names: Vec<Value> = Vec::new();
+            let mut value_notes = Vec::new();
+            for value in enumeration.values() {
+                let value_name = Value::String(value.name().to_owned());
+                if !names.contains(&value_name) {
+                    names.push(value_name);
+                }
+                if let Some(comment) = self.comments.of(&value.parent_file(), value.path()) {
+                    value_notes.push(format!(
+                        "- `{}`: {}",
+                        value.name(),
+                        comment.split_whitespace().collect::<Vec<_>>().join(" ")
+                    ));
+                }
+            }
+            let mut description = self
+                .comments
+                .of(&enumeration.parent_file(), enumeration.path())
+                .unwrap_or_default();
+            if !value_notes.is_empty() {
+                if !description.is_empty() {
+                    description.push_str("\n\n");
+                }
+                description.push_str(&value_notes.join("\n"));
+            }
+            let mut object = Map::new();
+            object.insert("type".to_owned(), Value::String("string".to_owned()));
+            if !description.is_empty() {
+                object.insert("description".to_owned(), Value::String(description));
+            }
+            object.insert("enum".to_owned(), Value::Array(names));
+            if is_deprecated(&enumeration.options()) {
+                object.insert("deprecated".to_owned(), Value::Bool(true));
+            }
+            self.schemas.insert(name.clone(), Value::Object(object));
+        }
+        json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
+    }
+}
+
+/// The state of a query parameter walk that does not change as it goes down.
+struct QueryWalk<'a> {
+    /// Field paths bound by the URL path (proto names).
+    bound: &'a [Vec<String>],
+    /// The top-level field that is the body, if any.
+    body_field: Option<&'a str>,
+}
+
+/// A name no schema has (a full name has no `!`), standing for the error schema until its name is
+/// known.
+const ERROR_PLACEHOLDER: &str = "!error";
+
+/// Replaces every reference to [`ERROR_PLACEHOLDER`] in `value` by `target`.
+fn resolve_error_refs(value: &mut Value, target: &str) {
+    match value {
+        Value::Object(object) => {
+            for (key, inner) in object.iter_mut() {
+                if key == "$ref" && inner.as_str() == Some(&format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}")) {
+                    *inner = Value::String(target.to_owned());
+                } else {
+                    resolve_error_refs(inner, target);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| resolve_error_refs(item, target)),
+        _ => {}
+    }
+}
+
+/// Adds a description (and `deprecated`) to `schema`; a `$ref` cannot have siblings in OpenAPI
+/// 3.0, so it is wrapped in `allOf` first.
+fn annotate(schema: Value, description: Option<String>, deprecated: bool) -> Value {
+    if description.is_none() && !deprecated {
+        return schema;
+    }
+    let mut object = match schema {
+        Value::Object(object) if !object.contains_key("$ref") => object,
+        other => {
+            let mut object = Map::new();
+            object.insert("allOf".to_owned(), Value::Array(vec![other]));
+            object
+        }
+    };
+    if let Some(description) = description {
+        object.insert("description".to_owned(), Value::String(description));
+    }
+    if deprecated {
+        object.insert("deprecated".to_owned(), Value::Bool(true));
+    }
+    Value::Object(object)
+}
+
+/// The field at the end of `path` (proto names) from `message`.
+fn resolve_field(message: &MessageDescriptor, path: &[String]) -> Option<FieldDescriptor> {
+    let (last, parents) = path.split_last()?;
+    let mut message = message.clone();
+    for name in parents {
+        match message.get_field_by_name(name)?.kind() {
+            Kind::Message(inner) => message = inner,
+            _ => return None,
+        }
+    }
+    message.get_field_by_name(last)
+}
+
+/// Whether `options` (a descriptor's options message) says `deprecated = true`.
+fn is_deprecated(options: &DynamicMessage) -> bool {
+    options.has_field_by_name("deprecated")
+        && matches!(
+            options.get_field_by_name("deprecated").map(|v| v.into_owned()),
+            Some(ProtoValue::Bool(true))
+        )
+}
+
+/// The schema of a scalar (not message, not enum) value by the proto3 JSON mapping.
+fn scalar_schema(kind: &Kind) -> Value {
+    match kind {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({ "type": "integer", "format": "int32" })
+        }
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": 4_294_967_295u32 })
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({ "type": "string", "format": "int64" })
+        }
+        Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64" }),
+        Kind::Float => json!({ "type": "number", "format": "float" }),
+        Kind::Double => json!({ "type": "number", "format": "double" }),
+        Kind::Bool => json!({ "type": "boolean" }),
+        Kind::String => json!({ "type": "string" }),
+        Kind::Bytes => json!({ "type": "string", "format": "byte" }),
+        // Not scalars: the callers handle them; any value, should one get here.
+        Kind::Message(_) | Kind::Enum(_) => json!({}),
+    }
+}
+
+/// The proto name of a scalar kind (for map keys).
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Double => "double",
+        Kind::Float => "float",
+        Kind::Int32 => "int32",
+        Kind::Int64 => "int64",
+        Kind::Uint32 => "uint32",
+        Kind::Uint64 => "uint64",
+        Kind::Sint32 => "sint32",
+        Kind::Sint64 => "sint64",
+        Kind::Fixed32 => "fixed32",
+        Kind::Fixed64 => "fixed64",
+        Kind::Sfixed32 => "sfixed32",
+        Kind::Sfixed64 => "sfixed64",
+        Kind::Bool => "bool",
+        Kind::String => "string",
+        Kind::Bytes => "bytes",
+        Kind::Message(_) => "message",
+        Kind::Enum(_) => "enum",
+    }
+}
+
+/// The JSON form of `google.protobuf.Any`: an object with `@type` and the message's fields (or
+/// `value` for a well-known type).
+fn any_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "A message of any type: `@type` names it (`type.googleapis.com/<full \
+                        name>`), the other properties are its fields (or `value`, for a \
+                        well-known type).",
+        "properties": { "@type": { "type": "string" } },
+        "required": ["@type"],
+        "additionalProperties": true,
+    })
+}
+
+/// The inline schema of a well-known type with a special JSON form, `None` for other messages.
+fn well_known_schema(message: &MessageDescriptor) -> Option<Value> {
+    let wrapped = |kind: Kind| {
+        let mut schema = scalar_schema(&kind);
+        if let Some(object) = schema.as_object_mut() {
+            object.insert("nullable".to_owned(), Value::Bool(true));
+        }
+        schema
+    };
+    Some(match message.full_name() {
+        "google.protobuf.Timestamp" => json!({
+            "type": "string",
+            "format": "date-time",
+            "description": "An RFC 3339 timestamp in UTC, e.g. `2024-01-02T03:04:05.5Z`.",
+        }),
+        "google.protobuf.Duration" => json!({
+            "type": "string",
+            "description": "A duration in seconds with up to 9 fractional digits, suffixed by \
+                            `s`, e.g. `1.5s`.",
+            "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$",
+        }),
+        "google.protobuf.FieldMask" => json!({
+            "type": "string",
+            "description": "Field paths separated by commas, each field by its lowerCamelCase \
+                            name, e.g. `title,owner.displayName`.",
+        }),
+        "google.protobuf.Struct" => json!({ "type": "object", "additionalProperties": true }),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({ "type": "array", "items": {} }),
+        "google.protobuf.Empty" => json!({ "type": "object" }),
+        "google.protobuf.Any" => any_schema(),
+        "google.protobuf.DoubleValue" => wrapped(Kind::Double),
+        "google.protobuf.FloatValue" => wrapped(Kind::Float),
+        "google.protobuf.Int64Value" => wrapped(Kind::Int64),
+        "google.protobuf.UInt64Value" => wrapped(Kind::Uint64),
+        "google.protobuf.Int32Value" => wrapped(Kind::Int32),
+        "google.protobuf.UInt32Value" => wrapped(Kind::Uint32),
+        "google.protobuf.BoolValue" => wrapped(Kind::Bool),
+        "google.protobuf.StringValue" => wrapped(Kind::String),
+        "google.protobuf.BytesValue" => wrapped(Kind::Bytes),
+        _ => return None,
+    })
+}
+
+/// Whether a query parameter (or path value) can give a value of this message type as text (as
+/// [`transcode`](crate::transcode) reads them).
+fn has_text_form(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp"
+            | "google.protobuf.Duration"
+            | "google.protobuf.FieldMask"
+            | "google.protobuf.Value"
+    ) || is_wrapper(message)
+}
+
+fn is_wrapper(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.DoubleValue"
+            | "google.protobuf.FloatValue"
+            | "google.protobuf.Int64Value"
+            | "google.protobuf.UInt64Value"
+            | "google.protobuf.Int32Value"
+            | "google.protobuf.UInt32Value"
+            | "google.protobuf.BoolValue"
+            | "google.protobuf.StringValue"
+            | "google.protobuf.BytesValue"
+    )
+}
+
+/// The well-known types with a special JSON form: their fields are not query parameters.
+fn is_well_known(message: &MessageDescriptor) -> bool {
+    well_known_schema(message).is_some()
+}
