@@ -71,8 +71,10 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
     let port = free_port();
     let consul_addr = format!("127.0.0.1:{port}");
     let priority = binary("priority");
+    binary("gateway");
+    let gateway_addr = format!("127.0.0.1:{}", free_port());
     let mut mesh = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["up", "--log-dir"])
+        .args(["up", "--gateway", &gateway_addr, "--log-dir"])
         .arg(tempdir())
         .arg("--bin-dir")
         .arg(priority.parent().unwrap())
@@ -111,6 +113,26 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
     assert!(banner.contains("started a Consul dev agent"), "{banner}");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
 
+    // The curl line it prints (the README's) answers through the gateway as documented.
+    let curl_line = banner
+        .lines()
+        .find(|l| l.contains("curl") && l.contains("/v1/priority:score"))
+        .unwrap_or_else(|| panic!("no gateway curl line: {banner}"))
+        .trim()
+        .to_owned();
+    let curl = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .args(["-c", &curl_line])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        r#"{"title":"ship it","score":72,"level":"LEVEL_HIGH"}"#
+    );
+
     let client = ConsulClient::new(ConsulConfig::new(&consul_addr).unwrap()).unwrap();
     let passing = client
         .health_service(
@@ -144,5 +166,9 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
     assert!(
         std::net::TcpStream::connect(&consul_addr).is_err(),
         "the dev agent it started is stopped"
+    );
+    assert!(
+        std::net::TcpStream::connect(&gateway_addr).is_err(),
+        "the gateway it started is stopped"
     );
 }

@@ -165,9 +165,7 @@ impl CacheKey {
                 .services
                 .iter()
                 .zip(&state.services)
-                .all(|((name, held), (other, current))| {
-                    name == other && Arc::ptr_eq(held, current)
-                })
+                .all(|((name, held), (other, current))| name == other && Arc::ptr_eq(held, current))
             && self.grpc.len() == state.grpc_services.len()
             && state.grpc_services.keys().all(|k| self.grpc.contains(k))
     }
@@ -413,9 +411,10 @@ mod tests {
         let headers = response.headers();
         assert_eq!(headers["content-type"], "application/grpc");
         assert_eq!(headers["grpc-status"], "12");
+        // tonic encodes spaces too, which the spec allows (receivers decode any `%XX`).
         assert_eq!(
             headers["grpc-message"],
-            "unknown service a.B: 100%25 %C3%BCnknown"
+            "unknown%20service%20a.B:%20100%25%20%C3%BCnknown"
         );
         let status = Status::from_header_map(headers).unwrap();
         assert_eq!(status.message(), "unknown service a.B: 100% ünknown");

@@ -93,12 +93,7 @@ const SCHEMA_PREFIX: &str = "#/components/schemas/";
 
 /// Builds the OpenAPI 3.0.3 document of the routes in `table`, with JSON field names as `options`
 /// writes them, and `title` and `version` as its `info` (see the [module documentation](self)).
-pub fn document(
-    table: &RouteTable,
-    options: &JsonOptions,
-    title: &str,
-    version: &str,
-) -> Value {
+pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version: &str) -> Value {
     let mut builder = Builder::new(options);
 
     let mut routes: Vec<(&Route, usize)> = table
@@ -167,11 +162,7 @@ pub fn document(
         item.insert(slot.to_owned(), operation);
         let service = route.method.parent_service();
         tags.entry(service.full_name().to_owned())
-            .or_insert_with(|| {
-                builder
-                    .comments
-                    .of(&service.parent_file(), service.path())
-            });
+            .or_insert_with(|| builder.comments.of(&service.parent_file(), service.path()));
     }
 
     let error_name = builder.error_schema_name();
@@ -573,7 +564,10 @@ fn split_comment(comment: &str) -> (String, Option<String>) {
             first.split_whitespace().collect::<Vec<_>>().join(" "),
             Some(rest.trim().to_owned()).filter(|r| !r.is_empty()),
         ),
-        None => (comment.split_whitespace().collect::<Vec<_>>().join(" "), None),
+        None => (
+            comment.split_whitespace().collect::<Vec<_>>().join(" "),
+            None,
+        ),
     }
 }
 
@@ -771,10 +765,7 @@ impl<'o> Builder<'o> {
                 },
             }),
         );
-        operation.insert(
-            "x-grpc-method".to_owned(),
-            Value::String(route.grpc_path()),
-        );
+        operation.insert("x-grpc-method".to_owned(), Value::String(route.grpc_path()));
         operation.insert(
             "x-consul-service".to_owned(),
             Value::String(route.service.clone()),
@@ -821,8 +812,7 @@ impl<'o> Builder<'o> {
                         .to_owned(),
                 );
             }
-            if let (Some(regex), Some(object)) = (segments_regex(pattern), schema.as_object_mut())
-            {
+            if let (Some(regex), Some(object)) = (segments_regex(pattern), schema.as_object_mut()) {
                 if !object.contains_key("$ref") {
                     object.insert("pattern".to_owned(), Value::String(regex));
                 }
@@ -1074,14 +1064,18 @@ fn resolve_error_refs(value: &mut Value, target: &str) {
     match value {
         Value::Object(object) => {
             for (key, inner) in object.iter_mut() {
-                if key == "$ref" && inner.as_str() == Some(&format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}")) {
+                if key == "$ref"
+                    && inner.as_str() == Some(&format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}"))
+                {
                     *inner = Value::String(target.to_owned());
                 } else {
                     resolve_error_refs(inner, target);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| resolve_error_refs(item, target)),
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|item| resolve_error_refs(item, target)),
         _ => {}
     }
 }
@@ -1126,7 +1120,9 @@ fn resolve_field(message: &MessageDescriptor, path: &[String]) -> Option<FieldDe
 fn is_deprecated(options: &DynamicMessage) -> bool {
     options.has_field_by_name("deprecated")
         && matches!(
-            options.get_field_by_name("deprecated").map(|v| v.into_owned()),
+            options
+                .get_field_by_name("deprecated")
+                .map(|v| v.into_owned()),
             Some(ProtoValue::Bool(true))
         )
 }
@@ -1265,4 +1261,726 @@ fn is_wrapper(message: &MessageDescriptor) -> bool {
 /// The well-known types with a special JSON form: their fields are not query parameters.
 fn is_well_known(message: &MessageDescriptor) -> bool {
     well_known_schema(message).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use prost::Message;
+    use prost_reflect::DescriptorPool;
+
+    fn mesh_pool() -> DescriptorPool {
+        DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap()
+    }
+
+    fn methods(pool: &DescriptorPool, service: &str) -> Vec<MethodDescriptor> {
+        pool.get_service_by_name(service)
+            .unwrap()
+            .methods()
+            .collect()
+    }
+
+    fn mesh_table() -> RouteTable {
+        let pool = mesh_pool();
+        RouteTable::build([
+            (
+                "priority",
+                methods(&pool, "protomesh.priority.v1.PriorityService"),
+            ),
+            ("probe", methods(&pool, "protomesh.probe.v1.ProbeService")),
+        ])
+    }
+
+    fn mesh_document(options: &JsonOptions) -> Value {
+        document(&mesh_table(), options, "protomesh", "0.1.0")
+    }
+
+    /// The component schema `$ref` points to.
+    fn deref<'d>(document: &'d Value, reference: &Value) -> &'d Value {
+        let name = reference["$ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix(SCHEMA_PREFIX))
+            .unwrap_or_else(|| panic!("not a schema reference: {reference}"));
+        let schema = &document["components"]["schemas"][name];
+        assert!(schema.is_object(), "no schema {name}");
+        schema
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(object) => {
+                for (key, inner) in object {
+                    match (key.as_str(), inner) {
+                        ("$ref", Value::String(target)) => out.push(target.clone()),
+                        _ => refs(inner, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| refs(item, out)),
+            _ => {}
+        }
+    }
+
+    fn assert_refs_resolve(document: &Value) {
+        let mut found = Vec::new();
+        refs(document, &mut found);
+        assert!(!found.is_empty());
+        for target in found {
+            let name = target
+                .strip_prefix(SCHEMA_PREFIX)
+                .unwrap_or_else(|| panic!("{target} is not a component schema"));
+            assert!(
+                document["components"]["schemas"][name].is_object(),
+                "{target} does not resolve"
+            );
+        }
+    }
+
+    #[test]
+    fn the_mesh_services_are_documented() {
+        let doc = mesh_document(&JsonOptions::default());
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert_eq!(doc["info"]["title"], "protomesh");
+        assert_eq!(doc["info"]["version"], "0.1.0");
+        assert!(doc.get("servers").is_none());
+
+        let score = &doc["paths"]["/v1/priority:score"]["post"];
+        assert_eq!(score["operationId"], "PriorityService_Score");
+        assert_eq!(
+            score["tags"],
+            json!(["protomesh.priority.v1.PriorityService"])
+        );
+        assert!(
+            score["summary"]
+                .as_str()
+                .unwrap()
+                .starts_with("Scores one task: score = urgency × impact"),
+            "{}",
+            score["summary"]
+        );
+        assert_eq!(
+            score["x-grpc-method"],
+            "/protomesh.priority.v1.PriorityService/Score"
+        );
+        assert_eq!(score["x-consul-service"], "priority");
+        // body "*": no query parameters.
+        assert!(score.get("parameters").is_none());
+        let body = &score["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            body["$ref"],
+            "#/components/schemas/protomesh.priority.v1.ScoreRequest"
+        );
+        let request = deref(&doc, body);
+        assert_eq!(request["type"], "object");
+        assert_eq!(
+            request["description"],
+            "One task to score. Urgency and impact are each 1..10."
+        );
+        let properties = &request["properties"];
+        assert_eq!(properties["title"], json!({ "type": "string" }));
+        assert_eq!(properties["urgency"]["type"], "integer");
+        assert_eq!(properties["urgency"]["format"], "int32");
+        assert_eq!(properties["impact"]["type"], "integer");
+
+        let ok = &score["responses"]["200"]["content"]["application/json"]["schema"];
+        let response = deref(&doc, ok);
+        let level = deref(&doc, &response["properties"]["level"]);
+        assert_eq!(level["type"], "string");
+        assert_eq!(
+            level["enum"],
+            json!([
+                "LEVEL_UNSPECIFIED",
+                "LEVEL_LOW",
+                "LEVEL_MEDIUM",
+                "LEVEL_HIGH",
+                "LEVEL_CRITICAL"
+            ])
+        );
+        assert_eq!(
+            level["description"],
+            "Priority level derived from the score."
+        );
+        let error = deref(
+            &doc,
+            &score["responses"]["default"]["content"]["application/json"]["schema"],
+        );
+        assert_eq!(error["properties"]["code"]["type"], "integer");
+        assert_eq!(error["properties"]["message"]["type"], "string");
+        assert_eq!(error["properties"]["details"]["type"], "array");
+        assert_eq!(
+            error["properties"]["details"]["items"]["properties"]["@type"]["type"],
+            "string"
+        );
+
+        let stats = &doc["paths"]["/v1/probe/stats"]["get"];
+        assert_eq!(stats["operationId"], "ProbeService_GetStats");
+        assert_eq!(stats["tags"], json!(["protomesh.probe.v1.ProbeService"]));
+        assert!(stats.get("requestBody").is_none());
+        assert!(stats.get("parameters").is_none());
+        let schema = &stats["responses"]["200"]["content"]["application/json"]["schema"];
+        assert_eq!(
+            schema["$ref"],
+            "#/components/schemas/protomesh.probe.v1.GetStatsResponse"
+        );
+        let stats_schema = deref(&doc, schema);
+        let calls = &stats_schema["properties"]["calls"];
+        assert_eq!(calls["type"], "object");
+        assert_eq!(
+            calls["additionalProperties"],
+            json!({ "type": "string", "format": "uint64" })
+        );
+        assert!(calls["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Calls received per method name"));
+        assert_eq!(
+            stats_schema["properties"]["lastGrpcTimeoutUs"]["format"],
+            "int64"
+        );
+        assert_eq!(
+            stats_schema["properties"]["lastGrpcTimeoutUs"]["type"],
+            "string"
+        );
+
+        let echo = &doc["paths"]["/v1/probe:echo"]["post"];
+        let echo_request = deref(
+            &doc,
+            &echo["requestBody"]["content"]["application/json"]["schema"],
+        );
+        assert_eq!(echo_request["properties"]["delayMs"]["type"], "integer");
+        assert_eq!(echo_request["properties"]["delayMs"]["minimum"], 0);
+        assert_eq!(echo_request["properties"]["failCode"]["format"], "int32");
+
+        let tags: Vec<&str> = doc["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                "protomesh.priority.v1.PriorityService",
+                "protomesh.probe.v1.ProbeService"
+            ]
+        );
+        assert!(doc["tags"][1]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Answers on demand."));
+        assert!(doc.get("x-custom-methods").is_none());
+        assert!(doc.get("x-path-collisions").is_none());
+        assert_refs_resolve(&doc);
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = mesh_document(&JsonOptions::default());
+        let mut ids = Vec::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                ids.push(operation["operationId"].as_str().unwrap().to_owned());
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count);
+        assert_eq!(count, 5, "{ids:?}");
+    }
+
+    #[test]
+    fn the_document_is_deterministic_json() {
+        let options = JsonOptions::default();
+        let first = serde_json::to_string_pretty(&mesh_document(&options)).unwrap();
+        // A table built anew, from a pool decoded anew.
+        let second = serde_json::to_string_pretty(&mesh_document(&options)).unwrap();
+        assert_eq!(first, second);
+        let parsed: Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(parsed, mesh_document(&options));
+    }
+
+    #[test]
+    fn proto_names_when_asked() {
+        let doc = mesh_document(&JsonOptions {
+            use_proto_names: true,
+            ..JsonOptions::default()
+        });
+        let echo = &doc["components"]["schemas"]["protomesh.probe.v1.EchoRequest"];
+        assert!(echo["properties"]["delay_ms"].is_object());
+        assert!(echo["properties"].get("delayMs").is_none());
+    }
+
+    #[test]
+    fn without_source_info_the_summary_is_the_method_name() {
+        // Each file re-encoded without its source info; going through a dynamic message keeps
+        // the extension options (google.api.http) that the prost types would drop.
+        let pool = mesh_pool();
+        let file_type = pool
+            .get_message_by_name("google.protobuf.FileDescriptorProto")
+            .unwrap();
+        let mut stripped = DescriptorPool::new();
+        for file in pool.files() {
+            let mut dynamic =
+                DynamicMessage::decode(file_type.clone(), file.encode_to_vec().as_slice()).unwrap();
+            dynamic.clear_field_by_name("source_code_info");
+            stripped
+                .decode_file_descriptor_proto(dynamic.encode_to_vec().as_slice())
+                .unwrap();
+        }
+        let table = RouteTable::build([(
+            "priority",
+            methods(&stripped, "protomesh.priority.v1.PriorityService"),
+        )]);
+        assert_eq!(table.routes().len(), 2);
+        let doc = document(&table, &JsonOptions::default(), "t", "1");
+        let score = &doc["paths"]["/v1/priority:score"]["post"];
+        assert_eq!(
+            score["summary"],
+            "protomesh.priority.v1.PriorityService.Score"
+        );
+        assert!(score.get("description").is_none());
+        let request = &doc["components"]["schemas"]["protomesh.priority.v1.ScoreRequest"];
+        assert!(request.get("description").is_none());
+        assert_refs_resolve(&doc);
+    }
+
+    fn field(name: &str, number: i32, kind: &str) -> Value {
+        let mut field = json!({
+            "name": name,
+            "number": number,
+            "label": "LABEL_OPTIONAL",
+            "jsonName": json_name(name),
+        });
+        if kind.starts_with('.') {
+            field["typeName"] = json!(kind);
+        } else {
+            field["type"] = json!(kind);
+        }
+        field
+    }
+
+    fn typed(name: &str, number: i32, kind: &str, type_name: &str) -> Value {
+        let mut field = field(name, number, kind);
+        field["typeName"] = json!(type_name);
+        field
+    }
+
+    fn repeated(mut field: Value) -> Value {
+        field["label"] = json!("LABEL_REPEATED");
+        field
+    }
+
+    fn json_name(name: &str) -> String {
+        let mut out = String::new();
+        let mut upper = false;
+        for c in name.chars() {
+            if c == '_' {
+                upper = true;
+            } else if upper {
+                out.push(c.to_ascii_uppercase());
+                upper = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// A library API exercising what the mesh's own protos do not: path patterns, additional
+    /// bindings, query parameters, a body field, response_body, streaming, a custom method,
+    /// well-known types, maps and recursion. No source info.
+    fn library_pool() -> DescriptorPool {
+        let mut pool = mesh_pool();
+        let global = DescriptorPool::global();
+        for name in [
+            "google/protobuf/timestamp.proto",
+            "google/protobuf/wrappers.proto",
+            "google/protobuf/field_mask.proto",
+            "google/protobuf/struct.proto",
+            "google/protobuf/empty.proto",
+        ] {
+            if pool.get_file_by_name(name).is_none() {
+                let file = global.get_file_by_name(name).unwrap();
+                pool.add_file_descriptor_proto(file.file_descriptor_proto().clone())
+                    .unwrap();
+            }
+        }
+        let message = |kind: &str| format!(".test.library.v1.{kind}");
+        let http = |rule: Value| json!({ "[google.api.http]": rule });
+        let file = json!({
+            "name": "test/library.proto",
+            "package": "test.library.v1",
+            "syntax": "proto3",
+            "dependency": [
+                "google/api/annotations.proto",
+                "google/protobuf/timestamp.proto",
+                "google/protobuf/wrappers.proto",
+                "google/protobuf/field_mask.proto",
+                "google/protobuf/struct.proto",
+                "google/protobuf/empty.proto",
+            ],
+            "messageType": [
+                {
+                    "name": "Book",
+                    "field": [
+                        field("name", 1, "TYPE_STRING"),
+                        field("display_name", 2, "TYPE_STRING"),
+                        repeated(field("tags", 3, "TYPE_STRING")),
+                        typed("published", 4, "TYPE_MESSAGE", ".google.protobuf.Timestamp"),
+                        typed("rating", 5, "TYPE_MESSAGE", ".google.protobuf.DoubleValue"),
+                        repeated(typed("attributes", 6, "TYPE_MESSAGE", &message("Book.AttributesEntry"))),
+                        typed("sequel", 7, "TYPE_MESSAGE", &message("Book")),
+                        typed("state", 8, "TYPE_ENUM", &message("State")),
+                        field("size_bytes", 9, "TYPE_INT64"),
+                        field("cover", 10, "TYPE_BYTES"),
+                        typed("metadata", 11, "TYPE_MESSAGE", ".google.protobuf.Struct"),
+                    ],
+                    "nestedType": [{
+                        "name": "AttributesEntry",
+                        "field": [field("key", 1, "TYPE_STRING"), field("value", 2, "TYPE_INT32")],
+                        "options": { "mapEntry": true },
+                    }],
+                },
+                {
+                    "name": "Filter",
+                    "field": [
+                        typed("state", 1, "TYPE_ENUM", &message("State")),
+                        field("author", 2, "TYPE_STRING"),
+                        typed("since", 3, "TYPE_MESSAGE", ".google.protobuf.Timestamp"),
+                        typed("inner", 4, "TYPE_MESSAGE", &message("Filter")),
+                        repeated(typed("books", 5, "TYPE_MESSAGE", &message("Book"))),
+                        typed("range", 6, "TYPE_MESSAGE", &message("Range")),
+                        repeated(typed("states", 7, "TYPE_ENUM", &message("State"))),
+                    ],
+                },
+                {
+                    "name": "Range",
+                    "field": [
+                        field("min", 1, "TYPE_INT32"),
+                        typed("window", 2, "TYPE_MESSAGE", &message("Window")),
+                    ],
+                },
+                { "name": "Window", "field": [field("start", 1, "TYPE_INT32")] },
+                {
+                    "name": "GetBookRequest",
+                    "field": [
+                        field("name", 1, "TYPE_STRING"),
+                        typed("view", 2, "TYPE_MESSAGE", &message("Filter")),
+                        typed("read_mask", 3, "TYPE_MESSAGE", ".google.protobuf.FieldMask"),
+                        field("page_size", 4, "TYPE_INT32"),
+                    ],
+                },
+                {
+                    "name": "UpdateBookRequest",
+                    "field": [
+                        typed("book", 1, "TYPE_MESSAGE", &message("Book")),
+                        typed("update_mask", 2, "TYPE_MESSAGE", ".google.protobuf.FieldMask"),
+                    ],
+                },
+                {
+                    "name": "ListBooksResponse",
+                    "field": [
+                        repeated(typed("books", 1, "TYPE_MESSAGE", &message("Book"))),
+                        field("next_page_token", 2, "TYPE_STRING"),
+                    ],
+                },
+            ],
+            "enumType": [{
+                "name": "State",
+                "value": [
+                    { "name": "STATE_UNSPECIFIED", "number": 0 },
+                    { "name": "DRAFT", "number": 1 },
+                ],
+            }],
+            "service": [{
+                "name": "LibraryService",
+                "method": [
+                    {
+                        "name": "GetBook",
+                        "inputType": message("GetBookRequest"),
+                        "outputType": message("Book"),
+                        "options": http(json!({
+                            "get": "/v1/{name=shelves/*/books/*}",
+                            "additionalBindings": [
+                                { "get": "/v1/{name=authors/*/books/*}" },
+                                { "get": "/v2/{name=shelves/*/books/*}" },
+                            ],
+                        })),
+                    },
+                    {
+                        "name": "UpdateBook",
+                        "inputType": message("UpdateBookRequest"),
+                        "outputType": message("Book"),
+                        "options": http(json!({
+                            "patch": "/v1/{book.name=shelves/*/books/*}",
+                            "body": "book",
+                        })),
+                    },
+                    {
+                        "name": "ListBooks",
+                        "inputType": message("Filter"),
+                        "outputType": message("ListBooksResponse"),
+                        "options": http(json!({ "get": "/v1/books", "responseBody": "books" })),
+                    },
+                    {
+                        "name": "WatchBooks",
+                        "inputType": message("Filter"),
+                        "outputType": message("Book"),
+                        "serverStreaming": true,
+                        "options": http(json!({ "get": "/v1/books:watch" })),
+                    },
+                    {
+                        "name": "PurgeBook",
+                        "inputType": message("GetBookRequest"),
+                        "outputType": ".google.protobuf.Empty",
+                        "options": http(json!({
+                            "custom": { "kind": "PURGE", "path": "/v1/{name=shelves/*/books/*}" },
+                        })),
+                    },
+                    {
+                        "name": "Browse",
+                        "inputType": ".google.protobuf.Empty",
+                        "outputType": ".google.protobuf.Empty",
+                        "options": http(json!({ "get": "/v1/browse/*/{page_size}/**" })),
+                    },
+                ],
+            }],
+        });
+        let file_type = pool
+            .get_message_by_name("google.protobuf.FileDescriptorProto")
+            .unwrap();
+        let file = DynamicMessage::deserialize(file_type, file).unwrap();
+        pool.decode_file_descriptor_proto(file.encode_to_vec().as_slice())
+            .unwrap();
+        pool
+    }
+
+    fn library_document(options: &JsonOptions) -> Value {
+        let pool = library_pool();
+        let table = RouteTable::build([(
+            "library",
+            methods(&pool, "test.library.v1.LibraryService"),
+        )]);
+        assert!(table.errors().is_empty(), "{:?}", table.errors());
+        assert!(table.conflicts().is_empty(), "{:?}", table.conflicts());
+        document(&table, options, "library", "1")
+    }
+
+    fn parameter_names(operation: &Value) -> Vec<&str> {
+        operation["parameters"]
+            .as_array()
+            .map(|parameters| {
+                parameters
+                    .iter()
+                    .map(|p| p["name"].as_str().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn path_patterns_query_parameters_and_bindings() {
+        let doc = library_document(&JsonOptions::default());
+        assert_refs_resolve(&doc);
+
+        let get = &doc["paths"]["/v1/{name}"]["get"];
+        assert_eq!(get["operationId"], "LibraryService_GetBook");
+        assert_eq!(get["summary"], "test.library.v1.LibraryService.GetBook");
+        let name = &get["parameters"][0];
+        assert_eq!(name["in"], "path");
+        assert_eq!(name["required"], true);
+        assert_eq!(name["schema"]["type"], "string");
+        assert_eq!(name["schema"]["pattern"], "^shelves/[^/]+/books/[^/]+$");
+        let description = name["description"].as_str().unwrap();
+        assert!(description.contains("`shelves/*/books/*`"), "{description}");
+        assert!(description.contains("%2F"), "{description}");
+        // Every unbound field a query parameter can set; not the bound `name`, not repeated
+        // messages, not through the recursive `inner`, and not deeper than three levels.
+        assert_eq!(
+            parameter_names(get),
+            [
+                "name",
+                "view.state",
+                "view.author",
+                "view.since",
+                "view.range.min",
+                "view.states",
+                "readMask",
+                "pageSize",
+            ]
+        );
+        let parameters = get["parameters"].as_array().unwrap();
+        assert!(parameters[1..].iter().all(|p| p["in"] == "query"));
+        assert_eq!(
+            parameters[1]["schema"]["$ref"],
+            "#/components/schemas/test.library.v1.State"
+        );
+        assert_eq!(parameters[3]["schema"]["format"], "date-time");
+        assert_eq!(parameters[5]["schema"]["type"], "array");
+        assert_eq!(parameters[5]["explode"], true);
+        assert_eq!(parameters[6]["schema"]["type"], "string");
+        assert_eq!(parameters[7]["schema"]["format"], "int32");
+
+        // The first additional binding renders as the same path and method: listed, not lost.
+        let collisions = doc["x-path-collisions"].as_array().unwrap();
+        assert_eq!(collisions.len(), 1);
+        assert_eq!(collisions[0]["operationId"], "LibraryService_GetBook2");
+        assert_eq!(collisions[0]["collidesWith"], "LibraryService_GetBook");
+        assert_eq!(collisions[0]["path"], "/v1/{name=authors/*/books/*}");
+        assert_eq!(
+            doc["paths"]["/v2/{name}"]["get"]["operationId"],
+            "LibraryService_GetBook3"
+        );
+
+        // body: "book", the rest from the path and the query.
+        let update = &doc["paths"]["/v1/{book.name}"]["patch"];
+        assert_eq!(parameter_names(update), ["book.name", "updateMask"]);
+        assert_eq!(
+            update["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/test.library.v1.Book"
+        );
+
+        // response_body: "books".
+        let list = &doc["paths"]["/v1/books"]["get"];
+        assert_eq!(
+            list["responses"]["200"]["content"]["application/json"]["schema"],
+            json!({ "type": "array", "items": { "$ref": "#/components/schemas/test.library.v1.Book" } })
+        );
+
+        // A server stream.
+        let watch = &doc["paths"]["/v1/books:watch"]["get"];
+        let content = &watch["responses"]["200"]["content"];
+        for media in ["application/x-ndjson", "text/event-stream"] {
+            assert_eq!(
+                content[media]["schema"]["$ref"],
+                "#/components/schemas/test.library.v1.Book"
+            );
+        }
+        assert!(content.get("application/json").is_none());
+        assert!(watch["responses"]["200"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("newline-delimited"));
+
+        // A custom method has no slot.
+        let custom = doc["x-custom-methods"].as_array().unwrap();
+        assert_eq!(custom.len(), 1);
+        assert_eq!(custom[0]["method"], "PURGE");
+        assert_eq!(custom[0]["operationId"], "LibraryService_PurgeBook");
+        assert_eq!(custom[0]["x-grpc-method"], "/test.library.v1.LibraryService/PurgeBook");
+
+        // Bare wildcards become parameters bound to no field; Empty is an inline object.
+        let browse = &doc["paths"]["/v1/browse/{_segment1}/{pageSize}/{_segment2}"];
+        assert!(browse.is_null(), "path parameters are named by proto field paths");
+        let browse = &doc["paths"]["/v1/browse/{_segment1}/{page_size}/{_segment2}"]["get"];
+        assert_eq!(
+            parameter_names(browse),
+            ["_segment1", "page_size", "_segment2"]
+        );
+        assert_eq!(
+            browse["responses"]["200"]["content"]["application/json"]["schema"],
+            json!({ "type": "object" })
+        );
+    }
+
+    #[test]
+    fn schemas_follow_the_json_mapping() {
+        let doc = library_document(&JsonOptions::default());
+        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        assert_eq!(book["displayName"], json!({ "type": "string" }));
+        assert_eq!(
+            book["tags"],
+            json!({ "type": "array", "items": { "type": "string" } })
+        );
+        assert_eq!(book["published"]["type"], "string");
+        assert_eq!(book["published"]["format"], "date-time");
+        assert_eq!(
+            book["rating"],
+            json!({ "type": "number", "format": "double", "nullable": true })
+        );
+        assert_eq!(
+            book["attributes"],
+            json!({ "type": "object", "additionalProperties": { "type": "integer", "format": "int32" } })
+        );
+        assert_eq!(
+            book["sequel"],
+            json!({ "$ref": "#/components/schemas/test.library.v1.Book" })
+        );
+        assert_eq!(
+            book["state"],
+            json!({ "$ref": "#/components/schemas/test.library.v1.State" })
+        );
+        assert_eq!(
+            book["sizeBytes"],
+            json!({ "type": "string", "format": "int64" })
+        );
+        assert_eq!(book["cover"], json!({ "type": "string", "format": "byte" }));
+        assert_eq!(
+            book["metadata"],
+            json!({ "type": "object", "additionalProperties": true })
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["test.library.v1.State"],
+            json!({ "type": "string", "enum": ["STATE_UNSPECIFIED", "DRAFT"] })
+        );
+        // Only the types the routes reach.
+        assert!(doc["components"]["schemas"]
+            .get("test.library.v1.Window")
+            .is_none());
+
+        let doc = library_document(&JsonOptions {
+            use_proto_names: true,
+            ..JsonOptions::default()
+        });
+        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        assert!(book["display_name"].is_object());
+        let get = &doc["paths"]["/v1/{name}"]["get"];
+        assert!(parameter_names(get).contains(&"read_mask"));
+        assert_refs_resolve(&doc);
+    }
+
+    #[test]
+    fn rendered_paths() {
+        let render = |text: &str| render_path(&PathTemplate::parse(text).unwrap());
+        let rendered = render("/v1/{name=shelves/*/books/*}:publish");
+        assert_eq!(rendered.path, "/v1/{name}:publish");
+        assert_eq!(rendered.parameters.len(), 1);
+        assert_eq!(
+            rendered.parameters[0].pattern,
+            Some(vec!["shelves".to_owned(), "*".to_owned(), "books".to_owned(), "*".to_owned()])
+        );
+        assert!(rendered.parameters[0].multi_segment());
+
+        let rendered = render("/v1/{task.id}/tags/{tag=*}");
+        assert_eq!(rendered.path, "/v1/{task.id}/tags/{tag}");
+        assert_eq!(
+            rendered.parameters[0].field_path,
+            Some(vec!["task".to_owned(), "id".to_owned()])
+        );
+        assert_eq!(rendered.parameters[1].pattern, None);
+        assert!(!rendered.parameters[1].multi_segment());
+
+        let rendered = render("/v1/{path=**}");
+        assert_eq!(rendered.path, "/v1/{path}");
+        assert!(rendered.parameters[0].multi_segment());
+
+        assert_eq!(render("/v1/priority:score").path, "/v1/priority:score");
+        assert_eq!(render("/v1/*/x:do").path, "/v1/{_segment1}/x:do");
+        let rendered = render("/v1/{_segment1}/*");
+        assert_eq!(rendered.path, "/v1/{_segment1}/{_segment2}");
+    }
+
+    #[test]
+    fn variable_patterns_as_regexes() {
+        let regex = |pattern: &str| {
+            segments_regex(&pattern.split('/').map(str::to_owned).collect::<Vec<_>>())
+        };
+        assert_eq!(regex("shelves/*").as_deref(), Some("^shelves/[^/]+$"));
+        assert_eq!(regex("a.b/**").as_deref(), Some("^a\\.b(/[^/]+)*$"));
+        assert_eq!(regex("**").as_deref(), Some("^([^/]+(/[^/]+)*)?$"));
+        assert_eq!(regex("a%2Fb/*"), None);
+    }
 }

@@ -55,6 +55,16 @@ enum Command {
         /// The `consul` binary to start a dev agent with.
         #[arg(long, env = "CONSUL_BIN")]
         consul_bin: Option<PathBuf>,
+        /// Address of the transcoding gateway to start (port 0: a free port).
+        #[arg(
+            long,
+            env = "PROTOMESH_GATEWAY_LISTEN",
+            default_value = "127.0.0.1:8080"
+        )]
+        gateway: std::net::SocketAddr,
+        /// Do not start the gateway.
+        #[arg(long)]
+        no_gateway: bool,
         /// How long to wait for every instance to pass.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
@@ -113,6 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             log_dir,
             consul_bin,
             ready_timeout,
+            gateway,
+            no_gateway,
         } => {
             let services = services
                 .iter()
@@ -133,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 services,
                 ready_timeout,
                 stop_grace: Duration::from_secs(15),
+                gateway: (!no_gateway).then_some(gateway),
             };
             let mut stdout = std::io::stdout();
             devmesh::up(options, &mut stdout, protomesh::server::shutdown_signal()).await?;

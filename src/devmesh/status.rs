@@ -117,32 +117,39 @@ impl fmt::Display for StatusReport {
 /// What the mesh client of the process whose admin listener is at `admin` knows about the
 /// services it calls, as the table its `/mesh?format=text` endpoint prints.
 pub async fn client_status(admin: &str) -> Result<String, DevMeshError> {
-    use http_body_util::{BodyExt, Empty};
     let unreachable = |reason: String| DevMeshError::Admin {
         address: admin.to_owned(),
         reason,
     };
-    let uri: http::Uri = format!("http://{admin}/mesh?format=text")
+    let (status, text) = http_get(admin, "/mesh?format=text")
+        .await
+        .map_err(unreachable)?;
+    if !status.is_success() {
+        return Err(unreachable(format!("HTTP {status}: {}", text.trim())));
+    }
+    Ok(text)
+}
+
+/// `GET http://{addr}{path}` with a 5 s bound: the status and the body as text.
+pub(crate) async fn http_get(addr: &str, path: &str) -> Result<(http::StatusCode, String), String> {
+    use http_body_util::{BodyExt, Empty};
+    let uri: http::Uri = format!("http://{addr}{path}")
         .parse()
-        .map_err(|err: http::uri::InvalidUri| unreachable(err.to_string()))?;
+        .map_err(|err: http::uri::InvalidUri| err.to_string())?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<bytes::Bytes>>();
     let response = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
         .await
-        .map_err(|_| unreachable("no answer within 5s".to_owned()))?
-        .map_err(|err| unreachable(crate::telemetry::error_chain(&err)))?;
+        .map_err(|_| "no answer within 5s".to_owned())?
+        .map_err(|err| crate::telemetry::error_chain(&err))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|err| unreachable(err.to_string()))?
+        .map_err(|err| err.to_string())?
         .to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if !status.is_success() {
-        return Err(unreachable(format!("HTTP {status}: {}", text.trim())));
-    }
-    Ok(text)
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[cfg(test)]

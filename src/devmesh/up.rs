@@ -4,6 +4,7 @@
 //! services (SIGTERM, bounded wait) and the agent it started.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -74,6 +75,9 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// How long each service may take to stop after SIGTERM.
     pub stop_grace: Duration,
+    /// Where to start the transcoding gateway (`gateway` binary), if at all; port 0 picks a
+    /// free port.
+    pub gateway: Option<SocketAddr>,
 }
 
 /// Brings the mesh up, reports to `out`, and runs until `shutdown` completes.
@@ -108,9 +112,27 @@ pub async fn up(
             }
         }
         wait_until_passing(&client, &options, &mut processes).await?;
+        let gateway = match options.gateway {
+            Some(addr) => {
+                let addr = concrete_addr(addr)?;
+                processes.push(ServiceProcess::spawn(
+                    "gateway",
+                    &options.bin_dir.join("gateway"),
+                    &["--listen".to_owned(), addr.to_string()],
+                    &[
+                        ("CONSUL_HTTP_ADDR".to_owned(), client.address().to_owned()),
+                        ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
+                    ],
+                    options.log_dir.join("gateway.log"),
+                )?);
+                wait_for_gateway(addr, &options, &mut processes).await?;
+                Some(addr)
+            }
+            None => None,
+        };
         let report = status(&client).await?;
         let _ = write!(out, "{report}");
-        let _ = writeln!(out, "{}", try_lines(&client, &report, &options));
+        let _ = writeln!(out, "{}", try_lines(&client, &report, &options, gateway));
         let _ = out.flush();
         supervise(&mut processes, shutdown).await;
         Ok(())
@@ -228,6 +250,56 @@ async fn wait_until_passing(
     }
 }
 
+/// `addr`, with port 0 replaced by a port free now.
+fn concrete_addr(addr: SocketAddr) -> Result<SocketAddr, DevMeshError> {
+    if addr.port() != 0 {
+        return Ok(addr);
+    }
+    std::net::TcpListener::bind(addr)
+        .and_then(|listener| listener.local_addr())
+        .map_err(|source| DevMeshError::Process {
+            name: "gateway".into(),
+            source,
+        })
+}
+
+/// Polls the gateway until it has routes for every started service.
+async fn wait_for_gateway(
+    addr: SocketAddr,
+    options: &UpOptions,
+    processes: &mut [ServiceProcess],
+) -> Result<(), DevMeshError> {
+    let started = Instant::now();
+    loop {
+        if let Some(gateway) = processes.last_mut() {
+            if let Some(status) = gateway.try_exit_status() {
+                return Err(DevMeshError::EarlyExit {
+                    name: "gateway".to_owned(),
+                    status,
+                    log_tail: gateway.log_tail(20),
+                });
+            }
+        }
+        let routed = match super::status::http_get(&addr.to_string(), "/routes").await {
+            Ok((status, body)) if status.is_success() => options
+                .services
+                .iter()
+                .all(|spec| body.contains(&format!("\"service\":\"{}\"", spec.name))),
+            _ => false,
+        };
+        if routed {
+            return Ok(());
+        }
+        if started.elapsed() > options.ready_timeout {
+            return Err(DevMeshError::NotPassing {
+                after: options.ready_timeout,
+                waiting: format!("the gateway at {addr} to route every service"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Runs until `shutdown`, reporting processes that exit on their own.
 async fn supervise(
     processes: &mut [ServiceProcess],
@@ -255,8 +327,22 @@ async fn supervise(
 }
 
 /// The commands to try once the mesh is up.
-fn try_lines(client: &ConsulClient, report: &super::StatusReport, options: &UpOptions) -> String {
+fn try_lines(
+    client: &ConsulClient,
+    report: &super::StatusReport,
+    options: &UpOptions,
+    gateway: Option<SocketAddr>,
+) -> String {
     let mut lines = vec![String::new(), "Try:".to_owned()];
+    if let Some(gateway) = gateway {
+        if options.services.iter().any(|s| s.name == "priority") {
+            lines.push(format!(
+                "  curl -s -X POST http://{gateway}/v1/priority:score -d '{{\"title\":\"ship it\",\"urgency\":9,\"impact\":8}}'"
+            ));
+        }
+        lines.push(format!("  curl -s http://{gateway}/routes"));
+        lines.push(format!("  grpcurl -plaintext {gateway} list"));
+    }
     if let Some(priority) = report.instances.iter().find(|i| i.service == "priority") {
         let a = &priority.address;
         lines.push(format!("  grpcurl -plaintext {a} list"));
