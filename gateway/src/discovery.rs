@@ -29,6 +29,9 @@ pub struct DiscoveryOptions {
     pub refresh: Duration,
     /// Bound on one descriptor fetch.
     pub fetch_timeout: Duration,
+    /// Descriptors given up front, by Consul service name: used instead of reflection for those
+    /// services (the fallback for services that do not serve reflection).
+    pub static_descriptors: BTreeMap<String, Arc<ServiceDescriptors>>,
 }
 
 impl Default for DiscoveryOptions {
@@ -38,6 +41,7 @@ impl Default for DiscoveryOptions {
             wait: Duration::from_secs(30),
             refresh: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
+            static_descriptors: BTreeMap::new(),
         }
     }
 }
@@ -136,6 +140,14 @@ async fn follow(
                 .get(name)
                 .is_none_or(|(_, fetched)| fetched.elapsed() >= options.refresh);
             if !stale {
+                continue;
+            }
+            if let Some(fixed) = options.static_descriptors.get(name) {
+                if !known.contains_key(name) {
+                    tracing::info!(service = %name, grpc = ?fixed.services, "gateway: routes loaded from a descriptor-set file");
+                    changed = true;
+                }
+                known.insert(name.clone(), (Arc::clone(fixed), Instant::now()));
                 continue;
             }
             let channel = mesh.channel(name);

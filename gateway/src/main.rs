@@ -11,6 +11,7 @@ use protomesh::client::Mesh;
 use protomesh::config::LogFormat;
 use protomesh::consul::{ConsulClient, ConsulConfig};
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
+use protomesh_gateway::reflection::ServiceDescriptors;
 use protomesh_gateway::server::{self, Gateway, GatewayOptions};
 use protomesh_gateway::transcode::JsonOptions;
 
@@ -71,6 +72,15 @@ struct Cli {
     /// Accept (and ignore) unknown JSON fields instead of answering 400.
     #[arg(long)]
     allow_unknown_fields: bool,
+    /// Descriptors for a service that serves no reflection: `NAME=FILE`, NAME its Consul service
+    /// name, FILE an encoded FileDescriptorSet with imports (`protoc --include_imports
+    /// --descriptor_set_out`). Repeat for more services.
+    #[arg(
+        long = "descriptor-set",
+        env = "PROTOMESH_GATEWAY_DESCRIPTOR_SETS",
+        value_delimiter = ','
+    )]
+    descriptor_sets: Vec<String>,
     /// Log format.
     #[arg(long, env = "PROTOMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
@@ -112,12 +122,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli.consul_addr
         )
     })?;
+    let mut static_descriptors = std::collections::BTreeMap::new();
+    for spec in cli.descriptor_sets.iter().filter(|s| !s.is_empty()) {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--descriptor-set {spec:?}: expected NAME=FILE"))?;
+        let descriptors = ServiceDescriptors::from_file(std::path::Path::new(file))
+            .with_context(|| format!("--descriptor-set {spec:?}"))?;
+        static_descriptors.insert(name.to_owned(), std::sync::Arc::new(descriptors));
+    }
     let mesh = Mesh::from_consul(consul.clone())?;
     let state = discovery::spawn(
         consul,
         mesh.clone(),
         DiscoveryOptions {
             tag: cli.tag,
+            static_descriptors,
             ..DiscoveryOptions::default()
         },
     );

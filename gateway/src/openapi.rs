@@ -1742,7 +1742,7 @@ mod tests {
                     },
                     {
                         "name": "Browse",
-                        "inputType": ".google.protobuf.Empty",
+                        "inputType": message("GetBookRequest"),
                         "outputType": ".google.protobuf.Empty",
                         "options": http(json!({ "get": "/v1/browse/*/{page_size}/**" })),
                     },
@@ -1760,10 +1760,8 @@ mod tests {
 
     fn library_document(options: &JsonOptions) -> Value {
         let pool = library_pool();
-        let table = RouteTable::build([(
-            "library",
-            methods(&pool, "test.library.v1.LibraryService"),
-        )]);
+        let table =
+            RouteTable::build([("library", methods(&pool, "test.library.v1.LibraryService"))]);
         assert!(table.errors().is_empty(), "{:?}", table.errors());
         assert!(table.conflicts().is_empty(), "{:?}", table.conflicts());
         document(&table, options, "library", "1")
@@ -1870,16 +1868,24 @@ mod tests {
         assert_eq!(custom.len(), 1);
         assert_eq!(custom[0]["method"], "PURGE");
         assert_eq!(custom[0]["operationId"], "LibraryService_PurgeBook");
-        assert_eq!(custom[0]["x-grpc-method"], "/test.library.v1.LibraryService/PurgeBook");
+        assert_eq!(
+            custom[0]["x-grpc-method"],
+            "/test.library.v1.LibraryService/PurgeBook"
+        );
 
         // Bare wildcards become parameters bound to no field; Empty is an inline object.
         let browse = &doc["paths"]["/v1/browse/{_segment1}/{pageSize}/{_segment2}"];
-        assert!(browse.is_null(), "path parameters are named by proto field paths");
+        assert!(
+            browse.is_null(),
+            "path parameters are named by proto field paths"
+        );
         let browse = &doc["paths"]["/v1/browse/{_segment1}/{page_size}/{_segment2}"]["get"];
         assert_eq!(
-            parameter_names(browse),
-            ["_segment1", "page_size", "_segment2"]
+            &parameter_names(browse)[..4],
+            ["_segment1", "page_size", "_segment2", "name"]
         );
+        assert!(!parameter_names(browse).contains(&"pageSize"));
+        assert_eq!(browse["parameters"][1]["schema"]["format"], "int32");
         assert_eq!(
             browse["responses"]["200"]["content"]["application/json"]["schema"],
             json!({ "type": "object" })
@@ -1950,7 +1956,12 @@ mod tests {
         assert_eq!(rendered.parameters.len(), 1);
         assert_eq!(
             rendered.parameters[0].pattern,
-            Some(vec!["shelves".to_owned(), "*".to_owned(), "books".to_owned(), "*".to_owned()])
+            Some(vec![
+                "shelves".to_owned(),
+                "*".to_owned(),
+                "books".to_owned(),
+                "*".to_owned()
+            ])
         );
         assert!(rendered.parameters[0].multi_segment());
 

@@ -74,8 +74,46 @@ pub struct ServiceDescriptors {
     /// Every file the services need (their files and, transitively, the files those import),
     /// with options kept: `google.api.http` is readable from a method's options.
     pub pool: DescriptorPool,
-    /// The reflection protocol that answered.
-    pub version: ReflectionVersion,
+    /// Where the descriptors came from.
+    pub source: DescriptorSource,
+}
+
+/// Where a service's descriptors came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptorSource {
+    /// Server reflection, in this protocol version.
+    Reflection(ReflectionVersion),
+    /// A descriptor-set file given to the gateway (the fallback for services without reflection).
+    File(std::path::PathBuf),
+}
+
+impl ServiceDescriptors {
+    /// The services of an encoded `FileDescriptorSet` file (with imports included, e.g.
+    /// `protoc --include_imports --descriptor_set_out`): every service it defines except
+    /// `grpc.*` ones.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ReflectionError> {
+        let file_error = |reason: String| ReflectionError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|err| file_error(err.to_string()))?;
+        let pool =
+            DescriptorPool::decode(bytes.as_slice()).map_err(|err| file_error(err.to_string()))?;
+        let mut services: Vec<String> = pool
+            .services()
+            .map(|s| s.full_name().to_owned())
+            .filter(|name| !name.starts_with("grpc."))
+            .collect();
+        services.sort();
+        if services.is_empty() {
+            return Err(file_error("it defines no service".to_owned()));
+        }
+        Ok(Self {
+            services,
+            pool,
+            source: DescriptorSource::File(path.to_path_buf()),
+        })
+    }
 }
 
 impl ServiceDescriptors {
@@ -112,6 +150,14 @@ impl Default for FetchOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReflectionError {
+    /// A descriptor-set file could not be read or decoded.
+    #[error("descriptor set file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// The reflection call failed: no connection, a reset stream, or a gRPC status that ended it
     /// (a tonic server ends the stream with `NOT_FOUND` for an unknown file or symbol).
     #[error("{version} failed at {request}: {status}")]
@@ -325,7 +371,7 @@ where
     Ok(ServiceDescriptors {
         services,
         pool,
-        version,
+        source: DescriptorSource::Reflection(version),
     })
 }
 

@@ -19,8 +19,8 @@ use protomesh::proto::protomesh::priority::v1::{
 };
 use protomesh::server::MeshServer;
 use protomesh_gateway::reflection::{
-    fetch, fetch_with, fetch_with_timeout, FetchOptions, ReflectionError, ReflectionVersion,
-    ServiceDescriptors,
+    fetch, fetch_with, fetch_with_timeout, DescriptorSource, FetchOptions, ReflectionError,
+    ReflectionVersion, ServiceDescriptors,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -128,7 +128,7 @@ async fn reflection_fetches_a_mesh_server_over_v1_with_http_options() {
 
     // Spawned: the fetch future is Send, as the gateway's discovery task needs.
     let descriptors = tokio::spawn(fetch(channel(addr))).await.unwrap().unwrap();
-    assert_eq!(descriptors.version, ReflectionVersion::V1);
+    assert_eq!(descriptors.source, DescriptorSource::Reflection(ReflectionVersion::V1));
     assert_priority(&descriptors);
     assert!(descriptors
         .pool
@@ -150,7 +150,7 @@ async fn reflection_falls_back_to_v1alpha() {
         serve(Routes::new(PriorityServiceServer::new(Unused)).add_service(v1alpha)).await;
 
     let descriptors = fetch(channel(addr)).await.unwrap();
-    assert_eq!(descriptors.version, ReflectionVersion::V1Alpha);
+    assert_eq!(descriptors.source, DescriptorSource::Reflection(ReflectionVersion::V1Alpha));
     assert_priority(&descriptors);
 }
 

@@ -90,6 +90,16 @@ pub struct Echo {
     log: Log,
 }
 
+impl Echo {
+    /// An echo handler recording into `log`.
+    pub fn new(log: Log) -> Self {
+        Self {
+            pool: DescriptorPool::decode(echo_descriptor_set()).unwrap(),
+            log,
+        }
+    }
+}
+
 impl tonic::server::NamedService for Echo {
     const NAME: &'static str = ECHO_SERVICE;
 }
@@ -301,13 +311,21 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(consul: &ConsulClient, options: GatewayOptions) -> Self {
+        Self::start_with(consul, options, DiscoveryOptions::default()).await
+    }
+
+    pub async fn start_with(
+        consul: &ConsulClient,
+        options: GatewayOptions,
+        discovery_options: DiscoveryOptions,
+    ) -> Self {
         let mesh = Mesh::from_consul(consul.clone()).unwrap();
         let state = discovery::spawn(
             consul.clone(),
             mesh.clone(),
             DiscoveryOptions {
                 wait: Duration::from_secs(5),
-                ..DiscoveryOptions::default()
+                ..discovery_options
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
