@@ -521,3 +521,33 @@ async fn headers_deadlines_streams_and_metadata() {
         "data: {\"id\":\"w\",\"count\":2}\n\ndata: {\"id\":\"w\",\"count\":2}\n\n"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_upstream_call() {
+    use tokio::io::AsyncWriteExt;
+    let consul = Consul::start().await;
+    let echo = EchoServer::start(&consul.addr()).await;
+    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
+    echo.take();
+
+    // Control: a call left alone finishes.
+    let answer = http("POST", &gateway.url("/v1/slow"), &[], r#"{"count":300}"#).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let methods: Vec<String> = echo.take().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["Slow", "SlowDone"]);
+
+    // The same call, with the client gone after 100 ms.
+    let body = r#"{"count":1500}"#;
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/slow HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let methods: Vec<String> = echo.take().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["Slow"], "the upstream call was cancelled");
+}

@@ -163,6 +163,7 @@ impl tonic::server::UnaryService<DynamicMessage> for Handler {
     fn call(&mut self, request: tonic::Request<DynamicMessage>) -> Self::Future {
         self.record(&request);
         let method = self.method.clone();
+        let log = Arc::clone(&self.log);
         Box::pin(async move {
             let message = request.into_inner();
             match method.name() {
@@ -181,6 +182,12 @@ impl tonic::server::UnaryService<DynamicMessage> for Handler {
                 "Slow" => {
                     tokio::time::sleep(Duration::from_millis(u64::from(Self::count(&message))))
                         .await;
+                    // Recorded only if the call was not cancelled meanwhile.
+                    log.lock().unwrap().push(Received {
+                        method: "SlowDone".to_owned(),
+                        message: serde_json::Value::Null,
+                        metadata: Vec::new(),
+                    });
                     Ok(with_echo_metadata(message))
                 }
                 _ => Ok(with_echo_metadata(message)),
