@@ -327,7 +327,7 @@ mod tests {
     use protomesh_consul::{ConsulClient, ConsulConfig};
 
     use super::*;
-    use crate::reflection::ReflectionVersion;
+    use crate::reflection::{DescriptorSource, ReflectionVersion};
 
     const PRIORITY: &str = "protomesh.priority.v1.PriorityService";
 
@@ -335,7 +335,7 @@ mod tests {
         Arc::new(ServiceDescriptors {
             services: vec![PRIORITY.to_owned()],
             pool: DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap(),
-            version: ReflectionVersion::V1,
+            source: DescriptorSource::Reflection(ReflectionVersion::V1),
         })
     }
 

@@ -47,7 +47,8 @@
 //! # Schemas
 //!
 //! `components/schemas` holds one schema per message and enum type referenced, named by full name
-//! (`protomesh.priority.v1.ScoreRequest`), plus `Error`. Properties are named by JSON name
+//! (`protomesh.priority.v1.ScoreRequest`), plus `Error` (`gateway-Error` should a message with
+//! no package be called `Error`). Properties are named by JSON name
 //! (lowerCamelCase) or, with [`JsonOptions::use_proto_names`], by proto name. Types follow the
 //! proto3 JSON mapping as the gateway writes it: 32-bit integers are `integer`s, 64-bit integers
 //! `string`s (format `int64` / `uint64`), `float`/`double` `number`s, `bytes` base64 `string`s
@@ -166,9 +167,10 @@ pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version:
     }
 
     let error_name = builder.error_schema_name();
+    let error_ref = format!("{SCHEMA_PREFIX}{error_name}");
     for item in paths.values_mut() {
         for operation in item.values_mut() {
-            resolve_error_refs(operation, &format!("{SCHEMA_PREFIX}{error_name}"));
+            resolve_error_refs(operation, &error_ref);
         }
     }
     let any = any_schema();
@@ -602,11 +604,12 @@ impl<'o> Builder<'o> {
 
     /// A reference to the error schema, whose name is known only once every message schema is
     /// (see [`resolve_error_refs`]).
-    fn error_ref(&self) -> Value {
-        json!({ "$ref": format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}") })
+    fn error_ref() -> Value {
+        json!({ "$ref": ERROR_PLACEHOLDER })
     }
 
-    /// The field (or the JSON name) a property is called by.
+    /// The name `field` goes by in JSON: its JSON name, or its proto name with
+    /// [`JsonOptions::use_proto_names`].
     fn property_name<'f>(&self, field: &'f FieldDescriptor) -> &'f str {
         if self.options.use_proto_names {
             field.name()
@@ -761,7 +764,7 @@ impl<'o> Builder<'o> {
                 "200": ok,
                 "default": {
                     "description": "An error, with the HTTP status of its gRPC code.",
-                    "content": { "application/json": { "schema": self.error_ref() } },
+                    "content": { "application/json": { "schema": Self::error_ref() } },
                 },
             }),
         );
@@ -1055,18 +1058,16 @@ struct QueryWalk<'a> {
     body_field: Option<&'a str>,
 }
 
-/// A name no schema has (a full name has no `!`), standing for the error schema until its name is
-/// known.
-const ERROR_PLACEHOLDER: &str = "!error";
+/// A reference to no schema (a full name has no `!`), standing for the error schema's until its
+/// name is known.
+const ERROR_PLACEHOLDER: &str = "#/components/schemas/!error";
 
 /// Replaces every reference to [`ERROR_PLACEHOLDER`] in `value` by `target`.
 fn resolve_error_refs(value: &mut Value, target: &str) {
     match value {
         Value::Object(object) => {
             for (key, inner) in object.iter_mut() {
-                if key == "$ref"
-                    && inner.as_str() == Some(&format!("{SCHEMA_PREFIX}{ERROR_PLACEHOLDER}"))
-                {
+                if key == "$ref" && inner.as_str() == Some(ERROR_PLACEHOLDER) {
                     *inner = Value::String(target.to_owned());
                 } else {
                     resolve_error_refs(inner, target);

@@ -1,4 +1,5 @@
-//! The gateway's HTTP side: an axum router that answers `/healthz`, `/readyz` and `/routes`, and
+//! The gateway's HTTP side: an axum router that answers `/healthz`, `/readyz`, `/routes` and
+//! `/openapi.json`, and
 //! transcodes every other request by the live route table: route lookup (404 / 405 with `Allow`),
 //! body limit (413), JSON → request message (400 naming the field or the JSON position), a unary
 //! or server-streaming call through the mesh client (deadline from `Grpc-Timeout` or the default;
@@ -97,6 +98,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
+        .route("/openapi.json", get(openapi))
         .fallback(transcode_request)
         .with_state(gateway)
 }
@@ -161,6 +163,17 @@ async fn routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
     })
 }
 
+/// The OpenAPI 3 document of the live routes (built from the same table, so always in sync).
+async fn openapi(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
+    let state = gateway.current();
+    Json(crate::openapi::document(
+        &state.table,
+        &gateway.options.json,
+        "protomesh gateway",
+        env!("CARGO_PKG_VERSION"),
+    ))
+}
+
 /// The request ID: the caller's, or a new random one.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     headers
@@ -174,8 +187,13 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         })
 }
 
-/// Transcodes one HTTP request.
+/// Transcodes one HTTP request (or forwards a native gRPC one).
 async fn transcode_request(State(gateway): State<Gateway>, request: Request) -> Response {
+    // Native gRPC (h2c) goes to the service by its path, reflection is answered here.
+    if crate::grpc_proxy::is_grpc(request.headers()) {
+        let state = gateway.current();
+        return crate::grpc_proxy::forward(&gateway.mesh, &state, request).await;
+    }
     let id = request_id(request.headers());
     let mut response = match handle(&gateway, request, &id).await {
         Ok(response) => response,

@@ -35,11 +35,10 @@ use protomesh::server::MeshServer;
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::discovery::{self, DiscoveryOptions, GatewayState};
 use protomesh_gateway::grpc_proxy::{self, ReflectionCache};
-use protomesh_gateway::reflection::{self, ReflectionVersion};
+use protomesh_gateway::reflection::{self, DescriptorSource, ReflectionVersion};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -321,16 +320,17 @@ impl Fixture {
             .unwrap()
     }
 
-    /// Runs `grpcurl -plaintext FLAGS GATEWAY REST`.
-    fn grpcurl(&self, flags: &[&str], rest: &[&str]) -> String {
-        let addr = self.gateway.to_string();
-        let mut args = vec!["-plaintext"];
-        args.extend_from_slice(flags);
-        args.push(&addr);
-        args.extend_from_slice(rest);
-        let out = std::process::Command::new(tool("grpcurl"))
+    /// Runs `grpcurl -plaintext FLAGS GATEWAY REST` (off the runtime's threads, which keep
+    /// serving the gateway meanwhile).
+    async fn grpcurl(&self, flags: &[&str], rest: &[&str]) -> String {
+        let mut args = vec!["-plaintext".to_owned()];
+        args.extend(flags.iter().map(|s| (*s).to_owned()));
+        args.push(self.gateway.to_string());
+        args.extend(rest.iter().map(|s| (*s).to_owned()));
+        let out = tokio::process::Command::new(tool("grpcurl"))
             .args(&args)
             .output()
+            .await
             .unwrap();
         assert!(
             out.status.success(),
@@ -351,7 +351,7 @@ fn score_request(urgency: i32, impact: i32) -> ScoreRequest {
 
 // ---- the tests ---------------------------------------------------------------------------------
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn grpc_proxy_forwards_unary_calls_and_answers_errors_as_grpc_statuses() {
     let fixture = Fixture::start().await;
     let channel = fixture.channel().await;
@@ -404,7 +404,7 @@ async fn grpc_proxy_forwards_unary_calls_and_answers_errors_as_grpc_statuses() {
     assert!(status.message().contains("ghost"), "{status:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn grpc_proxy_forwards_bidirectional_streams_with_metadata_deadline_and_trailers() {
     let fixture = Fixture::start().await;
     let mut grpc = tonic::client::Grpc::new(fixture.channel().await);
@@ -454,12 +454,12 @@ async fn grpc_proxy_forwards_bidirectional_streams_with_metadata_deadline_and_tr
     assert_eq!(trailers.get("x-trailer").unwrap(), "done");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn grpc_proxy_serves_one_reflection_for_the_whole_mesh_to_grpcurl_and_v1_clients() {
     let fixture = Fixture::start().await;
 
     // grpcurl (1.8: reflection v1alpha) lists every service of the mesh, once.
-    let listed = fixture.grpcurl(&[], &["list"]);
+    let listed = fixture.grpcurl(&[], &["list"]).await;
     let lines: Vec<&str> = listed.lines().collect();
     assert!(lines.contains(&PRIORITY), "{listed}");
     assert!(lines.contains(&ECHO), "{listed}");
@@ -473,20 +473,24 @@ async fn grpc_proxy_serves_one_reflection_for_the_whole_mesh_to_grpcurl_and_v1_c
         "{listed}"
     );
 
-    let described = fixture.grpcurl(&[], &["describe", PRIORITY]);
+    let described = fixture.grpcurl(&[], &["describe", PRIORITY]).await;
     assert!(described.contains("rpc Score"), "{described}");
 
     // … and calls through it, unary and streaming.
-    let scored = fixture.grpcurl(
-        &["-d", r#"{"urgency":9,"impact":8}"#],
-        &["protomesh.priority.v1.PriorityService/Score"],
-    );
+    let scored = fixture
+        .grpcurl(
+            &["-d", r#"{"urgency":9,"impact":8}"#],
+            &["protomesh.priority.v1.PriorityService/Score"],
+        )
+        .await;
     let scored: serde_json::Value = serde_json::from_str(&scored).unwrap();
     assert_eq!(scored["score"], 72, "{scored}");
-    let echoed = fixture.grpcurl(
-        &["-d", r#"{"text":"a"} {"text":"b"}"#],
-        &["protomesh.test.v1.Echo/Chat"],
-    );
+    let echoed = fixture
+        .grpcurl(
+            &["-d", r#"{"text":"a"} {"text":"b"}"#],
+            &["protomesh.test.v1.Echo/Chat"],
+        )
+        .await;
     assert!(
         echoed.contains(r#""text": "a""#) && echoed.contains(r#""text": "b""#),
         "{echoed}"
@@ -494,10 +498,13 @@ async fn grpc_proxy_serves_one_reflection_for_the_whole_mesh_to_grpcurl_and_v1_c
 
     // A v1 client (the gateway's own fetcher) gets both services, with `google.api.http` kept.
     let descriptors = reflection::fetch(fixture.channel().await).await.unwrap();
-    assert_eq!(descriptors.version, ReflectionVersion::V1);
+    assert_eq!(
+        descriptors.source,
+        DescriptorSource::Reflection(ReflectionVersion::V1)
+    );
     assert_eq!(
         descriptors.services,
-        vec![ECHO.to_owned(), PRIORITY.to_owned()]
+        vec![PRIORITY.to_owned(), ECHO.to_owned()]
     );
     let score = descriptors
         .pool

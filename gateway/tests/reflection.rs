@@ -128,7 +128,10 @@ async fn reflection_fetches_a_mesh_server_over_v1_with_http_options() {
 
     // Spawned: the fetch future is Send, as the gateway's discovery task needs.
     let descriptors = tokio::spawn(fetch(channel(addr))).await.unwrap().unwrap();
-    assert_eq!(descriptors.source, DescriptorSource::Reflection(ReflectionVersion::V1));
+    assert_eq!(
+        descriptors.source,
+        DescriptorSource::Reflection(ReflectionVersion::V1)
+    );
     assert_priority(&descriptors);
     assert!(descriptors
         .pool
@@ -150,7 +153,10 @@ async fn reflection_falls_back_to_v1alpha() {
         serve(Routes::new(PriorityServiceServer::new(Unused)).add_service(v1alpha)).await;
 
     let descriptors = fetch(channel(addr)).await.unwrap();
-    assert_eq!(descriptors.source, DescriptorSource::Reflection(ReflectionVersion::V1Alpha));
+    assert_eq!(
+        descriptors.source,
+        DescriptorSource::Reflection(ReflectionVersion::V1Alpha)
+    );
     assert_priority(&descriptors);
 }
 

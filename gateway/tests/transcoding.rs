@@ -551,3 +551,127 @@ async fn a_client_that_goes_away_cancels_the_upstream_call() {
     let methods: Vec<String> = echo.take().into_iter().map(|r| r.method).collect();
     assert_eq!(methods, ["Slow"], "the upstream call was cancelled");
 }
+
+#[tokio::test]
+async fn openapi_and_routes_follow_the_live_table() {
+    let consul = Consul::start().await;
+    let _echo = EchoServer::start(&consul.addr()).await;
+    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
+
+    let routes = http("GET", &gateway.url("/routes"), &[], "").await.json();
+    let listed: Vec<(String, String, String)> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().to_owned(),
+                r["path"].as_str().unwrap().to_owned(),
+                r["grpc_method"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (method, path, grpc) in [
+        (
+            "GET",
+            "/v1/items/{id}",
+            "protomesh.gwtest.v1.EchoService.Get",
+        ),
+        (
+            "GET",
+            "/v1/shelves/{shelf}/items/{id}",
+            "protomesh.gwtest.v1.EchoService.Get",
+        ),
+        (
+            "PATCH",
+            "/v1/items/{item.id}",
+            "protomesh.gwtest.v1.EchoService.Update",
+        ),
+        (
+            "GET",
+            "/v1/items/{id}:watch",
+            "protomesh.gwtest.v1.EchoService.Watch",
+        ),
+    ] {
+        assert!(
+            listed.contains(&(method.to_owned(), path.to_owned(), grpc.to_owned())),
+            "{method} {path} not in {listed:?}"
+        );
+    }
+    assert_eq!(routes["conflicts"], json!([]));
+
+    let document = http("GET", &gateway.url("/openapi.json"), &[], "")
+        .await
+        .json();
+    assert_eq!(document["openapi"], "3.0.3");
+    assert!(
+        document["paths"]["/v1/items/{id}"]["get"].is_object(),
+        "{document}"
+    );
+    assert!(document["paths"]["/v1/items"]["post"]["requestBody"].is_object());
+    // Every route of the table is in the document.
+    for (method, path, _) in &listed {
+        // OpenAPI names a variable only: `{name=libraries/*/books/*}` → `{name}`.
+        let mut rendered = String::new();
+        let mut skipping = false;
+        for c in path.chars() {
+            match c {
+                '=' if !skipping && rendered.rfind('{') > rendered.rfind('}') => skipping = true,
+                '}' => {
+                    skipping = false;
+                    rendered.push(c);
+                }
+                _ if skipping => {}
+                _ => rendered.push(c),
+            }
+        }
+        let operation = &document["paths"][rendered.as_str()][method.to_ascii_lowercase().as_str()];
+        assert!(
+            operation.is_object(),
+            "{method} {path} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[tokio::test]
+async fn grpcurl_lists_and_calls_through_the_same_port() {
+    let consul = Consul::start().await;
+    let echo = EchoServer::start(&consul.addr()).await;
+    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
+    echo.take();
+    let grpcurl =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/grpcurl");
+    let addr = gateway.addr.to_string();
+    let run = move |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(grpcurl)
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let list = run(vec!["-plaintext".into(), addr.clone(), "list".into()])
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        listed.contains("protomesh.gwtest.v1.EchoService"),
+        "{listed}"
+    );
+    let call = run(vec![
+        "-plaintext".into(),
+        "-d".into(),
+        r#"{"id":"g","tags":["x"]}"#.into(),
+        addr,
+        "protomesh.gwtest.v1.EchoService/Get".into(),
+    ])
+    .await
+    .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&call.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&call.stderr)));
+    assert_eq!(answer, json!({"id": "g", "tags": ["x"]}));
+    assert_eq!(echo.take()[0].message, json!({"id": "g", "tags": ["x"]}));
+}
