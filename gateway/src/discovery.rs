@@ -145,6 +145,9 @@ async fn follow(
             if let Some(fixed) = options.static_descriptors.get(name) {
                 if !known.contains_key(name) {
                     tracing::info!(service = %name, grpc = ?fixed.services, "gateway: routes loaded from a descriptor-set file");
+                    if let Err(err) = mesh.learn_methods(&[&fixed.pool.encode_to_vec()]) {
+                        tracing::warn!(service = %name, error = %err, "gateway: cannot read the methods' idempotency levels");
+                    }
                     changed = true;
                 }
                 known.insert(name.clone(), (Arc::clone(fixed), Instant::now()));
@@ -161,6 +164,10 @@ async fn follow(
                     if !same {
                         tracing::info!(service = %name, grpc = ?fresh.services, "gateway: routes loaded");
                         changed = true;
+                    }
+                    // Retries follow each method's idempotency level from its own proto.
+                    if let Err(err) = mesh.learn_methods(&[&fresh.pool.encode_to_vec()]) {
+                        tracing::warn!(service = %name, error = %err, "gateway: cannot read the methods' idempotency levels");
                     }
                     known.insert(name.clone(), (fresh, Instant::now()));
                     unreachable.remove(name);

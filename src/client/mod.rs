@@ -100,6 +100,8 @@ struct MeshInner {
     watch_options: WatchOptions,
     methods: Arc<MethodTable>,
     targets: Mutex<HashMap<String, Target>>,
+    /// The default-option channel of each service, built once.
+    channels: Mutex<HashMap<String, MeshChannel>>,
 }
 
 /// What the process shares about one target service: its balancer (with the discovery watch
@@ -120,6 +122,7 @@ impl Mesh {
                 watch_options: WatchOptions::default(),
                 methods: Arc::new(methods),
                 targets: Mutex::new(HashMap::new()),
+                channels: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -132,9 +135,24 @@ impl Mesh {
         ))
     }
 
-    /// A channel to `service` with default options.
+    /// A channel to `service` with default options; the same one (clones of it) on every call,
+    /// so callers may ask for it per request.
     pub fn channel(&self, service: &str) -> MeshChannel {
-        self.channel_with(service, ChannelOptions::default())
+        let mut channels = match self.inner.channels.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        channels
+            .entry(service.to_owned())
+            .or_insert_with(|| self.channel_with(service, ChannelOptions::default()))
+            .clone()
+    }
+
+    /// Learns which methods of more services may be retried (encoded descriptor sets), for
+    /// services whose protos this process was not built with (the gateway learns them over
+    /// reflection). Applies to existing channels too.
+    pub fn learn_methods(&self, sets: &[&[u8]]) -> Result<(), methods::DescriptorError> {
+        self.inner.methods.learn(sets)
     }
 
     /// A channel to `service`. Channels to the same service share its watcher, balancer and
