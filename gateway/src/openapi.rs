@@ -78,7 +78,7 @@ use serde_json::{json, Map, Value};
 
 use crate::routes::{Route, RouteTable};
 use crate::template::PathTemplate;
-use crate::transcode::{BodyRule, JsonOptions};
+use crate::transcode::{has_text_form, BodyRule, JsonOptions};
 
 /// How many levels of nested messages query parameters are generated for (`a.b.c` is three).
 pub const MAX_QUERY_DEPTH: usize = 3;
@@ -1230,33 +1230,6 @@ fn well_known_schema(message: &MessageDescriptor) -> Option<Value> {
         "google.protobuf.BytesValue" => wrapped(Kind::Bytes),
         _ => return None,
     })
-}
-
-/// Whether a query parameter (or path value) can give a value of this message type as text (as
-/// [`transcode`](crate::transcode) reads them).
-fn has_text_form(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.Timestamp"
-            | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask"
-            | "google.protobuf.Value"
-    ) || is_wrapper(message)
-}
-
-fn is_wrapper(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
-            | "google.protobuf.Int32Value"
-            | "google.protobuf.UInt32Value"
-            | "google.protobuf.BoolValue"
-            | "google.protobuf.StringValue"
-            | "google.protobuf.BytesValue"
-    )
 }
 
 /// The well-known types with a special JSON form: their fields are not query parameters.

@@ -590,8 +590,9 @@ fn leaf_value(
     }
 }
 
-/// Whether a message type has a scalar JSON form that a text value can give.
-fn has_text_form(message: &MessageDescriptor) -> bool {
+/// Whether a message type has a scalar JSON form that a text value can give (the OpenAPI
+/// document uses the same rule for query parameters).
+pub(crate) fn has_text_form(message: &MessageDescriptor) -> bool {
     matches!(
         message.full_name(),
         "google.protobuf.Timestamp"
@@ -601,7 +602,8 @@ fn has_text_form(message: &MessageDescriptor) -> bool {
     ) || is_wrapper(message)
 }
 
-fn is_wrapper(message: &MessageDescriptor) -> bool {
+/// Whether a message type is one of the `google.protobuf.*Value` wrappers.
+pub(crate) fn is_wrapper(message: &MessageDescriptor) -> bool {
     matches!(
         message.full_name(),
         "google.protobuf.DoubleValue"
