@@ -667,6 +667,7 @@ struct Connections {
     fds_holding: usize,
     still_open: usize,
     rss_after_close_kib: u64,
+    fds_after_close: usize,
 }
 
 /// How many connections the file-descriptor limit allows, and a note when it cuts the count.
@@ -748,6 +749,7 @@ async fn hold_connections(addr: SocketAddr, gateway_pid: u32, wanted: u64) -> Co
     drop(streams);
     tokio::time::sleep(SETTLE).await;
     let rss_after_close_kib = proc_status(gateway_pid, "VmRSS");
+    let fds_after_close = open_fds(gateway_pid);
     Connections {
         wanted,
         attempted,
@@ -763,12 +765,16 @@ async fn hold_connections(addr: SocketAddr, gateway_pid: u32, wanted: u64) -> Co
         fds_holding,
         still_open,
         rss_after_close_kib,
+        fds_after_close,
     }
 }
 
 /// The gateway's memory over the run.
 struct Memory {
     idle_kib: u64,
+    /// `RssAnon` and `RssFile` (mapped binary and libraries) of the idle figure.
+    idle_anon_kib: u64,
+    idle_file_kib: u64,
     idle_threads: u64,
     after_load_kib: Option<u64>,
     after_load_hwm_kib: Option<u64>,
@@ -881,8 +887,10 @@ fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
     println!();
     println!("gateway memory (VmRSS; peak = VmHWM):");
     println!(
-        "  idle, routes loaded, {SETTLE:?} later, no traffic yet: {:.2} MiB, {} threads   target ≤ 10 MiB: {} (Go grpc-gateway ~9 MiB)",
+        "  idle, routes loaded, {SETTLE:?} later, no traffic yet: {:.2} MiB (anon {:.2}, file-backed {:.2}), {} threads   target ≤ 10 MiB: {} (Go grpc-gateway ~9 MiB)",
         mib(memory.idle_kib),
+        mib(memory.idle_anon_kib),
+        mib(memory.idle_file_kib),
         memory.idle_threads,
         verdict(memory.idle_kib <= 10 * 1024)
     );
@@ -926,8 +934,9 @@ fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
             c.still_open,
         );
         println!(
-            "  after closing them, {SETTLE:?} later: {:.2} MiB",
-            mib(c.rss_after_close_kib)
+            "  after closing them, {SETTLE:?} later: {:.2} MiB, {} gateway fds",
+            mib(c.rss_after_close_kib),
+            c.fds_after_close
         );
         if let Some(note) = &c.limit_note {
             println!("  note: {note}");
@@ -987,6 +996,8 @@ async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
     wait_routes(gateway_child, gateway_addr, &log_path).await;
     tokio::time::sleep(SETTLE).await;
     let idle_kib = proc_status(gateway_pid, "VmRSS");
+    let idle_anon_kib = proc_status(gateway_pid, "RssAnon");
+    let idle_file_kib = proc_status(gateway_pid, "RssFile");
     let idle_threads = proc_status(gateway_pid, "Threads");
     eprintln!(
         "gateway bench: priority passing on port {server_port}, gateway on {gateway_addr} (idle {:.2} MiB); measuring",
@@ -1028,6 +1039,8 @@ async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
     };
     let memory = Memory {
         idle_kib,
+        idle_anon_kib,
+        idle_file_kib,
         idle_threads,
         after_load_kib,
         after_load_hwm_kib,
