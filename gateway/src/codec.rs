@@ -4,8 +4,14 @@
 use bytes::Buf;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
+
+/// Initial codec buffer: most gateway messages are small, and tonic's default (8 KiB per call)
+/// costs allocator time on every request; buffers still grow as a message needs.
+const BUFFER_SIZE: usize = 1024;
+/// Bytes a streaming encoder collects before yielding (tonic's default).
+const YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// Encodes any [`DynamicMessage`]; decodes responses as `output`.
 #[derive(Debug, Clone)]
@@ -45,6 +51,10 @@ impl Encoder for DynamicEncoder {
     type Item = DynamicMessage;
     type Error = Status;
 
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
             .map_err(|err| Status::internal(format!("cannot encode the request: {err}")))
@@ -60,6 +70,10 @@ pub struct DynamicDecoder {
 impl Decoder for DynamicDecoder {
     type Item = DynamicMessage;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
         let bytes = src.copy_to_bytes(src.remaining());

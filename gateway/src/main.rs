@@ -167,9 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening (HTTP/1.1 and h2c)");
-    axum::serve(listener, server::router(Gateway::new(mesh, state, options)))
-        .with_graceful_shutdown(protomesh::server::shutdown_signal())
-        .await?;
+    server::serve(
+        listener,
+        server::router(Gateway::new(mesh, state, options)),
+        protomesh::server::shutdown_signal(),
+        Duration::from_secs(10),
+    )
+    .await;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -100,7 +100,7 @@ pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version:
     let mut routes: Vec<(&Route, usize)> = table
         .routes()
         .iter()
-        .map(|route| (route, binding_index(route)))
+        .map(|route| (route.as_ref(), binding_index(route)))
         .collect();
     routes.sort_by(|(a, a_index), (b, b_index)| {
         (

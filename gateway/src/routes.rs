@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
@@ -96,7 +97,7 @@ impl fmt::Display for RuleError {
 #[derive(Debug)]
 pub enum Lookup<'a> {
     /// The route and the values its template bound.
-    Found(&'a Route, Vec<Binding>),
+    Found(&'a Arc<Route>, Vec<Binding>),
     /// Some route matches the path, but none for this method; these methods have one.
     MethodNotAllowed(Vec<Method>),
     /// No route matches the path.
@@ -106,8 +107,8 @@ pub enum Lookup<'a> {
 /// All routes, ready for lookups.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    /// Routes, most specific template first.
-    routes: Vec<Route>,
+    /// Routes, most specific template first (shared: a request holds its route cheaply).
+    routes: Vec<Arc<Route>>,
     conflicts: Vec<RouteConflict>,
     errors: Vec<RuleError>,
 }
@@ -150,7 +151,7 @@ impl RouteTable {
             });
             return;
         }
-        self.routes.push(route);
+        self.routes.push(Arc::new(route));
     }
 
     /// The route for `method` and `path` (the raw, percent-encoded request path).
@@ -174,7 +175,7 @@ impl RouteTable {
     }
 
     /// Every route, most specific first.
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 

@@ -31,6 +31,63 @@ use crate::errors::HttpError;
 use crate::routes::{Lookup, Route};
 use crate::transcode::{self, JsonOptions, RequestParts};
 
+/// Largest request head (request line and headers) a connection buffers; larger ones get 431.
+/// It is also the connection's read buffer, so it bounds the memory of idle keep-alive
+/// connections (hyper's default lets the buffer grow to 16 KiB after the first request).
+pub const MAX_REQUEST_HEAD: usize = 8192;
+
+/// Serves `app` on `listener` (HTTP/1.1 and h2c) until `shutdown` completes, then lets open
+/// connections finish (at most `drain`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_REQUEST_HEAD);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of file descriptors, say: wait a little instead of spinning.
+                        tracing::warn!(error = %err, "gateway: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection = builder
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, "gateway: connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "gateway: connections still open after the drain time; closing"
+        );
+    }
+}
+
 /// `X-Request-Id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -212,7 +269,7 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let (route, bindings) = match state.table.lookup(&parts.method, path) {
-        Lookup::Found(route, bindings) => (route.clone(), bindings),
+        Lookup::Found(route, bindings) => (Arc::clone(route), bindings),
         Lookup::MethodNotAllowed(allowed) => {
             return Err(HttpError::method_not_allowed(&parts.method, path, &allowed))
         }

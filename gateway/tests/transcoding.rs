@@ -429,6 +429,17 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
     assert!(echo.take().is_empty(), "no bad request reached the service");
 
+    // A request head over the limit is refused before any routing.
+    let big = "x".repeat(protomesh_gateway::server::MAX_REQUEST_HEAD + 1);
+    let answer = http(
+        "GET",
+        &gateway.url("/v1/items/a"),
+        &[("x-big", big.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
     // A field error carries a BadRequest detail naming the field.
     let answer = http("GET", &gateway.url("/v1/items/a?color=PURPLE"), &[], "").await;
     assert_eq!(

@@ -339,14 +339,14 @@ impl TestGateway {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let app = server::router(Gateway::new(mesh, state, options));
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            async {
+                let _ = stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
         Self {
             addr,
             stop: Some(stop),
