@@ -703,3 +703,28 @@ async fn grpcurl_lists_and_calls_through_the_same_port() {
     assert_eq!(answer, json!({"id": "g", "tags": ["x"]}));
     assert_eq!(echo.take()[0].message, json!({"id": "g", "tags": ["x"]}));
 }
+
+#[tokio::test]
+async fn curl_over_http2_cleartext_gets_the_same_json() {
+    let consul = Consul::start().await;
+    let _echo = EchoServer::start(&consul.addr()).await;
+    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
+    let url = gateway.url("/v1/items");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}"])
+            .args(["-X", "POST", &url, "-d", r#"{"id":"h2","big":"5"}"#])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "{text}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        json!({"id": "h2", "big": "5"})
+    );
+}
