@@ -38,19 +38,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
-use protomesh::proto::protomesh::priority::v1::{
-    priority_service_client::PriorityServiceClient, ScoreRequest,
-};
+use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
+
+mod support;
+
+use support::{
+    closed_loop, cpu_ticks, env_u64, machine, machine_busy_ticks, mib, pid_ticks, plain_channel,
+    print_errors, proc_status, release_binaries, score_outcome, score_request, spawn_priority,
+    start_consul, verdict, wait_passing, Children, Load, Tally, GATEWAY, PRIORITY,
+};
 
 /// The JSON body of every gateway call.
 const BODY: &str = r#"{"title":"t","urgency":9,"impact":8}"#;
@@ -58,15 +61,6 @@ const BODY: &str = r#"{"title":"t","urgency":9,"impact":8}"#;
 const SCORE_PATH: &str = "/v1/priority:score";
 /// The gRPC method `/routes` must list before the run starts.
 const SCORE_METHOD: &str = "protomesh.priority.v1.PriorityService.Score";
-/// Microseconds per clock tick of `/proc/<pid>/stat` (100 Hz on Linux).
-const TICK_US: f64 = 10_000.0;
-/// How long workers get to finish their last call after the window; one still waiting then is
-/// aborted and counted as an error (no per-call timer: it would add its own cost to every call).
-const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on calls per worker and cell (the window bounds them long before).
-const MAX_CALLS_PER_WORKER: u64 = 100_000_000;
-/// How long the priority instance gets to pass its Consul check.
-const PASSING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the gateway gets to list the priority routes.
 const ROUTES_TIMEOUT: Duration = Duration::from_secs(30);
 /// Quiet time before each memory reading.
@@ -85,131 +79,17 @@ const MAX_ANSWER: usize = 64 * 1024;
 /// What the run is told by the environment.
 #[derive(Debug, Clone)]
 struct Settings {
-    warmup: Duration,
-    window: Duration,
-    concurrency: Vec<usize>,
+    load: Load,
     connections: u64,
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let secs = |name: &str, default: f64| {
-            let value = std::env::var(name)
-                .ok()
-                .map(|v| {
-                    v.trim()
-                        .parse::<f64>()
-                        .unwrap_or_else(|_| panic!("{name}={v} is not a number of seconds"))
-                })
-                .unwrap_or(default);
-            Duration::from_secs_f64(value.clamp(0.05, 600.0))
-        };
-        let concurrency = std::env::var("BENCH_CONCURRENCY")
-            .unwrap_or_else(|_| "1,64,512".to_owned())
-            .split(',')
-            .map(|c| {
-                c.trim()
-                    .parse::<usize>()
-                    .unwrap_or_else(|_| panic!("BENCH_CONCURRENCY: {c} is not a count"))
-                    .clamp(1, 10_000)
-            })
-            .collect();
-        let connections = std::env::var("BENCH_CONNECTIONS")
-            .ok()
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .expect("BENCH_CONNECTIONS is a count")
-            })
-            .unwrap_or(10_000)
-            .min(50_000);
-        Self {
-            warmup: secs("BENCH_WARMUP_SECS", 1.0),
-            window: secs("BENCH_SECS", 3.0),
-            concurrency,
-            connections,
-        }
+        let load = Load::from_env();
+        let connections =
+            env_u64("BENCH_CONNECTIONS", 10_000, "BENCH_CONNECTIONS is a count").min(50_000);
+        Self { load, connections }
     }
-
-    /// The concurrency the latency target uses: 64, or the nearest asked for.
-    fn reference_concurrency(&self) -> usize {
-        self.concurrency
-            .iter()
-            .copied()
-            .min_by_key(|c| c.abs_diff(64))
-            .unwrap_or(64)
-    }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Builds the `priority` and `gateway` release binaries and returns their paths.
-fn release_binaries() -> (PathBuf, PathBuf) {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "protomesh-priority",
-            "--bin",
-            "priority",
-            "-p",
-            "protomesh-gateway",
-            "--bin",
-            "gateway",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success(),
-        "cargo build --release --bin priority --bin gateway failed"
-    );
-    (
-        root().join("target/release/priority"),
-        root().join("target/release/gateway"),
-    )
-}
-
-/// utime + stime, in clock ticks, of `/proc/<who>/stat` (`who` is a pid or `self`).
-fn cpu_ticks(who: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).expect("process alive");
-    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-/// Busy clock ticks of the whole machine (all CPUs) from `/proc/stat`: user, nice, system, irq,
-/// softirq and steal.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let cpu = stat.lines().next().expect("cpu line");
-    let fields: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| fields.get(i).copied().unwrap_or(0))
-        .sum()
-}
-
-/// A numeric field of `/proc/<pid>/status` (`VmRSS`, `VmHWM` in KiB; `Threads`).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process alive");
-    status
-        .lines()
-        .find(|l| l.split(':').next() == Some(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 /// Open file descriptors of a process.
@@ -231,44 +111,6 @@ fn nofile_limits() -> (Option<u64>, Option<u64>) {
     let soft = values.next().flatten();
     let hard = values.next().flatten();
     (soft, hard)
-}
-
-/// The spawned processes; killed (and reaped) on drop, panics included.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Polls Consul until `service` has exactly `n` passing instances, and returns them.
-async fn wait_passing(consul: &ConsulClient, service: &str, n: usize) -> Vec<ServiceEntry> {
-    let options = QueryOptions {
-        passing: true,
-        ..Default::default()
-    };
-    let deadline = Instant::now() + PASSING_TIMEOUT;
-    loop {
-        let entries = consul
-            .health_service(service, &options)
-            .await
-            .map(|r| r.value)
-            .unwrap_or_default();
-        if entries.len() == n {
-            return entries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service}: {} passing instances, not {n}, after {PASSING_TIMEOUT:?}",
-            entries.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A free loopback port (bound, then released for the gateway to take).
@@ -367,13 +209,7 @@ enum Client {
 
 impl Client {
     async fn direct(port: u16) -> Self {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("plain channel connects");
-        Self::Direct(PriorityServiceClient::new(channel))
+        Self::Direct(PriorityServiceClient::new(plain_channel(port).await))
     }
 
     fn gateway(addr: SocketAddr, concurrency: usize) -> Self {
@@ -382,22 +218,13 @@ impl Client {
             uri: format!("http://{addr}{SCORE_PATH}").parse().expect("uri"),
         }
     }
+}
 
+impl support::Score for Client {
     /// Ok only for the expected score: gRPC OK, or HTTP 200 with `"score":72`.
     async fn score(&mut self) -> Result<(), String> {
         match self {
-            Self::Direct(client) => {
-                let request = ScoreRequest {
-                    title: "t".into(),
-                    urgency: 9,
-                    impact: 8,
-                };
-                match client.score(request).await {
-                    Ok(response) if response.get_ref().score == 72 => Ok(()),
-                    Ok(response) => Err(format!("wrong score {}", response.get_ref().score)),
-                    Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
-                }
-            }
+            Self::Direct(client) => score_outcome(client.score(score_request()).await),
             Self::Gateway { client, uri } => {
                 let request = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -424,13 +251,6 @@ impl Client {
     }
 }
 
-/// What one worker saw in the measured window.
-struct WorkerResult {
-    latency: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
 /// The processes whose CPU and memory a cell reads.
 #[derive(Debug, Clone, Copy)]
 struct Pids {
@@ -442,11 +262,7 @@ struct Pids {
 struct Cell {
     scenario: &'static str,
     concurrency: usize,
-    calls: u64,
-    errors: u64,
-    first_error: Option<String>,
-    latency: Histogram<u64>,
-    window: Duration,
+    tally: Tally,
     bench_ticks: u64,
     gateway_ticks: u64,
     server_ticks: u64,
@@ -456,34 +272,14 @@ struct Cell {
 }
 
 impl Cell {
-    fn rate(&self) -> f64 {
-        self.calls as f64 / self.window.as_secs_f64()
-    }
-
-    fn quantile_us(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1_000.0
-    }
-
-    fn per_call_us(&self, ticks: u64) -> f64 {
-        if self.calls == 0 {
-            return f64::NAN;
-        }
-        ticks as f64 * TICK_US / self.calls as f64
-    }
-
     /// Cores busy with anything but this process, the gateway and the priority server during the
     /// window (other processes on the machine, the Consul agent): a sign of a noisy measurement.
     fn other_cores(&self) -> f64 {
         let other = self
             .machine_ticks
             .saturating_sub(self.bench_ticks + self.gateway_ticks + self.server_ticks);
-        other as f64 * TICK_US / 1e6 / self.window.as_secs_f64()
+        self.tally.cores(other)
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    // Nanoseconds, 1 ns to 60 s, 3 significant figures.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
 /// Runs `concurrency` closed-loop workers for warm-up + window; counts what completes inside the
@@ -496,89 +292,34 @@ async fn run_cell(
     pids: Pids,
 ) -> Cell {
     let through_gateway = matches!(client, Client::Gateway { .. });
-    let start = Instant::now();
-    let measure_from = start + settings.warmup;
-    let until = measure_from + settings.window;
-    let workers: Vec<JoinHandle<WorkerResult>> = (0..concurrency)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let mut result = WorkerResult {
-                    latency: histogram(),
-                    errors: 0,
-                    first_error: None,
-                };
-                for _ in 0..MAX_CALLS_PER_WORKER {
-                    let sent = Instant::now();
-                    if sent >= until {
-                        break;
-                    }
-                    let outcome = client.score().await;
-                    let done = Instant::now();
-                    if done < measure_from || done >= until {
-                        continue;
-                    }
-                    match outcome {
-                        Ok(()) => {
-                            let nanos = u64::try_from((done - sent).as_nanos()).unwrap_or(u64::MAX);
-                            result.latency.saturating_record(nanos.max(1));
-                        }
-                        Err(err) => {
-                            result.errors += 1;
-                            result.first_error.get_or_insert(err);
-                        }
-                    }
-                }
-                result
-            })
-        })
-        .collect();
-    drop(client);
-
-    tokio::time::sleep_until(measure_from).await;
-    let bench_before = cpu_ticks("self");
-    let gateway_before = cpu_ticks(&pids.gateway.to_string());
-    let server_before = cpu_ticks(&pids.server.to_string());
-    let machine_before = machine_busy_ticks();
-    let measured = Instant::now();
-    tokio::time::sleep_until(until).await;
-    let bench_ticks = cpu_ticks("self") - bench_before;
-    let gateway_ticks = cpu_ticks(&pids.gateway.to_string()) - gateway_before;
-    let server_ticks = cpu_ticks(&pids.server.to_string()) - server_before;
-    let machine_ticks = machine_busy_ticks() - machine_before;
-    let window = measured.elapsed();
-    let gateway_rss_kib = through_gateway.then(|| proc_status(pids.gateway, "VmRSS"));
-
-    let mut latency = histogram();
-    let (mut errors, mut first_error) = (0, None);
-    let stragglers_until = Instant::now() + STRAGGLER_TIMEOUT;
-    for mut worker in workers {
-        match tokio::time::timeout_at(stragglers_until, &mut worker).await {
-            Ok(result) => {
-                let result = result.expect("worker finished");
-                latency.add(&result.latency).expect("same histogram bounds");
-                errors += result.errors;
-                if first_error.is_none() {
-                    first_error = result.first_error;
-                }
-            }
-            Err(_) => {
-                worker.abort();
-                errors += 1;
-                first_error.get_or_insert_with(|| {
-                    format!("a call still unanswered {STRAGGLER_TIMEOUT:?} after the window")
-                });
-            }
-        }
-    }
+    let (tally, (bench_ticks, gateway_ticks, server_ticks, machine_ticks, gateway_rss_kib)) =
+        closed_loop(
+            client,
+            concurrency,
+            &settings.load,
+            || {
+                (
+                    cpu_ticks("self"),
+                    pid_ticks(pids.gateway),
+                    pid_ticks(pids.server),
+                    machine_busy_ticks(),
+                )
+            },
+            |(bench_before, gateway_before, server_before, machine_before)| {
+                (
+                    cpu_ticks("self") - bench_before,
+                    pid_ticks(pids.gateway) - gateway_before,
+                    pid_ticks(pids.server) - server_before,
+                    machine_busy_ticks() - machine_before,
+                    through_gateway.then(|| proc_status(pids.gateway, "VmRSS")),
+                )
+            },
+        )
+        .await;
     let cell = Cell {
         scenario,
         concurrency,
-        calls: latency.len(),
-        errors,
-        first_error,
-        latency,
-        window,
+        tally,
         bench_ticks,
         gateway_ticks,
         server_ticks,
@@ -587,9 +328,9 @@ async fn run_cell(
     };
     eprintln!(
         "gateway bench: {scenario} conc {concurrency}: {:.0} req/s, p99 {:.0} µs, {} errors",
-        cell.rate(),
-        cell.quantile_us(0.99),
-        cell.errors
+        cell.tally.rate(),
+        cell.tally.quantile_us(0.99),
+        cell.tally.errors
     );
     cell
 }
@@ -781,29 +522,8 @@ struct Memory {
     connections: Option<Connections>,
 }
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{model}, {cores} cores, Linux {}", kernel.trim())
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
 fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
-    let reference = settings.reference_concurrency();
+    let reference = settings.load.reference_concurrency();
     println!();
     println!("gateway (JSON/HTTP/1.1) vs direct gRPC: priority Score, release build");
     println!("machine: {}", machine());
@@ -811,8 +531,8 @@ fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
         "settings: warm-up {:?} + window {:?} per cell, closed-loop workers, fresh clients per cell; \
          one priority process and one gateway process (tokio default runtimes); \
          load generator: this process (tokio multi-thread, {} workers)",
-        settings.warmup,
-        settings.window,
+        settings.load.warmup,
+        settings.load.window,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     println!("scenarios: d = tonic PriorityServiceClient over a plain Channel to the instance;");
@@ -840,40 +560,32 @@ fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
             "{:<10} {:>5} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>7} {:>10.1} {:>9.1} {:>10.1} {:>10} {:>6.2}",
             cell.scenario,
             cell.concurrency,
-            cell.rate(),
-            cell.quantile_us(0.5),
-            cell.quantile_us(0.99),
-            cell.quantile_us(0.999),
-            cell.errors,
-            cell.per_call_us(cell.bench_ticks),
-            cell.per_call_us(cell.gateway_ticks),
-            cell.per_call_us(cell.server_ticks),
+            cell.tally.rate(),
+            cell.tally.quantile_us(0.5),
+            cell.tally.quantile_us(0.99),
+            cell.tally.quantile_us(0.999),
+            cell.tally.errors,
+            cell.tally.per_call_us(cell.bench_ticks),
+            cell.tally.per_call_us(cell.gateway_ticks),
+            cell.tally.per_call_us(cell.server_ticks),
             cell.gateway_rss_kib
                 .map_or_else(|| "-".to_owned(), |kib| format!("{:.2}", mib(kib))),
             cell.other_cores()
         );
     }
-    for cell in cells.iter().filter(|c| c.errors > 0) {
-        println!(
-            "errors in {} conc {}: {} (first: {})",
-            cell.scenario,
-            cell.concurrency,
-            cell.errors,
-            cell.first_error.as_deref().unwrap_or("?")
-        );
-    }
+    print_errors(cells.iter().map(|c| (c.scenario, c.concurrency, &c.tally)));
     println!();
     let find = |scenario: &str, concurrency: usize| {
         cells
             .iter()
             .find(|c| c.scenario.starts_with(scenario) && c.concurrency == concurrency)
     };
-    for &concurrency in &settings.concurrency {
+    for &concurrency in &settings.load.concurrency {
         let (Some(d), Some(g)) = (find("d", concurrency), find("g", concurrency)) else {
             continue;
         };
-        let ratio = g.rate() / d.rate();
-        let added = g.quantile_us(0.99) - d.quantile_us(0.99);
+        let ratio = g.tally.rate() / d.tally.rate();
+        let added = g.tally.quantile_us(0.99) - d.tally.quantile_us(0.99);
         let latency_target = if concurrency == reference {
             format!("; added p99 ≤ 1000 µs: {}", verdict(added <= 1_000.0))
         } else {
@@ -948,23 +660,10 @@ fn print_report(settings: &Settings, cells: &[Cell], memory: &Memory) {
 }
 
 async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
-    let consul_binary =
-        DevAgentOptions::find_binary().expect("consul not found: run scripts/setup.sh");
-    let agent = DevAgent::start(DevAgentOptions::new(consul_binary)).expect("consul starts");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .expect("consul ready");
-    let consul = agent.client().expect("client");
+    let (agent, consul) = start_consul().await;
 
     let mut children = Children::default();
-    let child = Command::new(&priority)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("CONSUL_HTTP_ADDR", agent.http_addr())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("priority starts");
+    let child = spawn_priority(&priority, &agent.http_addr());
     let server_pid = child.id();
     children.0.push(child);
     let entries = wait_passing(&consul, "priority", 1).await;
@@ -1012,7 +711,7 @@ async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
     // `BENCH_ONLY=d` (or g) runs one scenario alone, for profiling.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |scenario: &str| only.as_deref().is_none_or(|o| scenario.starts_with(o));
-    for &concurrency in &settings.concurrency {
+    for &concurrency in &settings.load.concurrency {
         if wanted("d") {
             let direct = Client::direct(server_port).await;
             cells.push(run_cell("d direct", direct, concurrency, &settings, pids).await);
@@ -1056,7 +755,7 @@ fn main() {
         return; // `cargo test --benches` asks harness=false benches to list; nothing to list
     }
     let settings = Settings::from_env();
-    let (priority, gateway) = release_binaries();
+    let [priority, gateway] = release_binaries([PRIORITY, GATEWAY]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,24 +23,25 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
 use protomesh::client::Mesh;
-use protomesh::consul::{
-    CheckRegistration, ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry,
-    ServiceRegistration,
-};
-use protomesh::proto::protomesh::priority::v1::{
-    priority_service_client::PriorityServiceClient, ScoreRequest,
-};
+use protomesh::consul::{CheckRegistration, ConsulClient, ServiceRegistration};
+use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
+
+mod support;
+
+use support::{
+    closed_loop, cpu_ticks, env_u64, machine, machine_busy_ticks, pid_ticks, plain_channel,
+    print_errors, release_priority, score_outcome, score_request, spawn_priority, start_consul,
+    verdict, wait_passing, Children, Load, Tally,
+};
 
 /// The gRPC service Consul checks on each instance.
 const PRIORITY_GRPC: &str = "protomesh.priority.v1.PriorityService";
@@ -50,143 +51,33 @@ const ONE: &str = "bench-priority-one";
 const THREE: &str = "bench-priority-three";
 /// Service name for the slow-endpoint run: two instances direct, the third behind the delay proxy.
 const SLOW: &str = "bench-priority-slow";
-/// Microseconds per clock tick of `/proc/<pid>/stat` (100 Hz on Linux).
-const TICK_US: f64 = 10_000.0;
-/// How long workers get to finish their last call after the window; one still waiting then is
-/// aborted and counted as an error (no per-call timer: it would add its own cost to every call).
-const STRAGGLER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on calls per worker and cell (the window bounds them long before).
-const MAX_CALLS_PER_WORKER: u64 = 100_000_000;
 /// Bound on connections the delay proxy accepts.
 const MAX_PROXY_CONNECTIONS: usize = 100_000;
 /// Bound on one proxied connection's life.
 const MAX_PROXY_CONNECTION_LIFE: Duration = Duration::from_secs(3_600);
 /// Chunks queued in the delay pipe before its reader waits.
 const PIPE_CHUNKS: usize = 4_096;
-/// How long instances get to pass their Consul checks.
-const PASSING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the run is told by the environment.
 #[derive(Debug, Clone)]
 struct Settings {
-    warmup: Duration,
-    window: Duration,
-    concurrency: Vec<usize>,
+    load: Load,
     slow_delay: Duration,
 }
 
 impl Settings {
     fn from_env() -> Self {
-        let secs = |name: &str, default: f64| {
-            let value = std::env::var(name)
-                .ok()
-                .map(|v| {
-                    v.trim()
-                        .parse::<f64>()
-                        .unwrap_or_else(|_| panic!("{name}={v} is not a number of seconds"))
-                })
-                .unwrap_or(default);
-            Duration::from_secs_f64(value.clamp(0.05, 600.0))
-        };
-        let concurrency = std::env::var("BENCH_CONCURRENCY")
-            .unwrap_or_else(|_| "1,64,512".to_owned())
-            .split(',')
-            .map(|c| {
-                c.trim()
-                    .parse::<usize>()
-                    .unwrap_or_else(|_| panic!("BENCH_CONCURRENCY: {c} is not a count"))
-                    .clamp(1, 10_000)
-            })
-            .collect();
-        let slow_ms = std::env::var("BENCH_SLOW_MS")
-            .ok()
-            .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .expect("BENCH_SLOW_MS is milliseconds")
-            })
-            .unwrap_or(20);
+        let load = Load::from_env();
+        let slow_ms = env_u64("BENCH_SLOW_MS", 20, "BENCH_SLOW_MS is milliseconds");
         Self {
-            warmup: secs("BENCH_WARMUP_SECS", 1.0),
-            window: secs("BENCH_SECS", 3.0),
-            concurrency,
+            load,
             slow_delay: Duration::from_millis(slow_ms),
         }
     }
-
-    /// The concurrency the targets and the slow-endpoint run use: 64, or the nearest asked for.
-    fn reference_concurrency(&self) -> usize {
-        self.concurrency
-            .iter()
-            .copied()
-            .min_by_key(|c| c.abs_diff(64))
-            .unwrap_or(64)
-    }
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn release_priority() -> PathBuf {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "protomesh-priority",
-            "--bin",
-            "priority",
-        ])
-        .status()
-        .expect("cargo runs");
-    assert!(
-        status.success(),
-        "cargo build --release --bin priority failed"
-    );
-    root().join("target/release/priority")
-}
-
-/// utime + stime, in clock ticks, of `/proc/<who>/stat` (`who` is a pid or `self`).
-fn cpu_ticks(who: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).expect("process alive");
-    let after_name = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-/// Busy clock ticks of the whole machine (all CPUs) from `/proc/stat`: user, nice, system, irq,
-/// softirq and steal.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let cpu = stat.lines().next().expect("cpu line");
-    let fields: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| fields.get(i).copied().unwrap_or(0))
-        .sum()
 }
 
 fn servers_ticks(pids: &[u32]) -> u64 {
-    pids.iter().map(|pid| cpu_ticks(&pid.to_string())).sum()
-}
-
-/// The spawned priority processes; killed (and reaped) on drop, panics included.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    pids.iter().map(|&pid| pid_ticks(pid)).sum()
 }
 
 /// One priority process: its pid and the port Consul has for it.
@@ -194,31 +85,6 @@ impl Drop for Children {
 struct Instance {
     pid: u32,
     port: u16,
-}
-
-/// Polls Consul until `service` has exactly `n` passing instances, and returns them.
-async fn wait_passing(consul: &ConsulClient, service: &str, n: usize) -> Vec<ServiceEntry> {
-    let options = QueryOptions {
-        passing: true,
-        ..Default::default()
-    };
-    let deadline = Instant::now() + PASSING_TIMEOUT;
-    loop {
-        let entries = consul
-            .health_service(service, &options)
-            .await
-            .map(|r| r.value)
-            .unwrap_or_default();
-        if entries.len() == n {
-            return entries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service}: {} passing instances, not {n}, after {PASSING_TIMEOUT:?}",
-            entries.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Registers `127.0.0.1:port` as an instance of `service`, with the same kind of gRPC check the
@@ -322,84 +188,40 @@ enum Client {
 
 impl Client {
     async fn plain(port: u16) -> Self {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("plain channel connects");
-        Self::Plain(PriorityServiceClient::new(channel))
+        Self::Plain(PriorityServiceClient::new(plain_channel(port).await))
     }
+}
 
-    /// Ok only for grpc-status OK with the expected score.
+impl support::Score for Client {
     async fn score(&mut self) -> Result<(), String> {
-        let request = ScoreRequest {
-            title: "t".into(),
-            urgency: 9,
-            impact: 8,
-        };
+        let request = score_request();
         let result = match self {
             Self::Plain(client) => client.score(request).await,
             Self::Mesh(client) => client.score(request).await,
         };
-        match result {
-            Ok(response) if response.get_ref().score == 72 => Ok(()),
-            Ok(response) => Err(format!("wrong score {}", response.get_ref().score)),
-            Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
-        }
+        score_outcome(result)
     }
-}
-
-/// What one worker saw in the measured window.
-struct WorkerResult {
-    latency: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
 }
 
 /// What one cell measured.
 struct Cell {
     scenario: &'static str,
     concurrency: usize,
-    calls: u64,
-    errors: u64,
-    first_error: Option<String>,
-    latency: Histogram<u64>,
-    window: Duration,
+    tally: Tally,
     client_ticks: u64,
     server_ticks: u64,
     machine_ticks: u64,
 }
 
 impl Cell {
-    fn rate(&self) -> f64 {
-        self.calls as f64 / self.window.as_secs_f64()
-    }
-
-    fn quantile_us(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1_000.0
-    }
-
-    fn per_call_us(&self, ticks: u64) -> f64 {
-        if self.calls == 0 {
-            return f64::NAN;
-        }
-        ticks as f64 * TICK_US / self.calls as f64
-    }
-
     /// Cores busy with anything but this process and the priority servers during the window
     /// (other processes on the machine, the Consul agent): a sign of a noisy measurement.
     fn other_cores(&self) -> f64 {
         let other = self
             .machine_ticks
             .saturating_sub(self.client_ticks + self.server_ticks);
-        other as f64 * TICK_US / 1e6 / self.window.as_secs_f64()
+        self.tally.cores(other)
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    // Nanoseconds, 1 ns to 60 s, 3 significant figures.
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
 /// Runs `concurrency` closed-loop workers for warm-up + window; counts what completes inside the
@@ -411,114 +233,45 @@ async fn run_cell(
     settings: &Settings,
     server_pids: &[u32],
 ) -> Cell {
-    let start = Instant::now();
-    let measure_from = start + settings.warmup;
-    let until = measure_from + settings.window;
-    let workers: Vec<JoinHandle<WorkerResult>> = (0..concurrency)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                let mut result = WorkerResult {
-                    latency: histogram(),
-                    errors: 0,
-                    first_error: None,
-                };
-                for _ in 0..MAX_CALLS_PER_WORKER {
-                    let sent = Instant::now();
-                    if sent >= until {
-                        break;
-                    }
-                    let outcome = client.score().await;
-                    let done = Instant::now();
-                    if done < measure_from || done >= until {
-                        continue;
-                    }
-                    match outcome {
-                        Ok(()) => {
-                            let nanos = u64::try_from((done - sent).as_nanos()).unwrap_or(u64::MAX);
-                            result.latency.saturating_record(nanos.max(1));
-                        }
-                        Err(err) => {
-                            result.errors += 1;
-                            result.first_error.get_or_insert(err);
-                        }
-                    }
-                }
-                result
-            })
-        })
-        .collect();
-    drop(client);
-
-    tokio::time::sleep_until(measure_from).await;
-    let client_before = cpu_ticks("self");
-    let servers_before = servers_ticks(server_pids);
-    let machine_before = machine_busy_ticks();
-    let measured = Instant::now();
-    tokio::time::sleep_until(until).await;
-    let client_ticks = cpu_ticks("self") - client_before;
-    let server_ticks = servers_ticks(server_pids) - servers_before;
-    let machine_ticks = machine_busy_ticks() - machine_before;
-    let window = measured.elapsed();
-
-    let mut latency = histogram();
-    let (mut errors, mut first_error) = (0, None);
-    let stragglers_until = Instant::now() + STRAGGLER_TIMEOUT;
-    for mut worker in workers {
-        match tokio::time::timeout_at(stragglers_until, &mut worker).await {
-            Ok(result) => {
-                let result = result.expect("worker finished");
-                latency.add(&result.latency).expect("same histogram bounds");
-                errors += result.errors;
-                if first_error.is_none() {
-                    first_error = result.first_error;
-                }
-            }
-            Err(_) => {
-                worker.abort();
-                errors += 1;
-                first_error.get_or_insert_with(|| {
-                    format!("a call still unanswered {STRAGGLER_TIMEOUT:?} after the window")
-                });
-            }
-        }
-    }
+    let (tally, (client_ticks, server_ticks, machine_ticks)) = closed_loop(
+        client,
+        concurrency,
+        &settings.load,
+        || {
+            (
+                cpu_ticks("self"),
+                servers_ticks(server_pids),
+                machine_busy_ticks(),
+            )
+        },
+        |(client_before, servers_before, machine_before)| {
+            (
+                cpu_ticks("self") - client_before,
+                servers_ticks(server_pids) - servers_before,
+                machine_busy_ticks() - machine_before,
+            )
+        },
+    )
+    .await;
     let cell = Cell {
         scenario,
         concurrency,
-        calls: latency.len(),
-        errors,
-        first_error,
-        latency,
-        window,
+        tally,
         client_ticks,
         server_ticks,
         machine_ticks,
     };
     eprintln!(
         "mesh_client bench: {scenario} conc {concurrency}: {:.0} req/s, p99 {:.0} µs, {} errors",
-        cell.rate(),
-        cell.quantile_us(0.99),
-        cell.errors
+        cell.tally.rate(),
+        cell.tally.quantile_us(0.99),
+        cell.tally.errors
     );
     cell
 }
 
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, m)| m.trim().to_owned())
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{model}, {cores} cores, Linux {}", kernel.trim())
-}
-
 fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
-    let reference = settings.reference_concurrency();
+    let reference = settings.load.reference_concurrency();
     println!();
     println!("mesh client vs plain tonic channel: priority Score, release build");
     println!("machine: {}", machine());
@@ -526,8 +279,8 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
         "settings: warm-up {:?} + window {:?} per cell, closed-loop workers, fresh clients per cell; \
          slow endpoint +{:?} on client→server bytes; servers: 3 priority processes (tokio default runtime), \
          client: this process (tokio multi-thread, {} workers)",
-        settings.warmup,
-        settings.window,
+        settings.load.warmup,
+        settings.load.window,
         settings.slow_delay,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
@@ -554,25 +307,17 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
             "{:<10} {:>5} {:>10.0} {:>9.0} {:>9.0} {:>10.0} {:>14.1} {:>14.1} {:>7} {:>11.2}",
             cell.scenario,
             cell.concurrency,
-            cell.rate(),
-            cell.quantile_us(0.5),
-            cell.quantile_us(0.99),
-            cell.quantile_us(0.999),
-            cell.per_call_us(cell.client_ticks),
-            cell.per_call_us(cell.server_ticks),
-            cell.errors,
+            cell.tally.rate(),
+            cell.tally.quantile_us(0.5),
+            cell.tally.quantile_us(0.99),
+            cell.tally.quantile_us(0.999),
+            cell.tally.per_call_us(cell.client_ticks),
+            cell.tally.per_call_us(cell.server_ticks),
+            cell.tally.errors,
             cell.other_cores()
         );
     }
-    for cell in cells.iter().filter(|c| c.errors > 0) {
-        println!(
-            "errors in {} conc {}: {} (first: {})",
-            cell.scenario,
-            cell.concurrency,
-            cell.errors,
-            cell.first_error.as_deref().unwrap_or("?")
-        );
-    }
+    print_errors(cells.iter().map(|c| (c.scenario, c.concurrency, &c.tally)));
     println!();
     let find = |scenario: &str, concurrency: usize| {
         cells
@@ -580,20 +325,16 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
             .find(|c| c.scenario.starts_with(scenario) && c.concurrency == concurrency)
     };
     for (label, scenario) in [("b/a", "b"), ("c/a", "c")] {
-        for &concurrency in &settings.concurrency {
+        for &concurrency in &settings.load.concurrency {
             let (Some(a), Some(x)) = (find("a", concurrency), find(scenario, concurrency)) else {
                 continue;
             };
-            let ratio = x.rate() / a.rate();
-            let added = x.quantile_us(0.99) - a.quantile_us(0.99);
+            let ratio = x.tally.rate() / a.tally.rate();
+            let added = x.tally.quantile_us(0.99) - a.tally.quantile_us(0.99);
             let target = if label == "b/a" && concurrency == reference {
                 format!(
                     "   target ≥ 0.95 and ≤ 50 µs: {}",
-                    if ratio >= 0.95 && added <= 50.0 {
-                        "met"
-                    } else {
-                        "MISSED"
-                    }
+                    verdict(ratio >= 0.95 && added <= 50.0)
                 )
             } else {
                 String::new()
@@ -604,20 +345,20 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
         }
     }
     if let Some(a) = find("a", reference) {
-        let server = a.per_call_us(a.server_ticks);
+        let server = a.tally.per_call_us(a.server_ticks);
         println!(
             "server CPU per Score (a, conc {reference}, {} calls): {server:.1} µs   target ≤ 15 µs: {}",
-            a.calls,
-            if server <= 15.0 { "met" } else { "MISSED" }
+            a.tally.calls(),
+            verdict(server <= 15.0)
         );
     }
     if let (Some(c), Some(s)) = (find("c", reference), find("s", reference)) {
-        let ratio = s.quantile_us(0.99) / c.quantile_us(0.99);
+        let ratio = s.tally.quantile_us(0.99) / c.tally.quantile_us(0.99);
         println!(
             "slow endpoint among three (conc {reference}): p99 {:.0} µs vs {:.0} µs without = {ratio:.2}x   target ≤ 1.5: {}",
-            s.quantile_us(0.99),
-            c.quantile_us(0.99),
-            if ratio <= 1.5 { "met" } else { "MISSED" }
+            s.tally.quantile_us(0.99),
+            c.tally.quantile_us(0.99),
+            verdict(ratio <= 1.5)
         );
         if let Some(share) = slow_share {
             println!(
@@ -629,26 +370,13 @@ fn print_report(settings: &Settings, cells: &[Cell], slow_share: Option<f64>) {
 }
 
 async fn run(binary: PathBuf, settings: Settings) {
-    let consul_binary =
-        DevAgentOptions::find_binary().expect("consul not found: run scripts/setup.sh");
-    let agent = DevAgent::start(DevAgentOptions::new(consul_binary)).expect("consul starts");
-    agent
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .expect("consul ready");
-    let consul = agent.client().expect("client");
+    let (agent, consul) = start_consul().await;
 
     // Instances start one at a time, so that each new port in Consul belongs to the new pid.
     let mut children = Children::default();
     let mut instances: Vec<Instance> = Vec::new();
     for n in 1..=3 {
-        let child = Command::new(&binary)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .env("CONSUL_HTTP_ADDR", agent.http_addr())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("priority starts");
+        let child = spawn_priority(&binary, &agent.http_addr());
         let pid = child.id();
         children.0.push(child);
         let entries = wait_passing(&consul, "priority", n).await;
@@ -678,13 +406,13 @@ async fn run(binary: PathBuf, settings: Settings) {
     wait_passing(&consul, SLOW, 3).await;
 
     eprintln!("mesh_client bench: 3 instances passing under every scenario name; measuring");
-    let reference = settings.reference_concurrency();
+    let reference = settings.load.reference_concurrency();
     let mut cells = Vec::new();
     let mut slow_share = None;
     // `BENCH_ONLY=a` (or b, c, s) runs one scenario alone, for profiling.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |scenario: &str| only.as_deref().is_none_or(|o| scenario.starts_with(o));
-    for &concurrency in &settings.concurrency {
+    for &concurrency in &settings.load.concurrency {
         if wanted("a") {
             let plain = Client::plain(instances[0].port).await;
             cells.push(run_cell("a plain", plain, concurrency, &settings, &pids).await);
