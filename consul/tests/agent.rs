@@ -412,7 +412,13 @@ async fn registrar_warns_once_per_outage_and_recovers() {
         || async { client.agent_service(&id).await.ok().flatten() },
     )
     .await;
-    assert!(events.starting_with("re-registered") >= 1);
+    // The registrar logs right after the agent accepted the registration: wait for the line.
+    eventually(
+        "the re-registration log line",
+        Duration::from_secs(5),
+        || async { (events.starting_with("re-registered") >= 1).then_some(()) },
+    )
+    .await;
     assert_eq!(events.at(Level::WARN), 1);
     registration.deregister().await.unwrap();
 }
