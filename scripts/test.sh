@@ -18,7 +18,10 @@ cargo build --workspace --bins --locked
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked -- --test-threads 4 2>&1 | tee "$log"
+# Every test binary runs even when one fails, so one run shows every failure.
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads 4 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo's last line is the doc tests' own, often 0 of 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
