@@ -34,6 +34,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod data;
 pub mod devmesh;
 pub mod proto;
 pub mod server;
