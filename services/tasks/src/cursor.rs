@@ -1,0 +1,157 @@
+//! Page tokens: opaque to callers, base64url (no padding) of a kind byte and the sort key of the
+//! last item of the page before.
+//!
+//! | kind | list | sort key | bytes after the kind |
+//! |---|---|---|---|
+//! | 1 | tasks, newest first | `(created_at, id)` | microseconds since the epoch (i64, big-endian), the UUID (16) |
+//! | 2 | projects, by name | `name` | the name (UTF-8) |
+//!
+//! Anything else — bad base64, another kind, a wrong length — is malformed, which the handler
+//! answers with `INVALID_ARGUMENT` naming `page_token`.
+
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use uuid::Uuid;
+
+const TASK_KIND: u8 = 1;
+const PROJECT_KIND: u8 = 2;
+
+/// Why a page token was refused (shown to the caller).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CursorError {
+    /// Not base64url.
+    #[error("not a page token of this list (not base64url)")]
+    Encoding,
+    /// Decodes, but is not a token of this list.
+    #[error("not a page token of this list")]
+    Malformed,
+}
+
+/// Where a page of tasks starts: after the task with this `(created_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskCursor {
+    /// `created_at` of the last task of the page before.
+    pub created_at: SystemTime,
+    /// Its id.
+    pub id: Uuid,
+}
+
+impl TaskCursor {
+    /// The opaque token.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(25);
+        bytes.push(TASK_KIND);
+        bytes.extend_from_slice(&micros_since_epoch(self.created_at).to_be_bytes());
+        bytes.extend_from_slice(self.id.as_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The cursor in `token`.
+    pub fn decode(token: &str) -> Result<Self, CursorError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| CursorError::Encoding)?;
+        let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
+        if kind != TASK_KIND || rest.len() != 24 {
+            return Err(CursorError::Malformed);
+        }
+        let (micros, id) = rest.split_at(8);
+        let micros = i64::from_be_bytes(micros.try_into().map_err(|_| CursorError::Malformed)?);
+        let id = Uuid::from_slice(id).map_err(|_| CursorError::Malformed)?;
+        let micros = u64::try_from(micros).map_err(|_| CursorError::Malformed)?;
+        Ok(Self {
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(micros),
+            id,
+        })
+    }
+}
+
+/// Where a page of projects starts: after the project with this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectCursor {
+    /// Name of the last project of the page before.
+    pub name: String,
+}
+
+impl ProjectCursor {
+    /// The opaque token.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(1 + self.name.len());
+        bytes.push(PROJECT_KIND);
+        bytes.extend_from_slice(self.name.as_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// The cursor in `token`.
+    pub fn decode(token: &str) -> Result<Self, CursorError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| CursorError::Encoding)?;
+        let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
+        if kind != PROJECT_KIND || rest.is_empty() {
+            return Err(CursorError::Malformed);
+        }
+        let name = String::from_utf8(rest.to_vec()).map_err(|_| CursorError::Malformed)?;
+        Ok(Self { name })
+    }
+}
+
+/// Microseconds since the epoch (Postgres keeps timestamps to the microsecond); 0 before it.
+fn micros_since_epoch(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_cursors_round_trip() {
+        let cursor = TaskCursor {
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_714_557_600_123_456),
+            id: Uuid::new_v4(),
+        };
+        let token = cursor.encode();
+        assert!(token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(TaskCursor::decode(&token), Ok(cursor));
+    }
+
+    #[test]
+    fn project_cursors_round_trip() {
+        let cursor = ProjectCursor {
+            name: "ünïcode name / with ? symbols".into(),
+        };
+        assert_eq!(ProjectCursor::decode(&cursor.encode()), Ok(cursor));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        assert_eq!(TaskCursor::decode("%%%"), Err(CursorError::Encoding));
+        assert_eq!(TaskCursor::decode(""), Err(CursorError::Malformed));
+        assert_eq!(
+            TaskCursor::decode(&URL_SAFE_NO_PAD.encode([1u8, 2, 3])),
+            Err(CursorError::Malformed)
+        );
+        let project = ProjectCursor { name: "x".into() }.encode();
+        assert_eq!(TaskCursor::decode(&project), Err(CursorError::Malformed));
+        let task = TaskCursor {
+            created_at: SystemTime::UNIX_EPOCH,
+            id: Uuid::nil(),
+        }
+        .encode();
+        assert_eq!(ProjectCursor::decode(&task), Err(CursorError::Malformed));
+        let mut negative = vec![TASK_KIND];
+        negative.extend_from_slice(&(-1i64).to_be_bytes());
+        negative.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            TaskCursor::decode(&URL_SAFE_NO_PAD.encode(negative)),
+            Err(CursorError::Malformed)
+        );
+    }
+}

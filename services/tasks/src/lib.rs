@@ -1,0 +1,943 @@
+//! The tasks service: projects and the tasks in them, on Postgres (schema `tasks`), with a Redis
+//! read-through cache of single tasks and `task.*` events published through a transactional
+//! outbox to the Redis Stream `tasks`. Every task carries a priority obtained from the priority
+//! service through the mesh, or computed locally (urgency × impact) when that service is
+//! unavailable — then `priority_fallback` is set.
+//!
+//! | call | reads / writes | event (stream `tasks`) |
+//! |---|---|---|
+//! | `CreateProject` | insert (`ALREADY_EXISTS` for a taken name) | `project.created` |
+//! | `GetProject`, `ListProjects` | select (by name, cursor pages) | |
+//! | `CreateTask` | priority, insert (`NOT_FOUND` for an unknown project) | `task.created` |
+//! | `GetTask` | cache `task:{id}` (TTL 60 s), else select and fill the cache | |
+//! | `UpdateTask` | select, priority if urgency or impact change, update guarded by `updated_at`; cache entry deleted | `task.updated` (`task.completed` when it sets the status to done) |
+//! | `CompleteTask` | update (`FAILED_PRECONDITION` when already done); cache entry deleted | `task.completed` |
+//! | `DeleteTask` | delete; cache entry deleted | `task.deleted` |
+//! | `ListTasks` | select by filters, newest first, cursor pages | |
+//!
+//! `ListTasks` pages by a cursor on `(created_at, id)`, newest first: a task that existed when
+//! the listing began is on exactly one page whatever is inserted meanwhile (inserts are newer, so
+//! they land before the cursor). `created_at` is `clock_timestamp()` at the insert, a few
+//! statements before the commit, so only a task committed in that instant can be behind a cursor
+//! handed out just before: such a task was not there when the listing began.
+//!
+//! The cache is a hint with a short TTL: a `GetTask` that read the row just before an update
+//! committed may put the old copy back after the update deleted it, for at most the TTL.
+//!
+//! Every write and its event commit in one transaction. Event payloads are the task's JSON
+//! ([`model`]). Requests are checked before anything else, and a bad one is `INVALID_ARGUMENT`
+//! naming each field at fault (`task.title`, `task.urgency`, `page_size`, `update_mask`…).
+#![forbid(unsafe_code)]
+
+pub mod cursor;
+pub mod migrations;
+pub mod model;
+pub mod priority;
+pub mod validate;
+
+use std::time::Duration;
+
+use protomesh::client::Mesh;
+use protomesh::data::deadpool_postgres::{Object, Pool};
+use protomesh::data::tokio_postgres::types::ToSql;
+use protomesh::data::{outbox, status_from_pg, Cache};
+use protomesh::proto::protomesh::tasks::v1::{
+    tasks_service_server::TasksService, CompleteTaskRequest, CreateProjectRequest,
+    CreateTaskRequest, DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectsRequest,
+    ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, Task, TaskStatus,
+    UpdateTaskRequest,
+};
+use protomesh::status::invalid_argument;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use cursor::{ProjectCursor, TaskCursor};
+use model::{level_to_db, project_columns, status_to_db, task_columns, ProjectRecord, TaskRecord};
+use priority::Priority;
+use validate::{Violations, MAX_ASSIGNEE, MAX_DESCRIPTION};
+
+pub use migrations::MIGRATIONS;
+pub use protomesh::proto::protomesh::tasks::v1::tasks_service_server::TasksServiceServer;
+
+/// The service's name in Consul, its Postgres schema and its migrations' name.
+pub const SERVICE: &str = "tasks";
+
+/// The Redis Stream (under the key prefix) the events go to.
+pub const EVENT_STREAM: &str = "tasks";
+
+/// How long a task stays in the cache unless `--cache-ttl` says otherwise.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// How often `UpdateTask` reads the task again when another write changed it in between, before
+/// it gives up with `ABORTED`.
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// The cache key of task `id` (under the key prefix): `task:{id}`.
+pub fn cache_key(id: Uuid) -> String {
+    format!("task:{id}")
+}
+
+const SELECT_PROJECT: &str = concat!(
+    "SELECT ",
+    project_columns!(),
+    " FROM projects WHERE id = $1"
+);
+
+const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = $1";
+
+const INSERT_PROJECT: &str = concat!(
+    "INSERT INTO projects (id, name, description) VALUES ($1, $2, $3) RETURNING ",
+    project_columns!()
+);
+
+const LIST_PROJECTS_FIRST: &str = concat!(
+    "SELECT ",
+    project_columns!(),
+    " FROM projects ORDER BY name LIMIT $1"
+);
+
+const LIST_PROJECTS_AFTER: &str = concat!(
+    "SELECT ",
+    project_columns!(),
+    " FROM projects WHERE name > $1 ORDER BY name LIMIT $2"
+);
+
+const SELECT_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
+
+/// `$8` is the status: a task created done is completed at once.
+const INSERT_TASK: &str = concat!(
+    "WITH clock AS (SELECT clock_timestamp() AS now)
+    INSERT INTO tasks (id, project_id, title, description, urgency, impact, assignee, status,
+        created_at, updated_at, completed_at, priority_score, priority_level, priority_fallback)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, clock.now, clock.now,
+        CASE WHEN $8::smallint = 3 THEN clock.now END, $9, $10, $11
+    FROM clock
+    RETURNING ",
+    task_columns!()
+);
+
+/// Writes every mutable column, if the row is still the one read (`updated_at = $11`); the new
+/// `updated_at` is later than the old one even within one microsecond.
+const UPDATE_TASK: &str = concat!(
+    "WITH clock AS (SELECT clock_timestamp() AS now)
+    UPDATE tasks SET title = $2, description = $3, urgency = $4, impact = $5, assignee = $6,
+        status = $7,
+        completed_at = CASE WHEN $7::smallint = 3 THEN coalesce(tasks.completed_at, clock.now) END,
+        priority_score = $8, priority_level = $9, priority_fallback = $10,
+        updated_at = greatest(clock.now, tasks.updated_at + interval '1 microsecond')
+    FROM clock
+    WHERE tasks.id = $1 AND tasks.updated_at = $11
+    RETURNING ",
+    task_columns!()
+);
+
+const COMPLETE_TASK: &str = concat!(
+    "WITH clock AS (SELECT clock_timestamp() AS now)
+    UPDATE tasks SET status = 3, completed_at = clock.now,
+        updated_at = greatest(clock.now, tasks.updated_at + interval '1 microsecond')
+    FROM clock
+    WHERE tasks.id = $1 AND tasks.status <> 3
+    RETURNING ",
+    task_columns!()
+);
+
+const TASK_STATUS: &str = "SELECT status FROM tasks WHERE id = $1";
+
+const DELETE_TASK: &str = concat!(
+    "DELETE FROM tasks WHERE id = $1 RETURNING ",
+    task_columns!()
+);
+
+/// The gRPC handler of `protomesh.tasks.v1.TasksService`. Cheap to clone.
+#[derive(Clone)]
+pub struct TasksHandler {
+    pool: Pool,
+    cache: Cache,
+    mesh: Mesh,
+    cache_ttl: Duration,
+}
+
+impl std::fmt::Debug for TasksHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TasksHandler")
+            .field("cache", &self.cache)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A database error met while handling `what` (`"task"`, `"project"`) as a gRPC status.
+fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
+    move |err| status_from_pg(&err, what)
+}
+
+fn task_not_found(id: Uuid) -> Status {
+    Status::not_found(format!("task {id} not found"))
+}
+
+fn project_not_found(id: Uuid) -> Status {
+    Status::not_found(format!("project {id} not found"))
+}
+
+/// Page size as a SQL `LIMIT` asking for one row more (to know whether another page follows).
+fn limit_plus_one(page_size: usize) -> i64 {
+    i64::try_from(page_size + 1).unwrap_or(i64::MAX)
+}
+
+impl TasksHandler {
+    /// A handler on `pool` (migrated with [`MIGRATIONS`]), caching tasks in `cache` for
+    /// [`DEFAULT_CACHE_TTL`], asking `mesh` for priorities.
+    pub fn new(pool: Pool, cache: Cache, mesh: Mesh) -> Self {
+        Self {
+            pool,
+            cache,
+            mesh,
+            cache_ttl: DEFAULT_CACHE_TTL,
+        }
+    }
+
+    /// The same handler keeping tasks in the cache for `ttl`.
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// A connection from the pool (`UNAVAILABLE` within `--db-timeout` when the database is down).
+    async fn connection(&self, what: &'static str) -> Result<Object, Status> {
+        self.pool.get().await.map_err(db_error(what))
+    }
+
+    /// Task `id` as the database has it now (not the cache).
+    async fn load_task(&self, id: Uuid) -> Result<TaskRecord, Status> {
+        let client = self.connection("task").await?;
+        let statement = client
+            .prepare_cached(SELECT_TASK)
+            .await
+            .map_err(db_error("task"))?;
+        let row = client
+            .query_opt(&statement, &[&id])
+            .await
+            .map_err(db_error("task"))?;
+        row.as_ref()
+            .map(TaskRecord::from_row)
+            .ok_or_else(|| task_not_found(id))
+    }
+
+    /// Fails with `NOT_FOUND` unless project `id` exists.
+    async fn require_project(&self, id: Uuid) -> Result<(), Status> {
+        let client = self.connection("project").await?;
+        let statement = client
+            .prepare_cached(PROJECT_EXISTS)
+            .await
+            .map_err(db_error("project"))?;
+        let row = client
+            .query_opt(&statement, &[&id])
+            .await
+            .map_err(db_error("project"))?;
+        match row {
+            Some(_) => Ok(()),
+            None => Err(project_not_found(id)),
+        }
+    }
+
+    /// Runs one write of a task and its event in a transaction: `sql` (returning the task's
+    /// columns) with `params`, then the outbox row of `event_type` (the task's JSON), then the
+    /// commit. `None` when `sql` touched no row (nothing is written then).
+    async fn write_task(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        event_type: &str,
+    ) -> Result<Option<TaskRecord>, Status> {
+        let mut client = self.connection("task").await?;
+        let tx = client.transaction().await.map_err(db_error("task"))?;
+        let statement = tx.prepare_cached(sql).await.map_err(db_error("task"))?;
+        let Some(row) = tx
+            .query_opt(&statement, params)
+            .await
+            .map_err(db_error("task"))?
+        else {
+            return Ok(None);
+        };
+        let task = TaskRecord::from_row(&row);
+        outbox::insert(
+            &tx,
+            EVENT_STREAM,
+            event_type,
+            &task.id.to_string(),
+            &task.to_json(),
+        )
+        .await
+        .map_err(db_error("task"))?;
+        tx.commit().await.map_err(db_error("task"))?;
+        tracing::debug!(task = %task.id, event = event_type, "task written");
+        Ok(Some(task))
+    }
+
+    /// Drops the cached copy of task `id` (after its write committed).
+    async fn forget(&self, id: Uuid) {
+        self.cache.del(&cache_key(id)).await;
+    }
+}
+
+/// Which fields an `UpdateTask` mask names.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct UpdateFields {
+    title: bool,
+    description: bool,
+    urgency: bool,
+    impact: bool,
+    assignee: bool,
+    status: bool,
+}
+
+impl UpdateFields {
+    /// The fields of `paths`, or `INVALID_ARGUMENT` naming `update_mask`. `id` is the task's
+    /// identifier and ignored (the gateway fills a mask from the JSON keys present).
+    fn parse(paths: &[String]) -> Result<Self, Status> {
+        let mut fields = Self::default();
+        let mut any = false;
+        for path in paths {
+            let flag = match path.as_str() {
+                "title" => &mut fields.title,
+                "description" => &mut fields.description,
+                "urgency" => &mut fields.urgency,
+                "impact" => &mut fields.impact,
+                "assignee" => &mut fields.assignee,
+                "status" => &mut fields.status,
+                "id" => continue,
+                "project_id" | "created_at" | "updated_at" | "completed_at" | "priority_score"
+                | "priority_level" | "priority_fallback" => {
+                    return Err(invalid_argument(
+                        "update_mask",
+                        format!(
+                            "{path} cannot be updated (updatable: title, description, urgency, impact, assignee, status)"
+                        ),
+                    ))
+                }
+                _ => {
+                    return Err(invalid_argument(
+                        "update_mask",
+                        format!(
+                            "unknown field {path:?} (updatable: title, description, urgency, impact, assignee, status)"
+                        ),
+                    ))
+                }
+            };
+            *flag = true;
+            any = true;
+        }
+        if !any {
+            return Err(invalid_argument(
+                "update_mask",
+                "must name at least one field to update (title, description, urgency, impact, assignee, status)",
+            ));
+        }
+        Ok(fields)
+    }
+
+    /// Checks the values of the named fields of `task`.
+    fn check(&self, task: &Task, violations: &mut Violations) {
+        if self.title {
+            violations.check(validate::title("task.title", &task.title));
+        }
+        if self.description {
+            violations.check(validate::max_chars(
+                "task.description",
+                &task.description,
+                MAX_DESCRIPTION,
+            ));
+        }
+        if self.urgency {
+            violations.check(validate::factor("task.urgency", task.urgency));
+        }
+        if self.impact {
+            violations.check(validate::factor("task.impact", task.impact));
+        }
+        if self.assignee {
+            violations.check(validate::max_chars(
+                "task.assignee",
+                &task.assignee,
+                MAX_ASSIGNEE,
+            ));
+        }
+        if self.status {
+            violations.check(validate::status("task.status", task.status));
+        }
+    }
+
+    /// `current` with the named fields taken from `task` (already checked).
+    fn apply(&self, current: &TaskRecord, task: &Task) -> TaskRecord {
+        let mut next = current.clone();
+        if self.title {
+            next.title.clone_from(&task.title);
+        }
+        if self.description {
+            next.description.clone_from(&task.description);
+        }
+        if self.urgency {
+            next.urgency = task.urgency;
+        }
+        if self.impact {
+            next.impact = task.impact;
+        }
+        if self.assignee {
+            next.assignee.clone_from(&task.assignee);
+        }
+        if self.status {
+            next.status = TaskStatus::try_from(task.status).unwrap_or(current.status);
+        }
+        next
+    }
+}
+
+#[tonic::async_trait]
+impl TasksService for TasksHandler {
+    async fn create_project(
+        &self,
+        request: Request<CreateProjectRequest>,
+    ) -> Result<Response<Project>, Status> {
+        let Some(project) = request.into_inner().project else {
+            return Err(invalid_argument("project", "is required"));
+        };
+        let mut violations = Violations::new();
+        violations.check(validate::title("project.name", &project.name));
+        violations.check(validate::max_chars(
+            "project.description",
+            &project.description,
+            MAX_DESCRIPTION,
+        ));
+        violations.into_result()?;
+
+        let id = Uuid::new_v4();
+        let mut client = self.connection("project").await?;
+        let tx = client.transaction().await.map_err(db_error("project"))?;
+        let statement = tx
+            .prepare_cached(INSERT_PROJECT)
+            .await
+            .map_err(db_error("project"))?;
+        let row = tx
+            .query_one(&statement, &[&id, &project.name, &project.description])
+            .await
+            .map_err(db_error("project"))?;
+        let created = ProjectRecord::from_row(&row);
+        outbox::insert(
+            &tx,
+            EVENT_STREAM,
+            "project.created",
+            &id.to_string(),
+            &created.to_json(),
+        )
+        .await
+        .map_err(db_error("project"))?;
+        tx.commit().await.map_err(db_error("project"))?;
+        Ok(Response::new(created.to_proto()))
+    }
+
+    async fn get_project(
+        &self,
+        request: Request<GetProjectRequest>,
+    ) -> Result<Response<Project>, Status> {
+        let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        let client = self.connection("project").await?;
+        let statement = client
+            .prepare_cached(SELECT_PROJECT)
+            .await
+            .map_err(db_error("project"))?;
+        let row = client
+            .query_opt(&statement, &[&id])
+            .await
+            .map_err(db_error("project"))?;
+        let project = row
+            .as_ref()
+            .map(ProjectRecord::from_row)
+            .ok_or_else(|| project_not_found(id))?;
+        Ok(Response::new(project.to_proto()))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<ListProjectsRequest>,
+    ) -> Result<Response<ListProjectsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let page_size = violations.check(validate::page_size("page_size", request.page_size));
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            match ProjectCursor::decode(&request.page_token) {
+                Ok(cursor) => Some(cursor),
+                Err(err) => {
+                    violations.add("page_token", err.to_string());
+                    None
+                }
+            }
+        };
+        violations.into_result()?;
+        let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
+        let limit = limit_plus_one(page_size);
+
+        let client = self.connection("project").await?;
+        let rows = match &after {
+            None => {
+                let statement = client
+                    .prepare_cached(LIST_PROJECTS_FIRST)
+                    .await
+                    .map_err(db_error("project"))?;
+                client.query(&statement, &[&limit]).await
+            }
+            Some(cursor) => {
+                let statement = client
+                    .prepare_cached(LIST_PROJECTS_AFTER)
+                    .await
+                    .map_err(db_error("project"))?;
+                client.query(&statement, &[&cursor.name, &limit]).await
+            }
+        }
+        .map_err(db_error("project"))?;
+        let mut projects: Vec<ProjectRecord> = rows.iter().map(ProjectRecord::from_row).collect();
+        let next_page_token = if projects.len() > page_size {
+            projects.truncate(page_size);
+            projects
+                .last()
+                .map(|last| {
+                    ProjectCursor {
+                        name: last.name.clone(),
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListProjectsResponse {
+            projects: projects.iter().map(ProjectRecord::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_task(
+        &self,
+        request: Request<CreateTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let request = request.into_inner();
+        let Some(task) = request.task else {
+            return Err(invalid_argument("task", "is required"));
+        };
+        let mut violations = Violations::new();
+        // The project comes from the request (the HTTP path) or, failing that, from the task.
+        let project_text = if request.project_id.is_empty() {
+            task.project_id.as_str()
+        } else {
+            if !task.project_id.is_empty() && task.project_id != request.project_id {
+                violations.add(
+                    "task.project_id",
+                    format!(
+                        "must be empty or equal project_id {:?}, got {:?}",
+                        request.project_id, task.project_id
+                    ),
+                );
+            }
+            request.project_id.as_str()
+        };
+        let project_id = violations.check(validate::uuid("project_id", project_text));
+        violations.check(validate::title("task.title", &task.title));
+        violations.check(validate::max_chars(
+            "task.description",
+            &task.description,
+            MAX_DESCRIPTION,
+        ));
+        violations.check(validate::factor("task.urgency", task.urgency));
+        violations.check(validate::factor("task.impact", task.impact));
+        violations.check(validate::max_chars(
+            "task.assignee",
+            &task.assignee,
+            MAX_ASSIGNEE,
+        ));
+        let status = if task.status == TaskStatus::Unspecified as i32 {
+            Some(TaskStatus::Open)
+        } else {
+            violations.check(validate::status("task.status", task.status))
+        };
+        violations.into_result()?;
+        let (Some(project_id), Some(status)) = (project_id, status) else {
+            return Err(Status::internal("request check incomplete"));
+        };
+
+        // Before asking priority: an unknown project is NOT_FOUND at once. (The foreign key
+        // still catches a project deleted in between, also as NOT_FOUND.)
+        self.require_project(project_id).await?;
+        let priority = priority::score(&self.mesh, &task.title, task.urgency, task.impact).await?;
+
+        let id = Uuid::new_v4();
+        let status_db = status_to_db(status);
+        let level_db = level_to_db(priority.level);
+        let created = self
+            .write_task(
+                INSERT_TASK,
+                &[
+                    &id,
+                    &project_id,
+                    &task.title,
+                    &task.description,
+                    &task.urgency,
+                    &task.impact,
+                    &task.assignee,
+                    &status_db,
+                    &priority.score,
+                    &level_db,
+                    &priority.fallback,
+                ],
+                "task.created",
+            )
+            .await?
+            .ok_or_else(|| Status::internal("task insert returned no row"))?;
+        Ok(Response::new(created.to_proto()))
+    }
+
+    async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        let key = cache_key(id);
+        if let Some(task) = self.cache.get::<TaskRecord>(&key).await {
+            if task.id == id {
+                return Ok(Response::new(task.to_proto()));
+            }
+        }
+        let task = self.load_task(id).await?;
+        self.cache.set(&key, &task, self.cache_ttl).await;
+        Ok(Response::new(task.to_proto()))
+    }
+
+    async fn update_task(
+        &self,
+        request: Request<UpdateTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let request = request.into_inner();
+        let Some(task) = request.task else {
+            return Err(invalid_argument("task", "is required"));
+        };
+        let id = validate::uuid("task.id", &task.id).map_err(one_violation)?;
+        let paths = request
+            .update_mask
+            .map(|mask| mask.paths)
+            .unwrap_or_default();
+        let fields = UpdateFields::parse(&paths)?;
+        let mut violations = Violations::new();
+        fields.check(&task, &mut violations);
+        violations.into_result()?;
+
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.load_task(id).await?;
+            let next = fields.apply(&current, &task);
+            let priority = if next.urgency != current.urgency || next.impact != current.impact {
+                priority::score(&self.mesh, &next.title, next.urgency, next.impact).await?
+            } else {
+                Priority {
+                    score: current.priority_score,
+                    level: current.priority_level,
+                    fallback: current.priority_fallback,
+                }
+            };
+            let event = if next.status == TaskStatus::Done && current.status != TaskStatus::Done {
+                "task.completed"
+            } else {
+                "task.updated"
+            };
+            let status_db = status_to_db(next.status);
+            let level_db = level_to_db(priority.level);
+            let written = self
+                .write_task(
+                    UPDATE_TASK,
+                    &[
+                        &id,
+                        &next.title,
+                        &next.description,
+                        &next.urgency,
+                        &next.impact,
+                        &next.assignee,
+                        &status_db,
+                        &priority.score,
+                        &level_db,
+                        &priority.fallback,
+                        &current.updated_at,
+                    ],
+                    event,
+                )
+                .await?;
+            if let Some(updated) = written {
+                self.forget(id).await;
+                return Ok(Response::new(updated.to_proto()));
+            }
+            // Changed (or deleted) since it was read: read it again.
+            tracing::debug!(task = %id, "task changed during update; retrying");
+        }
+        Err(Status::aborted(format!(
+            "task {id} kept changing during the update; try again"
+        )))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<CompleteTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        if let Some(completed) = self
+            .write_task(COMPLETE_TASK, &[&id], "task.completed")
+            .await?
+        {
+            self.forget(id).await;
+            return Ok(Response::new(completed.to_proto()));
+        }
+        // No open task with that id: tell which.
+        let client = self.connection("task").await?;
+        let statement = client
+            .prepare_cached(TASK_STATUS)
+            .await
+            .map_err(db_error("task"))?;
+        match client
+            .query_opt(&statement, &[&id])
+            .await
+            .map_err(db_error("task"))?
+        {
+            None => Err(task_not_found(id)),
+            Some(_) => Err(Status::failed_precondition(format!(
+                "task {id} is already done"
+            ))),
+        }
+    }
+
+    async fn delete_task(
+        &self,
+        request: Request<DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        let deleted = self.write_task(DELETE_TASK, &[&id], "task.deleted").await?;
+        self.forget(id).await;
+        match deleted {
+            Some(_) => Ok(Response::new(())),
+            None => Err(task_not_found(id)),
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let project_id = violations
+            .check(validate::optional_uuid("project_id", &request.project_id))
+            .flatten();
+        let status = violations
+            .check(validate::status_filter("status", request.status))
+            .flatten();
+        let min_level = violations
+            .check(validate::level_filter("min_level", request.min_level))
+            .flatten();
+        let page_size = violations.check(validate::page_size("page_size", request.page_size));
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            match TaskCursor::decode(&request.page_token) {
+                Ok(cursor) => Some(cursor),
+                Err(err) => {
+                    violations.add("page_token", err.to_string());
+                    None
+                }
+            }
+        };
+        violations.into_result()?;
+        let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
+
+        let filters = TaskFilters {
+            project_id,
+            assignee: (!request.assignee.is_empty()).then_some(request.assignee),
+            status: status.map(status_to_db),
+            min_level: min_level.map(level_to_db),
+            after,
+            limit: limit_plus_one(page_size),
+        };
+        let (sql, params) = filters.query();
+        let client = self.connection("task").await?;
+        let statement = client
+            .prepare_cached(&sql)
+            .await
+            .map_err(db_error("task"))?;
+        let rows = client
+            .query(&statement, &params)
+            .await
+            .map_err(db_error("task"))?;
+        let mut tasks: Vec<TaskRecord> = rows.iter().map(TaskRecord::from_row).collect();
+        let next_page_token = if tasks.len() > page_size {
+            tasks.truncate(page_size);
+            tasks
+                .last()
+                .map(|last| {
+                    TaskCursor {
+                        created_at: last.created_at,
+                        id: last.id,
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListTasksResponse {
+            tasks: tasks.iter().map(TaskRecord::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+/// A single violation as `INVALID_ARGUMENT`.
+fn one_violation(violation: protomesh::status::FieldViolation) -> Status {
+    protomesh::status::bad_request(vec![violation])
+}
+
+/// The checked filters of a `ListTasks` call.
+#[derive(Debug)]
+struct TaskFilters {
+    project_id: Option<Uuid>,
+    assignee: Option<String>,
+    status: Option<i16>,
+    min_level: Option<i16>,
+    after: Option<TaskCursor>,
+    limit: i64,
+}
+
+impl TaskFilters {
+    /// The statement and its parameters. Only the filters given appear in the SQL (so each
+    /// combination is its own cached statement whose plan can use the matching index), newest
+    /// first by `(created_at, id)`, after the cursor if any.
+    fn query(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
+        let mut sql = String::from(concat!("SELECT ", task_columns!(), " FROM tasks"));
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        if let Some(project_id) = &self.project_id {
+            params.push(project_id);
+            conditions.push(format!("project_id = ${}", params.len()));
+        }
+        if let Some(assignee) = &self.assignee {
+            params.push(assignee);
+            conditions.push(format!("assignee = ${}", params.len()));
+        }
+        if let Some(status) = &self.status {
+            params.push(status);
+            conditions.push(format!("status = ${}", params.len()));
+        }
+        if let Some(min_level) = &self.min_level {
+            params.push(min_level);
+            conditions.push(format!("priority_level >= ${}", params.len()));
+        }
+        if let Some(after) = &self.after {
+            params.push(&after.created_at);
+            params.push(&after.id);
+            conditions.push(format!(
+                "(created_at, id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        params.push(&self.limit);
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT ${}",
+            params.len()
+        ));
+        (sql, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn violation_fields(status: &Status) -> Vec<String> {
+        protomesh::status::field_violations(status)
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn masks_name_updatable_fields_only() {
+        let fields = UpdateFields::parse(&paths(&["title", "status", "id"])).expect("valid");
+        assert!(fields.title && fields.status && !fields.urgency);
+        for bad in [
+            vec![],
+            vec!["id"],
+            vec!["title", "nope"],
+            vec!["priority_score"],
+            vec!["*"],
+        ] {
+            let status = UpdateFields::parse(&paths(&bad)).expect_err("invalid mask");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(violation_fields(&status), vec!["update_mask"], "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn masked_fields_are_checked_and_applied() {
+        let fields = UpdateFields::parse(&paths(&["urgency", "status"])).expect("valid");
+        let mut violations = Violations::new();
+        let task = Task {
+            urgency: 11,
+            title: String::new(),
+            status: 0,
+            ..Default::default()
+        };
+        fields.check(&task, &mut violations);
+        let status = violations.into_result().expect_err("bad values");
+        assert_eq!(
+            violation_fields(&status),
+            vec!["task.urgency", "task.status"]
+        );
+    }
+
+    #[test]
+    fn list_queries_have_only_the_filters_given() {
+        let filters = TaskFilters {
+            project_id: None,
+            assignee: None,
+            status: None,
+            min_level: None,
+            after: None,
+            limit: 51,
+        };
+        let (sql, params) = filters.query();
+        assert!(
+            sql.ends_with("FROM tasks ORDER BY created_at DESC, id DESC LIMIT $1"),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 1);
+
+        let filters = TaskFilters {
+            project_id: Some(Uuid::nil()),
+            assignee: Some("ada".into()),
+            status: Some(1),
+            min_level: Some(3),
+            after: Some(TaskCursor {
+                created_at: std::time::SystemTime::UNIX_EPOCH,
+                id: Uuid::nil(),
+            }),
+            limit: 51,
+        };
+        let (sql, params) = filters.query();
+        assert!(
+            sql.ends_with(
+                "WHERE project_id = $1 AND assignee = $2 AND status = $3 AND priority_level >= $4 \
+                 AND (created_at, id) < ($5, $6) ORDER BY created_at DESC, id DESC LIMIT $7"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 7);
+    }
+}

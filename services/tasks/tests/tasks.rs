@@ -1,0 +1,1241 @@
+//! The tasks service against the machine's real Postgres and Redis and a private Consul dev
+//! agent: each test has a database of its own, a Redis key prefix of its own, and the handler
+//! served in-process on a free loopback port (not registered), called with the generated client.
+//! Unless a test starts one, no priority instance is registered, so priorities are the local
+//! fallback.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use protomesh::client::Mesh;
+use protomesh::config::ServeConfig;
+use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::data::deadpool_postgres::Pool;
+use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
+use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::{self, Cache, DataConfig};
+use protomesh::proto::protomesh::priority::v1::Level;
+use protomesh::proto::protomesh::tasks::v1::{
+    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
+    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest,
+    GetProjectRequest, GetTaskRequest, ListProjectsRequest, ListTasksRequest, Project, Task,
+    TaskStatus, UpdateTaskRequest,
+};
+use protomesh::server::MeshServer;
+use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// Bound on a whole test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test took too long");
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A timestamp as (seconds, nanos), which compare in time order.
+fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
+    let ts = ts.unwrap();
+    (ts.seconds, ts.nanos)
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    protomesh::status::field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
+#[track_caller]
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = result.expect_err("must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{}",
+        status.message()
+    );
+}
+
+/// A server stopped when dropped.
+struct Served {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Served {
+    async fn start(server: MeshServer) -> Self {
+        let bound = server.bind().await.unwrap();
+        let addr = bound.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            bound
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn quick_serve_config(addr: &str) -> ServeConfig {
+    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
+    config.consul_addr = addr.to_owned();
+    config.lame_duck = Duration::ZERO;
+    config.drain_timeout = Duration::from_secs(1);
+    config.check_interval = Duration::from_millis(200);
+    config
+}
+
+/// Everything one test needs. Field order is drop order: the server and relay go before the
+/// database is dropped.
+struct Harness {
+    client: TasksServiceClient<Channel>,
+    _served: Served,
+    relay: RelayHandle,
+    handler: TasksHandler,
+    pool: Pool,
+    redis: Client,
+    keys: TestKeys,
+    agent: DevAgent,
+    _db: TestDatabase,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let db = TestDatabase::create().await.unwrap();
+        let keys = TestKeys::new();
+        let config: DataConfig = db
+            .config()
+            .with_key_prefix(keys.prefix())
+            .with_default_schema("tasks");
+        let pool = data::connect_pool(&config).unwrap();
+        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
+        let redis = data::connect_redis(&config).unwrap();
+        eventually(Duration::from_secs(5), "redis connected", || async {
+            redis.is_connected().then_some(())
+        })
+        .await;
+        let relay = OutboxRelay::spawn(
+            pool.clone(),
+            redis.clone(),
+            keys.prefix(),
+            RelayOptions::default().listen(config.pg_config().unwrap()),
+        );
+
+        let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
+        agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+
+        let cache = Cache::new(redis.clone(), keys.prefix());
+        let handler = TasksHandler::new(pool.clone(), cache, mesh.clone());
+        let mut serve = quick_serve_config(&agent.http_addr());
+        serve.no_register = true;
+        let served = Served::start(
+            MeshServer::new("tasks", serve)
+                .with_mesh(mesh)
+                .add_service(TasksServiceServer::new(handler.clone())),
+        )
+        .await;
+        let client = TasksServiceClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        Self {
+            client,
+            _served: served,
+            relay,
+            handler,
+            pool,
+            redis,
+            keys,
+            agent,
+            _db: db,
+        }
+    }
+
+    fn client(&self) -> TasksServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    async fn project(&self, name: &str) -> Project {
+        self.client()
+            .create_project(CreateProjectRequest {
+                project: Some(Project {
+                    name: name.into(),
+                    description: format!("about {name}"),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn task(&self, project: &Project, title: &str, urgency: i32, impact: i32) -> Task {
+        self.client()
+            .create_task(CreateTaskRequest {
+                project_id: project.id.clone(),
+                task: Some(Task {
+                    title: title.into(),
+                    urgency,
+                    impact,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn get(&self, id: &str) -> Result<Task, tonic::Status> {
+        self.client()
+            .get_task(GetTaskRequest { id: id.into() })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn update(&self, task: Task, paths: &[&str]) -> Result<Task, tonic::Status> {
+        self.client()
+            .update_task(UpdateTaskRequest {
+                task: Some(task),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+                }),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn cached(&self, id: &str) -> bool {
+        let key = format!("{}task:{id}", self.keys.prefix());
+        let n: i64 = self.redis.exists(key.as_str()).await.unwrap();
+        n == 1
+    }
+
+    /// The events on the stream: (type, aggregate id, payload).
+    async fn events(&self) -> Vec<(String, String, serde_json::Value)> {
+        let key = format!("{}{EVENT_STREAM}", self.keys.prefix());
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange_values::<String, String, String, _, _, _>(key, "-", "+", None)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                (
+                    fields["type"].clone(),
+                    fields["aggregate_id"].clone(),
+                    serde_json::from_str(&fields["payload"]).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn crud_round_trip_publishes_events() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("apollo").await;
+        assert_eq!(project.name, "apollo");
+        assert!(project.created_at.is_some());
+        let fetched = h
+            .client()
+            .get_project(GetProjectRequest {
+                id: project.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched, project);
+        let duplicate = h
+            .client()
+            .create_project(CreateProjectRequest {
+                project: Some(Project {
+                    name: "apollo".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect_err("name taken");
+        assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+
+        let created = h
+            .client()
+            .create_task(CreateTaskRequest {
+                project_id: project.id.clone(),
+                task: Some(Task {
+                    title: "ship it".into(),
+                    description: "all of it".into(),
+                    urgency: 3,
+                    impact: 4,
+                    assignee: "ada".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created.project_id, project.id);
+        assert_eq!(created.title, "ship it");
+        assert_eq!(created.assignee, "ada");
+        assert_eq!(created.status(), TaskStatus::Open);
+        assert_eq!(created.priority_score, 12);
+        assert_eq!(created.priority_level(), Level::Low);
+        assert_eq!(created.created_at, created.updated_at);
+        assert!(created.completed_at.is_none());
+        assert_eq!(h.get(&created.id).await.unwrap(), created);
+
+        let updated = h
+            .update(
+                Task {
+                    id: created.id.clone(),
+                    title: "ship it now".into(),
+                    urgency: 9,
+                    impact: 8,
+                    // Not in the mask: ignored.
+                    assignee: "bob".into(),
+                    ..Default::default()
+                },
+                &["title", "urgency", "impact"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated.title, "ship it now");
+        assert_eq!(updated.assignee, "ada");
+        assert_eq!(updated.description, "all of it");
+        assert_eq!((updated.urgency, updated.impact), (9, 8));
+        assert_eq!(updated.priority_score, 72, "priority computed again");
+        assert_eq!(updated.priority_level(), Level::High);
+        assert!(stamp(&updated.updated_at) > stamp(&created.updated_at));
+        assert_eq!(h.get(&created.id).await.unwrap(), updated);
+
+        let completed = h
+            .client()
+            .complete_task(CompleteTaskRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(completed.status(), TaskStatus::Done);
+        assert!(completed.completed_at.is_some());
+        let again = h
+            .client()
+            .complete_task(CompleteTaskRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect_err("already done");
+        assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+
+        h.client()
+            .delete_task(DeleteTaskRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(h.get(&created.id).await.unwrap_err().code(), Code::NotFound);
+        let gone = h
+            .client()
+            .delete_task(DeleteTaskRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect_err("deleted already");
+        assert_eq!(gone.code(), Code::NotFound);
+        let gone = h
+            .client()
+            .complete_task(CompleteTaskRequest {
+                id: created.id.clone(),
+            })
+            .await
+            .expect_err("deleted");
+        assert_eq!(gone.code(), Code::NotFound);
+
+        // Every write published its event, in order, with the task's JSON.
+        let events = eventually(Duration::from_secs(10), "5 events", || async {
+            let events = h.events().await;
+            (events.len() >= 5).then_some(events)
+        })
+        .await;
+        let types: Vec<&str> = events.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(
+            types,
+            vec![
+                "project.created",
+                "task.created",
+                "task.updated",
+                "task.completed",
+                "task.deleted"
+            ]
+        );
+        assert_eq!(events[0].1, project.id);
+        for (_, aggregate, payload) in &events[1..] {
+            assert_eq!(aggregate, &created.id);
+            assert_eq!(payload["id"], created.id);
+            assert_eq!(payload["project_id"], project.id);
+            assert_eq!(payload["assignee"], "ada");
+        }
+        assert_eq!(events[1].2["status"], "TASK_STATUS_OPEN");
+        assert_eq!(events[1].2["priority_level"], "LEVEL_LOW");
+        assert_eq!(events[1].2["priority_fallback"], true);
+        assert_eq!(events[2].2["priority_level"], "LEVEL_HIGH");
+        assert_eq!(events[2].2["title"], "ship it now");
+        assert_eq!(events[3].2["status"], "TASK_STATUS_DONE");
+        assert!(events[3].2["completed_at"].is_string());
+        assert!(h.relay.published() >= 5);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("validation").await;
+        let mut client = h.client();
+        let create = |task: Task| CreateTaskRequest {
+            project_id: project.id.clone(),
+            task: Some(task),
+        };
+        let valid = Task {
+            title: "ok".into(),
+            urgency: 5,
+            impact: 5,
+            ..Default::default()
+        };
+
+        for (task, field) in [
+            (
+                Task {
+                    title: String::new(),
+                    ..valid.clone()
+                },
+                "task.title",
+            ),
+            (
+                Task {
+                    title: "   ".into(),
+                    ..valid.clone()
+                },
+                "task.title",
+            ),
+            (
+                Task {
+                    title: "x".repeat(201),
+                    ..valid.clone()
+                },
+                "task.title",
+            ),
+            (
+                Task {
+                    urgency: 0,
+                    ..valid.clone()
+                },
+                "task.urgency",
+            ),
+            (
+                Task {
+                    urgency: 11,
+                    ..valid.clone()
+                },
+                "task.urgency",
+            ),
+            (
+                Task {
+                    impact: 11,
+                    ..valid.clone()
+                },
+                "task.impact",
+            ),
+            (
+                Task {
+                    impact: -1,
+                    ..valid.clone()
+                },
+                "task.impact",
+            ),
+            (
+                Task {
+                    status: 7,
+                    ..valid.clone()
+                },
+                "task.status",
+            ),
+        ] {
+            assert_invalid(client.create_task(create(task)).await, field);
+        }
+        // Several at once: each named.
+        let status = client
+            .create_task(create(Task {
+                title: String::new(),
+                urgency: 0,
+                impact: 99,
+                ..Default::default()
+            }))
+            .await
+            .expect_err("three violations");
+        assert_eq!(
+            fields(&status),
+            vec!["task.title", "task.urgency", "task.impact"]
+        );
+        assert_invalid(
+            client
+                .create_task(CreateTaskRequest {
+                    project_id: "not-a-uuid".into(),
+                    task: Some(valid.clone()),
+                })
+                .await,
+            "project_id",
+        );
+        assert_invalid(
+            client
+                .create_task(CreateTaskRequest {
+                    project_id: String::new(),
+                    task: Some(valid.clone()),
+                })
+                .await,
+            "project_id",
+        );
+        assert_invalid(
+            client
+                .create_task(CreateTaskRequest {
+                    project_id: project.id.clone(),
+                    task: None,
+                })
+                .await,
+            "task",
+        );
+        let unknown = client
+            .create_task(CreateTaskRequest {
+                project_id: uuid::Uuid::new_v4().to_string(),
+                task: Some(valid.clone()),
+            })
+            .await
+            .expect_err("unknown project");
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+        assert_invalid(
+            client
+                .create_project(CreateProjectRequest {
+                    project: Some(Project::default()),
+                })
+                .await,
+            "project.name",
+        );
+        assert_invalid(
+            client
+                .get_project(GetProjectRequest { id: "x".into() })
+                .await,
+            "id",
+        );
+        assert_invalid(
+            client.get_task(GetTaskRequest { id: "42".into() }).await,
+            "id",
+        );
+        assert_invalid(
+            client
+                .complete_task(CompleteTaskRequest { id: String::new() })
+                .await,
+            "id",
+        );
+        assert_invalid(
+            client
+                .delete_task(DeleteTaskRequest { id: "nope".into() })
+                .await,
+            "id",
+        );
+
+        let task = h.task(&project, "to update", 2, 2).await;
+        assert_invalid(
+            h.update(
+                Task {
+                    id: "bad".into(),
+                    ..task.clone()
+                },
+                &["title"],
+            )
+            .await,
+            "task.id",
+        );
+        assert_invalid(h.update(task.clone(), &[]).await, "update_mask");
+        assert_invalid(
+            h.update(task.clone(), &["title", "colour"]).await,
+            "update_mask",
+        );
+        assert_invalid(
+            h.update(task.clone(), &["priority_score"]).await,
+            "update_mask",
+        );
+        assert_invalid(
+            h.update(
+                Task {
+                    urgency: 12,
+                    ..task.clone()
+                },
+                &["urgency"],
+            )
+            .await,
+            "task.urgency",
+        );
+        assert_invalid(
+            h.update(
+                Task {
+                    title: String::new(),
+                    ..task.clone()
+                },
+                &["title"],
+            )
+            .await,
+            "task.title",
+        );
+        assert_invalid(
+            h.update(
+                Task {
+                    status: 0,
+                    ..task.clone()
+                },
+                &["status"],
+            )
+            .await,
+            "task.status",
+        );
+        let missing = h
+            .update(
+                Task {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    ..task.clone()
+                },
+                &["title"],
+            )
+            .await
+            .expect_err("no such task");
+        assert_eq!(missing.code(), Code::NotFound);
+
+        let list = |request: ListTasksRequest| {
+            let mut client = h.client();
+            async move { client.list_tasks(request).await }
+        };
+        assert_invalid(
+            list(ListTasksRequest {
+                page_size: 1001,
+                ..Default::default()
+            })
+            .await,
+            "page_size",
+        );
+        assert_invalid(
+            list(ListTasksRequest {
+                page_size: -1,
+                ..Default::default()
+            })
+            .await,
+            "page_size",
+        );
+        for token in ["!!!", "AAAA", "c29tZXRoaW5nIGVsc2U"] {
+            assert_invalid(
+                list(ListTasksRequest {
+                    page_token: token.into(),
+                    ..Default::default()
+                })
+                .await,
+                "page_token",
+            );
+        }
+        assert_invalid(
+            list(ListTasksRequest {
+                project_id: "p1".into(),
+                ..Default::default()
+            })
+            .await,
+            "project_id",
+        );
+        assert_invalid(
+            list(ListTasksRequest {
+                min_level: 9,
+                ..Default::default()
+            })
+            .await,
+            "min_level",
+        );
+        assert_invalid(
+            list(ListTasksRequest {
+                status: 9,
+                ..Default::default()
+            })
+            .await,
+            "status",
+        );
+        assert_invalid(
+            h.client()
+                .list_projects(ListProjectsRequest {
+                    page_size: 5000,
+                    page_token: String::new(),
+                })
+                .await,
+            "page_size",
+        );
+        assert_invalid(
+            h.client()
+                .list_projects(ListProjectsRequest {
+                    page_size: 0,
+                    page_token: "zzz".into(),
+                })
+                .await,
+            "page_token",
+        );
+        // Nothing was written by the refused calls: the one valid task is all there is.
+        let all = list(ListTasksRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.tasks.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pages_cover_every_existing_task_once_under_concurrent_inserts() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("paging").await;
+        let mut existing = Vec::new();
+        for i in 0..120 {
+            existing.push(
+                h.task(&project, &format!("task {i}"), 1 + i % 10, 1)
+                    .await
+                    .id,
+            );
+        }
+        // Keep inserting while paging.
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let writer = {
+            let mut client = h.client();
+            let project_id = project.id.clone();
+            tokio::spawn(async move {
+                let mut inserted = 0;
+                loop {
+                    if stopped.try_recv().is_ok() {
+                        return inserted;
+                    }
+                    client
+                        .create_task(CreateTaskRequest {
+                            project_id: project_id.clone(),
+                            task: Some(Task {
+                                title: format!("concurrent {inserted}"),
+                                urgency: 5,
+                                impact: 5,
+                                ..Default::default()
+                            }),
+                        })
+                        .await
+                        .unwrap();
+                    inserted += 1;
+                }
+            })
+        };
+        // Let a few land before the first page.
+        eventually(Duration::from_secs(10), "concurrent inserts", || async {
+            let page = h
+                .client()
+                .list_tasks(ListTasksRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            (page.tasks.len() > 125).then_some(())
+        })
+        .await;
+
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = h
+                .client()
+                .list_tasks(ListTasksRequest {
+                    project_id: project.id.clone(),
+                    page_size: 50,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            sizes.push(page.tasks.len());
+            seen.extend(page.tasks);
+            // Pause between pages so that inserts happen while paging.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        stop.send(()).unwrap();
+        let inserted = writer.await.unwrap();
+        assert!(inserted > 5, "inserts ran concurrently ({inserted})");
+
+        let ids: Vec<&str> = seen.iter().map(|t| t.id.as_str()).collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "no task twice");
+        for id in &existing {
+            assert!(unique.contains(id.as_str()), "task {id} missing");
+        }
+        // Newest first, strictly.
+        for pair in seen.windows(2) {
+            let key = |t: &Task| (stamp(&t.created_at), t.id.clone());
+            assert!(key(&pair[0]) > key(&pair[1]), "order: {pair:?}");
+        }
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|&s| s == 50),
+            "{sizes:?}"
+        );
+        // The oldest task closes the last page.
+        assert_eq!(seen.last().unwrap().id, existing[0]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn list_filters_and_project_pages() {
+    bounded(async {
+        let h = Harness::start().await;
+        let alpha = h.project("alpha").await;
+        let beta = h.project("beta").await;
+        for name in ["delta", "gamma", "epsilon"] {
+            h.project(name).await;
+        }
+        let low = h.task(&alpha, "low", 1, 1).await; // 1 LOW
+        let medium = h.task(&alpha, "medium", 4, 5).await; // 20 MEDIUM
+        let high = h.task(&beta, "high", 5, 10).await; // 50 HIGH
+        let critical = h.task(&beta, "critical", 9, 9).await; // 81 CRITICAL
+        let assigned = h
+            .update(
+                Task {
+                    id: medium.id.clone(),
+                    assignee: "ada".into(),
+                    ..Default::default()
+                },
+                &["assignee"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(assigned.assignee, "ada");
+        h.update(
+            Task {
+                id: high.id.clone(),
+                assignee: "ada".into(),
+                status: TaskStatus::InProgress as i32,
+                ..Default::default()
+            },
+            &["assignee", "status"],
+        )
+        .await
+        .unwrap();
+
+        let ids = |request: ListTasksRequest| {
+            let mut client = h.client();
+            async move {
+                client
+                    .list_tasks(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .tasks
+                    .into_iter()
+                    .map(|t| t.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            ids(ListTasksRequest::default()).await,
+            vec![
+                critical.id.clone(),
+                high.id.clone(),
+                medium.id.clone(),
+                low.id.clone()
+            ]
+        );
+        assert_eq!(
+            ids(ListTasksRequest {
+                project_id: alpha.id.clone(),
+                ..Default::default()
+            })
+            .await,
+            vec![medium.id.clone(), low.id.clone()]
+        );
+        assert_eq!(
+            ids(ListTasksRequest {
+                assignee: "ada".into(),
+                ..Default::default()
+            })
+            .await,
+            vec![high.id.clone(), medium.id.clone()]
+        );
+        assert_eq!(
+            ids(ListTasksRequest {
+                status: TaskStatus::InProgress as i32,
+                ..Default::default()
+            })
+            .await,
+            vec![high.id.clone()]
+        );
+        assert_eq!(
+            ids(ListTasksRequest {
+                min_level: Level::High as i32,
+                ..Default::default()
+            })
+            .await,
+            vec![critical.id.clone(), high.id.clone()]
+        );
+        assert_eq!(
+            ids(ListTasksRequest {
+                project_id: beta.id.clone(),
+                assignee: "ada".into(),
+                min_level: Level::Medium as i32,
+                status: TaskStatus::InProgress as i32,
+                ..Default::default()
+            })
+            .await,
+            vec![high.id.clone()]
+        );
+        assert!(ids(ListTasksRequest {
+            project_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .is_empty());
+
+        // Status through UpdateTask: done sets completed_at, reopening clears it.
+        let done = h
+            .update(
+                Task {
+                    id: low.id.clone(),
+                    status: TaskStatus::Done as i32,
+                    ..Default::default()
+                },
+                &["status"],
+            )
+            .await
+            .unwrap();
+        assert!(done.completed_at.is_some());
+        let reopened = h
+            .update(
+                Task {
+                    id: low.id.clone(),
+                    status: TaskStatus::Open as i32,
+                    ..Default::default()
+                },
+                &["status"],
+            )
+            .await
+            .unwrap();
+        assert!(reopened.completed_at.is_none());
+        assert_eq!(reopened.status(), TaskStatus::Open);
+
+        // Projects by name, two at a time.
+        let mut names = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = h
+                .client()
+                .list_projects(ListProjectsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.projects.len() <= 2);
+            names.extend(page.projects.into_iter().map(|p| p.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(names, vec!["alpha", "beta", "delta", "epsilon", "gamma"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn priority_unavailable_scores_locally() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("fallback").await;
+        // The mesh's Consul knows no priority instance.
+        let task = h.task(&project, "critical", 9, 9).await;
+        assert_eq!(task.priority_score, 81);
+        assert_eq!(task.priority_level(), Level::Critical);
+        assert!(task.priority_fallback);
+        let stored: bool = h
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT priority_fallback FROM tasks WHERE id = $1",
+                &[&uuid::Uuid::parse_str(&task.id).unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(stored);
+        // Thresholds as the priority service's: 50 is HIGH, 49 MEDIUM, 19 LOW.
+        assert_eq!(
+            h.task(&project, "h", 5, 10).await.priority_level(),
+            Level::High
+        );
+        assert_eq!(
+            h.task(&project, "m", 7, 7).await.priority_level(),
+            Level::Medium
+        );
+        assert_eq!(
+            h.task(&project, "l", 2, 5).await.priority_level(),
+            Level::Low
+        );
+        let updated = h
+            .update(
+                Task {
+                    id: task.id.clone(),
+                    impact: 2,
+                    ..Default::default()
+                },
+                &["impact"],
+            )
+            .await
+            .unwrap();
+        assert_eq!(updated.priority_score, 18);
+        assert_eq!(updated.priority_level(), Level::Low);
+        assert!(updated.priority_fallback);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn priority_available_scores_remotely() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("remote").await;
+        let _priority = Served::start(
+            MeshServer::new("priority", quick_serve_config(&h.agent.http_addr())).add_service(
+                protomesh_priority::PriorityServiceServer::new(protomesh_priority::PriorityHandler),
+            ),
+        )
+        .await;
+        let consul = h.agent.client().unwrap();
+        eventually(Duration::from_secs(20), "priority passing", || {
+            let consul = consul.clone();
+            async move {
+                let opts = QueryOptions {
+                    passing: true,
+                    ..Default::default()
+                };
+                let entries = consul.health_service("priority", &opts).await.ok()?;
+                (!entries.value.is_empty()).then_some(())
+            }
+        })
+        .await;
+        let task = eventually(Duration::from_secs(20), "a remote score", || async {
+            let task = h.task(&project, "ship", 9, 8).await;
+            (!task.priority_fallback).then_some(task)
+        })
+        .await;
+        assert_eq!(task.priority_score, 72);
+        assert_eq!(task.priority_level(), Level::High);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("cache").await;
+        let task = h.task(&project, "cached", 2, 3).await;
+        assert!(
+            !h.cached(&task.id).await,
+            "creating does not fill the cache"
+        );
+        assert_eq!(h.get(&task.id).await.unwrap(), task);
+        assert!(h.cached(&task.id).await, "GetTask filled the cache");
+        let key = format!("{}{}", h.keys.prefix(), cache_key(task.id.parse().unwrap()));
+        let ttl: i64 = h.redis.pttl(key.as_str()).await.unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "ttl {ttl}");
+
+        // Change the row behind the service's back: a hit still answers the cached copy.
+        h.pool
+            .get()
+            .await
+            .unwrap()
+            .execute(
+                "UPDATE tasks SET title = 'behind the back' WHERE id = $1",
+                &[&uuid::Uuid::parse_str(&task.id).unwrap()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(h.get(&task.id).await.unwrap().title, "cached");
+
+        // A write through the service drops the entry; the next read sees the database.
+        let updated = h
+            .update(
+                Task {
+                    id: task.id.clone(),
+                    description: "new".into(),
+                    ..Default::default()
+                },
+                &["description"],
+            )
+            .await
+            .unwrap();
+        assert!(
+            !h.cached(&task.id).await,
+            "UpdateTask invalidated the entry"
+        );
+        assert_eq!(updated.title, "behind the back");
+        assert_eq!(h.get(&task.id).await.unwrap(), updated);
+        assert!(h.cached(&task.id).await);
+
+        h.client()
+            .complete_task(CompleteTaskRequest {
+                id: task.id.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            !h.cached(&task.id).await,
+            "CompleteTask invalidated the entry"
+        );
+        assert_eq!(h.get(&task.id).await.unwrap().status(), TaskStatus::Done);
+        h.client()
+            .delete_task(DeleteTaskRequest {
+                id: task.id.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            !h.cached(&task.id).await,
+            "DeleteTask invalidated the entry"
+        );
+        assert_eq!(h.get(&task.id).await.unwrap_err().code(), Code::NotFound);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_answers_unavailable() {
+    bounded(async {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut config = DataConfig::with_database_url(format!(
+            "postgresql://postgres@127.0.0.1:{port}/protomesh"
+        ));
+        config.db_timeout = Duration::from_millis(500);
+        let pool = data::connect_pool(&config).unwrap();
+        let redis = data::connect_redis(&config).unwrap();
+        let consul = protomesh::consul::ConsulClient::new(
+            protomesh::consul::ConsulConfig::new(&format!("127.0.0.1:{port}")).unwrap(),
+        )
+        .unwrap();
+        let handler = TasksHandler::new(
+            pool,
+            Cache::new(redis, ""),
+            Mesh::from_consul(consul).unwrap(),
+        );
+        let started = Instant::now();
+        let status = handler
+            .get_task(tonic::Request::new(GetTaskRequest {
+                id: uuid::Uuid::new_v4().to_string(),
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        let status = handler
+            .create_project(tonic::Request::new(CreateProjectRequest {
+                project: Some(Project {
+                    name: "x".into(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    })
+    .await;
+}
+
+/// The handler is usable directly too (no server): a sanity check of the harness' handler.
+#[tokio::test]
+async fn handler_answers_without_a_server() {
+    bounded(async {
+        let h = Harness::start().await;
+        let project = h.project("direct").await;
+        let listed = h
+            .handler
+            .list_tasks(tonic::Request::new(ListTasksRequest {
+                project_id: project.id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.tasks.is_empty());
+        assert!(listed.next_page_token.is_empty());
+    })
+    .await;
+}
