@@ -462,17 +462,7 @@ impl TasksService for TasksHandler {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            match ProjectCursor::decode(&request.page_token) {
-                Ok(cursor) => Some(cursor),
-                Err(err) => {
-                    violations.add("page_token", err.to_string());
-                    None
-                }
-            }
-        };
+        let after = page_token(&mut violations, &request.page_token, ProjectCursor::decode);
         violations.into_result()?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
         let limit = limit_plus_one(page_size);
@@ -735,17 +725,7 @@ impl TasksService for TasksHandler {
             .check(validate::level_filter("min_level", request.min_level))
             .flatten();
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            match TaskCursor::decode(&request.page_token) {
-                Ok(cursor) => Some(cursor),
-                Err(err) => {
-                    violations.add("page_token", err.to_string());
-                    None
-                }
-            }
-        };
+        let after = page_token(&mut violations, &request.page_token, TaskCursor::decode);
         violations.into_result()?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
 
@@ -850,6 +830,21 @@ impl TaskFilters {
         ));
         (sql, params)
     }
+}
+
+/// The cursor in a request's `page_token` (none when empty); a malformed token is a violation
+/// of `page_token`.
+fn page_token<C, E: std::fmt::Display>(
+    violations: &mut Violations,
+    token: &str,
+    decode: fn(&str) -> Result<C, E>,
+) -> Option<C> {
+    if token.is_empty() {
+        return None;
+    }
+    decode(token)
+        .map_err(|err| violations.add("page_token", err.to_string()))
+        .ok()
 }
 
 #[cfg(test)]
