@@ -80,6 +80,31 @@ ensure_postgres() {
     version=$(ls /etc/postgresql | sort -V | tail -n1)
     pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
   fi
+  allow_postgres_role
+}
+
+# The services' default DATABASE_URL connects through the local socket as the `postgres` role. A
+# fresh Debian cluster only lets the `postgres` OS user in as that role (peer authentication), so
+# when that fails for this OS user, map this user (and `postgres`) to the role in pg_ident.conf
+# and put a matching peer rule first in pg_hba.conf. Nothing changes on a machine where it works.
+allow_postgres_role() {
+  local url="postgresql:///postgres?host=/var/run/postgresql&user=postgres"
+  local i
+  for i in $(seq 1 30); do pg_isready -q -h /var/run/postgresql && break; sleep 1; done
+  if psql "$url" -Atqc 'select 1' >/dev/null 2>&1; then return; fi
+  local me version conf
+  me=$(id -un)
+  version=$(ls /etc/postgresql | sort -V | tail -n1)
+  conf=/etc/postgresql/$version/main
+  log "letting OS user $me connect as the postgres role (peer map 'protomesh' in $conf)"
+  grep -q "^protomesh[[:space:]]\+$me[[:space:]]" "$conf/pg_ident.conf" ||
+    printf 'protomesh %s postgres\nprotomesh postgres postgres\n' "$me" >>"$conf/pg_ident.conf"
+  if ! grep -q 'map=protomesh' "$conf/pg_hba.conf"; then
+    sed -i '1i local all postgres peer map=protomesh' "$conf/pg_hba.conf"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" main reload >&2
+  psql "$url" -Atqc 'select 1' >/dev/null ||
+    { log "cannot connect with $url; set DATABASE_URL"; exit 1; }
 }
 
 ensure_redis() {

@@ -1,5 +1,7 @@
-//! The `mesh` command end to end: `mesh up` starts its own Consul dev agent and three priority
-//! instances, prints what to try, and stops everything on Ctrl-C; `mesh status` shows the instances.
+//! The `mesh` command end to end: `mesh up` starts its own Consul dev agent, the whole default mesh
+//! (three priority instances, tasks, timetrack, analytics on a database and key prefix of the
+//! test's own) and the gateway, prints what to try — the README's lines, which the test runs — and
+//! stops everything on Ctrl-C; `mesh status` shows the instances.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -11,6 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protomesh::consul::{ConsulClient, ConsulConfig, QueryOptions};
+use protomesh::data::testing::{TestDatabase, TestKeys};
 use support::{binary, eventually, spawn_priority, tempdir, tool, Consul};
 
 fn free_port() -> u16 {
@@ -67,11 +70,15 @@ async fn mesh_status_against_no_agent_is_a_clear_error() {
 }
 
 #[tokio::test]
-async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
+async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     let port = free_port();
     let consul_addr = format!("127.0.0.1:{port}");
     let priority = binary("priority");
-    binary("gateway");
+    for name in ["tasks", "timetrack", "analytics", "gateway"] {
+        binary(name);
+    }
+    let database = TestDatabase::create().await.unwrap();
+    let keys = TestKeys::new();
     let gateway_addr = format!("127.0.0.1:{}", free_port());
     let mut mesh = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--gateway", &gateway_addr, "--log-dir"])
@@ -80,6 +87,8 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
         .arg(priority.parent().unwrap())
         .env("CONSUL_HTTP_ADDR", &consul_addr)
         .env("CONSUL_BIN", tool("consul"))
+        .env("DATABASE_URL", database.url())
+        .env("PROTOMESH_KEY_PREFIX", keys.prefix())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -106,7 +115,7 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
         }
         seen
     });
-    let banner = tokio::time::timeout(Duration::from_secs(90), banner)
+    let banner = tokio::time::timeout(Duration::from_secs(120), banner)
         .await
         .expect("mesh up reports ready")
         .unwrap();
@@ -131,6 +140,72 @@ async fn mesh_up_starts_consul_and_three_instances_and_ctrl_c_stops_all() {
     assert_eq!(
         String::from_utf8_lossy(&curl.stdout),
         r#"{"title":"ship it","score":72,"level":"LEVEL_HIGH"}"#
+    );
+
+    // The tasks lines (project, task, timer, complete, list, report, dashboard) run as one script:
+    // each answer is JSON, the task is scored by the priority service (not the fallback), and the
+    // report, fed by events through analytics, eventually counts the completed task.
+    let script: Vec<String> = banner
+        .lines()
+        .skip_while(|l| !l.contains("/v1/projects -d"))
+        .take_while(|l| !l.contains("/routes"))
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert!(script.len() >= 8, "tasks lines in the banner: {banner}");
+    let run = script.join("\n");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &run])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(r#""title":"ship it""#) && stderr.contains(r#""priorityScore":72"#),
+        "the created task, scored 72: {stderr}"
+    );
+    assert!(!stderr.contains("priorityFallback"), "{stderr}");
+    assert!(
+        stdout.contains(r#""stopped""#) || stdout.contains(r#""stoppedAt""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("TASK_STATUS_DONE"), "{stdout}");
+    // The first JSON the script showed is the project.
+    let project = stderr
+        .split(r#""id":""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let report_line = script.iter().find(|l| l.contains("/report")).unwrap();
+    let report_script = format!("project={project}\n{report_line}");
+    let report = eventually(
+        Duration::from_secs(20),
+        "the report counts the completed task",
+        || {
+            let report_script = report_script.clone();
+            async move {
+                let out = tokio::task::spawn_blocking(move || {
+                    Command::new("bash")
+                        .args(["-c", &report_script])
+                        .output()
+                        .unwrap()
+                })
+                .await
+                .unwrap();
+                let report = String::from_utf8_lossy(&out.stdout).into_owned();
+                report.contains(r#""completionRate":1"#).then_some(report)
+            }
+        },
+    )
+    .await;
+    assert!(
+        report.contains(r#""status":"TASK_STATUS_DONE","count":"1""#),
+        "{report}"
     );
 
     let client = ConsulClient::new(ConsulConfig::new(&consul_addr).unwrap()).unwrap();

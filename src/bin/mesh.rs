@@ -38,13 +38,18 @@ struct Cli {
     command: Command,
 }
 
+/// What `mesh up` starts without `--service`: the whole reference mesh.
+const DEFAULT_SERVICES: [&str; 4] = ["priority=3", "tasks", "timetrack", "analytics"];
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a Consul dev agent if none answers, start the services, wait until they pass, and
     /// run until Ctrl-C.
     Up {
-        /// Services to start, `name=count` (binary name = Consul service name).
-        #[arg(long = "service", default_values_t = vec!["priority=3".to_owned()])]
+        /// Services to start, `name=count` (binary name = Consul service name). The data services
+        /// (tasks, timetrack, analytics) read DATABASE_URL, REDIS_URL and PROTOMESH_KEY_PREFIX
+        /// from the environment, which they inherit.
+        #[arg(long = "service", default_values_t = DEFAULT_SERVICES.map(str::to_owned))]
         services: Vec<String>,
         /// Folder of the service binaries (defaults to the folder of this `mesh` binary).
         #[arg(long, env = "PROTOMESH_BIN_DIR")]

@@ -326,6 +326,9 @@ async fn supervise(
     }
 }
 
+/// A shell filter printing the `id` of the JSON object on its input.
+const JSON_ID: &str = r#"python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'"#;
+
 /// The commands to try once the mesh is up.
 fn try_lines(
     client: &ConsulClient,
@@ -335,10 +338,41 @@ fn try_lines(
 ) -> String {
     let mut lines = vec![String::new(), "Try:".to_owned()];
     if let Some(gateway) = gateway {
-        if options.services.iter().any(|s| s.name == "priority") {
+        let runs = |name: &str| options.services.iter().any(|s| s.name == name);
+        if runs("priority") {
             lines.push(format!(
                 "  curl -s -X POST http://{gateway}/v1/priority:score -d '{{\"title\":\"ship it\",\"urgency\":9,\"impact\":8}}'"
             ));
+        }
+        if runs("tasks") {
+            // Each line shows the answer and keeps the id it needs next; a fresh project name
+            // each time, so the lines can be run again.
+            lines.push(format!(
+                r#"  project=$(curl -s -X POST http://{gateway}/v1/projects -d "{{\"name\":\"launch-$(date +%s%N)\"}}" | tee /dev/stderr | {JSON_ID})"#
+            ));
+            lines.push(format!(
+                r#"  task=$(curl -s -X POST http://{gateway}/v1/projects/$project/tasks -d '{{"title":"ship it","urgency":9,"impact":8,"assignee":"ada"}}' | tee /dev/stderr | {JSON_ID})"#
+            ));
+            if runs("timetrack") {
+                lines.push(format!(
+                    r#"  curl -s -X POST http://{gateway}/v1/users/ada/timer:start -d '{{"task_id":"'$task'"}}'"#
+                ));
+                lines.push(format!(
+                    "  curl -s -X POST http://{gateway}/v1/users/ada/timer:stop -d '{{}}'"
+                ));
+            }
+            lines.push(format!(
+                "  curl -s -X POST http://{gateway}/v1/tasks/${{task}}:complete -d '{{}}'"
+            ));
+            lines.push(format!(
+                "  curl -s 'http://{gateway}/v1/tasks?page_size=10&project_id='$project"
+            ));
+            if runs("analytics") {
+                lines.push(format!(
+                    "  curl -s http://{gateway}/v1/projects/$project/report"
+                ));
+                lines.push(format!("  curl -s http://{gateway}/v1/users/ada/dashboard"));
+            }
         }
         lines.push(format!("  curl -s http://{gateway}/routes"));
         lines.push(format!("  grpcurl -plaintext {gateway} list"));

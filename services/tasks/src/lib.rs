@@ -196,7 +196,8 @@ impl TasksHandler {
         }
     }
 
-    /// The same handler keeping tasks in the cache for `ttl`.
+    /// The same handler keeping tasks in the cache for `ttl`; zero turns the read cache off
+    /// (GetTask always reads Postgres; writes still invalidate, so turning it back on is safe).
     pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
         self
@@ -587,6 +588,9 @@ impl TasksService for TasksHandler {
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        if self.cache_ttl.is_zero() {
+            return Ok(Response::new(self.load_task(id).await?.to_proto()));
+        }
         let key = cache_key(id);
         if let Some(task) = self.cache.get::<TaskRecord>(&key).await {
             if task.id == id {

@@ -24,7 +24,7 @@ struct Cli {
     #[command(flatten)]
     data: DataConfig,
 
-    /// How long a task read by GetTask stays in the Redis cache.
+    /// How long a task read by GetTask stays in the Redis cache (0s: no read cache).
     #[arg(long = "cache-ttl", env = "PROTOMESH_TASKS_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
 }

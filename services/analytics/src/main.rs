@@ -1,0 +1,114 @@
+//! The `analytics` binary: parses the common serve and data options, prepares the database
+//! (creates it if missing, migrates the `analytics` schema), consumes the `tasks` and `timetrack`
+//! streams as a member of the consumer group `analytics`, and serves the analytics service with
+//! the mesh runtime until SIGTERM/SIGINT; then, once the server has drained, stops the consumer
+//! (after the event in hand).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use protomesh::config::ServeConfig;
+use protomesh::data::fred::prelude::ClientLike;
+use protomesh::data::stream::StreamConsumer;
+use protomesh::data::{self, DataConfig, DataError};
+use protomesh::server::{shutdown_signal, MeshServer};
+use protomesh_analytics::{
+    apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, MIGRATIONS, SERVICE,
+};
+
+/// Dashboards and project reports over gRPC, built from the task and time events, registered in
+/// Consul.
+#[derive(Debug, Parser)]
+#[command(name = "analytics", version)]
+struct Cli {
+    #[command(flatten)]
+    serve: ServeConfig,
+
+    #[command(flatten)]
+    data: DataConfig,
+
+    /// How long a message another consumer of the group read but did not acknowledge must stay
+    /// idle before this one claims it (that consumer is taken for dead or failing); pending
+    /// messages are looked for that often too (at most every 5 s).
+    #[arg(long = "claim-idle", env = "PROTOMESH_ANALYTICS_CLAIM_IDLE", default_value = "30s", value_parser = positive_duration)]
+    claim_idle: Duration,
+}
+
+/// A duration greater than zero (zero would claim messages other consumers are handling).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("{0}")]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Serve(#[from] protomesh::server::ServeError),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
+        eprintln!("{SERVICE}: {err}");
+        return ExitCode::FAILURE;
+    }
+    protomesh::telemetry::exit_code(run(cli).await)
+}
+
+/// This process's name in the consumer group: `analytics-<host>-<pid>`, the host being the
+/// machine's name, or the address served when it has none.
+fn consumer_name(served: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| served.to_string());
+    format!("{SERVICE}-{host}-{}", std::process::id())
+}
+
+async fn run(cli: Cli) -> Result<(), StartError> {
+    let Cli {
+        serve,
+        data: config,
+        claim_idle,
+    } = cli;
+    let config = config.with_default_schema(SERVICE);
+
+    data::ensure_database(&config).await?;
+    let pool = data::connect_pool(&config)?;
+    let applied = data::migrate(&pool, SERVICE, MIGRATIONS).await?;
+    tracing::info!(?applied, schema = ?config.db_schema, "database ready");
+
+    let server = MeshServer::new(SERVICE, serve)
+        .version(env!("CARGO_PKG_VERSION"))
+        .add_service(AnalyticsServiceServer::new(AnalyticsHandler::new(
+            pool.clone(),
+        )))
+        .bind()
+        .await?;
+
+    let redis = data::connect_redis(&config)?;
+    let options = consumer_options(consumer_name(server.local_addr()), claim_idle);
+    tracing::info!(consumer = %options.consumer, streams = ?options.streams, ?claim_idle, "consuming events");
+    // The consumer reads over a connection of its own, made like this client's.
+    let consumer = StreamConsumer::new(&redis, config.key_prefix.clone(), options);
+    let _ = tokio::time::timeout(Duration::from_secs(1), redis.quit()).await;
+    let consuming = consumer.spawn(move |event| {
+        let pool = pool.clone();
+        async move { apply_event(&pool, &event).await.map(drop) }
+    });
+
+    let served = server.run_until(shutdown_signal()).await;
+    consuming.stop().await;
+    Ok(served?)
+}

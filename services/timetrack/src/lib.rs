@@ -1,0 +1,545 @@
+//! The timetrack service: timers of users on tasks, on Postgres (schema `timetrack`), with
+//! `time.*` events published through a transactional outbox to the Redis Stream `timetrack`.
+//! A user has at most one running timer; the tasks service confirms, through the mesh, every task
+//! a timer starts on ([`task_check`]).
+//!
+//! | call | reads / writes | events (stream `timetrack`) |
+//! |---|---|---|
+//! | `StartTimer` | task check; then, in one transaction under the user's lock: stop the running entry if any, insert the new one | `time.stopped` (if one ran), then `time.started` |
+//! | `StopTimer` | in one transaction under the user's lock: stop the running entry (`FAILED_PRECONDITION` naming `user_id` when none runs) | `time.stopped` |
+//! | `ListEntries` | entries of a user and/or a task overlapping `[from, to)`, newest first, cursor pages | |
+//! | `GetTotals` | time per task and per user within `[from, to)`, computed in SQL | |
+//!
+//! One running timer per user: `StartTimer` and `StopTimer` take a transaction-scoped advisory
+//! lock on the user (`pg_advisory_xact_lock`) before they look for the running entry, so calls of
+//! one user run one after the other and each sees what the one before committed; a partial
+//! unique index (`entries_one_running_per_user`) enforces the rule in the database as well. The
+//! stopped entry's `stopped_at` is the new entry's `started_at`, and a stop is never before its
+//! start.
+//!
+//! Durations: a stopped entry reports stop − start, a running one the time so far (by the
+//! database's clock at the read). `GetTotals` clips every entry to the period and counts running
+//! entries up to now; totals are sorted by duration (longest first), then id.
+//!
+//! `ListEntries` pages by a cursor on `(started_at, id)`, newest first. Requests are checked
+//! before anything else, and a bad one is `INVALID_ARGUMENT` naming each field at fault
+//! (`user_id`, `task_id`, `note`, `from`, `to`, `page_size`, `page_token`). Database errors go
+//! through [`status_from_pg`]: a database that is down is `UNAVAILABLE` within `--db-timeout`.
+#![forbid(unsafe_code)]
+
+pub mod cursor;
+pub mod migrations;
+pub mod model;
+pub mod task_check;
+pub mod validate;
+
+use std::time::SystemTime;
+
+use protomesh::client::Mesh;
+use protomesh::data::deadpool_postgres::{Object, Pool, Transaction};
+use protomesh::data::tokio_postgres::types::ToSql;
+use protomesh::data::{outbox, status_from_pg};
+use protomesh::proto::protomesh::timetrack::v1::{
+    timetrack_service_server::TimetrackService, GetTotalsRequest, GetTotalsResponse,
+    ListEntriesRequest, ListEntriesResponse, StartTimerRequest, StartTimerResponse,
+    StopTimerRequest, TimeEntry, Total,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use cursor::EntryCursor;
+use model::{duration_from_micros, entry_columns, EntryRecord};
+use validate::{Violations, MAX_NOTE};
+
+pub use migrations::MIGRATIONS;
+pub use protomesh::proto::protomesh::timetrack::v1::timetrack_service_server::TimetrackServiceServer;
+
+/// The service's name in Consul, its Postgres schema and its migrations' name.
+pub const SERVICE: &str = "timetrack";
+
+/// The Redis Stream (under the key prefix) the events go to.
+pub const EVENT_STREAM: &str = "timetrack";
+
+/// Event type of a timer that started (payload: the new entry).
+pub const TIME_STARTED: &str = "time.started";
+
+/// Event type of a timer that stopped (payload: the stopped entry).
+pub const TIME_STOPPED: &str = "time.stopped";
+
+/// Serializes the writes of one user: a transaction-scoped advisory lock on a 64-bit hash of the
+/// user id (prefixed, so that it stays apart from other advisory locks of the database).
+const LOCK_USER: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('protomesh.timetrack.user:' || $1, 0))";
+
+/// Stops the running entry of user `$1`, if any, now (never before its start).
+const STOP_RUNNING: &str = concat!(
+    "UPDATE entries SET stopped_at = greatest(clock_timestamp(), started_at)
+    WHERE user_id = $1 AND stopped_at IS NULL
+    RETURNING ",
+    entry_columns!()
+);
+
+/// A running entry starting at `$4`, or now when `$4` is NULL.
+const INSERT_ENTRY: &str = concat!(
+    "INSERT INTO entries (id, user_id, task_id, started_at, note)
+    VALUES ($1, $2, $3, coalesce($4::timestamptz, clock_timestamp()), $5)
+    RETURNING ",
+    entry_columns!()
+);
+
+/// Totals over `[$1, $2)`; optional filters follow. Each entry counts from the later of its
+/// start and `$1` to the earliest of its stop (now, while running) and `$2`; one row per task
+/// (`per_task`) and one per user, longest first, then by id.
+const TOTALS_HEAD: &str = "WITH spent AS (
+    SELECT task_id, user_id,
+        greatest(
+            least(coalesce(stopped_at, now()), $2) - greatest(started_at, $1),
+            interval '0'
+        ) AS spent
+    FROM entries
+    WHERE started_at < $2 AND (stopped_at IS NULL OR stopped_at > $1)";
+
+const TOTALS_TAIL: &str = ")
+SELECT GROUPING(task_id) = 0 AS per_task,
+    coalesce(task_id::text, user_id) AS id,
+    sum((extract(epoch FROM spent) * 1000000)::bigint)::bigint AS micros
+FROM spent
+GROUP BY GROUPING SETS ((task_id), (user_id))
+ORDER BY per_task DESC, micros DESC, id";
+
+/// The gRPC handler of `protomesh.timetrack.v1.TimetrackService`. Cheap to clone.
+#[derive(Clone)]
+pub struct TimetrackHandler {
+    pool: Pool,
+    mesh: Mesh,
+}
+
+impl std::fmt::Debug for TimetrackHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimetrackHandler").finish_non_exhaustive()
+    }
+}
+
+/// A database error met while handling time entries, as a gRPC status.
+fn db_error<E: std::error::Error + 'static>(err: E) -> Status {
+    status_from_pg(&err, "time entry")
+}
+
+/// Page size as a SQL `LIMIT` asking for one row more (to know whether another page follows).
+fn limit_plus_one(page_size: usize) -> i64 {
+    i64::try_from(page_size + 1).unwrap_or(i64::MAX)
+}
+
+impl TimetrackHandler {
+    /// A handler on `pool` (migrated with [`MIGRATIONS`]), confirming tasks with the tasks
+    /// service found through `mesh`.
+    pub fn new(pool: Pool, mesh: Mesh) -> Self {
+        Self { pool, mesh }
+    }
+
+    /// A connection from the pool (`UNAVAILABLE` within `--db-timeout` when the database is down).
+    async fn connection(&self) -> Result<Object, Status> {
+        self.pool.get().await.map_err(db_error)
+    }
+}
+
+/// Takes the lock of `user_id` for the rest of `tx`.
+async fn lock_user(tx: &Transaction<'_>, user_id: &str) -> Result<(), Status> {
+    let statement = tx.prepare_cached(LOCK_USER).await.map_err(db_error)?;
+    tx.execute(&statement, &[&user_id])
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Stops the running entry of `user_id` inside `tx` and records its `time.stopped`; `None` when
+/// no timer runs (nothing is written then).
+async fn stop_running(tx: &Transaction<'_>, user_id: &str) -> Result<Option<EntryRecord>, Status> {
+    let statement = tx.prepare_cached(STOP_RUNNING).await.map_err(db_error)?;
+    let Some(row) = tx
+        .query_opt(&statement, &[&user_id])
+        .await
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    let stopped = EntryRecord::from_row(&row);
+    record_event(tx, TIME_STOPPED, &stopped).await?;
+    Ok(Some(stopped))
+}
+
+/// Records the event `event_type` of `entry` in the outbox of `tx`.
+async fn record_event(
+    tx: &Transaction<'_>,
+    event_type: &str,
+    entry: &EntryRecord,
+) -> Result<(), Status> {
+    outbox::insert(
+        tx,
+        EVENT_STREAM,
+        event_type,
+        &entry.id.to_string(),
+        &entry.to_json(),
+    )
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl TimetrackService for TimetrackHandler {
+    async fn start_timer(
+        &self,
+        request: Request<StartTimerRequest>,
+    ) -> Result<Response<StartTimerResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        violations.check(validate::user_id("user_id", &request.user_id));
+        let task_id = violations.check(validate::uuid("task_id", &request.task_id));
+        violations.check(validate::max_chars("note", &request.note, MAX_NOTE));
+        violations.into_result()?;
+        let Some(task_id) = task_id else {
+            return Err(Status::internal("request check incomplete"));
+        };
+
+        // Before any lock is taken: the call to tasks may take a while.
+        task_check::confirm_task(&self.mesh, task_id).await?;
+
+        let mut client = self.connection().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        lock_user(&tx, &request.user_id).await?;
+        let stopped = stop_running(&tx, &request.user_id).await?;
+        let id = Uuid::new_v4();
+        let starts_at: Option<SystemTime> = stopped.as_ref().and_then(|entry| entry.stopped_at);
+        let statement = tx.prepare_cached(INSERT_ENTRY).await.map_err(db_error)?;
+        let row = tx
+            .query_one(
+                &statement,
+                &[&id, &request.user_id, &task_id, &starts_at, &request.note],
+            )
+            .await
+            .map_err(db_error)?;
+        let started = EntryRecord::from_row(&row);
+        record_event(&tx, TIME_STARTED, &started).await?;
+        tx.commit().await.map_err(db_error)?;
+        tracing::debug!(
+            entry = %started.id,
+            user = %started.user_id,
+            task = %task_id,
+            stopped = ?stopped.as_ref().map(|entry| entry.id),
+            "timer started"
+        );
+        Ok(Response::new(StartTimerResponse {
+            started: Some(started.to_proto()),
+            stopped: stopped.as_ref().map(EntryRecord::to_proto),
+        }))
+    }
+
+    async fn stop_timer(
+        &self,
+        request: Request<StopTimerRequest>,
+    ) -> Result<Response<TimeEntry>, Status> {
+        let user_id = request.into_inner().user_id;
+        validate::user_id("user_id", &user_id).map_err(one_violation)?;
+
+        let mut client = self.connection().await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        lock_user(&tx, &user_id).await?;
+        let Some(stopped) = stop_running(&tx, &user_id).await? else {
+            return Err(Status::failed_precondition(format!(
+                "user_id: user {user_id:?} has no running timer"
+            )));
+        };
+        tx.commit().await.map_err(db_error)?;
+        tracing::debug!(entry = %stopped.id, user = %user_id, "timer stopped");
+        Ok(Response::new(stopped.to_proto()))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let user_id = violations
+            .check(validate::optional_user_id("user_id", &request.user_id))
+            .flatten();
+        let task_id = violations
+            .check(validate::optional_uuid("task_id", &request.task_id))
+            .flatten();
+        if request.user_id.is_empty() && request.task_id.is_empty() {
+            violations.add("user_id", "user_id or task_id is required");
+        }
+        let from = violations
+            .check(validate::optional_timestamp("from", request.from.as_ref()))
+            .flatten();
+        let to = violations
+            .check(validate::optional_timestamp("to", request.to.as_ref()))
+            .flatten();
+        violations.check(validate::period_order(from, to));
+        let page_size = violations.check(validate::page_size("page_size", request.page_size));
+        let after = page_token(&mut violations, &request.page_token);
+        violations.into_result()?;
+        let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
+
+        let filters = EntryFilters {
+            user_id,
+            task_id,
+            from,
+            to,
+            after,
+            limit: limit_plus_one(page_size),
+        };
+        let (sql, params) = filters.query();
+        let client = self.connection().await?;
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        let mut entries: Vec<EntryRecord> = rows.iter().map(EntryRecord::from_row).collect();
+        let next_page_token = if entries.len() > page_size {
+            entries.truncate(page_size);
+            entries
+                .last()
+                .map(|last| {
+                    EntryCursor {
+                        started_at: last.started_at,
+                        id: last.id,
+                    }
+                    .encode()
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.iter().map(EntryRecord::to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_totals(
+        &self,
+        request: Request<GetTotalsRequest>,
+    ) -> Result<Response<GetTotalsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let from = violations.check(validate::timestamp("from", request.from.as_ref()));
+        let to = violations.check(validate::timestamp("to", request.to.as_ref()));
+        if let (Some(from), Some(to)) = (from, to) {
+            violations.check(validate::totals_period(from, to));
+        }
+        let user_id = violations
+            .check(validate::optional_user_id("user_id", &request.user_id))
+            .flatten();
+        let task_id = violations
+            .check(validate::optional_uuid("task_id", &request.task_id))
+            .flatten();
+        violations.into_result()?;
+        let (Some(from), Some(to)) = (from, to) else {
+            return Err(Status::internal("request check incomplete"));
+        };
+
+        let query = TotalsQuery {
+            from,
+            to,
+            user_id,
+            task_id,
+        };
+        let (sql, params) = query.query();
+        let client = self.connection().await?;
+        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
+        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        let mut totals = GetTotalsResponse::default();
+        for row in &rows {
+            let per_task: bool = row.get(0);
+            let total = Total {
+                id: row.get(1),
+                duration: Some(duration_from_micros(row.get(2))),
+            };
+            if per_task {
+                totals.per_task.push(total);
+            } else {
+                totals.per_user.push(total);
+            }
+        }
+        Ok(Response::new(totals))
+    }
+}
+
+/// A single violation as `INVALID_ARGUMENT`.
+fn one_violation(violation: protomesh::status::FieldViolation) -> Status {
+    protomesh::status::bad_request(vec![violation])
+}
+
+/// The cursor in a request's `page_token` (none when empty); a malformed token is a violation
+/// of `page_token`.
+fn page_token(violations: &mut Violations, token: &str) -> Option<EntryCursor> {
+    if token.is_empty() {
+        return None;
+    }
+    EntryCursor::decode(token)
+        .map_err(|err| violations.add("page_token", err.to_string()))
+        .ok()
+}
+
+/// The checked filters of a `ListEntries` call.
+#[derive(Debug)]
+struct EntryFilters {
+    user_id: Option<String>,
+    task_id: Option<Uuid>,
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    after: Option<EntryCursor>,
+    limit: i64,
+}
+
+impl EntryFilters {
+    /// The statement and its parameters. Only the filters given appear in the SQL (so each
+    /// combination is its own cached statement whose plan can use the matching index), newest
+    /// first by `(started_at, id)`, after the cursor if any.
+    ///
+    /// An entry is in `[from, to)` when it starts before `to` and either still runs, stops after
+    /// `from`, or starts at or after `from` (an entry of no length at `from` is in).
+    fn query(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
+        let mut sql = String::from(concat!("SELECT ", entry_columns!(), " FROM entries"));
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let mut conditions: Vec<String> = Vec::new();
+        if let Some(user_id) = &self.user_id {
+            params.push(user_id);
+            conditions.push(format!("user_id = ${}", params.len()));
+        }
+        if let Some(task_id) = &self.task_id {
+            params.push(task_id);
+            conditions.push(format!("task_id = ${}", params.len()));
+        }
+        if let Some(from) = &self.from {
+            params.push(from);
+            let n = params.len();
+            conditions.push(format!(
+                "(stopped_at IS NULL OR stopped_at > ${n} OR started_at >= ${n})"
+            ));
+        }
+        if let Some(to) = &self.to {
+            params.push(to);
+            conditions.push(format!("started_at < ${}", params.len()));
+        }
+        if let Some(after) = &self.after {
+            params.push(&after.started_at);
+            params.push(&after.id);
+            conditions.push(format!(
+                "(started_at, id) < (${}, ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        params.push(&self.limit);
+        sql.push_str(&format!(
+            " ORDER BY started_at DESC, id DESC LIMIT ${}",
+            params.len()
+        ));
+        (sql, params)
+    }
+}
+
+/// The checked request of a `GetTotals` call.
+#[derive(Debug)]
+struct TotalsQuery {
+    from: SystemTime,
+    to: SystemTime,
+    user_id: Option<String>,
+    task_id: Option<Uuid>,
+}
+
+impl TotalsQuery {
+    /// The statement and its parameters: the period is `$1`, `$2`; only the filters given
+    /// appear in the SQL.
+    fn query(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
+        let mut sql = String::from(TOTALS_HEAD);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.from, &self.to];
+        if let Some(user_id) = &self.user_id {
+            params.push(user_id);
+            sql.push_str(&format!(" AND user_id = ${}", params.len()));
+        }
+        if let Some(task_id) = &self.task_id {
+            params.push(task_id);
+            sql.push_str(&format!(" AND task_id = ${}", params.len()));
+        }
+        sql.push_str(TOTALS_TAIL);
+        (sql, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_have_only_the_filters_given() {
+        let filters = EntryFilters {
+            user_id: Some("ada".into()),
+            task_id: None,
+            from: None,
+            to: None,
+            after: None,
+            limit: 51,
+        };
+        let (sql, params) = filters.query();
+        assert!(
+            sql.ends_with(
+                "FROM entries WHERE user_id = $1 ORDER BY started_at DESC, id DESC LIMIT $2"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 2);
+
+        let filters = EntryFilters {
+            user_id: Some("ada".into()),
+            task_id: Some(Uuid::nil()),
+            from: Some(SystemTime::UNIX_EPOCH),
+            to: Some(SystemTime::UNIX_EPOCH),
+            after: Some(EntryCursor {
+                started_at: SystemTime::UNIX_EPOCH,
+                id: Uuid::nil(),
+            }),
+            limit: 51,
+        };
+        let (sql, params) = filters.query();
+        assert!(
+            sql.ends_with(
+                "WHERE user_id = $1 AND task_id = $2 \
+                 AND (stopped_at IS NULL OR stopped_at > $3 OR started_at >= $3) \
+                 AND started_at < $4 AND (started_at, id) < ($5, $6) \
+                 ORDER BY started_at DESC, id DESC LIMIT $7"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 7);
+    }
+
+    #[test]
+    fn totals_queries_have_only_the_filters_given() {
+        let query = TotalsQuery {
+            from: SystemTime::UNIX_EPOCH,
+            to: SystemTime::UNIX_EPOCH,
+            user_id: None,
+            task_id: None,
+        };
+        let (sql, params) = query.query();
+        assert!(sql.contains("stopped_at > $1))"), "{sql}");
+        assert_eq!(params.len(), 2);
+        let query = TotalsQuery {
+            user_id: Some("ada".into()),
+            task_id: Some(Uuid::nil()),
+            ..query
+        };
+        let (sql, params) = query.query();
+        assert!(
+            sql.contains("stopped_at > $1) AND user_id = $3 AND task_id = $4)"),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 4);
+    }
+}

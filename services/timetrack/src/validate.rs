@@ -1,0 +1,320 @@
+//! Request checks, done before anything touches the database or another service. Each names the
+//! request field at fault as a `protomesh::status::FieldViolation` (`user_id`, `page_size`,
+//! `to`), and a request's violations are reported together.
+
+use std::time::{Duration, SystemTime};
+
+use protomesh::status::{bad_request, FieldViolation};
+use tonic::Status;
+use uuid::Uuid;
+
+/// Longest user id, in characters.
+pub const MAX_USER_ID: usize = 200;
+/// Longest note, in characters.
+pub const MAX_NOTE: usize = 1000;
+/// Page size when the request asks for 0.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// Largest page size.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Longest period `GetTotals` adds up, in days.
+pub const MAX_TOTALS_DAYS: u64 = 366;
+/// Earliest timestamp accepted: 0001-01-01T00:00:00Z (the range of `google.protobuf.Timestamp`).
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// Latest timestamp accepted: 9999-12-31T23:59:59Z.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// The violations of one request, collected so the caller learns about all of them at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// None yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is wrong.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of `result`, if any, and returns its value.
+    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.0.push(violation);
+                None
+            }
+        }
+    }
+
+    /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(bad_request(self.0))
+        }
+    }
+}
+
+/// A required user id: not blank, at most [`MAX_USER_ID`] characters.
+pub fn user_id(field: &str, text: &str) -> Result<(), FieldViolation> {
+    if text.trim().is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    max_chars(field, text, MAX_USER_ID)
+}
+
+/// An optional user id (a filter): empty is `None`, else as [`user_id`].
+pub fn optional_user_id(field: &str, text: &str) -> Result<Option<String>, FieldViolation> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        user_id(field, text).map(|()| Some(text.to_owned()))
+    }
+}
+
+/// A required UUID, in its hyphenated form (any case).
+pub fn uuid(field: &str, text: &str) -> Result<Uuid, FieldViolation> {
+    if text.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    if text.len() != 36 {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be a UUID, got {text:?}"),
+        ));
+    }
+    Uuid::parse_str(text)
+        .map_err(|_| FieldViolation::new(field, format!("must be a UUID, got {text:?}")))
+}
+
+/// An optional UUID: empty is `None`.
+pub fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>, FieldViolation> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        uuid(field, text).map(Some)
+    }
+}
+
+/// At most `max` characters.
+pub fn max_chars(field: &str, text: &str, max: usize) -> Result<(), FieldViolation> {
+    let count = text.chars().count();
+    if count > max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A page size: 0 is [`DEFAULT_PAGE_SIZE`], else 1..=[`MAX_PAGE_SIZE`].
+pub fn page_size(field: &str, value: i32) -> Result<usize, FieldViolation> {
+    match usize::try_from(value) {
+        Ok(0) => Ok(DEFAULT_PAGE_SIZE),
+        Ok(size) if size <= MAX_PAGE_SIZE => Ok(size),
+        _ => Err(FieldViolation::new(
+            field,
+            format!(
+                "must be between 1 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), got {value}"
+            ),
+        )),
+    }
+}
+
+/// An optional timestamp: unset is `None`; a set one must be a valid timestamp of the years
+/// 1..=9999 (nanos 0..1e9).
+pub fn optional_timestamp(
+    field: &str,
+    value: Option<&prost_types::Timestamp>,
+) -> Result<Option<SystemTime>, FieldViolation> {
+    let Some(timestamp) = value else {
+        return Ok(None);
+    };
+    let in_range = (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&timestamp.seconds)
+        && (0..1_000_000_000).contains(&timestamp.nanos);
+    if !in_range {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "must be a timestamp between 0001-01-01 and 9999-12-31, got {}s {}ns",
+                timestamp.seconds, timestamp.nanos
+            ),
+        ));
+    }
+    SystemTime::try_from(*timestamp)
+        .map(Some)
+        .map_err(|err| FieldViolation::new(field, format!("is not a valid timestamp: {err}")))
+}
+
+/// A required timestamp, as [`optional_timestamp`].
+pub fn timestamp(
+    field: &str,
+    value: Option<&prost_types::Timestamp>,
+) -> Result<SystemTime, FieldViolation> {
+    optional_timestamp(field, value)?.ok_or_else(|| FieldViolation::new(field, "is required"))
+}
+
+/// A period `[from, to)`: `to` must be later than `from` (checked only when both are set).
+pub fn period_order(
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+) -> Result<(), FieldViolation> {
+    match (from, to) {
+        (Some(from), Some(to)) if to <= from => Err(FieldViolation::new(
+            "to",
+            format!(
+                "must be later than from ({} is not after {})",
+                humantime::format_rfc3339_micros(to),
+                humantime::format_rfc3339_micros(from)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The period of a `GetTotals`: `from` before `to`, at most [`MAX_TOTALS_DAYS`] days long.
+pub fn totals_period(from: SystemTime, to: SystemTime) -> Result<(), FieldViolation> {
+    period_order(Some(from), Some(to))?;
+    let longest = Duration::from_secs(MAX_TOTALS_DAYS * 24 * 60 * 60);
+    match to.duration_since(from) {
+        Ok(length) if length <= longest => Ok(()),
+        Ok(length) => Err(FieldViolation::new(
+            "to",
+            format!(
+                "the period must be at most {MAX_TOTALS_DAYS} days, got {:.1} days",
+                length.as_secs_f64() / 86_400.0
+            ),
+        )),
+        // `period_order` already refused a `to` before `from`.
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> prost_types::Timestamp {
+        prost_types::Timestamp { seconds, nanos: 0 }
+    }
+
+    #[test]
+    fn user_ids_are_required_and_bounded_in_characters() {
+        assert!(user_id("user_id", "ada").is_ok());
+        assert_eq!(
+            user_id("user_id", "").expect_err("empty").description,
+            "is required"
+        );
+        assert!(user_id("user_id", "  ").is_err());
+        assert!(user_id("user_id", &"é".repeat(200)).is_ok());
+        let err = user_id("user_id", &"x".repeat(201)).expect_err("too long");
+        assert_eq!(err.field, "user_id");
+        assert_eq!(err.description, "must be at most 200 characters, got 201");
+        assert_eq!(optional_user_id("user_id", ""), Ok(None));
+        assert_eq!(optional_user_id("user_id", "bob"), Ok(Some("bob".into())));
+        assert!(optional_user_id("user_id", &"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn uuids_must_be_given_and_well_formed() {
+        let id = Uuid::new_v4();
+        assert_eq!(uuid("task_id", &id.to_string()), Ok(id));
+        assert_eq!(uuid("task_id", &id.to_string().to_uppercase()), Ok(id));
+        assert_eq!(
+            uuid("task_id", "").expect_err("empty").description,
+            "is required"
+        );
+        assert!(uuid("task_id", "nope").is_err());
+        assert!(uuid("task_id", &id.simple().to_string()).is_err());
+        assert_eq!(optional_uuid("task_id", ""), Ok(None));
+        assert_eq!(
+            optional_uuid("task_id", "x").expect_err("bad").field,
+            "task_id"
+        );
+    }
+
+    #[test]
+    fn notes_are_bounded() {
+        assert!(max_chars("note", &"n".repeat(MAX_NOTE), MAX_NOTE).is_ok());
+        assert!(max_chars("note", &"n".repeat(MAX_NOTE + 1), MAX_NOTE).is_err());
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size("page_size", 0), Ok(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size("page_size", 1), Ok(1));
+        assert_eq!(page_size("page_size", 1000), Ok(1000));
+        assert!(page_size("page_size", 1001).is_err());
+        assert!(page_size("page_size", -1).is_err());
+        assert!(page_size("page_size", i32::MIN).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_checked() {
+        assert_eq!(optional_timestamp("from", None), Ok(None));
+        assert_eq!(
+            optional_timestamp("from", Some(&at(1_700_000_000))),
+            Ok(Some(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+            ))
+        );
+        assert!(optional_timestamp("from", Some(&at(-1))).is_ok());
+        let bad_nanos = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert_eq!(
+            optional_timestamp("from", Some(&bad_nanos))
+                .expect_err("nanos")
+                .field,
+            "from"
+        );
+        assert!(optional_timestamp("to", Some(&at(MAX_TIMESTAMP_SECONDS + 1))).is_err());
+        assert!(optional_timestamp("to", Some(&at(MIN_TIMESTAMP_SECONDS - 1))).is_err());
+        assert_eq!(
+            timestamp("from", None).expect_err("missing").description,
+            "is required"
+        );
+    }
+
+    #[test]
+    fn periods() {
+        let t = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        assert!(period_order(None, None).is_ok());
+        assert!(period_order(Some(t(5)), None).is_ok());
+        assert!(period_order(Some(t(5)), Some(t(6))).is_ok());
+        assert_eq!(
+            period_order(Some(t(5)), Some(t(5)))
+                .expect_err("empty")
+                .field,
+            "to"
+        );
+        assert!(period_order(Some(t(6)), Some(t(5))).is_err());
+        let day = 86_400;
+        assert!(totals_period(t(0), t(366 * day)).is_ok());
+        let err = totals_period(t(0), t(366 * day + 1)).expect_err("too long");
+        assert_eq!(err.field, "to");
+        assert!(err.description.contains("366 days"), "{}", err.description);
+        assert!(totals_period(t(10), t(10)).is_err());
+    }
+
+    #[test]
+    fn violations_collect() {
+        let mut violations = Violations::new();
+        assert_eq!(violations.check(user_id("user_id", "ada")), Some(()));
+        violations.check(user_id("user_id", ""));
+        violations.add("task_id", "bad");
+        let status = violations.into_result().expect_err("two violations");
+        let fields: Vec<_> = protomesh::status::field_violations(&status)
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, vec!["user_id", "task_id"]);
+        assert!(Violations::new().into_result().is_ok());
+    }
+}

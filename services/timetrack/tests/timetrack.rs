@@ -1,0 +1,1253 @@
+//! The timetrack service against the machine's real Postgres and Redis and a private Consul dev
+//! agent: each test has a database of its own (schemas `timetrack` and `tasks`), a Redis key
+//! prefix of its own, and the handler served in-process on a free loopback port (not
+//! registered), called with the generated client. Tasks are confirmed by a real tasks service
+//! (`protomesh_tasks::TasksHandler` on the same test database), served in-process and registered
+//! in the agent, so the check goes through Consul discovery and the mesh client as in
+//! production; one test leaves it unregistered.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use protomesh::client::Mesh;
+use protomesh::config::ServeConfig;
+use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::data::deadpool_postgres::Pool;
+use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
+use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::{self, Cache, DataConfig};
+use protomesh::proto::protomesh::tasks::v1::{
+    tasks_service_server::TasksService, CompleteTaskRequest, CreateProjectRequest,
+    CreateTaskRequest, Project, Task,
+};
+use protomesh::proto::protomesh::timetrack::v1::{
+    timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
+    ListEntriesRequest, StartTimerRequest, StartTimerResponse, StopTimerRequest, TimeEntry, Total,
+};
+use protomesh::server::MeshServer;
+use protomesh_tasks::TasksHandler;
+use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+use uuid::Uuid;
+
+/// Bound on a whole test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("test took too long");
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A timestamp as (seconds, nanos), which compare in time order.
+fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
+    let ts = ts.unwrap();
+    (ts.seconds, ts.nanos)
+}
+
+fn at(rfc3339: &str) -> SystemTime {
+    humantime::parse_rfc3339(rfc3339).unwrap()
+}
+
+fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
+    Some(at(rfc3339).into())
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    protomesh::status::field_violations(status)
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
+#[track_caller]
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = result.expect_err("must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{}",
+        status.message()
+    );
+}
+
+/// Totals as (id, whole seconds), asserting there is no fraction of a second.
+fn seconds(totals: &[Total]) -> Vec<(String, i64)> {
+    totals
+        .iter()
+        .map(|total| {
+            let duration = total.duration.unwrap();
+            assert_eq!(duration.nanos, 0, "{total:?}");
+            (total.id.clone(), duration.seconds)
+        })
+        .collect()
+}
+
+/// `message` as a request that gives up after 3 s.
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(Duration::from_secs(3));
+    request
+}
+
+/// A server stopped when dropped.
+struct Served {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Served {
+    async fn start(server: MeshServer) -> Self {
+        let bound = server.bind().await.unwrap();
+        let addr = bound.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            bound
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn quick_serve_config(addr: &str) -> ServeConfig {
+    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
+    config.consul_addr = addr.to_owned();
+    config.lame_duck = Duration::ZERO;
+    config.drain_timeout = Duration::from_secs(1);
+    config.check_interval = Duration::from_millis(200);
+    config
+}
+
+/// The tasks service of a test: served in-process and registered in the test's agent.
+struct TasksFixture {
+    handler: TasksHandler,
+    project: Project,
+    _served: Served,
+}
+
+/// Everything one test needs. Field order is drop order: the servers and the relay go before
+/// the database is dropped, the agent last but one.
+struct Harness {
+    client: TimetrackServiceClient<Channel>,
+    _served: Served,
+    tasks: Option<TasksFixture>,
+    relay: RelayHandle,
+    mesh: Mesh,
+    pool: Pool,
+    redis: Client,
+    keys: TestKeys,
+    _agent: DevAgent,
+    _db: TestDatabase,
+}
+
+impl Harness {
+    /// With a tasks service registered in Consul (and passing its health check).
+    async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// With no tasks service anywhere.
+    async fn without_tasks() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(with_tasks: bool) -> Self {
+        let db = TestDatabase::create().await.unwrap();
+        let keys = TestKeys::new();
+        let config: DataConfig = db
+            .config()
+            .with_key_prefix(keys.prefix())
+            .with_default_schema("timetrack");
+        let pool = data::connect_pool(&config).unwrap();
+        data::migrate(&pool, "timetrack", MIGRATIONS).await.unwrap();
+        let redis = data::connect_redis(&config).unwrap();
+        eventually(Duration::from_secs(5), "redis connected", || async {
+            redis.is_connected().then_some(())
+        })
+        .await;
+        let relay = OutboxRelay::spawn(
+            pool.clone(),
+            redis.clone(),
+            keys.prefix(),
+            RelayOptions::default().listen(config.pg_config().unwrap()),
+        );
+
+        let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
+        agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+
+        let tasks = if with_tasks {
+            Some(Self::start_tasks(&db, &keys, &mesh, &agent).await)
+        } else {
+            None
+        };
+
+        let handler = TimetrackHandler::new(pool.clone(), mesh.clone());
+        let mut serve = quick_serve_config(&agent.http_addr());
+        serve.no_register = true;
+        let served = Served::start(
+            MeshServer::new("timetrack", serve)
+                .with_mesh(mesh.clone())
+                .add_service(TimetrackServiceServer::new(handler)),
+        )
+        .await;
+        let client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        Self {
+            client,
+            _served: served,
+            tasks,
+            relay,
+            mesh,
+            pool,
+            redis,
+            keys,
+            _agent: agent,
+            _db: db,
+        }
+    }
+
+    /// The tasks service on schema `tasks` of the same database, registered as `tasks` and
+    /// passing in Consul, with one project.
+    async fn start_tasks(
+        db: &TestDatabase,
+        keys: &TestKeys,
+        mesh: &Mesh,
+        agent: &DevAgent,
+    ) -> TasksFixture {
+        let config = db
+            .config()
+            .with_key_prefix(keys.prefix())
+            .with_default_schema("tasks");
+        let pool = data::connect_pool(&config).unwrap();
+        data::migrate(&pool, "tasks", protomesh_tasks::MIGRATIONS)
+            .await
+            .unwrap();
+        let redis = data::connect_redis(&config).unwrap();
+        let handler = TasksHandler::new(pool, Cache::new(redis, keys.prefix()), mesh.clone());
+        let served = Served::start(
+            MeshServer::new("tasks", quick_serve_config(&agent.http_addr()))
+                .add_service(protomesh_tasks::TasksServiceServer::new(handler.clone())),
+        )
+        .await;
+        let consul = agent.client().unwrap();
+        eventually(Duration::from_secs(20), "tasks passing", || {
+            let consul = consul.clone();
+            async move {
+                let opts = QueryOptions {
+                    passing: true,
+                    ..Default::default()
+                };
+                let entries = consul.health_service("tasks", &opts).await.ok()?;
+                (!entries.value.is_empty()).then_some(())
+            }
+        })
+        .await;
+        let project = handler
+            .create_project(tonic::Request::new(CreateProjectRequest {
+                project: Some(Project {
+                    name: "timetrack tests".into(),
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        TasksFixture {
+            handler,
+            project,
+            _served: served,
+        }
+    }
+
+    fn client(&self) -> TimetrackServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// A new open task in the tasks service.
+    async fn task(&self, title: &str) -> String {
+        let tasks = self.tasks.as_ref().unwrap();
+        tasks
+            .handler
+            .create_task(tonic::Request::new(CreateTaskRequest {
+                project_id: tasks.project.id.clone(),
+                task: Some(Task {
+                    title: title.into(),
+                    urgency: 5,
+                    impact: 5,
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .id
+    }
+
+    /// A new task in the tasks service, completed.
+    async fn done_task(&self, title: &str) -> String {
+        let id = self.task(title).await;
+        self.tasks
+            .as_ref()
+            .unwrap()
+            .handler
+            .complete_task(tonic::Request::new(CompleteTaskRequest { id: id.clone() }))
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn start_timer(
+        &self,
+        user_id: &str,
+        task_id: &str,
+    ) -> Result<StartTimerResponse, tonic::Status> {
+        self.client()
+            .start_timer(StartTimerRequest {
+                user_id: user_id.into(),
+                task_id: task_id.into(),
+                note: format!("{user_id} on {task_id}"),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn stop_timer(&self, user_id: &str) -> Result<TimeEntry, tonic::Status> {
+        self.client()
+            .stop_timer(StopTimerRequest {
+                user_id: user_id.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every entry of `user_id`, newest first, in pages of 1000.
+    async fn entries_of(&self, user_id: &str) -> Vec<TimeEntry> {
+        let page = self
+            .client()
+            .list_entries(ListEntriesRequest {
+                user_id: user_id.into(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.next_page_token.is_empty());
+        page.entries
+    }
+
+    async fn totals(&self, request: GetTotalsRequest) -> GetTotalsResponse {
+        self.client()
+            .get_totals(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Writes an entry directly in the table (no event).
+    async fn insert_entry(
+        &self,
+        user_id: &str,
+        task_id: Uuid,
+        started_at: SystemTime,
+        stopped_at: Option<SystemTime>,
+    ) -> Uuid {
+        let id = Uuid::new_v4();
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO entries (id, user_id, task_id, started_at, stopped_at, note)
+                 VALUES ($1, $2, $3, $4, $5, '')",
+                &[&id, &user_id, &task_id, &started_at, &stopped_at],
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn running_count(&self, user_id: &str) -> i64 {
+        self.pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM entries WHERE user_id = $1 AND stopped_at IS NULL",
+                &[&user_id],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// The events on the stream: (type, aggregate id, payload).
+    async fn events(&self) -> Vec<(String, String, serde_json::Value)> {
+        let key = format!("{}{EVENT_STREAM}", self.keys.prefix());
+        let entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange_values::<String, String, String, _, _, _>(key, "-", "+", None)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, fields)| {
+                (
+                    fields["type"].clone(),
+                    fields["aggregate_id"].clone(),
+                    serde_json::from_str(&fields["payload"]).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The events once there are at least `count` of them.
+    async fn wait_events(&self, count: usize) -> Vec<(String, String, serde_json::Value)> {
+        eventually(Duration::from_secs(10), "events on the stream", || async {
+            let events = self.events().await;
+            (events.len() >= count).then_some(events)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn timers_start_switch_and_stop_with_events_in_order() {
+    bounded(async {
+        let h = Harness::start().await;
+        let first_task = h.task("write").await;
+        let second_task = h.task("review").await;
+
+        let first = h.start_timer("ada", &first_task).await.unwrap();
+        assert!(first.stopped.is_none());
+        let first = first.started.unwrap();
+        assert_eq!(first.user_id, "ada");
+        assert_eq!(first.task_id, first_task);
+        assert_eq!(first.note, format!("ada on {first_task}"));
+        assert!(first.started_at.is_some());
+        assert!(first.stopped_at.is_none());
+
+        // Running: listed without a stop, its duration growing.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let listed = h.entries_of("ada").await;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, first.id);
+        assert!(listed[0].stopped_at.is_none());
+        let so_far = listed[0].duration.unwrap();
+        assert!(
+            so_far.seconds > 0 || so_far.nanos >= 20_000_000,
+            "{so_far:?}"
+        );
+        assert_eq!(h.running_count("ada").await, 1);
+
+        // Starting another stops the first, where the second starts.
+        let second = h.start_timer("ada", &second_task).await.unwrap();
+        let stopped = second.stopped.unwrap();
+        let second = second.started.unwrap();
+        assert_eq!(stopped.id, first.id);
+        assert_eq!(stopped.started_at, first.started_at);
+        assert_eq!(stopped.stopped_at, second.started_at);
+        assert!(stamp(&stopped.stopped_at) >= stamp(&stopped.started_at));
+        assert!(stopped.duration.unwrap().nanos > 0 || stopped.duration.unwrap().seconds > 0);
+        assert_eq!(second.task_id, second_task);
+        assert!(second.stopped_at.is_none());
+        assert_eq!(h.running_count("ada").await, 1);
+
+        // Another user's timer is independent.
+        let other = h.start_timer("bob", &first_task).await.unwrap();
+        assert!(other.stopped.is_none());
+
+        let ended = h.stop_timer("ada").await.unwrap();
+        assert_eq!(ended.id, second.id);
+        assert!(ended.stopped_at.is_some());
+        assert_eq!(h.running_count("ada").await, 0);
+        assert_eq!(h.running_count("bob").await, 1);
+
+        let none = h.stop_timer("ada").await.expect_err("nothing runs");
+        assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+        assert!(none.message().contains("user_id"), "{}", none.message());
+
+        // On the stream, in commit order: the stop of the first before the start of the second.
+        let events = h.wait_events(5).await;
+        let summary: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(t, id, _)| (t.as_str(), id.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("time.started", first.id.as_str()),
+                ("time.stopped", first.id.as_str()),
+                ("time.started", second.id.as_str()),
+                ("time.started", other.started.as_ref().unwrap().id.as_str()),
+                ("time.stopped", second.id.as_str()),
+            ]
+        );
+        let started = &events[0].2;
+        assert_eq!(started["id"], first.id);
+        assert_eq!(started["user_id"], "ada");
+        assert_eq!(started["task_id"], first_task);
+        assert_eq!(started["note"], format!("ada on {first_task}"));
+        assert!(started["stopped_at"].is_null());
+        assert!(started.get("duration").is_none());
+        let started_at = humantime::parse_rfc3339(started["started_at"].as_str().unwrap()).unwrap();
+        assert_eq!(Some(started_at.into()), first.started_at);
+        let stopped_event = &events[1].2;
+        let stopped_at =
+            humantime::parse_rfc3339(stopped_event["stopped_at"].as_str().unwrap()).unwrap();
+        assert_eq!(Some(stopped_at.into()), stopped.stopped_at);
+        assert_eq!(events[2].2["started_at"], stopped_event["stopped_at"]);
+        assert!(events[4].2["stopped_at"].is_string());
+        eventually(Duration::from_secs(5), "the relay's count", || async {
+            (h.relay.published() >= 5).then_some(())
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tasks_that_are_unknown_or_done_are_refused() {
+    bounded(async {
+        let h = Harness::start().await;
+        let unknown = h
+            .start_timer("ada", &Uuid::new_v4().to_string())
+            .await
+            .expect_err("unknown task");
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+        assert!(
+            unknown.message().contains("task_id"),
+            "{}",
+            unknown.message()
+        );
+
+        let done = h.done_task("finished").await;
+        let refused = h.start_timer("ada", &done).await.expect_err("done task");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("task_id"),
+            "{}",
+            refused.message()
+        );
+        assert!(refused.message().contains(&done), "{}", refused.message());
+
+        // A refused start leaves the running timer alone.
+        let open = h.task("open").await;
+        let running = h.start_timer("ada", &open).await.unwrap().started.unwrap();
+        h.start_timer("ada", &done).await.expect_err("done task");
+        let entries = h.entries_of("ada").await;
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, running.id);
+        assert!(entries[0].stopped_at.is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unregistered_tasks_service_is_unavailable_and_nothing_is_recorded() {
+    bounded(async {
+        let h = Harness::without_tasks().await;
+        let started = Instant::now();
+        let mut request = tonic::Request::new(StartTimerRequest {
+            user_id: "ada".into(),
+            task_id: Uuid::new_v4().to_string(),
+            note: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(5));
+        let status = h
+            .client()
+            .start_timer(request)
+            .await
+            .expect_err("nobody confirms the task");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("tasks service could not confirm"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(h.entries_of("ada").await.is_empty());
+        let outbox: i64 = h
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(outbox, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_starts_of_one_user_leave_one_running_timer() {
+    bounded(async {
+        let h = Harness::start().await;
+        let mut tasks = Vec::new();
+        for i in 0..4 {
+            tasks.push(h.task(&format!("task {i}")).await);
+        }
+        let calls: Vec<_> = (0..20)
+            .map(|i| {
+                let mut client = h.client();
+                let task_id = tasks[i % tasks.len()].clone();
+                tokio::spawn(async move {
+                    client
+                        .start_timer(StartTimerRequest {
+                            user_id: "ada".into(),
+                            task_id,
+                            note: format!("call {i}"),
+                        })
+                        .await
+                        .map(tonic::Response::into_inner)
+                })
+            })
+            .collect();
+        let mut responses = Vec::new();
+        for call in calls {
+            responses.push(call.await.unwrap().unwrap());
+        }
+        assert_eq!(h.running_count("ada").await, 1);
+        let entries = h.entries_of("ada").await;
+        assert_eq!(entries.len(), 20);
+        assert_eq!(entries.iter().filter(|e| e.stopped_at.is_none()).count(), 1);
+        // One after the other: each start but the first stopped exactly the entry before it.
+        assert_eq!(responses.iter().filter(|r| r.stopped.is_none()).count(), 1);
+        let stopped: HashSet<String> = responses
+            .iter()
+            .filter_map(|r| r.stopped.as_ref().map(|e| e.id.clone()))
+            .collect();
+        assert_eq!(stopped.len(), 19);
+        // Entries chain: each stop is the next one's start.
+        for pair in entries.windows(2) {
+            assert_eq!(pair[1].stopped_at, pair[0].started_at, "{pair:?}");
+        }
+        let events = h.wait_events(39).await;
+        assert_eq!(events.len(), 39);
+        assert_eq!(events.iter().filter(|e| e.0 == "time.started").count(), 20);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn entries_page_to_the_end_newest_first_and_filter_by_period() {
+    bounded(async {
+        let h = Harness::start().await;
+        let task_a = Uuid::new_v4();
+        let task_b = Uuid::new_v4();
+        let base = at("2024-05-01T00:00:00Z");
+        let mut ada = HashSet::new();
+        for i in 0..130u64 {
+            // Pairs share a start: the id orders them.
+            let start = base + Duration::from_secs(60 * (i / 2));
+            let task = if i % 3 == 0 { task_b } else { task_a };
+            ada.insert(
+                h.insert_entry("ada", task, start, Some(start + Duration::from_secs(30)))
+                    .await
+                    .to_string(),
+            );
+        }
+        h.insert_entry("bob", task_a, base, None).await;
+
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        for _ in 0..20 {
+            let page = h
+                .client()
+                .list_entries(ListEntriesRequest {
+                    user_id: "ada".into(),
+                    page_size: 17,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.entries.len() <= 17);
+            seen.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
+        let unique: HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "no entry twice");
+        assert_eq!(ids.len(), 130, "every entry");
+        assert!(seen.iter().all(|e| ada.contains(&e.id)));
+        for pair in seen.windows(2) {
+            let key = |e: &TimeEntry| (stamp(&e.started_at), Uuid::parse_str(&e.id).unwrap());
+            assert!(key(&pair[0]) > key(&pair[1]), "order: {pair:?}");
+        }
+
+        // By task, both users; the running entry of bob included.
+        let by_task = h
+            .client()
+            .list_entries(ListEntriesRequest {
+                task_id: task_a.to_string(),
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(by_task.len(), 130 - 44 + 1);
+        assert!(by_task.iter().all(|e| e.task_id == task_a.to_string()));
+        assert_eq!(by_task.iter().filter(|e| e.user_id == "bob").count(), 1);
+
+        // [00:10:15, 00:12:00): the entry of 00:10:00–00:10:30 overlaps, 00:12:00 starts at the
+        // end and is out; minutes 10 and 11 have two entries each.
+        let in_period = h
+            .client()
+            .list_entries(ListEntriesRequest {
+                user_id: "ada".into(),
+                from: timestamp("2024-05-01T00:10:15Z"),
+                to: timestamp("2024-05-01T00:12:00Z"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        let starts: Vec<i64> = in_period
+            .iter()
+            .map(|e| stamp(&e.started_at).0 - stamp(&Some(base.into())).0)
+            .collect();
+        assert_eq!(starts, vec![660, 660, 600, 600]);
+        // An entry ending exactly at `from` is out: [00:10:30, …) drops minute 10.
+        let after_minute_ten = h
+            .client()
+            .list_entries(ListEntriesRequest {
+                user_id: "ada".into(),
+                task_id: task_a.to_string(),
+                from: timestamp("2024-05-01T00:10:30Z"),
+                to: timestamp("2024-05-01T00:12:00Z"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert!(after_minute_ten
+            .iter()
+            .all(|e| stamp(&e.started_at).0 - stamp(&Some(base.into())).0 == 660));
+        assert!(!after_minute_ten.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn totals_clip_entries_to_the_period() {
+    bounded(async {
+        let h = Harness::start().await;
+        let task_a = Uuid::parse_str("aaaaaaaa-0000-4000-8000-000000000000").unwrap();
+        let task_b = Uuid::parse_str("bbbbbbbb-0000-4000-8000-000000000000").unwrap();
+        let task_c = Uuid::parse_str("cccccccc-0000-4000-8000-000000000000").unwrap();
+        let entry = |user: &'static str, task: Uuid, from: &str, to: &str| {
+            let (from, to) = (at(from), at(to));
+            let h = &h;
+            async move { h.insert_entry(user, task, from, Some(to)).await }
+        };
+        // Period [10:30, 12:00).
+        entry(
+            "ada",
+            task_a,
+            "2024-05-01T10:00:00Z",
+            "2024-05-01T11:00:00Z",
+        )
+        .await; // 30 min in
+        entry(
+            "ada",
+            task_b,
+            "2024-05-01T11:30:00Z",
+            "2024-05-01T13:00:00Z",
+        )
+        .await; // 30 min in
+        entry(
+            "bob",
+            task_a,
+            "2024-05-01T09:00:00Z",
+            "2024-05-01T14:00:00Z",
+        )
+        .await; // 90 min in
+        entry(
+            "bob",
+            task_b,
+            "2024-05-01T08:00:00Z",
+            "2024-05-01T10:30:00Z",
+        )
+        .await; // ends at from
+        entry(
+            "dan",
+            task_c,
+            "2024-05-01T10:45:00Z",
+            "2024-05-01T11:15:00Z",
+        )
+        .await; // 30 min
+        entry(
+            "dan",
+            task_c,
+            "2024-05-01T12:00:00Z",
+            "2024-05-01T12:30:00Z",
+        )
+        .await; // starts at to
+        let period = GetTotalsRequest {
+            from: timestamp("2024-05-01T10:30:00Z"),
+            to: timestamp("2024-05-01T12:00:00Z"),
+            ..Default::default()
+        };
+        let totals = h.totals(period.clone()).await;
+        assert_eq!(
+            seconds(&totals.per_task),
+            vec![
+                (task_a.to_string(), 7200),
+                (task_b.to_string(), 1800),
+                (task_c.to_string(), 1800),
+            ]
+        );
+        assert_eq!(
+            seconds(&totals.per_user),
+            vec![
+                ("bob".to_owned(), 5400),
+                ("ada".to_owned(), 3600),
+                ("dan".to_owned(), 1800),
+            ]
+        );
+
+        let ada = h
+            .totals(GetTotalsRequest {
+                user_id: "ada".into(),
+                ..period.clone()
+            })
+            .await;
+        assert_eq!(
+            seconds(&ada.per_task),
+            vec![(task_a.to_string(), 1800), (task_b.to_string(), 1800)]
+        );
+        assert_eq!(seconds(&ada.per_user), vec![("ada".to_owned(), 3600)]);
+
+        let on_a = h
+            .totals(GetTotalsRequest {
+                task_id: task_a.to_string(),
+                ..period.clone()
+            })
+            .await;
+        assert_eq!(seconds(&on_a.per_task), vec![(task_a.to_string(), 7200)]);
+        assert_eq!(
+            seconds(&on_a.per_user),
+            vec![("bob".to_owned(), 5400), ("ada".to_owned(), 1800)]
+        );
+
+        let nothing = h
+            .totals(GetTotalsRequest {
+                user_id: "nobody".into(),
+                ..period.clone()
+            })
+            .await;
+        assert!(nothing.per_task.is_empty() && nothing.per_user.is_empty());
+
+        // A running timer counts up to now: started ten minutes ago.
+        let started = SystemTime::now() - Duration::from_secs(600);
+        h.insert_entry("eve", task_a, started, None).await;
+        let before = Instant::now();
+        let running = h
+            .totals(GetTotalsRequest {
+                from: Some((started - Duration::from_secs(3600)).into()),
+                to: Some((started + Duration::from_secs(7200)).into()),
+                user_id: "eve".into(),
+                ..Default::default()
+            })
+            .await;
+        let elapsed = before.elapsed();
+        let total = running.per_user[0].duration.unwrap();
+        let micros = total.seconds * 1_000_000 + i64::from(total.nanos) / 1_000;
+        assert!(micros >= 599_000_000, "{total:?}");
+        assert!(
+            micros <= 600_000_000 + i64::try_from(elapsed.as_micros()).unwrap() + 1_000_000,
+            "{total:?}"
+        );
+        // …and only up to the end of the period when it ends before now.
+        let clipped = h
+            .totals(GetTotalsRequest {
+                from: Some(started.into()),
+                to: Some((started + Duration::from_secs(120)).into()),
+                user_id: "eve".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(seconds(&clipped.per_user), vec![("eve".to_owned(), 120)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_name_the_field() {
+    bounded(async {
+        let h = Harness::start().await;
+        let task = h.task("valid").await;
+        let start = |user_id: String, task_id: String, note: String| {
+            let mut client = h.client();
+            async move {
+                client
+                    .start_timer(StartTimerRequest {
+                        user_id,
+                        task_id,
+                        note,
+                    })
+                    .await
+            }
+        };
+        assert_invalid(
+            start(String::new(), task.clone(), String::new()).await,
+            "user_id",
+        );
+        assert_invalid(
+            start("x".repeat(201), task.clone(), String::new()).await,
+            "user_id",
+        );
+        assert_invalid(
+            start("ada".into(), "x".into(), String::new()).await,
+            "task_id",
+        );
+        assert_invalid(
+            start("ada".into(), String::new(), String::new()).await,
+            "task_id",
+        );
+        assert_invalid(
+            start("ada".into(), task.clone(), "n".repeat(1001)).await,
+            "note",
+        );
+        let several = start(String::new(), "nope".into(), "n".repeat(1001))
+            .await
+            .expect_err("three violations");
+        assert_eq!(fields(&several), vec!["user_id", "task_id", "note"]);
+        assert_invalid(h.stop_timer("").await, "user_id");
+
+        let list = |request: ListEntriesRequest| {
+            let mut client = h.client();
+            async move { client.list_entries(request).await }
+        };
+        let ada = || ListEntriesRequest {
+            user_id: "ada".into(),
+            ..Default::default()
+        };
+        assert_invalid(list(ListEntriesRequest::default()).await, "user_id");
+        assert_invalid(
+            list(ListEntriesRequest {
+                task_id: "t1".into(),
+                ..Default::default()
+            })
+            .await,
+            "task_id",
+        );
+        assert_invalid(
+            list(ListEntriesRequest {
+                page_size: 1001,
+                ..ada()
+            })
+            .await,
+            "page_size",
+        );
+        assert_invalid(
+            list(ListEntriesRequest {
+                page_size: -1,
+                ..ada()
+            })
+            .await,
+            "page_size",
+        );
+        for token in ["!!!", "AAAA", "c29tZXRoaW5nIGVsc2U"] {
+            assert_invalid(
+                list(ListEntriesRequest {
+                    page_token: token.into(),
+                    ..ada()
+                })
+                .await,
+                "page_token",
+            );
+        }
+        assert_invalid(
+            list(ListEntriesRequest {
+                from: timestamp("2024-05-02T00:00:00Z"),
+                to: timestamp("2024-05-01T00:00:00Z"),
+                ..ada()
+            })
+            .await,
+            "to",
+        );
+        assert_invalid(
+            list(ListEntriesRequest {
+                from: timestamp("2024-05-01T00:00:00Z"),
+                to: timestamp("2024-05-01T00:00:00Z"),
+                ..ada()
+            })
+            .await,
+            "to",
+        );
+        assert_invalid(
+            list(ListEntriesRequest {
+                from: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -5,
+                }),
+                ..ada()
+            })
+            .await,
+            "from",
+        );
+        // Page size 0 is the default.
+        assert!(list(ada()).await.is_ok());
+
+        let totals = |request: GetTotalsRequest| {
+            let mut client = h.client();
+            async move { client.get_totals(request).await }
+        };
+        let day = GetTotalsRequest {
+            from: timestamp("2024-05-01T00:00:00Z"),
+            to: timestamp("2024-05-02T00:00:00Z"),
+            ..Default::default()
+        };
+        assert_invalid(
+            totals(GetTotalsRequest {
+                from: None,
+                ..day.clone()
+            })
+            .await,
+            "from",
+        );
+        assert_invalid(
+            totals(GetTotalsRequest {
+                to: None,
+                ..day.clone()
+            })
+            .await,
+            "to",
+        );
+        assert_eq!(
+            fields(&totals(GetTotalsRequest::default()).await.unwrap_err()),
+            vec!["from", "to"]
+        );
+        assert_invalid(
+            totals(GetTotalsRequest {
+                from: day.to,
+                to: day.from,
+                ..Default::default()
+            })
+            .await,
+            "to",
+        );
+        assert_invalid(
+            totals(GetTotalsRequest {
+                to: timestamp("2025-05-02T00:00:01Z"),
+                ..day.clone()
+            })
+            .await,
+            "to",
+        );
+        assert!(totals(GetTotalsRequest {
+            to: timestamp("2025-05-02T00:00:00Z"),
+            ..day.clone()
+        })
+        .await
+        .is_ok());
+        assert_invalid(
+            totals(GetTotalsRequest {
+                task_id: "x".into(),
+                ..day.clone()
+            })
+            .await,
+            "task_id",
+        );
+        assert_invalid(
+            totals(GetTotalsRequest {
+                user_id: "u".repeat(201),
+                ..day.clone()
+            })
+            .await,
+            "user_id",
+        );
+
+        // Nothing was written by the refused calls.
+        let written: i64 = h
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM outbox)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_database_enforces_one_running_timer_per_user() {
+    bounded(async {
+        let h = Harness::start().await;
+        let task = Uuid::new_v4();
+        let now = SystemTime::now();
+        h.insert_entry("ada", task, now, None).await;
+        let client = h.pool.get().await.unwrap();
+        let second = client
+            .execute(
+                "INSERT INTO entries (id, user_id, task_id, started_at) VALUES ($1, 'ada', $2, $3)",
+                &[&Uuid::new_v4(), &task, &now],
+            )
+            .await
+            .expect_err("a second running timer");
+        assert_eq!(
+            second.code(),
+            Some(&protomesh::data::tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        );
+        let backwards = client
+            .execute(
+                "INSERT INTO entries (id, user_id, task_id, started_at, stopped_at)
+                 VALUES ($1, 'bob', $2, $3, $4)",
+                &[
+                    &Uuid::new_v4(),
+                    &task,
+                    &now,
+                    &(now - Duration::from_secs(1)),
+                ],
+            )
+            .await
+            .expect_err("stopped before started");
+        assert_eq!(
+            backwards.code(),
+            Some(&protomesh::data::tokio_postgres::error::SqlState::CHECK_VIOLATION)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
+    bounded(async {
+        // A live mesh with a registered tasks service, so StartTimer gets past its task check.
+        let h = Harness::start().await;
+        let task = h.task("confirmed").await;
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut config = DataConfig::with_database_url(format!(
+            "postgresql://postgres@127.0.0.1:{port}/protomesh"
+        ));
+        config.db_timeout = Duration::from_millis(500);
+        let pool = data::connect_pool(&config).unwrap();
+        let mut serve = quick_serve_config("127.0.0.1:1");
+        serve.no_register = true;
+        let served = Served::start(MeshServer::new("timetrack", serve).add_service(
+            TimetrackServiceServer::new(TimetrackHandler::new(pool, h.mesh.clone())),
+        ))
+        .await;
+        let mut client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+
+        let started = Instant::now();
+        let status = client
+            .start_timer(with_deadline(StartTimerRequest {
+                user_id: "ada".into(),
+                task_id: task,
+                note: String::new(),
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("database"),
+            "{}",
+            status.message()
+        );
+        let status = client
+            .stop_timer(with_deadline(StopTimerRequest {
+                user_id: "ada".into(),
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let status = client
+            .list_entries(with_deadline(ListEntriesRequest {
+                user_id: "ada".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let status = client
+            .get_totals(with_deadline(GetTotalsRequest {
+                from: timestamp("2024-05-01T00:00:00Z"),
+                to: timestamp("2024-05-02T00:00:00Z"),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("no database");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
