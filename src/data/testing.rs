@@ -1,5 +1,7 @@
 //! For tests only: a database of its own per test on the machine's Postgres, unique Redis key
-//! prefixes, and their clean-up. Not for production code.
+//! prefixes, and their clean-up; and, for outage tests, private Redis and Postgres servers a test
+//! stops and starts again ([`PrivateRedis`], [`PrivatePostgres`], in [`private_servers`]). Not
+//! for production code.
 //!
 //! ```no_run
 //! # use protomesh::data::{self, testing::{TestDatabase, TestKeys}};
@@ -22,6 +24,10 @@ use futures::TryStreamExt;
 
 use super::postgres::{connect_once, pg_config, quote_ident};
 use super::{DataConfig, DataError, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL};
+
+pub mod private_servers;
+
+pub use private_servers::{PrivatePostgres, PrivateRedis, PrivateServerError};
 
 /// Name prefix of the databases [`TestDatabase`] creates.
 pub const TEST_DATABASE_PREFIX: &str = "protomesh_test_";
