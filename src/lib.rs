@@ -37,6 +37,7 @@ pub mod config;
 pub mod data;
 pub mod devmesh;
 pub mod proto;
+pub mod ratelimit;
 pub mod server;
 pub mod status;
 pub mod telemetry;

@@ -169,6 +169,11 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         "the created task, scored 72: {stderr}"
     );
     assert!(!stderr.contains("priorityFallback"), "{stderr}");
+    // The PATCH's mask came from the body's keys: urgency 3 × impact 8, re-scored by priority.
+    assert!(
+        stdout.contains(r#""urgency":3"#) && stdout.contains(r#""priorityScore":24"#),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(r#""stopped""#) || stdout.contains(r#""stoppedAt""#),
         "{stdout}"
@@ -181,6 +186,21 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_owned();
+    // A bad task through the gateway: 400, every violated field named, nothing created.
+    let bad_task = format!(
+        r#"curl -s -w ' %{{http_code}}' -X POST http://{gateway_addr}/v1/projects/{project}/tasks -d '{{"title":"","urgency":11,"impact":8}}'"#
+    );
+    let bad = tokio::task::spawn_blocking(move || {
+        Command::new("sh").args(["-c", &bad_task]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let bad = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert!(bad.ends_with(" 400"), "{bad}");
+    assert!(
+        bad.contains("task.title") && bad.contains("task.urgency") && !bad.contains("task.impact"),
+        "{bad}"
+    );
     let report_line = script.iter().find(|l| l.contains("/report")).unwrap();
     let report_script = format!("project={project}\n{report_line}");
     let report = eventually(

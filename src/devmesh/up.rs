@@ -353,6 +353,9 @@ fn try_lines(
             lines.push(format!(
                 r#"  task=$(curl -s -X POST http://{gateway}/v1/projects/$project/tasks -d '{{"title":"ship it","urgency":9,"impact":8,"assignee":"ada"}}' | tee /dev/stderr | {JSON_ID})"#
             ));
+            lines.push(format!(
+                r#"  curl -s -X PATCH http://{gateway}/v1/tasks/$task -d '{{"urgency":3}}'"#
+            ));
             if runs("timetrack") {
                 lines.push(format!(
                     r#"  curl -s -X POST http://{gateway}/v1/users/ada/timer:start -d '{{"task_id":"'$task'"}}'"#
