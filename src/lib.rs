@@ -36,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod data;
 pub mod devmesh;
+pub mod identity;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;
