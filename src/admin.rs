@@ -1,14 +1,16 @@
 //! The admin HTTP listener every mesh process can open with `--admin ADDR`, apart from its public
-//! port: `/healthz` (the process runs), `/readyz` (it takes traffic; 503 once shutdown began) and
-//! `/mesh`, what its mesh client knows about the services it calls (JSON, or a table with
-//! `?format=text`; `mesh status --client ADDR` prints it).
+//! port: `/healthz` (the process runs), `/readyz` (it takes traffic; 503 once shutdown began or
+//! while its readiness check fails), `/mesh`, what its mesh client knows about the services it
+//! calls (JSON, or a table with `?format=text`; `mesh status --client ADDR` prints it), and
+//! `/metrics`, its Prometheus metrics ([`crate::metrics`]; the Prometheus text format, or
+//! OpenMetrics when the `Accept` header asks for it).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,6 +19,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Mesh;
+use crate::metrics::{Format, Metrics};
+
+/// A readiness check `/readyz` runs besides the shutdown flag.
+type ReadinessCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,8 @@ pub struct AdminError {
 pub struct AdminState {
     mesh: Option<Mesh>,
     ready: Arc<AtomicBool>,
+    readiness: Option<ReadinessCheck>,
+    metrics: Option<Metrics>,
 }
 
 impl AdminState {
@@ -42,7 +50,22 @@ impl AdminState {
         Self {
             mesh,
             ready: Arc::new(AtomicBool::new(true)),
+            readiness: None,
+            metrics: None,
         }
+    }
+
+    /// Serves `metrics` as `/metrics` (without, `/metrics` answers 404).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Makes `/readyz` answer 503 while `check` returns false too (the gateway: until it has read
+    /// the Consul catalog).
+    pub fn with_readiness(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.readiness = Some(Arc::new(check));
+        self
     }
 
     /// Sets what `/readyz` answers.
@@ -83,6 +106,36 @@ impl AdminServer {
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
     }
+
+    /// Serves in a background task until the returned handle is dropped.
+    pub fn spawn(self, state: AdminState) -> AdminHandle {
+        let local_addr = self.local_addr;
+        let stop = CancellationToken::new();
+        let serving = stop.clone();
+        tokio::spawn(async move {
+            if let Err(err) = self.serve(state, serving).await {
+                tracing::error!(error = %err, "admin listener failed");
+            }
+        });
+        AdminHandle {
+            local_addr,
+            _stop: stop.drop_guard(),
+        }
+    }
+}
+
+/// A running admin listener (see [`AdminServer::spawn`]); dropping it stops the listener.
+#[derive(Debug)]
+pub struct AdminHandle {
+    local_addr: SocketAddr,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl AdminHandle {
+    /// The address the listener bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
 }
 
 /// The admin routes.
@@ -91,14 +144,31 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/mesh", get(mesh_status))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    if !state.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if state.readiness.as_ref().is_some_and(|check| !check()) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    let Some(metrics) = state.metrics.as_ref() else {
+        return (StatusCode::NOT_FOUND, "metrics are off in this process\n").into_response();
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = Format::negotiate(accept);
+    match metrics.render(format).await {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")).into_response(),
     }
 }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use protomesh_consul::{ConsulConfig, ConsulError};
 
+use crate::tls::TlsConfig;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
@@ -85,6 +87,10 @@ pub struct ServeConfig {
     /// Log format.
     #[arg(long, env = "PROTOMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+
+    /// Mutual TLS for the gRPC port and for outgoing mesh calls (off unless its files are given).
+    #[command(flatten)]
+    pub tls: TlsConfig,
 }
 
 impl ServeConfig {
@@ -104,6 +110,7 @@ impl ServeConfig {
             lame_duck: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Auto,
+            tls: TlsConfig::default(),
         }
     }
 
@@ -157,6 +164,26 @@ mod tests {
             cli.serve.advertise,
             Some("10.0.0.7:9000".parse().expect("addr"))
         );
+    }
+
+    #[test]
+    fn tls_files_parse_from_flags() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--tls-cert",
+            "/etc/mesh/cert.pem",
+            "--tls-key",
+            "/etc/mesh/key.pem",
+            "--tls-ca",
+            "/etc/mesh/ca.pem",
+        ])
+        .expect("flags parse");
+        assert!(cli.serve.tls.is_enabled());
+        assert_eq!(
+            cli.serve.tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/mesh/ca.pem"))
+        );
+        assert!(!ServeConfig::with_listen(cli.serve.listen).tls.is_enabled());
     }
 
     #[test]

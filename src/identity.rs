@@ -104,7 +104,11 @@ mod tests {
         assert_eq!(Identity::from_metadata(&metadata), None);
         metadata.insert(SUBJECT, "u-1".parse().expect("value"));
         metadata.insert(ROLES, "user, admin".parse().expect("value"));
-        assert_eq!(Identity::from_metadata(&metadata), None, "no method, no identity");
+        assert_eq!(
+            Identity::from_metadata(&metadata),
+            None,
+            "no method, no identity"
+        );
         metadata.insert(AUTH_METHOD, "jwt".parse().expect("value"));
         metadata.insert(CLIENT_IP, "127.0.0.1".parse().expect("value"));
         let identity = Identity::from_metadata(&metadata).expect("identity");

@@ -22,7 +22,7 @@
 //!
 //! # async fn run() -> anyhow::Result<()> {
 //! let cli = Cli::parse();
-//! protomesh::telemetry::init(cli.serve.log_format, "priority")?;
+//! let _telemetry = protomesh::telemetry::init(cli.serve.log_format, "priority")?;
 //! MeshServer::new("priority", cli.serve)
 //!     .add_service(PriorityServiceServer::new(Priority))
 //!     .serve()
@@ -37,10 +37,13 @@ pub mod config;
 pub mod data;
 pub mod devmesh;
 pub mod identity;
+pub mod metrics;
+pub mod policy;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use protomesh_consul as consul;

@@ -1,44 +1,193 @@
-//! Logging set-up shared by every binary: `tracing` to standard error, as JSON lines or text,
-//! filtered by `RUST_LOG` (default `info`).
+//! Telemetry shared by every binary: logs and distributed traces, set up by one call to [`init`].
+//!
+//! - **Logs**: `tracing` to standard error, as JSON lines or text, filtered by `RUST_LOG` (default
+//!   `info`). A JSON line has `timestamp`, `level`, `service`, `trace_id` and `span_id` (of the
+//!   current span, while traces are exported), `request_id` (the caller's `x-request-id`,
+//!   recorded on the call's server span), `message` and the event's fields.
+//! - **Traces**: when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, the spans of [`spans`] are exported
+//!   as OpenTelemetry traces over OTLP/gRPC in batches ([`export`]); W3C `traceparent` /
+//!   `tracestate` travel in gRPC metadata and HTTP headers ([`propagation`]). Unset, no exporter
+//!   exists and the trace spans below `info` are never even created.
+//! - **Where spans come from**: [`grpc::GrpcServerTraceLayer`] in every mesh server (one server
+//!   span per call), [`grpc::GrpcClientTraceLayer`] in every mesh channel (one client span per
+//!   call, its context injected into the request), the gateway's HTTP layer, and the data layer's
+//!   Postgres and Redis calls ([`spans::postgres`], [`spans::redis`]).
+//!
+//! [`init`] returns a [`TelemetryGuard`]: keep it for the whole of `main` and call
+//! [`TelemetryGuard::shutdown`] (or drop it) at the end, so the last spans are flushed.
+
+pub mod export;
+pub mod grpc;
+mod json;
+pub mod propagation;
+pub mod request_id;
+pub mod spans;
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, Layer, Registry};
 
 use crate::config::LogFormat;
 
-/// Error returned when a global subscriber is already installed.
-#[derive(Debug, thiserror::Error)]
-#[error("logging is already initialised: {0}")]
-pub struct TelemetryError(String);
+pub use export::{SamplerSetting, TraceConfigError, TraceExportConfig};
+pub use grpc::{CallSide, GrpcClientTraceLayer, GrpcServerTraceLayer, TracedBody};
+pub use request_id::{current_request_id, REQUEST_ID_HEADER};
 
-/// Installs the global `tracing` subscriber for `service`. Call once, first thing in `main`.
-pub fn init(format: LogFormat, service: &str) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Whether this process exports traces (set once by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported as OpenTelemetry traces in this process: `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// was set when [`init`] ran. Propagation does nothing while it is `false`.
+pub fn tracing_enabled() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// A global subscriber is already installed.
+    #[error("logging is already initialised: {0}")]
+    AlreadyInitialised(String),
+    /// An `OTEL_*` setting is invalid.
+    #[error(transparent)]
+    Config(#[from] TraceConfigError),
+    /// The OTLP exporter could not be built.
+    #[error(
+        "cannot start the OTLP trace exporter (OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}): {reason}"
+    )]
+    Exporter {
+        /// The endpoint configured.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Keeps trace export running; [`shutdown`](TelemetryGuard::shutdown) (or dropping it) flushes
+/// the spans not yet sent and stops the exporter. Does nothing when traces are not exported.
+#[must_use = "dropping the guard stops trace export: keep it until the end of main"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    export: Option<export::TraceExport>,
+}
+
+impl TelemetryGuard {
+    /// Flushes the spans not yet exported (bounded by a few seconds) and stops the exporter.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(export) = self.export.take() {
+            EXPORTING.store(false, Ordering::Relaxed);
+            export.shutdown();
+        }
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Installs the global `tracing` subscriber for `service` and, when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set, the OTLP trace exporter (see [`TraceExportConfig::from_env`]). Call once, first thing
+/// in `main`, and keep the guard until `main` ends.
+pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    let config = TraceExportConfig::from_env(service)?;
     let terminal = std::io::stderr().is_terminal();
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !terminal,
     };
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_ansi(terminal)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let result = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init()
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    layers.push(request_id::layer());
+    let mut dispatch_slot = None;
+    let log_layer = if json {
+        let format = json::JsonLogFormat::new(&config.service_name);
+        dispatch_slot = Some(format.dispatch_slot());
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .fmt_fields(json::NoSpanFields)
+            .event_format(format)
+            .with_filter(log_filter)
+            .boxed()
     } else {
-        builder.try_init()
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(terminal)
+            .with_target(false)
+            .with_filter(log_filter)
+            .boxed()
     };
-    result.map_err(|e| TelemetryError(e.to_string()))?;
-    tracing::debug!(service, "logging initialised");
-    Ok(())
+    layers.push(log_layer);
+
+    let export = match &config.endpoint {
+        Some(endpoint) => Some(export::TraceExport::start(&config, endpoint)?),
+        None => None,
+    };
+    if let Some(export) = &export {
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(export.tracer())
+            .with_location(false)
+            // Spans start when first needed (a child, a log line, the end), not when first
+            // entered: the gateway names its span after the route it finds inside it.
+            .with_context_activation(false)
+            .with_filter(exported_filter())
+            .boxed();
+        layers.push(otel);
+    }
+
+    let installed = tracing_subscriber::registry().with(layers).try_init();
+    if let Err(err) = installed {
+        if let Some(export) = export {
+            export.shutdown();
+        }
+        return Err(TelemetryError::AlreadyInitialised(err.to_string()));
+    }
+    if let Some(slot) = dispatch_slot {
+        // Outside any event now: this is the global dispatcher just installed.
+        tracing::dispatcher::get_default(|dispatch| slot.set(dispatch.downgrade()).ok());
+    }
+    EXPORTING.store(export.is_some(), Ordering::Relaxed);
+    tracing::debug!(
+        service,
+        traces = config.endpoint.is_some(),
+        sampler = ?config.sampler,
+        "telemetry initialised"
+    );
+    Ok(TelemetryGuard { export })
+}
+
+/// What the OpenTelemetry layer sees: the trace spans of [`spans`] (down to `debug`), and events
+/// up to `info` (they become span events) except those of the transport crates the exporter
+/// itself uses.
+fn exported_filter() -> impl tracing_subscriber::layer::Filter<Registry> + Send + Sync {
+    filter_fn(|metadata| {
+        if metadata.is_span() {
+            metadata.target() == spans::TARGET
+        } else {
+            *metadata.level() <= Level::INFO && !is_transport_target(metadata.target())
+        }
+    })
+    .with_max_level_hint(LevelFilter::DEBUG)
+}
+
+/// Targets whose events must not be traced: the exporter's own gRPC stack and OpenTelemetry.
+fn is_transport_target(target: &str) -> bool {
+    ["opentelemetry", "h2", "hyper", "tonic", "tower"]
+        .iter()
+        .any(|prefix| target.starts_with(prefix))
 }
 
 /// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the message
@@ -89,5 +238,12 @@ mod tests {
     fn error_chain_skips_causes_already_in_the_message() {
         let err = Outer(Inner(std::io::Error::other("refused")));
         assert_eq!(error_chain(&err), "outer: inner: refused");
+    }
+
+    #[test]
+    fn the_exporter_s_own_transport_is_never_traced() {
+        assert!(is_transport_target("h2::codec"));
+        assert!(is_transport_target("opentelemetry_sdk::trace"));
+        assert!(!is_transport_target("protomesh::server"));
     }
 }

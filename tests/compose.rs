@@ -2,14 +2,18 @@
 //! `<<` merge keys resolved the way Compose resolves them) and its services are compared with what
 //! the workspace builds: every service binary runs in it with Consul, the data services reach
 //! Postgres and Redis and wait for them, traces go to Jaeger's OTLP port, priority runs 3
-//! replicas, and every reference (depends_on, URLs) names a service of the file.
+//! replicas, and every reference (depends_on, URLs) names a service of the file. Metrics: every
+//! binary opens its admin listener, and Prometheus runs with deploy/prometheus.yml, which finds the
+//! instances through the compose file's Consul (and which `promtool check config` accepts).
 #![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use yaml_rust2::yaml::Hash;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
 /// The repository root.
 fn root() -> &'static Path {
@@ -254,4 +258,191 @@ fn merge_keys_follow_the_yaml_merge_type() {
     assert_eq!(c["y"].as_i64(), Some(3), "own key wins");
     assert_eq!(c["z"].as_i64(), Some(2), "later mapping fills the rest");
     assert!(c["<<"].is_badvalue());
+}
+
+/// deploy/prometheus.yml, parsed.
+fn prometheus_config() -> Yaml {
+    let text = std::fs::read_to_string(root().join("deploy/prometheus.yml")).unwrap();
+    let mut docs = YamlLoader::load_from_str(&text).unwrap();
+    assert_eq!(docs.len(), 1, "one YAML document");
+    docs.remove(0)
+}
+
+/// The port of a `host:port` listen address.
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').unwrap().1
+}
+
+#[test]
+fn every_binary_opens_its_admin_listener_and_prometheus_scrapes_them_through_consul() {
+    let compose = compose();
+    let services = services(&compose);
+
+    // Every service binary listens on an admin address (the gateway has its own variable);
+    // all containers may use the same port.
+    let mut admin_ports = BTreeSet::new();
+    for (name, service) in &services {
+        if service["command"].as_vec().is_none() {
+            continue;
+        }
+        let variable = if name == "gateway" {
+            "PROTOMESH_GATEWAY_ADMIN"
+        } else {
+            "PROTOMESH_ADMIN"
+        };
+        let admin = env(service, variable)
+            .unwrap_or_else(|| panic!("{name} sets no {variable}: its /metrics would be off"));
+        assert!(
+            admin.starts_with("0.0.0.0:"),
+            "{name}: {variable}={admin} must be reachable from the prometheus container"
+        );
+        admin_ports.insert(port(admin).to_owned());
+    }
+    assert_eq!(admin_ports.len(), 1, "{admin_ports:?}");
+
+    // Prometheus runs with the config file mounted where the image reads it, after Consul.
+    let prometheus = &services["prometheus"];
+    assert!(
+        prometheus["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("prom/prometheus"),
+        "{prometheus:?}"
+    );
+    let mounts: Vec<&str> = prometheus["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.starts_with("./deploy/prometheus.yml:/etc/prometheus/prometheus.yml")),
+        "{mounts:?}"
+    );
+    assert_eq!(
+        depends_on(prometheus).get("consul").map(String::as_str),
+        Some("service_healthy")
+    );
+
+    // The config finds the instances through the compose file's Consul, keeps those with a
+    // `metrics_port` meta, and scrapes that port; the gateway (not in Consul) by name.
+    let config = prometheus_config();
+    let jobs = config["scrape_configs"].as_vec().unwrap();
+    let consul_addr = env(&services["priority"], "CONSUL_HTTP_ADDR").unwrap();
+    let mesh = jobs
+        .iter()
+        .find(|job| !job["consul_sd_configs"].is_badvalue())
+        .expect("a scrape job with consul_sd_configs");
+    let servers: Vec<&str> = mesh["consul_sd_configs"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|sd| sd["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers, [consul_addr], "the compose file's Consul");
+    assert!(services.contains_key(url_host(consul_addr)));
+    let rules = mesh["relabel_configs"].as_vec().unwrap();
+    let sources = |rule: &Yaml| -> Vec<String> {
+        rule["source_labels"]
+            .as_vec()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|l| l.as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let meta = "__meta_consul_service_metadata_metrics_port".to_owned();
+    assert!(
+        rules
+            .iter()
+            .any(|rule| rule["action"].as_str() == Some("keep") && sources(rule) == [meta.clone()]),
+        "keeps only instances with a metrics_port: {rules:?}"
+    );
+    let address = rules
+        .iter()
+        .find(|rule| rule["target_label"].as_str() == Some("__address__"))
+        .expect("a rule setting __address__");
+    assert_eq!(
+        sources(address),
+        ["__meta_consul_service_address".to_owned(), meta]
+    );
+    assert_eq!(address["separator"].as_str(), Some(":"));
+    let admin_port = admin_ports.into_iter().next().unwrap();
+    let static_targets: Vec<&str> = jobs
+        .iter()
+        .filter_map(|job| job["static_configs"].as_vec())
+        .flatten()
+        .filter_map(|config| config["targets"].as_vec())
+        .flatten()
+        .map(|target| target.as_str().unwrap())
+        .collect();
+    assert_eq!(static_targets, [format!("gateway:{admin_port}")]);
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_config() {
+    let path = root().join("deploy/prometheus.yml");
+    let check = |path: &Path| {
+        std::process::Command::new(support::tool("promtool"))
+            .args(["check", "config"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = check(&path);
+    if out.status.success() {
+        return;
+    }
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Debian's promtool is built without Consul discovery: check the same config with the
+    // Consul servers as static targets, so everything else (relabelling included) is checked.
+    assert!(
+        said.contains("field consul_sd_configs not found"),
+        "promtool check config: {said}"
+    );
+    let Yaml::Hash(mut config) = prometheus_config() else {
+        panic!("a mapping");
+    };
+    let jobs_key = Yaml::String("scrape_configs".into());
+    let Some(Yaml::Array(jobs)) = config.get_mut(&jobs_key) else {
+        panic!("scrape_configs");
+    };
+    for job in jobs.iter_mut() {
+        let Yaml::Hash(job) = job else {
+            panic!("a job mapping")
+        };
+        let Some(Yaml::Array(sd)) = job.remove(&Yaml::String("consul_sd_configs".into())) else {
+            continue;
+        };
+        let mut targets = Hash::new();
+        targets.insert(
+            Yaml::String("targets".into()),
+            Yaml::Array(sd.iter().map(|s| s["server"].clone()).collect()),
+        );
+        job.insert(
+            Yaml::String("static_configs".into()),
+            Yaml::Array(vec![Yaml::Hash(targets)]),
+        );
+    }
+    let mut text = String::new();
+    YamlEmitter::new(&mut text)
+        .dump(&Yaml::Hash(config))
+        .unwrap();
+    let static_path = support::tempdir().join("prometheus-static.yml");
+    std::fs::write(&static_path, text).unwrap();
+    let out = check(&static_path);
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -74,7 +74,7 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     let port = free_port();
     let consul_addr = format!("127.0.0.1:{port}");
     let priority = binary("priority");
-    for name in ["tasks", "timetrack", "analytics", "gateway"] {
+    for name in ["users", "tasks", "timetrack", "analytics", "gateway"] {
         binary(name);
     }
     let database = TestDatabase::create().await.unwrap();
@@ -147,12 +147,16 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     // report, fed by events through analytics, eventually counts the completed task.
     let script: Vec<String> = banner
         .lines()
-        .skip_while(|l| !l.contains("/v1/projects -d"))
+        .skip_while(|l| !l.starts_with("  email="))
         .take_while(|l| !l.contains("/routes"))
         .map(|l| l.trim().to_owned())
         .collect();
-    assert!(script.len() >= 8, "tasks lines in the banner: {banner}");
-    let run = script.join("\n");
+    assert!(
+        script.len() >= 13,
+        "users and tasks lines in the banner: {banner}"
+    );
+    // The test also keeps the token the lines obtained, for its own calls below.
+    let run = format!("{}\necho \"TOKEN=$token\"", script.join("\n"));
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .args(["-euo", "pipefail", "-c", &run])
@@ -187,8 +191,15 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         .unwrap()
         .to_owned();
     // A bad task through the gateway: 400, every violated field named, nothing created.
+    let token = stdout
+        .split("TOKEN=")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token line: {stdout}\n{stderr}"))
+        .to_owned();
+    assert!(stdout.contains(r#""displayName":"Ada""#), "GetMe: {stdout}");
     let bad_task = format!(
-        r#"curl -s -w ' %{{http_code}}' -X POST http://{gateway_addr}/v1/projects/{project}/tasks -d '{{"title":"","urgency":11,"impact":8}}'"#
+        r#"curl -s -w ' %{{http_code}}' -H 'authorization: Bearer {token}' -X POST http://{gateway_addr}/v1/projects/{project}/tasks -d '{{"title":"","urgency":11,"impact":8}}'"#
     );
     let bad = tokio::task::spawn_blocking(move || {
         Command::new("sh").args(["-c", &bad_task]).output().unwrap()
@@ -202,7 +213,8 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         "{bad}"
     );
     let report_line = script.iter().find(|l| l.contains("/report")).unwrap();
-    let report_script = format!("project={project}\n{report_line}");
+    let report_script =
+        format!("auth='authorization: Bearer {token}'\nproject={project}\n{report_line}");
     let report = eventually(
         Duration::from_secs(20),
         "the report counts the completed task",

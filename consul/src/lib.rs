@@ -42,7 +42,7 @@ pub mod watcher;
 pub use client::{ConsulClient, ConsulConfig, QueryOptions, QueryResponse};
 pub use dev_agent::{DevAgent, DevAgentOptions, DevAgentPorts};
 pub use error::ConsulError;
-pub use registrar::{Registrar, Registration};
+pub use registrar::{Registrar, Registration, TtlReport};
 pub use types::{
     AgentSelf, AgentService, CheckRegistration, CheckStatus, HealthCheck, Node, ServiceEntry,
     ServiceRegistration,

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use protomesh::client::Mesh;
+use protomesh::proto::protomesh::options::v1::MethodPolicy;
 use protomesh_consul::{ConsulClient, QueryOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -59,6 +60,9 @@ pub struct GatewayState {
     pub ready: bool,
     /// Services in the catalog whose descriptors could not be fetched yet, with the reason.
     pub unreachable: BTreeMap<String, String>,
+    /// The policy every routed method's descriptors declare, by gRPC path
+    /// (`/package.Service/Method`): see [`crate::edge::declared_policies`].
+    pub policies: HashMap<String, MethodPolicy>,
 }
 
 impl GatewayState {
@@ -227,6 +231,7 @@ fn build_state(
         }
         methods.push((name.as_str(), of_service));
     }
+    let policies = crate::edge::declared_policies(methods.iter().flat_map(|(_, m)| m.iter()));
     GatewayState {
         table: RouteTable::build(methods),
         services: known
@@ -236,5 +241,6 @@ fn build_state(
         grpc_services,
         ready: true,
         unreachable: unreachable.clone(),
+        policies,
     }
 }

@@ -10,16 +10,28 @@
 //! - [`routes`]: the route table built from the `google.api.http` options of every method;
 //! - [`discovery`]: the services in Consul and their descriptors, followed at run time;
 //! - [`server`]: the HTTP handlers; [`codec`]: protobuf for messages known only at run time;
-//! - [`errors`]: gRPC statuses (and the gateway's own errors) as HTTP codes and JSON bodies.
+//! - [`errors`]: gRPC statuses (and the gateway's own errors) as HTTP codes and JSON bodies;
+//! - [`edge`]: the edge policies in front of every routed request — CORS ([`cors`]),
+//!   authentication ([`auth`]), authorization ([`access`]) and rate limits ([`ratelimit`]),
+//!   configured by flags ([`edge_config`]).
+//! - [`trace`]: a server span per request (W3C `traceparent` in, request ids), for OTLP traces.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod auth;
 pub mod codec;
+pub mod cors;
 pub mod discovery;
+pub mod edge;
+pub mod edge_config;
 pub mod errors;
 pub mod grpc_proxy;
+pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod reflection;
 pub mod routes;
 pub mod server;
 pub mod template;
+pub mod trace;
 pub mod transcode;

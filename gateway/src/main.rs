@@ -26,6 +26,10 @@ struct Cli {
         default_value = "127.0.0.1:8080"
     )]
     listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/mesh`), kept off the
+    /// public port; none by default (and then no metrics are recorded).
+    #[arg(long, env = "PROTOMESH_GATEWAY_ADMIN")]
+    admin: Option<SocketAddr>,
     /// Consul agent HTTP address.
     #[arg(
         long = "consul-addr",
@@ -84,14 +88,23 @@ struct Cli {
     /// Log format.
     #[arg(long, env = "PROTOMESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
+    /// Authentication, authorization, rate limits and CORS.
+    #[command(flatten)]
+    edge: protomesh_gateway::edge_config::EdgeConfig,
+    /// Mutual TLS to the services (the gateway's own HTTP side stays plain).
+    #[command(flatten)]
+    tls: protomesh::tls::TlsConfig,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = protomesh::telemetry::init(cli.log_format, "gateway") {
-        eprintln!("gateway: {err}");
-        return ExitCode::FAILURE;
-    }
+    let telemetry = match protomesh::telemetry::init(cli.log_format, "gateway") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("gateway: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -99,14 +112,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "gateway stopped");
             eprintln!("gateway: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -132,6 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         static_descriptors.insert(name.to_owned(), std::sync::Arc::new(descriptors));
     }
     let mesh = Mesh::from_consul(consul.clone())?;
+    if let Some(tls) = cli.tls.load()? {
+        mesh.use_tls(tls);
+    }
     let state = discovery::spawn(
         consul,
         mesh.clone(),
@@ -160,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         forward_headers,
         metadata_prefix: cli.metadata_prefix.to_ascii_lowercase(),
+        edge: cli.edge.options()?,
         ..GatewayOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(cli.listen)
@@ -167,9 +187,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening (HTTP/1.1 and h2c)");
+    let gateway = Gateway::new(mesh.clone(), state.clone(), options);
+    let (app, _admin) =
+        protomesh_gateway::metrics::router_with_admin(cli.admin, gateway, mesh, state)
+            .await
+            .context("--admin / PROTOMESH_GATEWAY_ADMIN")?;
     server::serve(
         listener,
-        server::router(Gateway::new(mesh, state, options)),
+        app,
         protomesh::server::shutdown_signal(),
         Duration::from_secs(10),
     )

@@ -253,6 +253,64 @@ pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version:
     Value::Object(document)
 }
 
+/// Adds the auth requirement of every operation of `document` (by its `x-grpc-method`, looked up
+/// in `requirements`): the `bearerAuth` (JWT) and `apiKey` (`X-Api-Key`) security schemes in
+/// `components.securitySchemes`, and on each operation `security`: `[]` for a public route,
+/// either scheme otherwise, and the roles a route needs as `x-required-roles`. Operations whose
+/// method is not in `requirements` are left as they are.
+pub fn add_security(
+    document: &mut Value,
+    requirements: &std::collections::HashMap<String, protomesh::policy::Requirement>,
+) {
+    use protomesh::policy::Requirement;
+    if let Some(components) = document
+        .get_mut("components")
+        .and_then(Value::as_object_mut)
+    {
+        components.insert(
+            "securitySchemes".to_owned(),
+            json!({
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A JWT (RS256 or HS256) from the users service's login.",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Api-Key",
+                    "description": "An API key (also accepted as `Authorization: ApiKey KEY`).",
+                },
+            }),
+        );
+    }
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for operation in item.values_mut().filter_map(Value::as_object_mut) {
+            let Some(requirement) = operation
+                .get("x-grpc-method")
+                .and_then(Value::as_str)
+                .and_then(|method| requirements.get(method))
+            else {
+                continue;
+            };
+            let security = match requirement {
+                Requirement::Public => json!([]),
+                Requirement::Authenticated | Requirement::Role(_) => {
+                    json!([{ "bearerAuth": [] }, { "apiKey": [] }])
+                }
+            };
+            operation.insert("security".to_owned(), security);
+            if let Requirement::Role(roles) = requirement {
+                operation.insert("x-required-roles".to_owned(), json!(roles));
+            }
+        }
+    }
+}
+
 /// The key of an operation with this HTTP method in an OpenAPI path item, if it has one.
 fn operation_slot(method: &Method) -> Option<&'static str> {
     Some(match *method {

@@ -5,13 +5,17 @@
 //! or server-streaming call through the mesh client (deadline from `Grpc-Timeout` or the default;
 //! `Authorization`, `X-Request-Id`, `traceparent` and configured headers as metadata), and the
 //! answer back as JSON (errors by the standard table, streams as NDJSON or SSE). A client that
-//! goes away drops the handler, which cancels the upstream call.
+//! goes away drops the handler, which cancels the upstream call. Every routed request (HTTP or
+//! native gRPC) first passes the edge policies ([`crate::edge`]): CORS, authentication,
+//! authorization, rate limits.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::handler::Handler;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -52,8 +56,8 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of file descriptors, say: wait a little instead of spinning.
                         tracing::warn!(error = %err, "gateway: accept failed");
@@ -62,7 +66,9 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                // The peer address, for the edge policies (`x-protomesh-client-ip`, rate limits).
+                let with_peer = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), app.clone());
+                let service = hyper_util::service::TowerToHyperService::new(with_peer);
                 let connection = builder
                     .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
                     .into_owned();
@@ -107,6 +113,8 @@ pub struct GatewayOptions {
     pub forward_headers: Vec<HeaderName>,
     /// Prefix of response headers carrying the answer's gRPC metadata.
     pub metadata_prefix: String,
+    /// Authentication, authorization, rate limits and CORS ([`crate::edge`]).
+    pub edge: crate::edge::EdgeOptions,
 }
 
 impl Default for GatewayOptions {
@@ -118,6 +126,7 @@ impl Default for GatewayOptions {
             json: JsonOptions::default(),
             forward_headers: Vec::new(),
             metadata_prefix: "grpc-metadata-".to_owned(),
+            edge: crate::edge::EdgeOptions::default(),
         }
     }
 }
@@ -128,6 +137,7 @@ pub struct Gateway {
     mesh: Mesh,
     state: watch::Receiver<Arc<GatewayState>>,
     options: Arc<GatewayOptions>,
+    edge: Arc<crate::edge::Edge>,
 }
 
 impl Gateway {
@@ -137,11 +147,18 @@ impl Gateway {
         state: watch::Receiver<Arc<GatewayState>>,
         options: GatewayOptions,
     ) -> Self {
+        let edge = crate::edge::Edge::new(&options.edge, &mesh, &options.forward_headers);
         Self {
             mesh,
             state,
             options: Arc::new(options),
+            edge: Arc::new(edge),
         }
+    }
+
+    /// Rate-limit refusals so far, per rate-limit class.
+    pub fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
+        self.edge.rate_limit_rejections()
     }
 
     fn current(&self) -> Arc<GatewayState> {
@@ -156,8 +173,23 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/openapi.json", get(openapi))
-        .fallback(transcode_request)
+        .fallback(
+            transcode_request.layer(axum::middleware::from_fn_with_state(
+                gateway.clone(),
+                edge_policies,
+            )),
+        )
         .with_state(gateway)
+        // Outermost: the request's server span (and request id) covers everything below.
+        .layer(crate::trace::HttpTraceLayer)
+}
+
+/// The edge policies ([`crate::edge`]) in front of every routed request.
+async fn edge_policies(State(gateway): State<Gateway>, request: Request, next: Next) -> Response {
+    gateway
+        .edge
+        .enforce(&gateway.current(), request, next)
+        .await
 }
 
 async fn readyz(State(gateway): State<Gateway>) -> Response {
@@ -179,6 +211,9 @@ struct RouteView {
     grpc_method: String,
     service: String,
     streaming: bool,
+    /// `public`, `authenticated` or `role:a,b`.
+    auth: String,
+    rate_limit_class: String,
 }
 
 #[derive(Serialize)]
@@ -196,12 +231,17 @@ async fn routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
             .table
             .routes()
             .iter()
-            .map(|r| RouteView {
-                method: r.http_method.to_string(),
-                path: r.template.to_string(),
-                grpc_method: r.method.full_name().to_owned(),
-                service: r.service.clone(),
-                streaming: r.method.is_server_streaming(),
+            .map(|r| {
+                let policy = gateway.edge.policy_of(&state, &r.grpc_path());
+                RouteView {
+                    method: r.http_method.to_string(),
+                    path: r.template.to_string(),
+                    grpc_method: r.method.full_name().to_owned(),
+                    service: r.service.clone(),
+                    streaming: r.method.is_server_streaming(),
+                    auth: policy.auth.to_string(),
+                    rate_limit_class: policy.rate_limit_class,
+                }
             })
             .collect(),
         conflicts: state
@@ -223,12 +263,15 @@ async fn routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
 /// The OpenAPI 3 document of the live routes (built from the same table, so always in sync).
 async fn openapi(State(gateway): State<Gateway>) -> Json<serde_json::Value> {
     let state = gateway.current();
-    Json(crate::openapi::document(
+    let mut document = crate::openapi::document(
         &state.table,
         &gateway.options.json,
         "protomesh gateway",
         env!("CARGO_PKG_VERSION"),
-    ))
+    );
+    let requirements = crate::edge::route_requirements(&gateway.edge, &state, state.table.routes());
+    crate::openapi::add_security(&mut document, &requirements);
+    Json(document)
 }
 
 /// The request ID: the caller's, or a new random one.
@@ -275,6 +318,13 @@ async fn handle(
         }
         Lookup::NotFound => return Err(HttpError::not_found(path)),
     };
+    // The metrics label the request by this route's template.
+    crate::metrics::note_route(&parts.extensions, &route);
+    protomesh::telemetry::spans::record_http_route(
+        &tracing::Span::current(),
+        &parts.method,
+        &route.template,
+    );
     let pool = state
         .services
         .get(&route.service)
@@ -328,7 +378,12 @@ async fn handle(
                     "invalid Grpc-Timeout header {value:?}: use e.g. 500m, 2S, 1M"
                 ))
             })?,
-        None => gateway.options.default_timeout,
+        // The method's policy may state its own default deadline.
+        None => parts
+            .extensions
+            .get::<Arc<protomesh::policy::ResolvedPolicy>>()
+            .and_then(|policy| policy.default_timeout)
+            .unwrap_or(gateway.options.default_timeout),
     }
     .min(gateway.options.max_timeout);
 
@@ -424,6 +479,20 @@ fn copy_metadata(
     }
     if let Ok(value) = tonic::metadata::MetadataValue::try_from(request_id.as_bytes()) {
         metadata.insert("x-request-id", value);
+    }
+    // The verified identity the edge policies set (incoming copies were removed there).
+    for (name, value) in headers {
+        if name
+            .as_str()
+            .starts_with(protomesh::identity::RESERVED_PREFIX)
+        {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
     }
 }
 

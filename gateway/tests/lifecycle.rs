@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use protomesh::consul::QueryOptions;
-use protomesh_gateway::server::GatewayOptions;
 use support::{eventually, http, spawn_service, Consul, TestGateway};
 
 const ECHO: &str = "/v1/probe:echo";
@@ -17,7 +16,7 @@ const BODY: &str = r#"{"message":"hi"}"#;
 #[tokio::test]
 async fn routes_appear_with_a_service_then_503_when_it_dies_then_404_when_it_leaves() {
     let consul = Consul::start().await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     let answer = http("POST", &gateway.url(ECHO), &[], BODY).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "no probe yet");
 

@@ -12,7 +12,6 @@ use http::StatusCode;
 use protomesh::consul::ServiceRegistration;
 use protomesh_gateway::discovery::DiscoveryOptions;
 use protomesh_gateway::reflection::{DescriptorSource, ServiceDescriptors};
-use protomesh_gateway::server::GatewayOptions;
 use support::{echo_descriptor_set, eventually, http, Consul, Echo, TestGateway};
 
 /// A plain tonic server with the echo service and no reflection, registered as `legacy`.
@@ -44,7 +43,7 @@ async fn a_descriptor_set_file_routes_a_service_without_reflection() {
     let server = legacy_service(&consul).await;
 
     // Without the file: not routed, and /routes says why.
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     let reason = eventually(
         Duration::from_secs(15),
         "legacy listed as unreachable",
@@ -69,7 +68,7 @@ async fn a_descriptor_set_file_routes_a_service_without_reflection() {
         .contains(&support::ECHO_SERVICE.to_owned()));
     let gateway = TestGateway::start_with(
         &consul.client,
-        GatewayOptions::default(),
+        support::public_options(),
         DiscoveryOptions {
             static_descriptors: BTreeMap::from([("legacy".to_owned(), Arc::new(descriptors))]),
             ..DiscoveryOptions::default()

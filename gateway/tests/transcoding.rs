@@ -258,7 +258,7 @@ fn error_cases() -> Vec<Case> {
 async fn every_rule_transcodes_exactly() {
     let consul = Consul::start().await;
     let echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     echo.take();
 
@@ -304,7 +304,7 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
     let echo = EchoServer::start(&consul.addr()).await;
     let options = GatewayOptions {
         body_limit: 1024,
-        ..GatewayOptions::default()
+        ..support::public_options()
     };
     let gateway = TestGateway::start(&consul.client, options).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
@@ -461,17 +461,18 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
 async fn headers_deadlines_streams_and_metadata() {
     let consul = Consul::start().await;
     let echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     echo.take();
 
     // Authorization, X-Request-Id and traceparent become metadata; the ID comes back.
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let bearer = format!("Bearer {}", support::hs256_token("u-1", &[]));
     let answer = http(
         "GET",
         &gateway.url("/v1/items/h"),
         &[
-            ("authorization", "Bearer t0k3n"),
+            ("authorization", &bearer),
             ("x-request-id", "req-42"),
             ("traceparent", traceparent),
         ],
@@ -484,7 +485,7 @@ async fn headers_deadlines_streams_and_metadata() {
     let received = echo.take();
     let metadata = &received[0].metadata;
     for (key, value) in [
-        ("authorization", "Bearer t0k3n"),
+        ("authorization", bearer.as_str()),
         ("x-request-id", "req-42"),
         ("traceparent", traceparent),
     ] {
@@ -547,7 +548,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_call() {
     use tokio::io::AsyncWriteExt;
     let consul = Consul::start().await;
     let echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     echo.take();
 
@@ -576,7 +577,7 @@ async fn a_client_that_goes_away_cancels_the_upstream_call() {
 async fn openapi_and_routes_follow_the_live_table() {
     let consul = Consul::start().await;
     let _echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
 
     let routes = http("GET", &gateway.url("/routes"), &[], "").await.json();
@@ -666,7 +667,7 @@ async fn openapi_and_routes_follow_the_live_table() {
 async fn grpcurl_lists_and_calls_through_the_same_port() {
     let consul = Consul::start().await;
     let echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     echo.take();
     let grpcurl =
@@ -708,7 +709,7 @@ async fn grpcurl_lists_and_calls_through_the_same_port() {
 async fn curl_over_http2_cleartext_gets_the_same_json() {
     let consul = Consul::start().await;
     let _echo = EchoServer::start(&consul.addr()).await;
-    let gateway = TestGateway::start(&consul.client, GatewayOptions::default()).await;
+    let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
     let url = gateway.url("/v1/items");
     let output = tokio::task::spawn_blocking(move || {

@@ -39,7 +39,7 @@ struct Cli {
 }
 
 /// What `mesh up` starts without `--service`: the whole reference mesh.
-const DEFAULT_SERVICES: [&str; 4] = ["priority=3", "tasks", "timetrack", "analytics"];
+const DEFAULT_SERVICES: [&str; 5] = ["priority=3", "users", "tasks", "timetrack", "analytics"];
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -47,7 +47,7 @@ enum Command {
     /// run until Ctrl-C.
     Up {
         /// Services to start, `name=count` (binary name = Consul service name). The data services
-        /// (tasks, timetrack, analytics) read DATABASE_URL, REDIS_URL and PROTOMESH_KEY_PREFIX
+        /// (users, tasks, timetrack, analytics) read DATABASE_URL, REDIS_URL and PROTOMESH_KEY_PREFIX
         /// from the environment, which they inherit.
         #[arg(long = "service", default_values_t = DEFAULT_SERVICES.map(str::to_owned))]
         services: Vec<String>,
@@ -86,10 +86,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = protomesh::telemetry::init(cli.log_format, "mesh") {
-        eprintln!("mesh: {err}");
-        return ExitCode::FAILURE;
-    }
+    let telemetry = match protomesh::telemetry::init(cli.log_format, "mesh") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("mesh: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -97,13 +100,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("mesh: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use protomesh_consul::{ServiceInstance, WatchHandle, WatchState};
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tower::Service;
 
 use super::deadline::Deadline;
@@ -283,6 +283,8 @@ struct Shared {
     connect_timeout: Duration,
     empty_set_grace: Duration,
     http2_keep_alive: Option<Duration>,
+    /// Mutual TLS of the endpoints' connections; plaintext when `None`.
+    tls: Option<ClientTlsConfig>,
     /// Since when Consul reports an empty set while endpoints are kept.
     empty_since: Mutex<Option<Instant>>,
     /// True while `empty_since` is set (read on every call without the lock).
@@ -293,6 +295,15 @@ impl Balancer {
     /// A balancer for `watch`'s service; a background task keeps the endpoints in step with it
     /// and ends when the last clone of the balancer is dropped.
     pub fn new(watch: WatchHandle, options: &ChannelOptions) -> Self {
+        Self::with_tls(watch, options, None)
+    }
+
+    /// Like [`Balancer::new`], connecting to the endpoints with mutual TLS when `tls` is given.
+    pub fn with_tls(
+        watch: WatchHandle,
+        options: &ChannelOptions,
+        tls: Option<&crate::tls::MeshTls>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             service: watch.service().to_owned(),
             watch: watch.clone(),
@@ -304,6 +315,7 @@ impl Balancer {
             connect_timeout: options.connect_timeout,
             empty_set_grace: options.empty_set_grace,
             http2_keep_alive: options.http2_keep_alive,
+            tls: tls.map(crate::tls::MeshTls::client_config),
             empty_since: Mutex::new(None),
             keeping_empty: AtomicBool::new(false),
         });
@@ -395,7 +407,7 @@ impl Shared {
                 _ => match self.connect(instance) {
                     Ok(endpoint) => next.push(Arc::new(endpoint)),
                     Err(err) => {
-                        tracing::warn!(service = %self.service, instance = %instance.id, error = %err, "bad endpoint address")
+                        tracing::warn!(service = %self.service, instance = %instance.id, error = %err, "cannot set up a connection to the endpoint")
                     }
                 },
             }
@@ -407,12 +419,17 @@ impl Shared {
     }
 
     fn connect(&self, instance: &ServiceInstance) -> Result<Endpoint, tonic::transport::Error> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut target = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
+            "{scheme}://{}",
             instance.socket_addr_text()
         ))?
         .connect_timeout(self.connect_timeout)
         .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            // The server name checked is the instance's address (an IP SAN) unless overridden.
+            target = target.tls_config(tls.clone())?;
+        }
         if let Some(interval) = self.http2_keep_alive {
             target = target
                 .http2_keep_alive_interval(interval)
@@ -502,6 +519,15 @@ pub(crate) fn is_unavailable<B>(response: &http::Response<B>) -> bool {
         .is_some_and(|s| s.as_bytes() == b"14")
 }
 
+/// Records the chosen endpoint on the call's client span (the current span, when traced).
+fn record_server_address(instance: &ServiceInstance) {
+    let span = tracing::Span::current();
+    if span.has_field("server.address") {
+        span.record("server.address", instance.address.as_str());
+        span.record("server.port", instance.port);
+    }
+}
+
 impl Service<http::Request<tonic::body::Body>> for Balancer {
     type Response = http::Response<tonic::body::Body>;
     type Error = BoxError;
@@ -548,6 +574,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 ))) as BoxError);
             };
             endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
+            record_server_address(&endpoint.instance);
             let connection = endpoint.connection(&shared.connections);
             let mut channel = connection.channel.clone();
             let deadline = request.extensions().get::<Deadline>().copied();

@@ -25,7 +25,7 @@ pub mod retry;
 pub mod status;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -102,6 +102,9 @@ struct MeshInner {
     targets: Mutex<HashMap<String, Target>>,
     /// The default-option channel of each service, built once.
     channels: Mutex<HashMap<String, MeshChannel>>,
+    /// Mutual TLS for the connections of services first called from now on (see
+    /// [`Mesh::use_tls`]).
+    tls: RwLock<Option<crate::tls::MeshTls>>,
 }
 
 /// What the process shares about one target service: its balancer (with the discovery watch
@@ -123,7 +126,19 @@ impl Mesh {
                 methods: Arc::new(methods),
                 targets: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
+                tls: RwLock::new(None),
             }),
+        }
+    }
+
+    /// Makes this client call with mutual TLS: `https://`, presenting `tls`'s certificate and
+    /// verifying servers against its CA. It applies to every service first called after it, so
+    /// set it before the first call ([`crate::server::MeshServer::bind`] sets it on the mesh given
+    /// to [`crate::server::MeshServer::with_mesh`] when the server's TLS flags are set).
+    pub fn use_tls(&self, tls: crate::tls::MeshTls) {
+        match self.inner.tls.write() {
+            Ok(mut guard) => *guard = Some(tls),
+            Err(poisoned) => *poisoned.into_inner() = Some(tls),
         }
     }
 
@@ -161,6 +176,8 @@ impl Mesh {
     pub fn channel_with(&self, service: &str, options: ChannelOptions) -> MeshChannel {
         let Target { balancer, breaker } = self.target(service, &options);
         let stack = ServiceBuilder::new()
+            // Outermost: one client span per call, retries included; its context goes out.
+            .layer(crate::telemetry::GrpcClientTraceLayer::new(service))
             .layer(deadline::DeadlineLayer::new(options.default_timeout))
             .layer(breaker::BreakerLayer::new(breaker))
             .layer(limit::LimitLayer::new(options.concurrency_limit))
@@ -219,8 +236,12 @@ impl Mesh {
                     service,
                     self.inner.watch_options.clone(),
                 );
+                let tls = match self.inner.tls.read() {
+                    Ok(guard) => guard.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
                 Target {
-                    balancer: Balancer::new(watch, options),
+                    balancer: Balancer::with_tls(watch, options, tls.as_ref()),
                     breaker: CircuitBreaker::new(service, options.breaker),
                 }
             })

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::prefixed;
+use crate::telemetry::spans;
 
 /// Bound on each cache command: a slow or dead Redis costs a request at most this much.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -72,12 +73,9 @@ impl Cache {
             return None;
         }
         let redis_key = self.redis_key(key);
-        let stored: Option<String> = match self
-            .client
-            .with_options(&self.options)
-            .get(redis_key.as_str())
-            .await
-        {
+        let client = self.client.with_options(&self.options);
+        let get = client.get(redis_key.as_str());
+        let stored: Option<String> = match spans::in_span(spans::redis("GET"), get).await {
             Ok(stored) => stored,
             Err(err) => {
                 tracing::debug!(key, error = %err, "cache get failed: miss");
@@ -110,17 +108,15 @@ impl Cache {
         };
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         let redis_key = self.redis_key(key);
-        let result: Result<(), _> = self
-            .client
-            .with_options(&self.options)
-            .set(
-                redis_key.as_str(),
-                text,
-                Some(Expiration::PX(millis)),
-                None,
-                false,
-            )
-            .await;
+        let client = self.client.with_options(&self.options);
+        let set = client.set(
+            redis_key.as_str(),
+            text,
+            Some(Expiration::PX(millis)),
+            None,
+            false,
+        );
+        let result: Result<(), _> = spans::in_span(spans::redis("SET"), set).await;
         if let Err(err) = result {
             tracing::debug!(key, error = %err, "cache set failed");
         }
@@ -133,11 +129,9 @@ impl Cache {
             return;
         }
         let redis_key = self.redis_key(key);
-        let result: Result<i64, _> = self
-            .client
-            .with_options(&self.options)
-            .del(redis_key.as_str())
-            .await;
+        let client = self.client.with_options(&self.options);
+        let del = client.del(redis_key.as_str());
+        let result: Result<i64, _> = spans::in_span(spans::redis("DEL"), del).await;
         if let Err(err) = result {
             tracing::debug!(key, error = %err, "cache del failed");
         }

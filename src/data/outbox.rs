@@ -27,11 +27,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::postgres::describe_pg_error;
 use super::stream::CONNECT_GRACE;
 use super::{prefixed, Backoff, DataError};
+use crate::telemetry::spans;
 
 /// The `outbox` table and its index of unsent rows: a migration step for every service that
 /// publishes events (`(1, OUTBOX_DDL)` among its steps). Tables are created in the schema of the
@@ -95,12 +97,15 @@ pub async fn insert(
     payload: &serde_json::Value,
 ) -> Result<Uuid, tokio_postgres::Error> {
     let event_id = Uuid::new_v4();
-    let statement = tx.prepare_cached(INSERT_SQL).await?;
-    tx.execute(
-        &statement,
-        &[&event_id, &stream, &event_type, &aggregate_id, payload],
-    )
-    .await?;
+    let insert = async {
+        let statement = tx.prepare_cached(INSERT_SQL).await?;
+        tx.execute(
+            &statement,
+            &[&event_id, &stream, &event_type, &aggregate_id, payload],
+        )
+        .await
+    };
+    spans::in_span(spans::postgres("INSERT", "outbox"), insert).await?;
     Ok(event_id)
 }
 
@@ -420,13 +425,25 @@ impl Relay {
                 busy: false,
             });
         }
+        // Only a batch with events is traced: an idle relay polls twice a second.
+        let span = spans::outbox_relay(rows.len());
+        self.publish(tx, &rows).instrument(span).await
+    }
+
+    /// Publishes `rows` (locked by `tx`) in order, then marks those Redis took as sent and
+    /// commits.
+    async fn publish(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Batch, BatchError> {
         let redis = self.redis.with_options(&Options {
             timeout: Some(self.options.redis_timeout),
             ..Default::default()
         });
         let mut sent_ids: Vec<i64> = Vec::with_capacity(rows.len());
         let mut failure = None;
-        for row in &rows {
+        for row in rows {
             let id: i64 = row.get(0);
             let event_id: Uuid = row.get(1);
             let stream: &str = row.get(2);
@@ -437,15 +454,14 @@ impl Relay {
                 ("payload", row.get::<_, String>(5)),
                 ("created_at", row.get::<_, String>(6)),
             ];
-            let added: Result<String, _> = redis
-                .xadd(
-                    prefixed(&self.prefix, stream),
-                    false,
-                    None::<()>,
-                    "*",
-                    fields,
-                )
-                .await;
+            let xadd = redis.xadd(
+                prefixed(&self.prefix, stream),
+                false,
+                None::<()>,
+                "*",
+                fields,
+            );
+            let added: Result<String, _> = spans::in_span(spans::redis("XADD"), xadd).await;
             match added {
                 Ok(_) => sent_ids.push(id),
                 Err(err) => {
@@ -455,9 +471,12 @@ impl Relay {
             }
         }
         if !sent_ids.is_empty() {
-            let mark = tx.prepare_cached(MARK_SENT_SQL).await?;
-            tx.execute(&mark, &[&sent_ids]).await?;
-            tx.commit().await?;
+            let mark_sent = async {
+                let mark = tx.prepare_cached(MARK_SENT_SQL).await?;
+                tx.execute(&mark, &[&sent_ids]).await?;
+                tx.commit().await
+            };
+            spans::in_span(spans::postgres("UPDATE", "outbox"), mark_sent).await?;
         }
         match failure {
             Some(source) => Err(BatchError::Redis {

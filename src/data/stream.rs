@@ -47,9 +47,11 @@ use fred::prelude::{Client, ClientLike, Options, StreamsInterface};
 use fred::types::streams::XReadValue;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{prefixed, Backoff, DataError};
+use crate::telemetry::spans;
 
 /// The `applied_events` table of [`mark_applied`]: a migration step for every service that
 /// consumes events.
@@ -421,31 +423,36 @@ impl StreamConsumer {
             }
         };
         let event_id = event.event_id;
-        match handler.handle(event).await {
-            Ok(()) => {
-                self.ack(key, message_id).await;
-                true
-            }
-            Err(err) => {
-                tracing::warn!(
-                    stream,
-                    message_id,
-                    %event_id,
-                    error = %err,
-                    "event handler failed; the message stays pending and is retried"
-                );
-                false
+        let span = spans::stream_consume(stream, message_id);
+        async {
+            match handler.handle(event).await {
+                Ok(()) => {
+                    self.ack(key, message_id).await;
+                    true
+                }
+                Err(err) => {
+                    spans::record_error(&tracing::Span::current(), &err);
+                    tracing::warn!(
+                        stream,
+                        message_id,
+                        %event_id,
+                        error = %err,
+                        "event handler failed; the message stays pending and is retried"
+                    );
+                    false
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn ack(&self, key: &str, message_id: &str) {
         let redis = self
             .redis
             .with_options(&self.command_options(Duration::ZERO));
-        let acked: Result<i64, _> = redis
-            .xack(key, self.options.group.as_str(), message_id)
-            .await;
+        let xack = redis.xack(key, self.options.group.as_str(), message_id);
+        let acked: Result<i64, _> = spans::in_span(spans::redis("XACK"), xack).await;
         if let Err(err) = acked {
             // The message stays pending: it is claimed and handled again (idempotently) later.
             tracing::debug!(key, message_id, error = %err, "XACK failed");

@@ -1,5 +1,6 @@
 //! `mesh up`: a whole dev mesh from one command. Reuses the Consul agent at the configured address,
-//! or starts a dev agent there; starts each service's instances on free loopback ports; waits until
+//! or starts a dev agent there; starts each service's instances on free loopback ports (each with an
+//! admin listener, `/metrics` included, whose port is in its Consul meta `metrics_port`); waits until
 //! Consul reports every instance passing; prints what to try; on the shutdown signal stops the
 //! services (SIGTERM, bounded wait) and the agent it started.
 
@@ -101,7 +102,13 @@ pub async fn up(
                 let process = ServiceProcess::spawn(
                     &name,
                     &options.bin_dir.join(&spec.name),
-                    &["--listen".to_owned(), "127.0.0.1:0".to_owned()],
+                    // Metrics on: the admin port is in the instance's Consul meta `metrics_port`.
+                    &[
+                        "--listen".to_owned(),
+                        "127.0.0.1:0".to_owned(),
+                        "--admin".to_owned(),
+                        "127.0.0.1:0".to_owned(),
+                    ],
                     &[
                         ("CONSUL_HTTP_ADDR".to_owned(), client.address().to_owned()),
                         ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
@@ -344,37 +351,56 @@ fn try_lines(
                 "  curl -s -X POST http://{gateway}/v1/priority:score -d '{{\"title\":\"ship it\",\"urgency\":9,\"impact\":8}}'"
             ));
         }
+        // With the users service up, the protected routes are called with a token from it.
+        let auth = if runs("users") {
+            lines.push(r#"  email="ada-$(date +%s%N)@example.com""#.to_owned());
+            lines.push(format!(
+                r#"  curl -s -X POST http://{gateway}/v1/users:register -d '{{"email":"'$email'","displayName":"Ada","password":"correct horse battery"}}'"#
+            ));
+            lines.push(format!(
+                r#"  token=$(curl -s -X POST http://{gateway}/v1/auth:login -d '{{"email":"'$email'","password":"correct horse battery"}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')"#
+            ));
+            lines.push(r#"  auth="authorization: Bearer $token""#.to_owned());
+            lines.push(format!(
+                r#"  curl -s -H "$auth" http://{gateway}/v1/users/me"#
+            ));
+            r#" -H "$auth""#
+        } else {
+            ""
+        };
         if runs("tasks") {
             // Each line shows the answer and keeps the id it needs next; a fresh project name
             // each time, so the lines can be run again.
             lines.push(format!(
-                r#"  project=$(curl -s -X POST http://{gateway}/v1/projects -d "{{\"name\":\"launch-$(date +%s%N)\"}}" | tee /dev/stderr | {JSON_ID})"#
+                r#"  project=$(curl -s{auth} -X POST http://{gateway}/v1/projects -d "{{\"name\":\"launch-$(date +%s%N)\"}}" | tee /dev/stderr | {JSON_ID})"#
             ));
             lines.push(format!(
-                r#"  task=$(curl -s -X POST http://{gateway}/v1/projects/$project/tasks -d '{{"title":"ship it","urgency":9,"impact":8,"assignee":"ada"}}' | tee /dev/stderr | {JSON_ID})"#
+                r#"  task=$(curl -s{auth} -X POST http://{gateway}/v1/projects/$project/tasks -d '{{"title":"ship it","urgency":9,"impact":8,"assignee":"ada"}}' | tee /dev/stderr | {JSON_ID})"#
             ));
             lines.push(format!(
-                r#"  curl -s -X PATCH http://{gateway}/v1/tasks/$task -d '{{"urgency":3}}'"#
+                r#"  curl -s{auth} -X PATCH http://{gateway}/v1/tasks/$task -d '{{"urgency":3}}'"#
             ));
             if runs("timetrack") {
                 lines.push(format!(
-                    r#"  curl -s -X POST http://{gateway}/v1/users/ada/timer:start -d '{{"task_id":"'$task'"}}'"#
+                    r#"  curl -s{auth} -X POST http://{gateway}/v1/users/ada/timer:start -d '{{"task_id":"'$task'"}}'"#
                 ));
                 lines.push(format!(
-                    "  curl -s -X POST http://{gateway}/v1/users/ada/timer:stop -d '{{}}'"
+                    "  curl -s{auth} -X POST http://{gateway}/v1/users/ada/timer:stop -d '{{}}'"
                 ));
             }
             lines.push(format!(
-                "  curl -s -X POST http://{gateway}/v1/tasks/${{task}}:complete -d '{{}}'"
+                "  curl -s{auth} -X POST http://{gateway}/v1/tasks/${{task}}:complete -d '{{}}'"
             ));
             lines.push(format!(
-                "  curl -s 'http://{gateway}/v1/tasks?page_size=10&project_id='$project"
+                "  curl -s{auth} 'http://{gateway}/v1/tasks?page_size=10&project_id='$project"
             ));
             if runs("analytics") {
                 lines.push(format!(
-                    "  curl -s http://{gateway}/v1/projects/$project/report"
+                    "  curl -s{auth} http://{gateway}/v1/projects/$project/report"
                 ));
-                lines.push(format!("  curl -s http://{gateway}/v1/users/ada/dashboard"));
+                lines.push(format!(
+                    "  curl -s{auth} http://{gateway}/v1/users/ada/dashboard"
+                ));
             }
         }
         lines.push(format!("  curl -s http://{gateway}/routes"));

@@ -4,7 +4,8 @@
 //! Lifecycle of [`MeshServer::serve`]:
 //! 1. bind the listener (port 0 picks a free port) and mark every service SERVING;
 //! 2. register with the local Consul agent (ID `<name>-<host>-<port>`, tag `grpc`, meta, one `GRPC`
-//!    check per gRPC service) and keep the registration alive across agent restarts;
+//!    check per gRPC service; under mutual TLS one TTL check the process keeps passing while it is
+//!    SERVING, see [`crate::tls`]) and keep the registration alive across agent restarts;
 //! 3. on SIGTERM/SIGINT: NOT_SERVING at once, deregister, keep serving for the lame-duck period so
 //!    watchers and balancers see the change, then stop accepting and send HTTP/2 GOAWAY, let
 //!    in-flight calls finish within the drain timeout, cut what is left, return `Ok(())`.
@@ -65,6 +66,9 @@ pub enum ServeError {
     /// The admin listener could not be bound.
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The mutual-TLS files (`--tls-cert`, `--tls-key`, `--tls-ca`) cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The reflection service could not read the descriptor sets.
     #[error("invalid descriptor set for server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -83,6 +87,7 @@ pub struct MeshServer {
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthReporter,
     mesh: Option<crate::client::Mesh>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl MeshServer {
@@ -99,6 +104,7 @@ impl MeshServer {
             descriptor_sets: vec![crate::proto::FILE_DESCRIPTOR_SET],
             health,
             mesh: None,
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -141,13 +147,24 @@ impl MeshServer {
         self
     }
 
+    /// The process's metrics registry, served as `/metrics` on the admin listener; the binary
+    /// may add its own metrics to it.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.metrics.clone()
+    }
+
     /// A handle to change the health status of services while serving.
     pub fn health_reporter(&self) -> HealthReporter {
         self.health.clone()
     }
 
-    /// Binds the listener; the returned server knows its real address.
+    /// Loads the TLS files (when given: the mesh client, if any, then calls with them too) and
+    /// binds the listener; the returned server knows its real address.
     pub async fn bind(self) -> Result<BoundServer, ServeError> {
+        let tls = self.config.tls.load()?;
+        if let (Some(tls), Some(mesh)) = (&tls, &self.mesh) {
+            mesh.use_tls(tls.clone());
+        }
         let listener = TcpListener::bind(self.config.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -167,6 +184,7 @@ impl MeshServer {
             listener,
             local_addr,
             admin,
+            tls,
         })
     }
 
@@ -182,12 +200,18 @@ pub struct BoundServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     admin: Option<AdminServer>,
+    tls: Option<crate::tls::MeshTls>,
 }
 
 impl BoundServer {
     /// The address the listener really bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The process's metrics registry (see [`MeshServer::metrics`]).
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.server.metrics.clone()
     }
 
     /// The address the admin listener really bound, if `--admin` was given.
@@ -202,6 +226,7 @@ impl BoundServer {
             listener,
             local_addr,
             admin,
+            tls,
         } = self;
         let MeshServer {
             name,
@@ -212,11 +237,21 @@ impl BoundServer {
             descriptor_sets,
             health,
             mesh,
+            metrics,
         } = server;
-        let admin_state = AdminState::new(mesh);
+        if let Some(mesh) = &mesh {
+            metrics.watch_mesh(mesh.clone());
+        }
+        // Calls are measured only when the admin listener can show the numbers.
+        let metrics_port = admin.as_ref().map(|admin| admin.local_addr().port());
+        let metrics_layer = match metrics_port {
+            Some(_) => metrics_layer(&metrics, &descriptor_sets, &grpc_services),
+            None => crate::metrics::GrpcServerMetricsLayer::disabled(),
+        };
+        let admin_state = AdminState::new(mesh).with_metrics(metrics);
         let stop_admin = CancellationToken::new();
         if let Some(admin) = admin {
-            tracing::info!(admin = %admin.local_addr(), "admin listener: /healthz /readyz /mesh");
+            tracing::info!(admin = %admin.local_addr(), "admin listener: /healthz /readyz /mesh /metrics");
             let (state, stop) = (admin_state.clone(), stop_admin.clone());
             tokio::spawn(async move {
                 if let Err(err) = admin.serve(state, stop).await {
@@ -243,9 +278,17 @@ impl BoundServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            // TLS only, client certificates signed by the mesh CA required.
+            builder = builder.tls_config(tls.server_config())?;
+        }
         let mut serving = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
+                // Outermost: the call's server span (traceparent in, request id) covers all.
+                .layer(crate::telemetry::GrpcServerTraceLayer)
                 // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
+                .layer(metrics_layer)
                 .layer(crate::client::IncomingDeadlineLayer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -257,7 +300,17 @@ impl BoundServer {
             tracing::info!(service = %name, %local_addr, "serving (not registered in Consul)");
             None
         } else {
-            match register(&name, &version, &config, local_addr, &grpc_services).await {
+            match register(
+                &name,
+                &version,
+                &config,
+                local_addr,
+                &grpc_services,
+                &health,
+                metrics_port,
+            )
+            .await
+            {
                 Ok(registration) => Some(registration),
                 Err(err) => {
                     serving.abort();
@@ -332,6 +385,8 @@ async fn register(
     config: &ServeConfig,
     local_addr: SocketAddr,
     grpc_services: &[&'static str],
+    health: &HealthReporter,
+    metrics_port: Option<u16>,
 ) -> Result<Registration, ServeError> {
     let consul_config = config.consul().map_err(ServeError::ConsulConfig)?;
     let client = ConsulClient::new(consul_config).map_err(ServeError::ConsulConfig)?;
@@ -339,9 +394,24 @@ async fn register(
         Some(addr) => addr,
         None => registration::advertise_addr(local_addr, client.address()),
     };
-    let registration = instance_registration(name, version, advertise, grpc_services, config);
+    let mut registration = instance_registration(name, version, advertise, grpc_services, config);
+    // Prometheus finds the admin listener (`/metrics`) by this meta.
+    if let Some(port) = metrics_port {
+        registration
+            .meta
+            .insert("metrics_port".to_owned(), port.to_string());
+    }
     let service_id = registration.id.clone();
-    let handle = Registrar::new(client, registration)
+    let mut registrar = Registrar::new(client, registration);
+    if config.tls.is_enabled() {
+        // Consul cannot run gRPC checks against a port that requires client certificates.
+        registrar = registrar.with_ttl_heartbeat(
+            registration::ttl_check_id(&service_id),
+            config.check_interval,
+            registration::serving_probe(health, grpc_services),
+        );
+    }
+    let handle = registrar
         .register()
         .await
         .map_err(|source| ServeError::Register {
@@ -350,6 +420,26 @@ async fn register(
         })?;
     tracing::info!(%service_id, %advertise, "registered in Consul");
     Ok(handle)
+}
+
+/// The metrics layer of the served services, health and reflection.
+fn metrics_layer(
+    metrics: &crate::metrics::Metrics,
+    descriptor_sets: &[&'static [u8]],
+    grpc_services: &[&'static str],
+) -> crate::metrics::GrpcServerMetricsLayer {
+    let mut served = advertised_names(grpc_services);
+    served.extend([
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]);
+    let mut sets = descriptor_sets.to_vec();
+    sets.extend([
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]);
+    metrics.grpc_server_layer(&served, &sets)
 }
 
 /// Names advertised by reflection: the mesh services, health, and reflection itself.

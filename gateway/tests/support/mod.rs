@@ -74,7 +74,8 @@ pub struct Received {
     pub method: String,
     /// The request message in proto3 JSON with proto field names.
     pub message: serde_json::Value,
-    /// `authorization`, `x-request-id`, `traceparent` and `x-custom` metadata, when present.
+    /// `authorization`, `x-request-id`, `traceparent`, `x-custom`, `x-api-key` and identity
+    /// (`x-protomesh-*`) metadata, when present.
     pub metadata: Vec<(String, String)>,
 }
 
@@ -121,16 +122,26 @@ struct Handler {
 
 impl Handler {
     fn record(&self, request: &tonic::Request<DynamicMessage>) {
-        let metadata = ["authorization", "x-request-id", "traceparent", "x-custom"]
-            .into_iter()
-            .filter_map(|key| {
-                request
-                    .metadata()
-                    .get(key)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| (key.to_owned(), v.to_owned()))
-            })
-            .collect();
+        let metadata = [
+            "authorization",
+            "x-request-id",
+            "traceparent",
+            "x-custom",
+            "x-api-key",
+            protomesh::identity::SUBJECT,
+            protomesh::identity::ROLES,
+            protomesh::identity::AUTH_METHOD,
+            protomesh::identity::CLIENT_IP,
+        ]
+        .into_iter()
+        .filter_map(|key| {
+            request
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (key.to_owned(), v.to_owned()))
+        })
+        .collect();
         self.log.lock().unwrap().push(Received {
             method: self.method.name().to_owned(),
             message: json_of(request.get_ref()),
@@ -308,6 +319,51 @@ impl Drop for EchoServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The HS256 secret of [`public_options`] and [`hs256_token`].
+pub const TEST_HS256_SECRET: &str = "a test secret of at least thirty-two bytes";
+
+/// Gateway options for the suites whose protos state no policy: every route public (the
+/// library's default requires authentication), HS256 tokens of [`hs256_token`] accepted.
+pub fn public_options() -> GatewayOptions {
+    let mut options = GatewayOptions::default();
+    options.edge.access.default_auth = protomesh::policy::Requirement::Public;
+    options.edge.auth.hs256_secret = Some(TEST_HS256_SECRET.as_bytes().into());
+    options
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Standard claims the gateway accepts by default (issuer and audience `protomesh`, valid
+/// for an hour) for `subject` with `roles`.
+pub fn claims(subject: &str, roles: &[&str]) -> serde_json::Value {
+    let now = now_secs();
+    serde_json::json!({
+        "sub": subject,
+        "roles": roles,
+        "iss": "protomesh",
+        "aud": "protomesh",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+    })
+}
+
+/// A valid HS256 token signed with [`TEST_HS256_SECRET`].
+pub fn hs256_token(subject: &str, roles: &[&str]) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(subject, roles),
+        &jsonwebtoken::EncodingKey::from_secret(TEST_HS256_SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// An in-process gateway on a free port, stopped on drop.

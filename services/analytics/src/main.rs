@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use protomesh::config::ServeConfig;
-use protomesh::data::fred::prelude::ClientLike;
 use protomesh::data::stream::StreamConsumer;
 use protomesh::data::{self, DataConfig, DataError};
 use protomesh::server::{shutdown_signal, MeshServer};
@@ -57,11 +56,17 @@ enum StartError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
-        eprintln!("{SERVICE}: {err}");
-        return ExitCode::FAILURE;
-    }
-    protomesh::telemetry::exit_code(run(cli).await)
+    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{SERVICE}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = protomesh::telemetry::exit_code(run(cli).await);
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 /// This process's name in the consumer group: `analytics-<host>-<pid>`, the host being the
@@ -100,9 +105,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let redis = data::connect_redis(&config)?;
     let options = consumer_options(consumer_name(server.local_addr()), claim_idle);
     tracing::info!(consumer = %options.consumer, streams = ?options.streams, ?claim_idle, "consuming events");
-    // The consumer reads over a connection of its own, made like this client's.
+    // The consumer reads over a connection of its own, made like this client's; this one reads
+    // the groups' lag for `/metrics`.
     let consumer = StreamConsumer::new(&redis, config.key_prefix.clone(), options);
-    let _ = tokio::time::timeout(Duration::from_secs(1), redis.quit()).await;
+    let watched = consumer.options();
+    server.metrics().watch_stream_groups(
+        redis,
+        &config.key_prefix,
+        &watched.group,
+        &watched.streams,
+    );
     let consuming = consumer.spawn(move |event| {
         let pool = pool.clone();
         async move { apply_event(&pool, &event).await.map(drop) }

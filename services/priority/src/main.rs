@@ -19,14 +19,20 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = protomesh::telemetry::init(cli.serve.log_format, "priority") {
-        eprintln!("priority: {err}");
-        return ExitCode::FAILURE;
-    }
+    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, "priority") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("priority: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let served = MeshServer::new("priority", cli.serve)
         .version(env!("CARGO_PKG_VERSION"))
         .add_service(PriorityServiceServer::new(PriorityHandler))
         .serve()
         .await;
-    protomesh::telemetry::exit_code(served)
+    let code = protomesh::telemetry::exit_code(served);
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    code
 }

@@ -48,6 +48,7 @@ use protomesh::proto::protomesh::tasks::v1::{
     UpdateTaskRequest,
 };
 use protomesh::status::invalid_argument;
+use protomesh::telemetry::spans;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -210,15 +211,18 @@ impl TasksHandler {
 
     /// Task `id` as the database has it now (not the cache).
     async fn load_task(&self, id: Uuid) -> Result<TaskRecord, Status> {
-        let client = self.connection("task").await?;
-        let statement = client
-            .prepare_cached(SELECT_TASK)
-            .await
-            .map_err(db_error("task"))?;
-        let row = client
-            .query_opt(&statement, &[&id])
-            .await
-            .map_err(db_error("task"))?;
+        let select = async {
+            let client = self.connection("task").await?;
+            let statement = client
+                .prepare_cached(SELECT_TASK)
+                .await
+                .map_err(db_error("task"))?;
+            client
+                .query_opt(&statement, &[&id])
+                .await
+                .map_err(db_error("task"))
+        };
+        let row = spans::in_span(spans::postgres("SELECT", "tasks"), select).await?;
         row.as_ref()
             .map(TaskRecord::from_row)
             .ok_or_else(|| task_not_found(id))
@@ -226,15 +230,18 @@ impl TasksHandler {
 
     /// Fails with `NOT_FOUND` unless project `id` exists.
     async fn require_project(&self, id: Uuid) -> Result<(), Status> {
-        let client = self.connection("project").await?;
-        let statement = client
-            .prepare_cached(PROJECT_EXISTS)
-            .await
-            .map_err(db_error("project"))?;
-        let row = client
-            .query_opt(&statement, &[&id])
-            .await
-            .map_err(db_error("project"))?;
+        let select = async {
+            let client = self.connection("project").await?;
+            let statement = client
+                .prepare_cached(PROJECT_EXISTS)
+                .await
+                .map_err(db_error("project"))?;
+            client
+                .query_opt(&statement, &[&id])
+                .await
+                .map_err(db_error("project"))
+        };
+        let row = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
         match row {
             Some(_) => Ok(()),
             None => Err(project_not_found(id)),
@@ -242,9 +249,22 @@ impl TasksHandler {
     }
 
     /// Runs one write of a task and its event in a transaction: `sql` (returning the task's
-    /// columns) with `params`, then the outbox row of `event_type` (the task's JSON), then the
-    /// commit. `None` when `sql` touched no row (nothing is written then).
+    /// columns, an `operation` such as `INSERT`) with `params`, then the outbox row of
+    /// `event_type` (the task's JSON), then the commit. `None` when `sql` touched no row (nothing
+    /// is written then).
     async fn write_task(
+        &self,
+        operation: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        event_type: &str,
+    ) -> Result<Option<TaskRecord>, Status> {
+        let write = self.write_task_in_transaction(sql, params, event_type);
+        spans::in_span(spans::postgres(operation, "tasks"), write).await
+    }
+
+    /// The transaction of [`TasksHandler::write_task`].
+    async fn write_task_in_transaction(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
@@ -411,27 +431,31 @@ impl TasksService for TasksHandler {
         violations.into_result()?;
 
         let id = Uuid::new_v4();
-        let mut client = self.connection("project").await?;
-        let tx = client.transaction().await.map_err(db_error("project"))?;
-        let statement = tx
-            .prepare_cached(INSERT_PROJECT)
+        let insert = async {
+            let mut client = self.connection("project").await?;
+            let tx = client.transaction().await.map_err(db_error("project"))?;
+            let statement = tx
+                .prepare_cached(INSERT_PROJECT)
+                .await
+                .map_err(db_error("project"))?;
+            let row = tx
+                .query_one(&statement, &[&id, &project.name, &project.description])
+                .await
+                .map_err(db_error("project"))?;
+            let created = ProjectRecord::from_row(&row);
+            outbox::insert(
+                &tx,
+                EVENT_STREAM,
+                "project.created",
+                &id.to_string(),
+                &created.to_json(),
+            )
             .await
             .map_err(db_error("project"))?;
-        let row = tx
-            .query_one(&statement, &[&id, &project.name, &project.description])
-            .await
-            .map_err(db_error("project"))?;
-        let created = ProjectRecord::from_row(&row);
-        outbox::insert(
-            &tx,
-            EVENT_STREAM,
-            "project.created",
-            &id.to_string(),
-            &created.to_json(),
-        )
-        .await
-        .map_err(db_error("project"))?;
-        tx.commit().await.map_err(db_error("project"))?;
+            tx.commit().await.map_err(db_error("project"))?;
+            Ok::<_, Status>(created)
+        };
+        let created = spans::in_span(spans::postgres("INSERT", "projects"), insert).await?;
         Ok(Response::new(created.to_proto()))
     }
 
@@ -440,15 +464,18 @@ impl TasksService for TasksHandler {
         request: Request<GetProjectRequest>,
     ) -> Result<Response<Project>, Status> {
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
-        let client = self.connection("project").await?;
-        let statement = client
-            .prepare_cached(SELECT_PROJECT)
-            .await
-            .map_err(db_error("project"))?;
-        let row = client
-            .query_opt(&statement, &[&id])
-            .await
-            .map_err(db_error("project"))?;
+        let select = async {
+            let client = self.connection("project").await?;
+            let statement = client
+                .prepare_cached(SELECT_PROJECT)
+                .await
+                .map_err(db_error("project"))?;
+            client
+                .query_opt(&statement, &[&id])
+                .await
+                .map_err(db_error("project"))
+        };
+        let row = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
         let project = row
             .as_ref()
             .map(ProjectRecord::from_row)
@@ -468,24 +495,27 @@ impl TasksService for TasksHandler {
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
         let limit = limit_plus_one(page_size);
 
-        let client = self.connection("project").await?;
-        let rows = match &after {
-            None => {
-                let statement = client
-                    .prepare_cached(LIST_PROJECTS_FIRST)
-                    .await
-                    .map_err(db_error("project"))?;
-                client.query(&statement, &[&limit]).await
+        let select = async {
+            let client = self.connection("project").await?;
+            match &after {
+                None => {
+                    let statement = client
+                        .prepare_cached(LIST_PROJECTS_FIRST)
+                        .await
+                        .map_err(db_error("project"))?;
+                    client.query(&statement, &[&limit]).await
+                }
+                Some(cursor) => {
+                    let statement = client
+                        .prepare_cached(LIST_PROJECTS_AFTER)
+                        .await
+                        .map_err(db_error("project"))?;
+                    client.query(&statement, &[&cursor.name, &limit]).await
+                }
             }
-            Some(cursor) => {
-                let statement = client
-                    .prepare_cached(LIST_PROJECTS_AFTER)
-                    .await
-                    .map_err(db_error("project"))?;
-                client.query(&statement, &[&cursor.name, &limit]).await
-            }
-        }
-        .map_err(db_error("project"))?;
+            .map_err(db_error("project"))
+        };
+        let rows = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
         let mut projects: Vec<ProjectRecord> = rows.iter().map(ProjectRecord::from_row).collect();
         let next_page_token = if projects.len() > page_size {
             projects.truncate(page_size);
@@ -565,6 +595,7 @@ impl TasksService for TasksHandler {
         let level_db = level_to_db(priority.level);
         let created = self
             .write_task(
+                "INSERT",
                 INSERT_TASK,
                 &[
                     &id,
@@ -641,6 +672,7 @@ impl TasksService for TasksHandler {
             let level_db = level_to_db(priority.level);
             let written = self
                 .write_task(
+                    "UPDATE",
                     UPDATE_TASK,
                     &[
                         &id,
@@ -676,23 +708,25 @@ impl TasksService for TasksHandler {
     ) -> Result<Response<Task>, Status> {
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
         if let Some(completed) = self
-            .write_task(COMPLETE_TASK, &[&id], "task.completed")
+            .write_task("UPDATE", COMPLETE_TASK, &[&id], "task.completed")
             .await?
         {
             self.forget(id).await;
             return Ok(Response::new(completed.to_proto()));
         }
         // No open task with that id: tell which.
-        let client = self.connection("task").await?;
-        let statement = client
-            .prepare_cached(TASK_STATUS)
-            .await
-            .map_err(db_error("task"))?;
-        match client
-            .query_opt(&statement, &[&id])
-            .await
-            .map_err(db_error("task"))?
-        {
+        let select = async {
+            let client = self.connection("task").await?;
+            let statement = client
+                .prepare_cached(TASK_STATUS)
+                .await
+                .map_err(db_error("task"))?;
+            client
+                .query_opt(&statement, &[&id])
+                .await
+                .map_err(db_error("task"))
+        };
+        match spans::in_span(spans::postgres("SELECT", "tasks"), select).await? {
             None => Err(task_not_found(id)),
             Some(_) => Err(Status::failed_precondition(format!(
                 "task {id} is already done"
@@ -705,7 +739,9 @@ impl TasksService for TasksHandler {
         request: Request<DeleteTaskRequest>,
     ) -> Result<Response<()>, Status> {
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
-        let deleted = self.write_task(DELETE_TASK, &[&id], "task.deleted").await?;
+        let deleted = self
+            .write_task("DELETE", DELETE_TASK, &[&id], "task.deleted")
+            .await?;
         self.forget(id).await;
         match deleted {
             Some(_) => Ok(Response::new(())),
@@ -742,15 +778,18 @@ impl TasksService for TasksHandler {
             limit: limit_plus_one(page_size),
         };
         let (sql, params) = filters.query();
-        let client = self.connection("task").await?;
-        let statement = client
-            .prepare_cached(&sql)
-            .await
-            .map_err(db_error("task"))?;
-        let rows = client
-            .query(&statement, &params)
-            .await
-            .map_err(db_error("task"))?;
+        let select = async {
+            let client = self.connection("task").await?;
+            let statement = client
+                .prepare_cached(&sql)
+                .await
+                .map_err(db_error("task"))?;
+            client
+                .query(&statement, &params)
+                .await
+                .map_err(db_error("task"))
+        };
+        let rows = spans::in_span(spans::postgres("SELECT", "tasks"), select).await?;
         let mut tasks: Vec<TaskRecord> = rows.iter().map(TaskRecord::from_row).collect();
         let next_page_token = if tasks.len() > page_size {
             tasks.truncate(page_size);

@@ -40,11 +40,17 @@ enum StartError {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
-        eprintln!("{SERVICE}: {err}");
-        return ExitCode::FAILURE;
-    }
-    protomesh::telemetry::exit_code(run(cli).await)
+    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{SERVICE}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = protomesh::telemetry::exit_code(run(cli).await);
+    // Export the last spans before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> Result<(), StartError> {
@@ -69,13 +75,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         RelayOptions::default().listen(config.pg_config()?),
     );
 
-    let handler = TimetrackHandler::new(pool, mesh.clone());
-    let served = MeshServer::new(SERVICE, serve)
+    let handler = TimetrackHandler::new(pool.clone(), mesh.clone());
+    let server = MeshServer::new(SERVICE, serve)
         .version(env!("CARGO_PKG_VERSION"))
         .with_mesh(mesh)
-        .add_service(TimetrackServiceServer::new(handler))
-        .serve()
-        .await;
+        .add_service(TimetrackServiceServer::new(handler));
+    // `/metrics` shows how far the outbox is behind.
+    server.metrics().watch_outbox(pool);
+    let served = server.serve().await;
     // Events written before the shutdown are in the outbox; publish what the relay has in hand.
     relay.stop().await;
     Ok(served?)

@@ -1,0 +1,285 @@
+//! The edge policies' flags (and environment variables), validated once at start-up into
+//! [`EdgeOptions`]; every error names its flag.
+//!
+//! Where JWT keys come from: `--jwt-hs256-secret-file`, `--jwt-rsa-public-key-file` (repeatable)
+//! and `--jwks-service NAME`. When none of the three is given, the JWKS of the `users` service is
+//! used, so a mesh with the users service verifies its tokens with no configuration;
+//! `--jwks-service ''` turns that off.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use protomesh::policy::Requirement;
+
+use crate::access::{AccessConfig, RouteOverride};
+use crate::auth::{
+    ApiKeys, AuthConfig, AuthConfigError, JwksSource, DEFAULT_AUDIENCE, DEFAULT_ISSUER,
+};
+use crate::cors::CorsConfig;
+use crate::edge::EdgeOptions;
+use crate::ratelimit::{default_quotas, parse_class_quota, RateLimitConfig};
+
+/// The service whose JWKS is used when no JWT key source is configured.
+pub const DEFAULT_JWKS_SERVICE: &str = "users";
+
+/// The requirement of methods whose descriptors state none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DefaultAuth {
+    /// Anyone.
+    Public,
+    /// Any verified caller.
+    Authenticated,
+}
+
+/// Why the edge flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeConfigError {
+    /// A key or API keys file.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// A flag's value.
+    #[error("{flag}: {reason}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The edge policies' flags.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeConfig {
+    /// Who may call methods whose protos state no policy.
+    #[arg(long = "default-auth", env = "PROTOMESH_GATEWAY_DEFAULT_AUTH", value_enum, default_value_t = DefaultAuth::Authenticated)]
+    pub default_auth: DefaultAuth,
+    /// Policy override: `package.Service/Method=REQ` or `package.Service=REQ`, REQ one of
+    /// `public`, `authenticated`, `role:NAME[,NAME…]` (repeat the flag; `;` between entries in
+    /// the environment variable).
+    #[arg(
+        long = "route-policy",
+        env = "PROTOMESH_GATEWAY_ROUTE_POLICIES",
+        value_delimiter = ';'
+    )]
+    pub route_policies: Vec<String>,
+    /// The `iss` a JWT must carry.
+    #[arg(long = "jwt-issuer", env = "PROTOMESH_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+    /// The `aud` a JWT must carry.
+    #[arg(long = "jwt-audience", env = "PROTOMESH_JWT_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+    /// Clock leeway for a JWT's `exp` and `nbf`.
+    #[arg(long = "jwt-leeway", env = "PROTOMESH_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+    /// File holding the HS256 secret (accepts HS256 tokens).
+    #[arg(long = "jwt-hs256-secret-file", env = "PROTOMESH_JWT_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM file of an RSA public key (accepts RS256 tokens it signed); repeat for more keys.
+    #[arg(
+        long = "jwt-rsa-public-key-file",
+        env = "PROTOMESH_JWT_RSA_PUBLIC_KEY_FILES",
+        value_delimiter = ','
+    )]
+    pub jwt_rsa_public_key_files: Vec<PathBuf>,
+    /// Consul name of the service whose `GetJwks` gives RS256 keys by `kid` (default `users`
+    /// when no other key source is configured; empty: none).
+    #[arg(long = "jwks-service", env = "PROTOMESH_JWKS_SERVICE")]
+    pub jwks_service: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[arg(long = "jwks-refresh", env = "PROTOMESH_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+    /// API keys file: lines `NAME SHA256-HEX-OF-KEY ROLE,ROLE`.
+    #[arg(long = "api-keys-file", env = "PROTOMESH_GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Rate limit of a class, `CLASS=LIMIT/PERIOD` (repeat; defaults: default=600/1m,
+    /// auth=20/1m, public=1200/1m, invalid-credentials=30/1m).
+    #[arg(
+        long = "rate-limit",
+        env = "PROTOMESH_GATEWAY_RATE_LIMITS",
+        value_delimiter = ','
+    )]
+    pub rate_limits: Vec<String>,
+    /// Redis shared by the gateway instances for rate limits (none: limits per instance).
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of the gateway's Redis keys.
+    #[arg(long = "key-prefix", env = "PROTOMESH_KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
+    /// Origin allowed to call from a browser (repeat; `*` for any; none: CORS off).
+    #[arg(
+        long = "cors-origin",
+        env = "PROTOMESH_GATEWAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[arg(long = "cors-max-age", env = "PROTOMESH_GATEWAY_CORS_MAX_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub cors_max_age: Duration,
+}
+
+impl EdgeConfig {
+    /// The options these flags describe (files read, values checked). A Redis URL makes a
+    /// client that connects in the background: call it inside a Tokio runtime.
+    pub fn options(&self) -> Result<EdgeOptions, EdgeConfigError> {
+        let invalid =
+            |flag: &'static str| move |reason: String| EdgeConfigError::Invalid { flag, reason };
+
+        let mut auth = AuthConfig {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            ..AuthConfig::default()
+        };
+        if let Some(path) = &self.jwt_hs256_secret_file {
+            auth.hs256_secret = Some(AuthConfig::read_hs256_secret(path)?);
+        }
+        for path in self
+            .jwt_rsa_public_key_files
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            auth.rsa_public_keys
+                .push(AuthConfig::read_rsa_public_key(path)?);
+        }
+        let jwks_service = match &self.jwks_service {
+            Some(name) => Some(name.clone()).filter(|n| !n.is_empty()),
+            None if !auth.has_jwt_keys() => Some(DEFAULT_JWKS_SERVICE.to_owned()),
+            None => None,
+        };
+        auth.jwks = jwks_service.map(|service| JwksSource {
+            refresh: self.jwks_refresh,
+            ..JwksSource::new(service)
+        });
+        if let Some(path) = &self.api_keys_file {
+            auth.api_keys = ApiKeys::load(path)?;
+        }
+
+        let access = AccessConfig {
+            default_auth: match self.default_auth {
+                DefaultAuth::Public => Requirement::Public,
+                DefaultAuth::Authenticated => Requirement::Authenticated,
+            },
+            overrides: self
+                .route_policies
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| p.parse::<RouteOverride>())
+                .collect::<Result<_, _>>()
+                .map_err(invalid("--route-policy"))?,
+        };
+
+        let mut quotas = default_quotas();
+        for spec in self.rate_limits.iter().filter(|s| !s.trim().is_empty()) {
+            let (class, quota) = parse_class_quota(spec).map_err(invalid("--rate-limit"))?;
+            quotas.insert(class, quota);
+        }
+        let redis = match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => {
+                let config = protomesh::data::DataConfig::with_database_url(
+                    protomesh::data::DEFAULT_DATABASE_URL,
+                )
+                .with_redis_url(url);
+                Some(
+                    protomesh::data::connect_redis(&config)
+                        .map_err(|err| invalid("--redis-url")(err.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let rate_limits = RateLimitConfig {
+            quotas,
+            redis,
+            key_prefix: self.key_prefix.clone(),
+        };
+
+        let cors = CorsConfig {
+            max_age: self.cors_max_age,
+            ..CorsConfig::with_origins(
+                &self
+                    .cors_origins
+                    .iter()
+                    .filter(|o| !o.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        Ok(EdgeOptions {
+            auth,
+            access,
+            rate_limits,
+            cors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        edge: EdgeConfig,
+    }
+
+    fn parse(args: &[&str]) -> EdgeConfig {
+        Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
+            .unwrap()
+            .edge
+    }
+
+    // Tokio tests: a REDIS_URL in the environment makes a client, which needs a runtime.
+    #[tokio::test]
+    async fn the_defaults_require_authentication_and_use_the_users_jwks() {
+        let options = parse(&[]).options().unwrap();
+        assert_eq!(options.access.default_auth, Requirement::Authenticated);
+        assert_eq!(options.auth.jwks.unwrap().service, "users");
+        assert_eq!(options.auth.issuer, "protomesh");
+        assert_eq!(options.auth.leeway, Duration::from_secs(30));
+        assert_eq!(options.rate_limits.quotas["auth"].limit(), 20);
+        assert!(!options.cors.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn another_key_source_turns_the_default_jwks_off() {
+        let dir =
+            std::env::temp_dir().join(format!("protomesh-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, format!("{}\n", "s".repeat(40))).unwrap();
+        let options = parse(&["--jwt-hs256-secret-file", secret.to_str().unwrap()])
+            .options()
+            .unwrap();
+        assert!(options.auth.jwks.is_none());
+        assert_eq!(options.auth.hs256_secret.unwrap().len(), 40);
+
+        std::fs::write(&secret, "short").unwrap();
+        let err = parse(&["--jwt-hs256-secret-file", secret.to_str().unwrap()])
+            .options()
+            .unwrap_err();
+        assert!(err.to_string().contains("--jwt-hs256-secret-file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--route-policy", "pkg.S=nobody"][..], "--route-policy"),
+            (&["--rate-limit", "auth"][..], "--rate-limit"),
+            (
+                &["--api-keys-file", "/nonexistent/keys"][..],
+                "--api-keys-file",
+            ),
+            (
+                &["--jwt-rsa-public-key-file", "/nonexistent/key.pem"][..],
+                "--jwt-rsa-public-key-file",
+            ),
+        ] {
+            let err = parse(args).options().unwrap_err();
+            assert!(err.to_string().contains(flag), "{args:?}: {err}");
+        }
+    }
+}
