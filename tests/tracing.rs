@@ -27,7 +27,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
 use protomesh::devmesh::ServiceProcess;
-use support::{binary, eventually, tempdir, unique, Consul};
+use support::{binary, eventually, gateway_addr, log_lines, tempdir, unique, Consul};
 
 /// OTLP span kinds.
 const SERVER: i32 = 2;
@@ -178,26 +178,6 @@ fn spawn(name: &str, env: &[(String, String)], extra_env: &[(&str, &str)]) -> Se
         log,
     )
     .unwrap()
-}
-
-/// The JSON log lines of `process` so far.
-fn log_lines(process: &ServiceProcess) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(process.log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect()
-}
-
-/// The gateway's address, from its "listening" log line.
-async fn gateway_addr(gateway: &ServiceProcess) -> SocketAddr {
-    eventually(Duration::from_secs(30), "the gateway listening", || async {
-        log_lines(gateway).iter().find_map(|line| {
-            (line["message"] == "gateway listening (HTTP/1.1 and h2c)")
-                .then(|| line["addr"].as_str()?.parse().ok())?
-        })
-    })
-    .await
 }
 
 /// One HTTP/1.1 request; returns the status and the body as text.

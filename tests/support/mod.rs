@@ -3,6 +3,7 @@
 //! condition with a deadline instead of sleeping.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -231,4 +232,24 @@ impl Load {
             self.failures.load(Ordering::Relaxed),
         )
     }
+}
+
+/// The JSON log lines of `process` so far.
+pub fn log_lines(process: &ServiceProcess) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(process.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The gateway's address, from its "listening" log line.
+pub async fn gateway_addr(gateway: &ServiceProcess) -> SocketAddr {
+    eventually(Duration::from_secs(30), "the gateway listening", || async {
+        log_lines(gateway).iter().find_map(|line| {
+            (line["message"] == "gateway listening (HTTP/1.1 and h2c)")
+                .then(|| line["addr"].as_str()?.parse().ok())?
+        })
+    })
+    .await
 }

@@ -1,0 +1,404 @@
+//! Security at the edge end to end, across real processes: the `users`, `tasks` and `priority`
+//! services and the `gateway`, registered in a private Consul dev agent, over a database of the
+//! test's own; the gateway verifies tokens with the users service's JWKS and keeps its rate limits
+//! in a private `redis-server`. Register → login → a protected route with the token (200),
+//! without (401), with the wrong role (403), with an expired or a tampered token (401), with an
+//! API key (200); a rate-limit class exceeded → 429 with `Retry-After`; the private Redis stopped →
+//! the local limiter still refuses past the quota. Finally the debug logs of the gateway and the
+//! users service are searched for every secret the flow used: the password, the access and
+//! refresh tokens and the API key must appear nowhere.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use protomesh::data::testing::{redis_url, PrivateRedis, TestDatabase, TestKeys};
+use protomesh::devmesh::ServiceProcess;
+use sha2::{Digest, Sha256};
+use support::{binary, eventually, gateway_addr, tempdir, unique, Consul};
+
+const PASSWORD: &str = "correct horse battery staple";
+const API_KEY: &str = "pm_test_4f1d9c2b7a8e6d5c3b2a1f0e9d8c7b6a";
+/// The public class's quota at the gateway, small enough to exceed.
+const PUBLIC_QUOTA: u32 = 5;
+
+/// An HTTP answer: status, headers (lower-case names) and body.
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// One HTTP request with curl (no shell), `-i` to read the status line and headers.
+async fn http(method: &str, url: String, headers: Vec<String>, body: Option<String>) -> Answer {
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-i", "--max-time", "10", "-X", &method, &url]);
+        for header in &headers {
+            command.args(["-H", header]);
+        }
+        if let Some(body) = &body {
+            command.args(["-d", body]);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line from {url}: {text}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn bearer(token: &str) -> Vec<String> {
+    vec![format!("authorization: Bearer {token}")]
+}
+
+/// A JSON string field of an answer body.
+fn field(answer: &Answer, name: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
+    json[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {}", answer.body))
+        .to_owned()
+}
+
+/// Starts binary `name` on a free port with `env`.
+fn spawn(name: &str, env: &[(&str, String)], args: &[&str]) -> ServiceProcess {
+    let mut all_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    all_args.extend(args.iter().map(|a| (*a).to_owned()));
+    let log = tempdir().join(format!("{name}.log"));
+    eprintln!("{name} log: {}", log.display());
+    ServiceProcess::spawn(
+        unique(name),
+        &binary(name),
+        &all_args,
+        &env.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<Vec<_>>(),
+        log,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_login_and_call_protected_routes_through_the_gateway() {
+    let consul = Consul::start().await;
+    let database = TestDatabase::create().await.unwrap();
+    let keys = TestKeys::new();
+    let mut gateway_redis = PrivateRedis::start().await.unwrap();
+    let admin_email = format!("{}@example.com", unique("admin"));
+    let email = format!("{}@example.com", unique("ada"));
+
+    let api_keys = tempdir().join("api-keys");
+    let key_hash = hex(&Sha256::digest(API_KEY.as_bytes()));
+    std::fs::write(&api_keys, format!("ci-bot {key_hash} user\n")).unwrap();
+
+    let common = [
+        ("CONSUL_HTTP_ADDR", consul.addr()),
+        ("DATABASE_URL", database.url().to_owned()),
+        ("PROTOMESH_KEY_PREFIX", keys.prefix().to_owned()),
+        ("PROTOMESH_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let with = |extra: &[(&'static str, String)]| {
+        let mut env = common.to_vec();
+        env.extend_from_slice(extra);
+        env
+    };
+    let users = spawn(
+        "users",
+        &with(&[("REDIS_URL", redis_url())]),
+        &["--admin-email", &admin_email],
+    );
+    let _tasks = spawn("tasks", &with(&[("REDIS_URL", redis_url())]), &[]);
+    let _priority = spawn("priority", &with(&[]), &[]);
+    for service in ["users", "tasks", "priority"] {
+        eventually(Duration::from_secs(60), "passing instances", || async {
+            (!consul.instances(service, true).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+    let public_quota = format!("public={PUBLIC_QUOTA}/1m");
+    let gateway = spawn(
+        "gateway",
+        &with(&[("REDIS_URL", gateway_redis.url())]),
+        &[
+            "--jwt-leeway",
+            "0s",
+            "--api-keys-file",
+            api_keys.to_str().unwrap(),
+            "--route-policy",
+            "protomesh.tasks.v1.TasksService/DeleteTask=role:admin",
+            "--rate-limit",
+            &public_quota,
+        ],
+    );
+    let addr: SocketAddr = gateway_addr(&gateway).await;
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    // The users routes are learned from Consul like any other.
+    eventually(Duration::from_secs(20), "the users routes", || async {
+        let answer = http("GET", url("/.well-known/jwks.json"), vec![], None).await;
+        (answer.status == 200 && answer.body.contains("RS256")).then_some(())
+    })
+    .await;
+
+    // Register and log in.
+    let registered = http(
+        "POST",
+        url("/v1/users:register"),
+        vec![],
+        Some(format!(
+            r#"{{"email":"{email}","displayName":"Ada","password":"{PASSWORD}"}}"#
+        )),
+    )
+    .await;
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    let user_id = field(&registered, "id");
+    let login = |email: String, password: &'static str| {
+        let url = url("/v1/auth:login");
+        async move {
+            http(
+                "POST",
+                url,
+                vec![],
+                Some(format!(r#"{{"email":"{email}","password":"{password}"}}"#)),
+            )
+            .await
+        }
+    };
+    let tokens = login(email.clone(), PASSWORD).await;
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    let token = field(&tokens, "accessToken");
+    let refresh = field(&tokens, "refreshToken");
+    let wrong = login(email.clone(), "not the password at all").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+
+    // A protected route: with the token 200, without 401.
+    let me = http("GET", url("/v1/users/me"), bearer(&token), None).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(field(&me, "id"), user_id);
+    let project = http(
+        "POST",
+        url("/v1/projects"),
+        bearer(&token),
+        Some(format!(r#"{{"name":"{}"}}"#, unique("sec"))),
+    )
+    .await;
+    assert_eq!(project.status, 200, "{}", project.body);
+    let project_id = field(&project, "id");
+    let task = http(
+        "POST",
+        url(&format!("/v1/projects/{project_id}/tasks")),
+        bearer(&token),
+        Some(r#"{"title":"guarded","urgency":5,"impact":5}"#.to_owned()),
+    )
+    .await;
+    assert_eq!(task.status, 200, "{}", task.body);
+    let task_id = field(&task, "id");
+    let list = url(&format!("/v1/tasks?project_id={project_id}"));
+    let anonymous = http("GET", list.clone(), vec![], None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(
+        anonymous
+            .headers
+            .get("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        anonymous.headers
+    );
+
+    // Wrong role: DeleteTask needs admin.
+    let delete = url(&format!("/v1/tasks/{task_id}"));
+    let forbidden = http("DELETE", delete.clone(), bearer(&token), None).await;
+    assert_eq!(forbidden.status, 403, "{}", forbidden.body);
+    let admin = http(
+        "POST",
+        url("/v1/users:register"),
+        vec![],
+        Some(format!(
+            r#"{{"email":"{admin_email}","displayName":"Root","password":"{PASSWORD}"}}"#
+        )),
+    )
+    .await;
+    assert_eq!(admin.status, 200, "{}", admin.body);
+    let admin_token = field(&login(admin_email.clone(), PASSWORD).await, "accessToken");
+
+    // Tampered: one character of the signature changed.
+    let mut tampered = token.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let answer = http("GET", list.clone(), bearer(&tampered), None).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+
+    // Expired: signed with the users service's own key, with exp in the past.
+    let client = tokio_postgres_client(database.url()).await;
+    let row = client
+        .query_one(
+            "SELECT kid, private_key_pem FROM users.signing_keys WHERE active \
+             ORDER BY created_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (kid, pem): (String, String) = (row.get(0), row.get(1));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": user_id, "iss": "protomesh", "aud": "protomesh", "roles": ["user"],
+        "iat": now - 600, "nbf": now - 600, "exp": now - 60, "jti": unique("jti"),
+    });
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid);
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let expired = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let answer = http("GET", list.clone(), bearer(&expired), None).await;
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    // The same key with a valid exp passes: the 401 above was the expiry.
+    let claims = serde_json::json!({
+        "sub": user_id, "iss": "protomesh", "aud": "protomesh", "roles": ["user"],
+        "iat": now, "nbf": now, "exp": now + 600, "jti": unique("jti"),
+    });
+    let fresh = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    assert_eq!(
+        http("GET", list.clone(), bearer(&fresh), None).await.status,
+        200
+    );
+
+    // An API key: 200 on the protected list, a wrong one 401.
+    let with_key = http(
+        "GET",
+        list.clone(),
+        vec![format!("x-api-key: {API_KEY}")],
+        None,
+    )
+    .await;
+    assert_eq!(with_key.status, 200, "{}", with_key.body);
+    assert!(with_key.body.contains(&task_id), "{}", with_key.body);
+    let bad_key = http(
+        "GET",
+        list.clone(),
+        vec!["x-api-key: pm_test_wrong".to_owned()],
+        None,
+    )
+    .await;
+    assert_eq!(bad_key.status, 401, "{}", bad_key.body);
+
+    // The admin may delete.
+    let deleted = http("DELETE", delete, bearer(&admin_token), None).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+
+    // Refresh works through the gateway, once.
+    let refreshed = http(
+        "POST",
+        url("/v1/auth:refresh"),
+        vec![],
+        Some(format!(r#"{{"refreshToken":"{refresh}"}}"#)),
+    )
+    .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.body);
+    let refreshed_token = field(&refreshed, "accessToken");
+
+    // The public class's quota, counted in Redis per client address: the next call is 429.
+    let score = url("/v1/priority:score");
+    let body = r#"{"title":"x","urgency":2,"impact":3}"#.to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..=PUBLIC_QUOTA {
+        statuses.push(http("POST", score.clone(), vec![], Some(body.clone())).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|a| a.status).collect();
+    assert_eq!(
+        codes[..PUBLIC_QUOTA as usize],
+        vec![200; PUBLIC_QUOTA as usize][..]
+    );
+    let refused = statuses.last().unwrap();
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    let retry_after: u64 = refused.headers["retry-after"].parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(refused.headers["ratelimit-limit"], PUBLIC_QUOTA.to_string());
+    assert_eq!(refused.headers["ratelimit-remaining"], "0");
+    assert!(statuses[0].headers.contains_key("ratelimit-remaining"));
+
+    // Redis stopped: the gateway limits in process; the quota still holds.
+    gateway_redis.stop().await.unwrap();
+    let mut local = Vec::new();
+    for _ in 0..(PUBLIC_QUOTA * 2) {
+        local.push(
+            http("POST", score.clone(), vec![], Some(body.clone()))
+                .await
+                .status,
+        );
+    }
+    assert!(
+        local.iter().filter(|s| **s == 200).count() <= PUBLIC_QUOTA as usize,
+        "{local:?}"
+    );
+    assert!(local.contains(&429), "{local:?}");
+    assert!(local.iter().all(|s| *s == 200 || *s == 429), "{local:?}");
+
+    // No secret of the flow in any log line of the gateway or the users service.
+    let logs = [
+        ("gateway", gateway.log_path().to_owned()),
+        ("users", users.log_path().to_owned()),
+    ];
+    drop(gateway);
+    drop(users);
+    let secrets = [
+        ("password", PASSWORD),
+        ("access token", token.as_str()),
+        ("admin token", admin_token.as_str()),
+        ("refresh token", refresh.as_str()),
+        ("refreshed token", refreshed_token.as_str()),
+        ("expired token", expired.as_str()),
+        ("API key", API_KEY),
+    ];
+    for (name, path) in logs {
+        let log = std::fs::read_to_string(path).unwrap();
+        assert!(log.lines().count() > 5, "{name} logged: {log}");
+        for (what, secret) in secrets {
+            // The signature part alone must not show either.
+            let tail = &secret[secret.len().saturating_sub(24)..];
+            assert!(
+                !log.contains(secret) && !log.contains(tail),
+                "the {what} appears in the {name} log"
+            );
+        }
+    }
+}
+
+async fn tokio_postgres_client(url: &str) -> protomesh::data::tokio_postgres::Client {
+    let (client, connection) =
+        protomesh::data::tokio_postgres::connect(url, protomesh::data::tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
