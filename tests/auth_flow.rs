@@ -148,8 +148,6 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
             "0s",
             "--api-keys-file",
             api_keys.to_str().unwrap(),
-            "--route-policy",
-            "protomesh.tasks.v1.TasksService/DeleteTask=role:admin",
             "--rate-limit",
             &public_quota,
         ],
@@ -229,7 +227,7 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
         anonymous.headers
     );
 
-    // Wrong role: DeleteTask needs admin.
+    // Wrong role: DeleteTask needs admin (its policy in tasks.proto).
     let delete = url(&format!("/v1/tasks/{task_id}"));
     let forbidden = http("DELETE", delete.clone(), bearer(&token), None).await;
     assert_eq!(forbidden.status, 403, "{}", forbidden.body);

@@ -285,7 +285,8 @@ struct Shared {
     http2_keep_alive: Option<Duration>,
     /// Mutual TLS of the endpoints' connections; plaintext when `None`.
     tls: Option<ClientTlsConfig>,
-    /// Since when Consul reports an empty set while endpoints are kept.
+    /// Since when Consul reports an empty set while endpoints are kept; also the lock that makes
+    /// `apply` one at a time.
     empty_since: Mutex<Option<Instant>>,
     /// True while `empty_since` is set (read on every call without the lock).
     keeping_empty: AtomicBool,
@@ -319,14 +320,14 @@ impl Balancer {
             empty_since: Mutex::new(None),
             keeping_empty: AtomicBool::new(false),
         });
-        shared.apply(&watch.current());
+        shared.apply();
         let weak = Arc::downgrade(&shared);
         let mut updates = watch.subscribe();
         tokio::spawn(async move {
             while updates.changed().await.is_ok() {
                 let Some(shared) = weak.upgrade() else { return };
-                let state = updates.borrow_and_update().clone();
-                shared.apply(&state);
+                updates.borrow_and_update();
+                shared.apply();
             }
         });
         Self { shared }
@@ -377,26 +378,28 @@ impl Shared {
     /// Consul agent that just restarted answers empty until the services register again (within
     /// seconds). The known endpoints stay for [`ChannelOptions::empty_set_grace`]; if they are
     /// really gone, calls to them fail over and eject them just as "no instance" would have.
-    fn apply(&self, state: &WatchState) {
+    fn apply(&self) {
+        // One apply at a time (the update task, a first call's catch-up and the grace check may
+        // race), each on the watch's newest state read under the lock: an older snapshot never
+        // overwrites a newer one, and no endpoint built by one apply is replaced by another's.
+        let mut empty_since = match self.empty_since.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let state = self.watch.current();
         let old = self.current();
-        {
-            let mut empty_since = match self.empty_since.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            if state.instances.is_empty() && !old.is_empty() {
-                let since = *empty_since.get_or_insert_with(|| {
-                    tracing::warn!(service = %self.service, grace = ?self.empty_set_grace, "Consul reports no instance; keeping the known endpoints for a grace period");
-                    Instant::now()
-                });
-                if since.elapsed() < self.empty_set_grace {
-                    self.keeping_empty.store(true, Ordering::Relaxed);
-                    return;
-                }
+        if state.instances.is_empty() && !old.is_empty() {
+            let since = *empty_since.get_or_insert_with(|| {
+                tracing::warn!(service = %self.service, grace = ?self.empty_set_grace, "Consul reports no instance; keeping the known endpoints for a grace period");
+                Instant::now()
+            });
+            if since.elapsed() < self.empty_set_grace {
+                self.keeping_empty.store(true, Ordering::Relaxed);
+                return;
             }
-            *empty_since = None;
-            self.keeping_empty.store(false, Ordering::Relaxed);
         }
+        *empty_since = None;
+        self.keeping_empty.store(false, Ordering::Relaxed);
 
         let by_id: HashMap<&str, &Arc<Endpoint>> =
             old.iter().map(|e| (e.instance.id.as_str(), e)).collect();
@@ -547,11 +550,11 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                     .get::<Deadline>()
                     .map(Deadline::remaining)
                     .unwrap_or(Duration::from_secs(5));
-                let state = shared.watch.initialized(wait).await.map_err(|err| {
+                shared.watch.initialized(wait).await.map_err(|err| {
                     Box::new(tonic::Status::unavailable(err.to_string())) as BoxError
                 })?;
                 // The update task may not have run yet: apply the first answer here.
-                shared.apply(&state);
+                shared.apply();
             }
             // A kept set whose grace ran out goes now, even with no new answer from Consul.
             if shared.keeping_empty.load(Ordering::Relaxed)
@@ -560,11 +563,11 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                     .lock()
                     .is_ok_and(|since| since.is_some_and(|s| s.elapsed() >= shared.empty_set_grace))
             {
-                shared.apply(&shared.watch.current());
+                shared.apply();
             }
             // An empty pick may only mean the update task is behind the watch: catch up once.
             let picked = shared.pick().or_else(|| {
-                shared.apply(&shared.watch.current());
+                shared.apply();
                 shared.pick()
             });
             let Some(endpoint) = picked else {
