@@ -1,11 +1,16 @@
 //! Deadlines: every call through a mesh channel has one. It is the earliest of the caller's
-//! `grpc-timeout`, the deadline of the server call being handled (propagated through a task-local
-//! set by [`IncomingDeadlineLayer`] on the server side), and the channel's default timeout. The
-//! remaining budget goes out in `grpc-timeout`; when it runs out the call ends with
-//! `DEADLINE_EXCEEDED`.
+//! `grpc-timeout` and the deadline of the server call being handled (propagated through a
+//! task-local set by [`IncomingDeadlineLayer`] on the server side); when neither is set, the
+//! method's own default (the `default_timeout` of its `(protomesh.options.v1.policy)`, read by the
+//! [`MethodTable`]) or else the channel's default timeout. The remaining budget goes out in
+//! `grpc-timeout`; when it runs out the call ends with `DEADLINE_EXCEEDED`.
+//!
+//! On the server side, a call that arrives without `grpc-timeout` to a method whose policy names a
+//! default timeout is handled under that deadline, so the calls its handler makes inherit it.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,7 +18,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
-use super::BoxError;
+use super::{BoxError, MethodTable};
 
 tokio::task_local! {
     /// Deadline of the server call this task is handling.
@@ -45,15 +50,20 @@ pub(crate) fn set_remaining<B>(request: &mut http::Request<B>, deadline: Deadlin
 }
 
 /// Client layer: resolves the call's deadline and enforces it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeadlineLayer {
     default_timeout: Duration,
+    methods: Arc<MethodTable>,
 }
 
 impl DeadlineLayer {
-    /// Deadlines default to `default_timeout` when neither the caller nor an incoming call set one.
-    pub fn new(default_timeout: Duration) -> Self {
-        Self { default_timeout }
+    /// Deadlines default to the method's own default timeout in `methods`, else to
+    /// `default_timeout`, when neither the caller nor an incoming call set one.
+    pub fn new(default_timeout: Duration, methods: Arc<MethodTable>) -> Self {
+        Self {
+            default_timeout,
+            methods,
+        }
     }
 }
 
@@ -64,6 +74,7 @@ impl<S> Layer<S> for DeadlineLayer {
         DeadlineService {
             inner,
             default_timeout: self.default_timeout,
+            methods: Arc::clone(&self.methods),
         }
     }
 }
@@ -73,6 +84,7 @@ impl<S> Layer<S> for DeadlineLayer {
 pub struct DeadlineService<S> {
     inner: S,
     default_timeout: Duration,
+    methods: Arc<MethodTable>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for DeadlineService<S>
@@ -100,7 +112,13 @@ where
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(now + self.default_timeout);
+            .unwrap_or_else(|| {
+                let default = self
+                    .methods
+                    .default_timeout(request.uri().path())
+                    .unwrap_or(self.default_timeout);
+                now + default
+            });
         let deadline = Deadline(deadline);
         request.extensions_mut().insert(deadline);
         set_remaining(&mut request, deadline);
@@ -123,16 +141,29 @@ where
     }
 }
 
-/// Server layer: runs each handler with the caller's deadline in a task-local, so calls the handler
-/// makes through mesh channels inherit what is left of it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IncomingDeadlineLayer;
+/// Server layer: runs each handler with the caller's deadline (or, when the caller sent none, the
+/// method's default timeout from `methods`) in a task-local, so calls the handler makes through
+/// mesh channels inherit what is left of it.
+#[derive(Debug, Clone, Default)]
+pub struct IncomingDeadlineLayer {
+    methods: Arc<MethodTable>,
+}
+
+impl IncomingDeadlineLayer {
+    /// The layer for a server whose methods' defaults are in `methods`.
+    pub fn new(methods: Arc<MethodTable>) -> Self {
+        Self { methods }
+    }
+}
 
 impl<S> Layer<S> for IncomingDeadlineLayer {
     type Service = IncomingDeadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IncomingDeadline { inner }
+        IncomingDeadline {
+            inner,
+            methods: Arc::clone(&self.methods),
+        }
     }
 }
 
@@ -140,6 +171,7 @@ impl<S> Layer<S> for IncomingDeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct IncomingDeadline<S> {
     inner: S,
+    methods: Arc<MethodTable>,
 }
 
 impl<S, B> Service<http::Request<B>> for IncomingDeadline<S>
@@ -161,11 +193,66 @@ where
             .get(GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout::parse)
+            .or_else(|| self.methods.default_timeout(request.uri().path()))
             .map(|t| Instant::now() + t);
         let call = self.inner.call(request);
         match deadline {
             Some(deadline) => Box::pin(INCOMING_DEADLINE.scope(deadline, call)),
             None => Box::pin(call),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Sends one request to `path` through a [`DeadlineLayer`] and returns the `grpc-timeout` the
+    /// inner service received.
+    async fn sent_timeout(path: &str, caller_timeout: Option<&str>) -> Duration {
+        let methods = Arc::new(
+            MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])
+                .expect("descriptors"),
+        );
+        let seen = Arc::new(Mutex::new(None));
+        let record = Arc::clone(&seen);
+        let inner = tower::service_fn(move |request: http::Request<()>| {
+            let header = request
+                .headers()
+                .get(GRPC_TIMEOUT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(grpc_timeout::parse);
+            *record.lock().expect("lock") = header;
+            async { Ok::<_, BoxError>(http::Response::new(())) }
+        });
+        let mut service = DeadlineLayer::new(Duration::from_secs(10), methods).layer(inner);
+        let mut request = http::Request::builder().uri(path);
+        if let Some(timeout) = caller_timeout {
+            request = request.header(GRPC_TIMEOUT_HEADER, timeout);
+        }
+        service
+            .call(request.body(()).expect("request"))
+            .await
+            .expect("answer");
+        let sent = *seen.lock().expect("lock");
+        sent.expect("a grpc-timeout was sent")
+    }
+
+    #[tokio::test]
+    async fn a_method_policy_timeout_is_the_default_and_the_caller_s_wins() {
+        let score = "/protomesh.priority.v1.PriorityService/Score";
+        let policy = sent_timeout(score, None).await;
+        assert!(
+            policy <= Duration::from_secs(2) && policy > Duration::from_millis(1_900),
+            "{policy:?}"
+        );
+        let channel = sent_timeout("/protomesh.tasks.v1.TasksService/GetTask", None).await;
+        assert!(channel > Duration::from_secs(9), "{channel:?}");
+        let caller = sent_timeout(score, Some("5S")).await;
+        assert!(
+            caller > Duration::from_secs(4),
+            "the caller's own wins: {caller:?}"
+        );
     }
 }

@@ -1,10 +1,13 @@
-//! Which methods may be retried: those whose proto says `idempotency_level = NO_SIDE_EFFECTS` or
-//! `IDEMPOTENT`, read from encoded descriptor sets and looked up by gRPC path (`/pkg.Svc/Method`).
-//! A table can learn more descriptor sets while in use (the gateway learns every service's over
-//! reflection); clones share what they learn.
+//! What the mesh client knows of each method from its descriptors, looked up by gRPC path
+//! (`/pkg.Svc/Method`): whether it may be retried (its proto says `idempotency_level =
+//! NO_SIDE_EFFECTS` or `IDEMPOTENT`) and its default deadline (the `default_timeout` of its
+//! `(protomesh.options.v1.policy)`, see [`crate::policy`]). A table can learn more descriptor sets
+//! while in use (the gateway learns every service's over reflection); clones share what they
+//! learn.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use prost::Message;
 use prost_types::{method_options::IdempotencyLevel, FileDescriptorSet};
@@ -14,10 +17,18 @@ use prost_types::{method_options::IdempotencyLevel, FileDescriptorSet};
 #[error("invalid encoded FileDescriptorSet: {0}")]
 pub struct DescriptorError(#[from] prost::DecodeError);
 
-/// Idempotency of every method in some descriptor sets; clones share one table.
+/// What is known of one method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MethodInfo {
+    level: IdempotencyLevel,
+    default_timeout: Option<Duration>,
+}
+
+/// Idempotency and default deadline of every method in some descriptor sets; clones share one
+/// table.
 #[derive(Debug, Clone, Default)]
 pub struct MethodTable {
-    levels: Arc<RwLock<HashMap<String, IdempotencyLevel>>>,
+    methods: Arc<RwLock<HashMap<String, MethodInfo>>>,
 }
 
 impl MethodTable {
@@ -30,10 +41,10 @@ impl MethodTable {
 
     /// Adds (or updates) the methods of every service in the encoded `sets`.
     pub fn learn(&self, sets: &[&[u8]]) -> Result<(), DescriptorError> {
-        let mut levels = HashMap::new();
+        let mut methods = HashMap::new();
         for set in sets {
-            let set = FileDescriptorSet::decode(*set)?;
-            for file in set.file {
+            let decoded = FileDescriptorSet::decode(*set)?;
+            for file in &decoded.file {
                 let package = file.package();
                 for service in &file.service {
                     for method in &service.method {
@@ -47,26 +58,57 @@ impl MethodTable {
                             .as_ref()
                             .map(|o| o.idempotency_level())
                             .unwrap_or(IdempotencyLevel::IdempotencyUnknown);
-                        levels.insert(path, level);
+                        methods.insert(
+                            path,
+                            MethodInfo {
+                                level,
+                                default_timeout: None,
+                            },
+                        );
+                    }
+                }
+            }
+            // Policies need the options' extensions, which only a reflective pool keeps; a set
+            // that does not make a consistent pool (missing imports) just has no timeouts.
+            if let Ok(pool) = prost_reflect::DescriptorPool::decode(*set) {
+                for service in pool.services() {
+                    for method in service.methods() {
+                        let timeout = crate::policy::declared(&method)
+                            .ok()
+                            .and_then(|policy| policy.default_timeout)
+                            .and_then(|d| Duration::try_from(d).ok())
+                            .filter(|d| !d.is_zero());
+                        let path = format!("/{}/{}", service.full_name(), method.name());
+                        if let Some(info) = methods.get_mut(&path) {
+                            info.default_timeout = timeout;
+                        }
                     }
                 }
             }
         }
-        match self.levels.write() {
-            Ok(mut table) => table.extend(levels),
-            Err(poisoned) => poisoned.into_inner().extend(levels),
+        match self.methods.write() {
+            Ok(mut table) => table.extend(methods),
+            Err(poisoned) => poisoned.into_inner().extend(methods),
         }
         Ok(())
     }
 
     /// Whether a call to `path` may be sent again after a failure (unknown methods may not).
     pub fn is_retryable(&self, path: &str) -> bool {
-        self.levels.read().is_ok_and(|levels| {
+        self.methods.read().is_ok_and(|methods| {
             matches!(
-                levels.get(path),
+                methods.get(path).map(|m| m.level),
                 Some(IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent)
             )
         })
+    }
+
+    /// The deadline a call to `path` gets when its caller sets none, if its policy names one.
+    pub fn default_timeout(&self, path: &str) -> Option<Duration> {
+        self.methods
+            .read()
+            .ok()
+            .and_then(|methods| methods.get(path).and_then(|m| m.default_timeout))
     }
 }
 
@@ -82,6 +124,22 @@ mod tests {
         assert!(table.is_retryable("/protomesh.priority.v1.PriorityService/Prioritize"));
         assert!(!table.is_retryable("/protomesh.priority.v1.PriorityService/Nope"));
         assert!(!table.is_retryable("/grpc.health.v1.Health/Check"));
+    }
+
+    #[test]
+    fn default_timeouts_come_from_the_method_policy() {
+        let table = MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])
+            .expect("our descriptor set decodes");
+        // priority.proto's service-level policy says 2 s; tasks.proto names no timeout.
+        assert_eq!(
+            table.default_timeout("/protomesh.priority.v1.PriorityService/Score"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            table.default_timeout("/protomesh.tasks.v1.TasksService/GetTask"),
+            None
+        );
+        assert_eq!(table.default_timeout("/nope.Svc/M"), None);
     }
 
     #[test]

@@ -178,7 +178,10 @@ impl Mesh {
         let stack = ServiceBuilder::new()
             // Outermost: one client span per call, retries included; its context goes out.
             .layer(crate::telemetry::GrpcClientTraceLayer::new(service))
-            .layer(deadline::DeadlineLayer::new(options.default_timeout))
+            .layer(deadline::DeadlineLayer::new(
+                options.default_timeout,
+                Arc::clone(&self.inner.methods),
+            ))
             .layer(breaker::BreakerLayer::new(breaker))
             .layer(limit::LimitLayer::new(options.concurrency_limit))
             .layer(retry::RetryLayer::new(

@@ -248,6 +248,11 @@ impl BoundServer {
             Some(_) => metrics_layer(&metrics, &descriptor_sets, &grpc_services),
             None => crate::metrics::GrpcServerMetricsLayer::disabled(),
         };
+        // The methods' default deadlines (their policy's `default_timeout`), for calls that come
+        // without `grpc-timeout`; descriptor sets that do not decode were refused by reflection.
+        let method_defaults = std::sync::Arc::new(
+            crate::client::MethodTable::from_descriptor_sets(&descriptor_sets).unwrap_or_default(),
+        );
         let admin_state = AdminState::new(mesh).with_metrics(metrics);
         let stop_admin = CancellationToken::new();
         if let Some(admin) = admin {
@@ -289,7 +294,7 @@ impl BoundServer {
                 .layer(crate::telemetry::GrpcServerTraceLayer)
                 // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
                 .layer(metrics_layer)
-                .layer(crate::client::IncomingDeadlineLayer)
+                .layer(crate::client::IncomingDeadlineLayer::new(method_defaults))
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_accepting_rx.await;
