@@ -28,6 +28,54 @@ impl FieldViolation {
     }
 }
 
+/// The violations of one request, collected so the caller learns about all of them at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// None yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is wrong.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of `result`, if any, and returns its value.
+    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(violation) => {
+                self.0.push(violation);
+                None
+            }
+        }
+    }
+
+    /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
+    pub fn into_result(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(bad_request(self.0))
+        }
+    }
+}
+
+/// A required UUID in the hyphenated form the services hand out (any case).
+pub fn uuid(field: &str, text: &str) -> Result<uuid::Uuid, FieldViolation> {
+    if text.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    let invalid = || FieldViolation::new(field, format!("must be a UUID, got {text:?}"));
+    if text.len() != 36 {
+        return Err(invalid());
+    }
+    uuid::Uuid::parse_str(text).map_err(|_| invalid())
+}
+
 /// `INVALID_ARGUMENT` naming one field, in the message and as a `google.rpc.BadRequest` detail.
 pub fn invalid_argument(field: impl Into<String>, description: impl Into<String>) -> Status {
     bad_request(vec![FieldViolation::new(field, description)])

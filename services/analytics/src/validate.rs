@@ -3,7 +3,7 @@
 //! service does.
 
 use protomesh::status::FieldViolation;
-use uuid::Uuid;
+pub use protomesh::status::{uuid, Violations};
 
 /// Longest user id, in characters (the tasks service's longest assignee).
 pub const MAX_USER_ID: usize = 200;
@@ -21,21 +21,6 @@ pub fn user_id(field: &str, text: &str) -> Result<(), FieldViolation> {
         ));
     }
     Ok(())
-}
-
-/// A required UUID, in the hyphenated form the services hand out (any case).
-pub fn uuid(field: &str, text: &str) -> Result<Uuid, FieldViolation> {
-    if text.is_empty() {
-        return Err(FieldViolation::new(field, "is required"));
-    }
-    if text.len() != 36 {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be a UUID, got {text:?}"),
-        ));
-    }
-    Uuid::parse_str(text)
-        .map_err(|_| FieldViolation::new(field, format!("must be a UUID, got {text:?}")))
 }
 
 #[cfg(test)]
@@ -57,7 +42,7 @@ mod tests {
 
     #[test]
     fn uuids_must_be_given_and_well_formed() {
-        let id = Uuid::new_v4();
+        let id = uuid::Uuid::new_v4();
         assert_eq!(uuid("project_id", &id.to_string()), Ok(id));
         assert_eq!(uuid("project_id", &id.to_string().to_uppercase()), Ok(id));
         assert!(uuid("project_id", "").is_err());

@@ -3,8 +3,8 @@
 
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::TaskStatus;
-use protomesh::status::{bad_request, FieldViolation};
-use tonic::Status;
+use protomesh::status::FieldViolation;
+pub use protomesh::status::{uuid, Violations};
 use uuid::Uuid;
 
 /// Longest title or project name, in characters.
@@ -21,58 +21,6 @@ pub const MAX_FACTOR: i32 = 10;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Largest page size.
 pub const MAX_PAGE_SIZE: usize = 1000;
-
-/// The violations of one request, collected so the caller learns about all of them at once.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// None yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records that `field` is wrong.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-
-    /// Records the error of `result`, if any, and returns its value.
-    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(violation) => {
-                self.0.push(violation);
-                None
-            }
-        }
-    }
-
-    /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
-    pub fn into_result(self) -> Result<(), Status> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(bad_request(self.0))
-        }
-    }
-}
-
-/// A required UUID.
-pub fn uuid(field: &str, text: &str) -> Result<Uuid, FieldViolation> {
-    if text.is_empty() {
-        return Err(FieldViolation::new(field, "is required"));
-    }
-    // Only the hyphenated form (what this service hands out), any case.
-    if text.len() != 36 {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be a UUID, got {text:?}"),
-        ));
-    }
-    Uuid::parse_str(text)
-        .map_err(|_| FieldViolation::new(field, format!("must be a UUID, got {text:?}")))
-}
 
 /// An optional UUID: empty is `None`.
 pub fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>, FieldViolation> {

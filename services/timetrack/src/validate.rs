@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use protomesh::status::{bad_request, FieldViolation};
-use tonic::Status;
+use protomesh::status::FieldViolation;
+pub use protomesh::status::{uuid, Violations};
 use uuid::Uuid;
 
 /// Longest user id, in characters.
@@ -23,42 +23,6 @@ const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
 /// Latest timestamp accepted: 9999-12-31T23:59:59Z.
 const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
-/// The violations of one request, collected so the caller learns about all of them at once.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// None yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records that `field` is wrong.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation::new(field, description));
-    }
-
-    /// Records the error of `result`, if any, and returns its value.
-    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(violation) => {
-                self.0.push(violation);
-                None
-            }
-        }
-    }
-
-    /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
-    pub fn into_result(self) -> Result<(), Status> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(bad_request(self.0))
-        }
-    }
-}
-
 /// A required user id: not blank, at most [`MAX_USER_ID`] characters.
 pub fn user_id(field: &str, text: &str) -> Result<(), FieldViolation> {
     if text.trim().is_empty() {
@@ -74,21 +38,6 @@ pub fn optional_user_id(field: &str, text: &str) -> Result<Option<String>, Field
     } else {
         user_id(field, text).map(|()| Some(text.to_owned()))
     }
-}
-
-/// A required UUID, in its hyphenated form (any case).
-pub fn uuid(field: &str, text: &str) -> Result<Uuid, FieldViolation> {
-    if text.is_empty() {
-        return Err(FieldViolation::new(field, "is required"));
-    }
-    if text.len() != 36 {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be a UUID, got {text:?}"),
-        ));
-    }
-    Uuid::parse_str(text)
-        .map_err(|_| FieldViolation::new(field, format!("must be a UUID, got {text:?}")))
 }
 
 /// An optional UUID: empty is `None`.

@@ -2,8 +2,8 @@
 //! names the request field at fault as a `protomesh::status::FieldViolation` (`email`,
 //! `password`, `refresh_token`). No description ever repeats a password or a token.
 
-use protomesh::status::{bad_request, FieldViolation};
-use tonic::Status;
+use protomesh::status::FieldViolation;
+pub use protomesh::status::{uuid, Violations};
 
 /// Longest email address, in characters (RFC 5321's path limit less the angle brackets).
 pub const MAX_EMAIL: usize = 254;
@@ -17,37 +17,6 @@ pub const MIN_PASSWORD: usize = 12;
 pub const MAX_PASSWORD: usize = 1024;
 /// Longest refresh token accepted, in characters (ours are 43).
 pub const MAX_REFRESH_TOKEN: usize = 128;
-
-/// The violations of one request, collected so the caller learns about all of them at once.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// None yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records the error of `result`, if any, and returns its value.
-    pub fn check<T>(&mut self, result: Result<T, FieldViolation>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(violation) => {
-                self.0.push(violation);
-                None
-            }
-        }
-    }
-
-    /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
-    pub fn into_result(self) -> Result<(), Status> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(bad_request(self.0))
-        }
-    }
-}
 
 /// An email address as accounts are keyed by it: trimmed and lower-cased.
 pub fn normalize_email(text: &str) -> String {
