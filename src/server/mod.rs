@@ -13,6 +13,7 @@
 mod cuttable;
 mod registration;
 mod shutdown;
+pub mod testing;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protomesh::config::ServeConfig;
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
@@ -27,13 +26,12 @@ use protomesh::proto::protomesh::analytics::v1::{
 };
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
 };
 use serde_json::json;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -728,59 +726,12 @@ impl Scenario {
 // ---------------------------------------------------------------------------------------------
 // The in-process harness.
 
-/// A server stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Served {
-    async fn start(server: MeshServer) -> Self {
-        let bound = server.bind().await.unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-fn quick_serve_config() -> ServeConfig {
-    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
-    config.no_register = true;
-    config.lame_duck = Duration::ZERO;
-    config.drain_timeout = Duration::from_secs(1);
-    config
-}
-
 /// Everything one test needs: the service in-process (handler served on a free port, stream
 /// consumer running) on a database and key prefix of its own. Field order is drop order: the
 /// server and the consumer go before the database is dropped.
 struct Harness {
     client: AnalyticsServiceClient<Channel>,
-    _served: Served,
+    _served: InProcessServer,
     _consumer: ConsumerHandle,
     handler: AnalyticsHandler,
     pool: Pool,
@@ -822,11 +773,12 @@ impl Harness {
         });
 
         let handler = AnalyticsHandler::new(pool.clone());
-        let served = Served::start(
-            MeshServer::new("analytics", quick_serve_config())
+        let served = InProcessServer::start(
+            MeshServer::new("analytics", quick_config(None))
                 .add_service(AnalyticsServiceServer::new(handler.clone())),
         )
-        .await;
+        .await
+        .unwrap();
         let client = AnalyticsServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();

@@ -9,13 +9,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protomesh::client::Mesh;
-use protomesh::config::ServeConfig;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
@@ -30,10 +28,9 @@ use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, CreateProjectRequest, CreateTaskRequest,
     GetTaskRequest, Project, Task,
 };
+use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -71,60 +68,12 @@ where
     }
 }
 
-/// A server stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Served {
-    async fn start(server: MeshServer) -> Self {
-        let bound = server.bind().await.unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-fn quick_serve_config(addr: &str) -> ServeConfig {
-    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
-    config.consul_addr = addr.to_owned();
-    config.lame_duck = Duration::ZERO;
-    config.drain_timeout = Duration::from_secs(1);
-    config.check_interval = Duration::from_millis(200);
-    config
-}
-
 /// The tasks service on the databases of `config`: migrated pool, Redis client, outbox relay, a
 /// dev agent for the mesh, the handler served (not registered). Field order is drop order: the
 /// server and the relay go first; the databases themselves belong to the test and outlive this.
 struct TasksStack {
     client: TasksServiceClient<Channel>,
-    _served: Served,
+    _served: InProcessServer,
     relay: RelayHandle,
     pool: Pool,
     redis: Client,
@@ -153,14 +102,15 @@ impl TasksStack {
 
         let cache = Cache::new(redis.clone(), config.key_prefix.clone());
         let handler = TasksHandler::new(pool.clone(), cache, mesh.clone());
-        let mut serve = quick_serve_config(&agent.http_addr());
+        let mut serve = quick_config(Some(&agent.http_addr()));
         serve.no_register = true;
-        let served = Served::start(
+        let served = InProcessServer::start(
             MeshServer::new("tasks", serve)
                 .with_mesh(mesh)
                 .add_service(TasksServiceServer::new(handler)),
         )
-        .await;
+        .await
+        .unwrap();
         let client = TasksServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();
@@ -430,12 +380,13 @@ async fn tasks_get_remote_priorities_once_the_priority_service_appears() {
         assert_eq!(local.priority_score, 72);
         assert_eq!(local.priority_level(), Level::High);
 
-        let _priority = Served::start(
-            MeshServer::new("priority", quick_serve_config(&stack.agent.http_addr())).add_service(
+        let _priority = InProcessServer::start(
+            MeshServer::new("priority", quick_config(Some(&stack.agent.http_addr()))).add_service(
                 protomesh_priority::PriorityServiceServer::new(protomesh_priority::PriorityHandler),
             ),
         )
-        .await;
+        .await
+        .unwrap();
         let appeared = Instant::now();
         let consul = stack.agent.client().unwrap();
         eventually(Duration::from_secs(20), "priority passing", || {

@@ -7,11 +7,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use protomesh::client::Mesh;
-use protomesh::config::ServeConfig;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
@@ -25,10 +23,10 @@ use protomesh::proto::protomesh::tasks::v1::{
     GetProjectRequest, GetTaskRequest, ListProjectsRequest, ListTasksRequest, Project, Task,
     TaskStatus, UpdateTaskRequest,
 };
+use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -83,59 +81,11 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
     );
 }
 
-/// A server stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Served {
-    async fn start(server: MeshServer) -> Self {
-        let bound = server.bind().await.unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-fn quick_serve_config(addr: &str) -> ServeConfig {
-    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
-    config.consul_addr = addr.to_owned();
-    config.lame_duck = Duration::ZERO;
-    config.drain_timeout = Duration::from_secs(1);
-    config.check_interval = Duration::from_millis(200);
-    config
-}
-
 /// Everything one test needs. Field order is drop order: the server and relay go before the
 /// database is dropped.
 struct Harness {
     client: TasksServiceClient<Channel>,
-    _served: Served,
+    _served: InProcessServer,
     relay: RelayHandle,
     handler: TasksHandler,
     pool: Pool,
@@ -173,14 +123,15 @@ impl Harness {
 
         let cache = Cache::new(redis.clone(), keys.prefix());
         let handler = TasksHandler::new(pool.clone(), cache, mesh.clone());
-        let mut serve = quick_serve_config(&agent.http_addr());
+        let mut serve = quick_config(Some(&agent.http_addr()));
         serve.no_register = true;
-        let served = Served::start(
+        let served = InProcessServer::start(
             MeshServer::new("tasks", serve)
                 .with_mesh(mesh)
                 .add_service(TasksServiceServer::new(handler.clone())),
         )
-        .await;
+        .await
+        .unwrap();
         let client = TasksServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();
@@ -1070,12 +1021,13 @@ async fn priority_available_scores_remotely() {
     bounded(async {
         let h = Harness::start().await;
         let project = h.project("remote").await;
-        let _priority = Served::start(
-            MeshServer::new("priority", quick_serve_config(&h.agent.http_addr())).add_service(
+        let _priority = InProcessServer::start(
+            MeshServer::new("priority", quick_config(Some(&h.agent.http_addr()))).add_service(
                 protomesh_priority::PriorityServiceServer::new(protomesh_priority::PriorityHandler),
             ),
         )
-        .await;
+        .await
+        .unwrap();
         let consul = h.agent.client().unwrap();
         eventually(Duration::from_secs(20), "priority passing", || {
             let consul = consul.clone();

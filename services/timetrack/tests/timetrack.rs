@@ -9,11 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use protomesh::client::Mesh;
-use protomesh::config::ServeConfig;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
@@ -28,11 +26,10 @@ use protomesh::proto::protomesh::timetrack::v1::{
     timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
     ListEntriesRequest, StartTimerRequest, StartTimerResponse, StopTimerRequest, TimeEntry, Total,
 };
+use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh_tasks::TasksHandler;
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -115,66 +112,18 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// A server stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Served {
-    async fn start(server: MeshServer) -> Self {
-        let bound = server.bind().await.unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-fn quick_serve_config(addr: &str) -> ServeConfig {
-    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
-    config.consul_addr = addr.to_owned();
-    config.lame_duck = Duration::ZERO;
-    config.drain_timeout = Duration::from_secs(1);
-    config.check_interval = Duration::from_millis(200);
-    config
-}
-
 /// The tasks service of a test: served in-process and registered in the test's agent.
 struct TasksFixture {
     handler: TasksHandler,
     project: Project,
-    _served: Served,
+    _served: InProcessServer,
 }
 
 /// Everything one test needs. Field order is drop order: the servers and the relay go before
 /// the database is dropped, the agent last but one.
 struct Harness {
     client: TimetrackServiceClient<Channel>,
-    _served: Served,
+    _served: InProcessServer,
     tasks: Option<TasksFixture>,
     relay: RelayHandle,
     mesh: Mesh,
@@ -228,14 +177,15 @@ impl Harness {
         };
 
         let handler = TimetrackHandler::new(pool.clone(), mesh.clone());
-        let mut serve = quick_serve_config(&agent.http_addr());
+        let mut serve = quick_config(Some(&agent.http_addr()));
         serve.no_register = true;
-        let served = Served::start(
+        let served = InProcessServer::start(
             MeshServer::new("timetrack", serve)
                 .with_mesh(mesh.clone())
                 .add_service(TimetrackServiceServer::new(handler)),
         )
-        .await;
+        .await
+        .unwrap();
         let client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();
@@ -271,11 +221,12 @@ impl Harness {
             .unwrap();
         let redis = data::connect_redis(&config).unwrap();
         let handler = TasksHandler::new(pool, Cache::new(redis, keys.prefix()), mesh.clone());
-        let served = Served::start(
-            MeshServer::new("tasks", quick_serve_config(&agent.http_addr()))
+        let served = InProcessServer::start(
+            MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))
                 .add_service(protomesh_tasks::TasksServiceServer::new(handler.clone())),
         )
-        .await;
+        .await
+        .unwrap();
         let consul = agent.client().unwrap();
         eventually(Duration::from_secs(20), "tasks passing", || {
             let consul = consul.clone();
@@ -1194,12 +1145,13 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
         ));
         config.db_timeout = Duration::from_millis(500);
         let pool = data::connect_pool(&config).unwrap();
-        let mut serve = quick_serve_config("127.0.0.1:1");
+        let mut serve = quick_config(Some("127.0.0.1:1"));
         serve.no_register = true;
-        let served = Served::start(MeshServer::new("timetrack", serve).add_service(
+        let served = InProcessServer::start(MeshServer::new("timetrack", serve).add_service(
             TimetrackServiceServer::new(TimetrackHandler::new(pool, h.mesh.clone())),
         ))
-        .await;
+        .await
+        .unwrap();
         let mut client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();

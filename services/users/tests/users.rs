@@ -6,12 +6,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
-use protomesh::config::ServeConfig;
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::ClientLike;
 use protomesh::data::testing::{TestDatabase, TestKeys};
@@ -22,6 +20,7 @@ use protomesh::proto::protomesh::users::v1::{
     GetMeRequest, Jwks, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, User,
 };
 use protomesh::ratelimit::RateLimiter;
+use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
 use protomesh_users::limits::{retry_delay, LoginLimits};
@@ -32,8 +31,6 @@ use protomesh_users::{
 };
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::RsaPrivateKey;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -75,51 +72,13 @@ fn fields(status: &tonic::Status) -> Vec<String> {
         .collect()
 }
 
-/// A server stopped when dropped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Served {
-    async fn start(handler: UsersHandler) -> Self {
-        let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
-        config.no_register = true;
-        config.lame_duck = Duration::ZERO;
-        config.drain_timeout = Duration::from_secs(1);
-        let bound = MeshServer::new("users", config)
-            .add_service(UsersServiceServer::new(handler))
-            .bind()
-            .await
-            .unwrap();
-        let addr = bound.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            bound
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
+/// The handler served in-process on a free port, not registered.
+async fn serve(handler: UsersHandler) -> InProcessServer {
+    InProcessServer::start(
+        MeshServer::new("users", quick_config(None)).add_service(UsersServiceServer::new(handler)),
+    )
+    .await
+    .unwrap()
 }
 
 /// How a test's handler is set up.
@@ -141,14 +100,14 @@ impl Default for Options {
 struct Instance {
     client: UsersServiceClient<Channel>,
     handler: UsersHandler,
-    _served: Served,
+    _served: InProcessServer,
 }
 
 impl Instance {
     async fn start(pool: &Pool, limiter: RateLimiter, options: Options) -> Self {
         let keys = SigningKeys::load(&options.source, pool).await.unwrap();
         let handler = handler(pool.clone(), keys, limiter, options.admin_emails).await;
-        let served = Served::start(handler.clone()).await;
+        let served = serve(handler.clone()).await;
         let client = UsersServiceClient::connect(format!("http://{}", served.addr))
             .await
             .unwrap();
