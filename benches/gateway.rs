@@ -686,7 +686,7 @@ async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
             // The bench measures transcoding, not the edge's quotas: one client address sends
             // every call, far past the public class's default of 1200/1m.
             "--rate-limit",
-            "public=4000000000/1s",
+            "public=1000000/1s",
         ])
         .env("CONSUL_HTTP_ADDR", agent.http_addr())
         .stdout(Stdio::null())
