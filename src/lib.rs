@@ -44,6 +44,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod testing;
 pub mod tls;
 
 pub use protomesh_consul as consul;

@@ -16,34 +16,13 @@ use protomesh::data::outbox::{self, OutboxRelay, RelayOptions};
 use protomesh::data::stream::{self, ConsumerOptions, Event, StreamConsumer, APPLIED_EVENTS_DDL};
 use protomesh::data::testing::{TestDatabase, TestKeys};
 use protomesh::data::{self, Cache, DataConfig};
+use protomesh::testing::{bounded, eventually};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
 /// Bound on a whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A port nothing listens on.
 fn free_port() -> u16 {
@@ -124,7 +103,7 @@ async fn xlen(redis: &Client, key: &str) -> u64 {
 
 #[tokio::test]
 async fn migrations_apply_once_even_with_two_concurrent_runners() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let config = db.config().with_default_schema("svc");
         let steps: &[(i64, &str)] = &[
@@ -186,7 +165,7 @@ async fn migrations_apply_once_even_with_two_concurrent_runners() {
 
 #[tokio::test]
 async fn database_errors_map_to_grpc_codes_naming_the_constraint() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let config = db.config();
         let pool = data::connect_pool(&config).unwrap();
@@ -266,7 +245,7 @@ async fn database_errors_map_to_grpc_codes_naming_the_constraint() {
 
 #[tokio::test]
 async fn ensure_database_creates_a_missing_database_once() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         assert!(
             !data::ensure_database(&db.config()).await.unwrap(),
@@ -297,7 +276,7 @@ async fn ensure_database_creates_a_missing_database_once() {
 
 #[tokio::test]
 async fn a_closed_port_gives_unavailable_quickly() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let url = format!("postgresql://postgres@127.0.0.1:{}/protomesh", free_port());
         let config = DataConfig::with_database_url(url);
         let pool = data::connect_pool(&config).expect("a pool even while the database is down");
@@ -379,7 +358,7 @@ impl Drop for Proxy {
 
 #[tokio::test]
 async fn the_pool_recovers_by_itself_when_the_database_returns() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let mut proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
         let url = format!(
@@ -423,7 +402,7 @@ async fn the_pool_recovers_by_itself_when_the_database_returns() {
 
 #[tokio::test]
 async fn the_relay_publishes_every_event_once_in_order_and_marks_it_sent() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, config, pool) = service_db(&keys).await;
         let redis = redis_for(&config).await;
@@ -491,7 +470,7 @@ async fn the_relay_publishes_every_event_once_in_order_and_marks_it_sent() {
 
 #[tokio::test]
 async fn events_wait_in_the_outbox_while_redis_is_down_and_none_is_lost() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, config, pool) = service_db(&keys).await;
         let dead = config
@@ -536,7 +515,7 @@ async fn events_wait_in_the_outbox_while_redis_is_down_and_none_is_lost() {
 
 #[tokio::test]
 async fn the_relay_resumes_by_itself_when_redis_comes_back() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, config, pool) = service_db(&keys).await;
         let mut proxy = Proxy::start("127.0.0.1:6379".parse().unwrap()).await;
@@ -625,7 +604,7 @@ async fn pending(redis: &Client, key: &str, group: &str) -> Vec<(String, String,
 
 #[tokio::test]
 async fn a_consumer_handles_each_event_once_and_acknowledges_it() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, config, pool) = service_db(&keys).await;
         create_seen_table(&pool).await;
@@ -696,7 +675,7 @@ async fn a_consumer_handles_each_event_once_and_acknowledges_it() {
 
 #[tokio::test]
 async fn messages_a_crashed_consumer_never_acknowledged_are_claimed_by_another() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, config, pool) = service_db(&keys).await;
         create_seen_table(&pool).await;
@@ -762,7 +741,7 @@ async fn messages_a_crashed_consumer_never_acknowledged_are_claimed_by_another()
 
 #[tokio::test]
 async fn mark_applied_tells_a_duplicate() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let (_db, _config, pool) = service_db(&keys).await;
         let event_id = uuid::Uuid::new_v4();
@@ -791,7 +770,7 @@ struct Item {
 
 #[tokio::test]
 async fn the_cache_stores_reads_expires_and_deletes_json() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let config = DataConfig::with_database_url(data::DEFAULT_DATABASE_URL)
             .with_redis_url(protomesh::data::testing::redis_url())
@@ -825,7 +804,7 @@ async fn the_cache_stores_reads_expires_and_deletes_json() {
 
 #[tokio::test]
 async fn a_dead_redis_makes_the_cache_a_quick_miss() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let config = DataConfig::with_database_url(data::DEFAULT_DATABASE_URL)
             .with_redis_url(format!("redis://127.0.0.1:{}", free_port()));
         let cache = Cache::new(data::connect_redis(&config).unwrap(), "x:");

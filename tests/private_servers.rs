@@ -4,39 +4,17 @@
 //! its data, Redis empty); dropping a guard removes its server and its directory.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, KeysInterface, Options};
 use protomesh::data::testing::{with_database_name, PrivatePostgres, PrivateRedis};
 use protomesh::data::{self, DataConfig};
+use protomesh::testing::{bounded, eventually};
 use tokio::net::TcpStream;
 use tonic::Code;
 
 /// Bound on a whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Whether a TCP connection to `127.0.0.1:port` is refused.
 async fn refused(port: u16) -> bool {
@@ -62,7 +40,7 @@ async fn quick_get(client: &Client, key: &str) -> Result<Option<String>, fred::e
 
 #[tokio::test]
 async fn a_private_redis_stops_and_comes_back_empty_on_the_same_port() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut redis = PrivateRedis::start().await.unwrap();
         let port = redis.port();
         assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}"));
@@ -124,7 +102,7 @@ async fn a_private_redis_stops_and_comes_back_empty_on_the_same_port() {
 
 #[tokio::test]
 async fn two_private_redis_servers_run_side_by_side() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let first = PrivateRedis::start().await.unwrap();
         let mut second = PrivateRedis::start().await.unwrap();
         assert_ne!(first.port(), second.port());
@@ -138,7 +116,7 @@ async fn two_private_redis_servers_run_side_by_side() {
 
 #[tokio::test]
 async fn a_private_postgres_keeps_its_data_across_a_stop() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut pg = PrivatePostgres::start().await.unwrap();
         let port = pg.port();
         assert_eq!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protomesh::client::MeshChannel;
 use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
@@ -148,24 +148,8 @@ pub fn spawn_service(name: &str, consul_addr: &str, extra_args: &[&str]) -> Serv
     .unwrap()
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// Polls for a condition with a deadline (shared with every crate's tests).
+pub use protomesh::testing::eventually;
 
 /// Runs grpcurl with `args` (plaintext is up to the caller).
 pub fn grpcurl(args: &[&str]) -> Output {

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +27,7 @@ use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::TaskStatus;
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::testing::{bounded, eventually};
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
 };
@@ -41,28 +41,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The consumer group (the service's name).
 const GROUP: &str = "analytics";
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn fields(status: &tonic::Status) -> Vec<String> {
     protomesh::status::field_violations(status)
@@ -871,7 +849,7 @@ async fn pending_by_consumer(redis: &Client, key: &str) -> HashMap<String, usize
 
 #[tokio::test]
 async fn scripted_events_give_exact_figures() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let scenario = Scenario::new();
         h.send(&scenario.messages).await;
@@ -884,7 +862,7 @@ async fn scripted_events_give_exact_figures() {
 
 #[tokio::test]
 async fn every_event_delivered_twice_gives_the_same_figures() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let scenario = Scenario::new();
         // Each message twice in a row, then the whole history once more after it was applied.
@@ -906,7 +884,7 @@ async fn every_event_delivered_twice_gives_the_same_figures() {
 
 #[tokio::test]
 async fn old_events_delivered_after_newer_ones_change_nothing() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let scenario = Scenario::new();
         h.send(&scenario.messages).await;
@@ -928,7 +906,7 @@ async fn old_events_delivered_after_newer_ones_change_nothing() {
 
 #[tokio::test]
 async fn malformed_messages_are_skipped_and_do_not_block_the_stream() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let prefix = h.keys.prefix();
         let project = Uuid::new_v4();
@@ -998,7 +976,7 @@ async fn malformed_messages_are_skipped_and_do_not_block_the_stream() {
 
 #[tokio::test]
 async fn requests_are_checked_and_answered_over_grpc() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let mut client = h.client.clone();
 
@@ -1136,7 +1114,7 @@ async fn requests_are_checked_and_answered_over_grpc() {
 
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -1323,7 +1301,7 @@ fn bulk_history(project: Uuid, users: &[&str]) -> (Vec<Message>, Model) {
 
 #[tokio::test]
 async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
         let config = db

@@ -30,6 +30,7 @@ use protomesh::proto::protomesh::tasks::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -45,28 +46,6 @@ const TASKS_DURING_REDIS_OUTAGE: usize = 500;
 
 /// How many of them are being created at once.
 const CREATE_CONCURRENCY: usize = 16;
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The tasks service on the databases of `config`: migrated pool, Redis client, outbox relay, a
 /// dev agent for the mesh, the handler served (not registered). Field order is drop order: the
@@ -191,7 +170,7 @@ async fn assert_unavailable_in_time<T: std::fmt::Debug>(
 
 #[tokio::test]
 async fn a_database_outage_is_unavailable_quickly_and_heals_without_a_restart() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let mut pg = PrivatePostgres::start().await.unwrap();
         let keys = TestKeys::new();
         let mut config = DataConfig::with_database_url(with_database_name(&pg.url(), "tasks"))
@@ -247,7 +226,7 @@ async fn stream_entries(redis: &Client, stream: &str) -> Vec<(String, HashMap<St
 
 #[tokio::test]
 async fn tasks_created_while_redis_is_down_all_reach_the_stream_when_it_returns() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let mut redis_server = PrivateRedis::start().await.unwrap();
         // A private Redis: nothing to clean up, but keys stay apart as in production.
@@ -364,7 +343,7 @@ async fn tasks_created_while_redis_is_down_all_reach_the_stream_when_it_returns(
 
 #[tokio::test]
 async fn tasks_get_remote_priorities_once_the_priority_service_appears() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
         let config = db

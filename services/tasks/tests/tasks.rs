@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use protomesh::client::Mesh;
@@ -25,6 +24,7 @@ use protomesh::proto::protomesh::tasks::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -32,28 +32,6 @@ use tonic::Code;
 
 /// Bound on a whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A timestamp as (seconds, nanos), which compare in time order.
 fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
@@ -230,7 +208,7 @@ impl Harness {
 
 #[tokio::test]
 async fn crud_round_trip_publishes_events() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("apollo").await;
         assert_eq!(project.name, "apollo");
@@ -392,7 +370,7 @@ async fn crud_round_trip_publishes_events() {
 
 #[tokio::test]
 async fn bad_requests_name_the_field() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("validation").await;
         let mut client = h.client();
@@ -698,7 +676,7 @@ async fn bad_requests_name_the_field() {
 
 #[tokio::test]
 async fn pages_cover_every_existing_task_once_under_concurrent_inserts() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("paging").await;
         let mut existing = Vec::new();
@@ -802,7 +780,7 @@ async fn pages_cover_every_existing_task_once_under_concurrent_inserts() {
 
 #[tokio::test]
 async fn list_filters_and_project_pages() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let alpha = h.project("alpha").await;
         let beta = h.project("beta").await;
@@ -964,7 +942,7 @@ async fn list_filters_and_project_pages() {
 
 #[tokio::test]
 async fn priority_unavailable_scores_locally() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("fallback").await;
         // The mesh's Consul knows no priority instance.
@@ -1018,7 +996,7 @@ async fn priority_unavailable_scores_locally() {
 
 #[tokio::test]
 async fn priority_available_scores_remotely() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("remote").await;
         let _priority = InProcessServer::start(
@@ -1054,7 +1032,7 @@ async fn priority_available_scores_remotely() {
 
 #[tokio::test]
 async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("cache").await;
         let task = h.task(&project, "cached", 2, 3).await;
@@ -1129,7 +1107,7 @@ async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
 
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -1179,7 +1157,7 @@ async fn a_database_that_is_down_answers_unavailable() {
 /// The handler is usable directly too (no server): a sanity check of the harness' handler.
 #[tokio::test]
 async fn handler_answers_without_a_server() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("direct").await;
         let listed = h

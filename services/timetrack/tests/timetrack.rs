@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use protomesh::client::Mesh;
@@ -28,6 +27,7 @@ use protomesh::proto::protomesh::timetrack::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::TasksHandler;
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::transport::Channel;
@@ -36,28 +36,6 @@ use uuid::Uuid;
 
 /// Bound on a whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(90);
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A timestamp as (seconds, nanos), which compare in time order.
 fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
@@ -411,7 +389,7 @@ impl Harness {
 
 #[tokio::test]
 async fn timers_start_switch_and_stop_with_events_in_order() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let first_task = h.task("write").await;
         let second_task = h.task("review").await;
@@ -506,7 +484,7 @@ async fn timers_start_switch_and_stop_with_events_in_order() {
 
 #[tokio::test]
 async fn tasks_that_are_unknown_or_done_are_refused() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let unknown = h
             .start_timer("ada", &Uuid::new_v4().to_string())
@@ -543,7 +521,7 @@ async fn tasks_that_are_unknown_or_done_are_refused() {
 
 #[tokio::test]
 async fn an_unregistered_tasks_service_is_unavailable_and_nothing_is_recorded() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::without_tasks().await;
         let started = Instant::now();
         let mut request = tonic::Request::new(StartTimerRequest {
@@ -585,7 +563,7 @@ async fn an_unregistered_tasks_service_is_unavailable_and_nothing_is_recorded() 
 
 #[tokio::test]
 async fn concurrent_starts_of_one_user_leave_one_running_timer() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let mut tasks = Vec::new();
         for i in 0..4 {
@@ -635,7 +613,7 @@ async fn concurrent_starts_of_one_user_leave_one_running_timer() {
 
 #[tokio::test]
 async fn entries_page_to_the_end_newest_first_and_filter_by_period() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let task_a = Uuid::new_v4();
         let task_b = Uuid::new_v4();
@@ -743,7 +721,7 @@ async fn entries_page_to_the_end_newest_first_and_filter_by_period() {
 
 #[tokio::test]
 async fn totals_clip_entries_to_the_period() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let task_a = Uuid::parse_str("aaaaaaaa-0000-4000-8000-000000000000").unwrap();
         let task_b = Uuid::parse_str("bbbbbbbb-0000-4000-8000-000000000000").unwrap();
@@ -887,7 +865,7 @@ async fn totals_clip_entries_to_the_period() {
 
 #[tokio::test]
 async fn bad_requests_name_the_field() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let task = h.task("valid").await;
         let start = |user_id: String, task_id: String, note: String| {
@@ -1092,7 +1070,7 @@ async fn bad_requests_name_the_field() {
 
 #[tokio::test]
 async fn the_database_enforces_one_running_timer_per_user() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let task = Uuid::new_v4();
         let now = SystemTime::now();
@@ -1132,7 +1110,7 @@ async fn the_database_enforces_one_running_timer_per_user() {
 
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         // A live mesh with a registered tasks service, so StartTimer gets past its task check.
         let h = Harness::start().await;
         let task = h.task("confirmed").await;

@@ -5,7 +5,6 @@
 //! themselves are covered by the unit tests.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use protomesh::proto::protomesh::users::v1::{
 use protomesh::ratelimit::RateLimiter;
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::testing::bounded;
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
 use protomesh_users::limits::{retry_delay, LoginLimits};
 use protomesh_users::password::{PasswordHasher, PasswordParams};
@@ -46,12 +46,6 @@ const CHEAP_PASSWORDS: PasswordParams = PasswordParams {
 
 const PASSWORD: &str = "correct horse battery staple";
 const HS256_SECRET: &[u8] = b"a-test-secret-that-is-long-enough-for-hs256";
-
-async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .expect("test took too long");
-}
 
 /// One RSA key for the tests that do not test key storage (generating one in a debug build takes
 /// a while).
@@ -303,7 +297,7 @@ fn now_secs() -> u64 {
 
 #[tokio::test]
 async fn register_login_refresh_and_get_me_round_trip() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let user = h
             .register("  Ada.Lovelace@Example.ORG ", " Ada ", PASSWORD)
@@ -381,7 +375,7 @@ async fn register_login_refresh_and_get_me_round_trip() {
 
 #[tokio::test]
 async fn admin_emails_get_the_admin_role_at_registration() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::with(Options {
             admin_emails: vec![" Root@Example.org".into()],
             ..Options::default()
@@ -406,7 +400,7 @@ async fn admin_emails_get_the_admin_role_at_registration() {
 
 #[tokio::test]
 async fn a_taken_email_is_already_exists_whatever_its_case() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         h.register("ada@example.org", "Ada", PASSWORD)
             .await
@@ -436,7 +430,7 @@ async fn a_taken_email_is_already_exists_whatever_its_case() {
 
 #[tokio::test]
 async fn bad_requests_name_their_fields_and_never_echo_secrets() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let status = h.register("not-an-email", "", "hunter2").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -480,7 +474,7 @@ async fn bad_requests_name_their_fields_and_never_echo_secrets() {
 
 #[tokio::test]
 async fn unknown_email_and_wrong_password_are_indistinguishable() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         h.register("ada@example.org", "Ada", PASSWORD)
             .await
@@ -515,7 +509,7 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
 
 #[tokio::test]
 async fn hs256_tokens_verify_with_the_shared_secret() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::with(Options {
             source: KeySource::HmacSecret(SecretBytes::new(HS256_SECRET.to_vec())),
             ..Options::default()
@@ -550,7 +544,7 @@ async fn hs256_tokens_verify_with_the_shared_secret() {
 
 #[tokio::test]
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let user = h
             .register("ada@example.org", "Ada", PASSWORD)
@@ -636,7 +630,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
 
 #[tokio::test]
 async fn the_sixth_login_on_one_account_within_a_minute_is_refused() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         h.register("ada@example.org", "Ada", PASSWORD)
             .await
@@ -673,7 +667,7 @@ async fn the_sixth_login_on_one_account_within_a_minute_is_refused() {
 
 #[tokio::test]
 async fn one_address_is_limited_across_accounts() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         h.register("ada@example.org", "Ada", PASSWORD)
             .await
@@ -708,7 +702,7 @@ async fn one_address_is_limited_across_accounts() {
 
 #[tokio::test]
 async fn instances_on_one_database_share_the_generated_signing_key() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let h = Harness::with(Options {
             source: KeySource::Stored,
             ..Options::default()
@@ -796,7 +790,7 @@ async fn instances_on_one_database_share_the_generated_signing_key() {
 
 #[tokio::test]
 async fn a_key_file_signs_and_is_published() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let dir = std::env::temp_dir().join(format!("users-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("jwt.pem");
@@ -835,7 +829,7 @@ async fn a_key_file_signs_and_is_published() {
 
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
-    bounded(async {
+    bounded(TEST_TIMEOUT, async {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
