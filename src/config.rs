@@ -1,5 +1,5 @@
 //! Configuration every mesh service binary shares: where to listen, what to advertise, which Consul
-//! agent to register with, how to shut down, how to log. Filled from flags and environment by clap
+//! agent to register with, how to shut down, how to log, how to verify callers. Filled from flags and environment by clap
 //! and validated once at start-up with errors that name the setting.
 
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use protomesh_consul::{ConsulConfig, ConsulError};
 
+use crate::auth::{AuthConfig, CredentialArgs};
 use crate::tls::TlsConfig;
 
 /// How log lines are written.
@@ -91,6 +92,15 @@ pub struct ServeConfig {
     /// Mutual TLS for the gRPC port and for outgoing mesh calls (off unless its files are given).
     #[command(flatten)]
     pub tls: TlsConfig,
+
+    /// How callers' credentials are verified (the same flags as the gateway's).
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+
+    /// Verify credentials with this configuration instead of the one `credentials` describes
+    /// (tests: [`crate::server::testing::quick_config`] accepts the test issuer's tokens).
+    #[arg(skip)]
+    pub authenticate_with: Option<AuthConfig>,
 }
 
 impl ServeConfig {
@@ -111,6 +121,8 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Auto,
             tls: TlsConfig::default(),
+            credentials: CredentialArgs::default(),
+            authenticate_with: None,
         }
     }
 

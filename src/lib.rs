@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod data;

@@ -7,7 +7,7 @@
 //! 3. **Policy** of the target method ([`crate::access`]): by route (HTTP) or by
 //!    `/package.Service/Method` path (gRPC). Requests that match no route pass on untouched, to
 //!    be answered 404 / 405 / `UNIMPLEMENTED`; server reflection is public.
-//! 4. **Authentication** ([`crate::auth`]): credentials, when sent, must be valid — on public
+//! 4. **Authentication** ([`protomesh::auth`]): credentials, when sent, must be valid — on public
 //!    routes too, so that a client learns its token is bad. Every 401 counts against the client
 //!    address in the [`INVALID_CREDENTIALS_CLASS`] quota; past it the answer is 429.
 //! 5. **Authorization**: the policy's requirement; no credentials → 401, a valid caller without
@@ -38,7 +38,6 @@ use protomesh::ratelimit::Decision;
 use tonic::Status;
 
 use crate::access::{AccessConfig, AccessPolicy};
-use crate::auth::{AuthConfig, AuthError, Authenticator, Credential, API_KEY_HEADER};
 use crate::cors::CorsConfig;
 use crate::discovery::GatewayState;
 use crate::errors::HttpError;
@@ -47,6 +46,7 @@ use crate::ratelimit::{
     self, ClientKey, EdgeRateLimits, RateLimitConfig, INVALID_CREDENTIALS_CLASS,
 };
 use crate::routes::{Lookup, Route};
+use protomesh::auth::{AuthConfig, AuthError, Authenticator, Credential};
 
 /// The realm of the `WWW-Authenticate` challenges.
 pub const REALM: &str = "protomesh";
@@ -268,17 +268,9 @@ fn insert_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     }
 }
 
-/// Sets the identity headers, and removes an API key so that services never see it.
+/// Sets the identity headers (for services not built with the protomesh runtime; the runtime
+/// verifies the credential itself, which goes on untouched, see [`protomesh::auth`]).
 fn forward_identity(headers: &mut HeaderMap, identity: Option<&Identity>) {
-    headers.remove(API_KEY_HEADER);
-    let api_key_authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"));
-    if api_key_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
     if let Some(identity) = identity {
         insert_header(headers, identity::SUBJECT, &identity.subject);
         insert_header(headers, identity::ROLES, &identity.roles.join(","));
@@ -373,7 +365,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reserved_headers_are_stripped_and_api_keys_not_forwarded() {
+    fn reserved_headers_are_stripped_and_credentials_forwarded() {
         let mut headers = HeaderMap::new();
         headers.insert("x-protomesh-subject", HeaderValue::from_static("admin"));
         headers.insert("X-Protomesh-Roles", HeaderValue::from_static("admin"));
@@ -393,8 +385,11 @@ mod tests {
         assert_eq!(headers["x-protomesh-roles"], "a,b");
         assert_eq!(headers["x-protomesh-auth"], "api-key");
         assert_eq!(headers["x-protomeshy"], "kept");
-        assert!(headers.get("authorization").is_none());
-        assert!(headers.get("x-api-key").is_none());
+        assert_eq!(
+            headers["authorization"], "ApiKey k",
+            "services verify it themselves"
+        );
+        assert_eq!(headers["x-api-key"], "k");
     }
 
     #[test]

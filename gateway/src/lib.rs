@@ -12,13 +12,12 @@
 //! - [`server`]: the HTTP handlers; [`codec`]: protobuf for messages known only at run time;
 //! - [`errors`]: gRPC statuses (and the gateway's own errors) as HTTP codes and JSON bodies;
 //! - [`edge`]: the edge policies in front of every routed request — CORS ([`cors`]),
-//!   authentication ([`auth`]), authorization ([`access`]) and rate limits ([`ratelimit`]),
+//!   authentication ([`protomesh::auth`], shared with the services), authorization ([`access`]) and rate limits ([`ratelimit`]),
 //!   configured by flags ([`edge_config`]).
 //! - [`trace`]: a server span per request (W3C `traceparent` in, request ids), for OTLP traces.
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod auth;
 pub mod codec;
 pub mod cors;
 pub mod discovery;

@@ -462,8 +462,10 @@ fn copy_metadata(
     options: &GatewayOptions,
     metadata: &mut tonic::metadata::MetadataMap,
 ) {
+    // The credential goes on: every service verifies its caller itself.
     let always = [
         header::AUTHORIZATION,
+        protomesh::auth::API_KEY_HEADER,
         HeaderName::from_static("traceparent"),
         HeaderName::from_static("tracestate"),
     ];

@@ -15,6 +15,7 @@ use base64::Engine;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost_reflect::{DescriptorPool, DynamicMessage, Value};
+use protomesh::auth::{ApiKeys, AuthConfig, JwksSource};
 use protomesh::config::ServeConfig;
 use protomesh::data::testing::{redis_url, PrivateRedis, TestKeys};
 use protomesh::data::{connect_redis, DataConfig};
@@ -25,7 +26,6 @@ use protomesh::proto::protomesh::users::v1::{
     TokenPair, User,
 };
 use protomesh::server::MeshServer;
-use protomesh_gateway::auth::{ApiKeys, AuthConfig, JwksSource};
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::cors::CorsConfig;
 use protomesh_gateway::server::GatewayOptions;

@@ -10,6 +10,7 @@
 //!    watchers and balancers see the change, then stop accepting and send HTTP/2 GOAWAY, let
 //!    in-flight calls finish within the drain timeout, cut what is left, return `Ok(())`.
 
+mod authenticate;
 mod cuttable;
 mod registration;
 mod shutdown;
@@ -73,6 +74,12 @@ pub enum ServeError {
     /// The reflection service could not read the descriptor sets.
     #[error("invalid descriptor set for server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The credential flags (`--jwt-*`, `--jwks-*`, `--api-keys-file`) cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] crate::auth::AuthConfigError),
+    /// The mesh client's descriptors do not decode.
+    #[error(transparent)]
+    Descriptors(#[from] crate::client::methods::DescriptorError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -88,6 +95,7 @@ pub struct MeshServer {
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthReporter,
     mesh: Option<crate::client::Mesh>,
+    authenticator: Option<crate::auth::Authenticator>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -105,8 +113,16 @@ impl MeshServer {
             descriptor_sets: vec![crate::proto::FILE_DESCRIPTOR_SET],
             health,
             mesh: None,
+            authenticator: None,
             metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// Verifies callers with `authenticator` instead of the one the configuration's credential
+    /// flags describe (the users service verifies its own tokens with its own keys).
+    pub fn authenticator(mut self, authenticator: crate::auth::Authenticator) -> Self {
+        self.authenticator = Some(authenticator);
+        self
     }
 
     /// The mesh client the service's handlers call other services with; the admin listener's
@@ -160,11 +176,15 @@ impl MeshServer {
     }
 
     /// Loads the TLS files (when given: the mesh client, if any, then calls with them too) and
-    /// binds the listener; the returned server knows its real address.
-    pub async fn bind(self) -> Result<BoundServer, ServeError> {
+    /// the credential settings, and binds the listener; the returned server knows its real
+    /// address.
+    pub async fn bind(mut self) -> Result<BoundServer, ServeError> {
         let tls = self.config.tls.load()?;
         if let (Some(tls), Some(mesh)) = (&tls, &self.mesh) {
             mesh.use_tls(tls.clone());
+        }
+        if self.authenticator.is_none() {
+            self.authenticator = Some(self.configured_authenticator(tls.as_ref())?);
         }
         let listener = TcpListener::bind(self.config.listen)
             .await
@@ -187,6 +207,34 @@ impl MeshServer {
             admin,
             tls,
         })
+    }
+
+    /// The authenticator the configuration describes; a JWKS is fetched through the server's mesh
+    /// client, or through one of its own when the service calls no other.
+    fn configured_authenticator(
+        &self,
+        tls: Option<&crate::tls::MeshTls>,
+    ) -> Result<crate::auth::Authenticator, ServeError> {
+        let config = match &self.config.authenticate_with {
+            Some(config) => config.clone(),
+            None => self.config.credentials.auth_config()?,
+        };
+        if config.jwks.is_none() {
+            return Ok(crate::auth::Authenticator::without_mesh(config));
+        }
+        let mesh = match &self.mesh {
+            Some(mesh) => mesh.clone(),
+            None => {
+                let consul = self.config.consul().map_err(ServeError::ConsulConfig)?;
+                let client = ConsulClient::new(consul).map_err(ServeError::ConsulConfig)?;
+                let mesh = crate::client::Mesh::from_consul(client)?;
+                if let Some(tls) = tls {
+                    mesh.use_tls(tls.clone());
+                }
+                mesh
+            }
+        };
+        Ok(crate::auth::Authenticator::new(config, &mesh))
     }
 
     /// Binds, registers and serves until SIGTERM or SIGINT, then shuts down gracefully.
@@ -238,6 +286,7 @@ impl BoundServer {
             descriptor_sets,
             health,
             mesh,
+            authenticator,
             metrics,
         } = server;
         if let Some(mesh) = &mesh {
@@ -253,6 +302,12 @@ impl BoundServer {
         // without `grpc-timeout`; descriptor sets that do not decode were refused by reflection.
         let method_defaults = std::sync::Arc::new(
             crate::client::MethodTable::from_descriptor_sets(&descriptor_sets).unwrap_or_default(),
+        );
+        let authentication = authenticate::AuthenticationLayer::new(
+            authenticate::MethodRequirements::from_descriptor_sets(&descriptor_sets),
+            authenticator.unwrap_or_else(|| {
+                crate::auth::Authenticator::without_mesh(crate::auth::AuthConfig::default())
+            }),
         );
         let admin_state = AdminState::new(mesh).with_metrics(metrics);
         let stop_admin = CancellationToken::new();
@@ -296,6 +351,9 @@ impl BoundServer {
                 // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
                 .layer(metrics_layer)
                 .layer(crate::client::IncomingDeadlineLayer::new(method_defaults))
+                // Innermost: no handler runs for a caller its method's policy refuses; refusals
+                // are measured and traced like any answer.
+                .layer(authentication)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_accepting_rx.await;

@@ -64,7 +64,8 @@ impl Drop for InProcessServer {
 
 /// Settings for a test server on a free loopback port: registered with the Consul agent at
 /// `consul_addr` (checked every 200 ms), or not registered at all when `None`; no lame-duck wait
-/// and a 1 s drain, so tests stop fast.
+/// and a 1 s drain, so tests stop fast. Callers are verified with the test issuer's key
+/// ([`crate::auth::testing`]): sign calls in with [`crate::auth::testing::SignedIn`].
 pub fn quick_config(consul_addr: Option<&str>) -> ServeConfig {
     let mut config = ServeConfig::with_listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     match consul_addr {
@@ -76,5 +77,6 @@ pub fn quick_config(consul_addr: Option<&str>) -> ServeConfig {
     }
     config.lame_duck = Duration::ZERO;
     config.drain_timeout = Duration::from_secs(1);
+    config.authenticate_with = Some(crate::auth::testing::auth_config());
     config
 }

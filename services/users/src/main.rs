@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use protomesh::auth::{AuthConfig, Authenticator};
 use protomesh::config::ServeConfig;
 use protomesh::data::{self, DataConfig, DataError};
 use protomesh::ratelimit::{Quota, RateLimiter};
@@ -45,22 +47,6 @@ struct Cli {
     /// Login attempts allowed per client address (`LIMIT/PERIOD`).
     #[arg(long = "login-limit-ip", env = "PROTOMESH_USERS_LOGIN_LIMIT_IP", default_value = DEFAULT_IP_QUOTA)]
     login_limit_ip: Quota,
-
-    /// The `iss` claim of access tokens.
-    #[arg(
-        long = "jwt-issuer",
-        env = "PROTOMESH_JWT_ISSUER",
-        default_value = "protomesh"
-    )]
-    jwt_issuer: String,
-
-    /// The `aud` claim of access tokens.
-    #[arg(
-        long = "jwt-audience",
-        env = "PROTOMESH_JWT_AUDIENCE",
-        default_value = "protomesh"
-    )]
-    jwt_audience: String,
 
     /// How tokens are signed: RS256 (RSA keys, published in the JWKS) or HS256 (a shared
     /// secret, `--jwt-secret-file`).
@@ -171,6 +157,35 @@ fn key_source(cli: &Cli) -> Result<KeySource, StartError> {
     }
 }
 
+/// Verifies callers' tokens with the service's own keys (it is the JWKS every other process
+/// fetches, so it needs no fetch itself), plus the API keys of `--api-keys-file`.
+fn own_token_verifier(
+    credentials: &protomesh::auth::CredentialArgs,
+    hs256_secret_file: Option<&std::path::Path>,
+    keys: &SigningKeys,
+) -> Result<Authenticator, StartError> {
+    let mut config = credentials
+        .auth_config()
+        .map_err(|err| StartError::Settings(err.to_string()))?;
+    config.jwks = None;
+    match (keys.algorithm(), hs256_secret_file) {
+        (Algorithm::HS256, Some(path)) => {
+            config.hs256_secret = Some(
+                AuthConfig::read_hs256_secret(path)
+                    .map_err(|err| StartError::Settings(err.to_string()))?,
+            );
+        }
+        _ => {
+            for jwk in &keys.jwks().keys {
+                let key = DecodingKey::from_rsa_components(&jwk.n, &jwk.e)
+                    .map_err(|err| StartError::Settings(format!("the signing key: {err}")))?;
+                config.rsa_public_keys.push(key);
+            }
+        }
+    }
+    Ok(Authenticator::without_mesh(config))
+}
+
 async fn run(cli: Cli) -> Result<(), StartError> {
     let source = key_source(&cli)?;
     // A bad key file is refused before the database is touched.
@@ -207,11 +222,16 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         None => SigningKeys::load(&source, &pool).await?,
     };
     tracing::info!(algorithm = ?keys.algorithm(), kid = ?keys.kid(), "signing key ready");
+    let verifier = own_token_verifier(
+        &cli.serve.credentials,
+        cli.jwt_secret_file.as_deref(),
+        &keys,
+    )?;
     let issuer = AccessTokenIssuer::new(
         keys,
         TokenSettings {
-            issuer: cli.jwt_issuer,
-            audience: cli.jwt_audience,
+            issuer: cli.serve.credentials.jwt_issuer.clone(),
+            audience: cli.serve.credentials.jwt_audience.clone(),
             access_token_ttl: cli.access_token_ttl,
         },
     );
@@ -235,6 +255,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     );
     Ok(MeshServer::new(SERVICE, cli.serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .authenticator(verifier)
         .add_service(UsersServiceServer::new(handler))
         .serve()
         .await?)
