@@ -8,10 +8,18 @@
 //! | [`AUTH_METHOD`] `x-protomesh-auth` | `jwt` or `api-key` |
 //! | [`CLIENT_IP`] `x-protomesh-client-ip` | the address the HTTP request came from |
 //!
-//! Services trust these only because the gateway strips every incoming `x-protomesh-*` header
-//! (and, with mTLS between services, only mesh peers can reach a service at all).
+//! A service built with this runtime believes these only because its server runtime set them:
+//! it removes any copy the caller sent and sets them from the credential it verified itself
+//! ([`crate::server`], [`crate::auth`]). [`CLIENT_IP`] is advisory (whoever reaches a service
+//! directly can set it): use it to key limits, never to grant anything.
+//!
+//! Ownership helpers: [`caller`] is the verified caller of a call (`UNAUTHENTICATED` without
+//! one), and [`Identity::resolve_user`] maps a request's `user_id` (`me`, empty, the caller's own
+//! id, or — for admins — anyone's) to the user whose data the call may touch. Others' data does
+//! not exist for a caller: `NOT_FOUND`, the same answer as for data that does not exist.
 
 use tonic::metadata::MetadataMap;
+use tonic::Status;
 
 /// The prefix of every identity header; the gateway drops incoming headers that start with it.
 pub const RESERVED_PREFIX: &str = "x-protomesh-";
@@ -23,6 +31,10 @@ pub const ROLES: &str = "x-protomesh-roles";
 pub const AUTH_METHOD: &str = "x-protomesh-auth";
 /// The HTTP client's address, as the gateway saw it.
 pub const CLIENT_IP: &str = "x-protomesh-client-ip";
+/// The role that may act for every user.
+pub const ADMIN_ROLE: &str = "admin";
+/// The `user_id` that names the caller.
+pub const ME: &str = "me";
 
 /// How the gateway verified a caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +99,34 @@ impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    /// Whether the identity may act for every user ([`ADMIN_ROLE`]).
+    pub fn is_admin(&self) -> bool {
+        self.has_role(ADMIN_ROLE)
+    }
+
+    /// The user whose data a call naming `requested` (a request's `user_id`) touches: the caller
+    /// for `""`, [`ME`] or its own id; anyone for an admin; for anyone else `NOT_FOUND` naming
+    /// `field` (another user's data does not exist for the caller).
+    pub fn resolve_user(&self, field: &str, requested: &str) -> Result<String, Status> {
+        if requested.is_empty() || requested == ME || requested == self.subject {
+            return Ok(self.subject.clone());
+        }
+        if self.is_admin() {
+            return Ok(requested.to_owned());
+        }
+        Err(Status::not_found(format!(
+            "{field}: user {} not found",
+            crate::status::truncate_input(requested)
+        )))
+    }
+}
+
+/// The verified caller of the call with `metadata`, or `UNAUTHENTICATED` (a method that
+/// requires one is refused by the runtime before its handler runs, so this fails only for
+/// methods declared public).
+pub fn caller(metadata: &MetadataMap) -> Result<Identity, Status> {
+    Identity::from_metadata(metadata).ok_or_else(|| Status::unauthenticated("missing credentials"))
 }
 
 /// The HTTP client's address the gateway passed on, if any.
@@ -120,5 +160,39 @@ mod tests {
         for key in [SUBJECT, ROLES, AUTH_METHOD, CLIENT_IP] {
             assert!(key.starts_with(RESERVED_PREFIX));
         }
+    }
+
+    #[test]
+    fn users_resolve_to_the_caller_unless_an_admin_asks() {
+        let alice = Identity {
+            subject: "alice".into(),
+            roles: vec!["user".into()],
+            method: AuthMethod::Jwt,
+        };
+        for own in ["", ME, "alice"] {
+            assert_eq!(alice.resolve_user("user_id", own).unwrap(), "alice");
+        }
+        let refused = alice.resolve_user("user_id", "bob").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert!(refused.message().contains("user_id"), "{refused:?}");
+        let long = "x".repeat(10_000);
+        assert!(
+            alice
+                .resolve_user("user_id", &long)
+                .unwrap_err()
+                .message()
+                .len()
+                < 300
+        );
+        let admin = Identity {
+            roles: vec![ADMIN_ROLE.into()],
+            ..alice
+        };
+        assert_eq!(admin.resolve_user("user_id", "bob").unwrap(), "bob");
+        assert_eq!(admin.resolve_user("user_id", ME).unwrap(), "alice");
+        assert_eq!(
+            caller(&MetadataMap::new()).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 }

@@ -64,12 +64,29 @@ impl Violations {
     }
 }
 
+/// Most characters of client input an error message repeats.
+pub const MAX_ECHOED_CHARS: usize = 64;
+
+/// `input` as an error message may repeat it: at most [`MAX_ECHOED_CHARS`] characters, `…` when
+/// cut, so no caller can make an answer as large as its request.
+pub fn truncate_input(input: &str) -> std::borrow::Cow<'_, str> {
+    match input.char_indices().nth(MAX_ECHOED_CHARS) {
+        None => std::borrow::Cow::Borrowed(input),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &input[..end])),
+    }
+}
+
 /// A required UUID in the hyphenated form the services hand out (any case).
 pub fn uuid(field: &str, text: &str) -> Result<uuid::Uuid, FieldViolation> {
     if text.is_empty() {
         return Err(FieldViolation::new(field, "is required"));
     }
-    let invalid = || FieldViolation::new(field, format!("must be a UUID, got {text:?}"));
+    let invalid = || {
+        FieldViolation::new(
+            field,
+            format!("must be a UUID, got {:?}", truncate_input(text)),
+        )
+    };
     if text.len() != 36 {
         return Err(invalid());
     }
@@ -138,6 +155,21 @@ pub fn field_violations(status: &Status) -> Vec<FieldViolation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_input_is_cut() {
+        assert_eq!(truncate_input("short"), "short");
+        let long = "é".repeat(5_000);
+        let cut = truncate_input(&long);
+        assert_eq!(cut.chars().count(), MAX_ECHOED_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        let violation = uuid("id", &"x".repeat(4_000_000)).unwrap_err();
+        assert!(
+            violation.description.len() < 200,
+            "{}",
+            violation.description.len()
+        );
+    }
 
     #[test]
     fn invalid_argument_names_the_field_in_message_and_details() {
