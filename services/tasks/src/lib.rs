@@ -24,11 +24,24 @@
 //! The cache is a hint with a short TTL: a `GetTask` that read the row just before an update
 //! committed may put the old copy back after the update deleted it, for at most the TTL.
 //!
+//! Who may touch what ([`access`]): a project's members see it, its tasks and its members, and
+//! change its tasks; its owner (its creator) also manages its members; admins see and manage every
+//! project. A project or task the caller cannot see is `NOT_FOUND`, exactly like one that does not
+//! exist; `ListProjects` and `ListTasks` list only the caller's projects (every one for admins).
+//! `DeleteTask` is for admins (its proto policy, checked by the runtime).
+//!
+//! | call | who |
+//! |---|---|
+//! | `CreateProject` | any signed-in caller, who becomes the owner |
+//! | `GetProject`, `ListProjectMembers`, task calls | the project's members |
+//! | `AddProjectMember`, `RemoveProjectMember` | the owner (a member may remove itself) |
+//!
 //! Every write and its event commit in one transaction. Event payloads are the task's JSON
 //! ([`model`]). Requests are checked before anything else, and a bad one is `INVALID_ARGUMENT`
 //! naming each field at fault (`task.title`, `task.urgency`, `page_size`, `update_mask`…).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod cursor;
 pub mod migrations;
 pub mod model;
@@ -41,17 +54,20 @@ use protomesh::client::Mesh;
 use protomesh::data::deadpool_postgres::{Object, Pool};
 use protomesh::data::tokio_postgres::types::ToSql;
 use protomesh::data::{outbox, status_from_pg, Cache};
+use protomesh::identity::{self, Identity};
 use protomesh::proto::protomesh::tasks::v1::{
-    tasks_service_server::TasksService, CompleteTaskRequest, CreateProjectRequest,
-    CreateTaskRequest, DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectsRequest,
-    ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, Task, TaskStatus,
-    UpdateTaskRequest,
+    tasks_service_server::TasksService, AddProjectMemberRequest, CompleteTaskRequest,
+    CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest, GetProjectRequest, GetTaskRequest,
+    ListProjectMembersRequest, ListProjectMembersResponse, ListProjectsRequest,
+    ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, ProjectMember, ProjectRole,
+    RemoveProjectMemberRequest, Task, TaskStatus, UpdateTaskRequest,
 };
 use protomesh::status::invalid_argument;
 use protomesh::telemetry::spans;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use access::{project_not_found, require_member, require_owner, role_from_db, role_to_db};
 use cursor::{ProjectCursor, TaskCursor};
 use model::{level_to_db, project_columns, status_to_db, task_columns, ProjectRecord, TaskRecord};
 use priority::Priority;
@@ -84,24 +100,42 @@ const SELECT_PROJECT: &str = concat!(
     " FROM projects WHERE id = $1"
 );
 
-const PROJECT_EXISTS: &str = "SELECT 1 FROM projects WHERE id = $1";
-
 const INSERT_PROJECT: &str = concat!(
-    "INSERT INTO projects (id, name, description) VALUES ($1, $2, $3) RETURNING ",
+    "INSERT INTO projects (id, name, description, owner_id) VALUES ($1, $2, $3, $4) RETURNING ",
     project_columns!()
 );
 
+/// `$3`: an admin's call (every project), else only the projects `$4` is a member of.
 const LIST_PROJECTS_FIRST: &str = concat!(
     "SELECT ",
     project_columns!(),
-    " FROM projects ORDER BY name LIMIT $1"
+    " FROM projects WHERE ($2 OR id IN (SELECT project_id FROM project_members WHERE user_id = $3))
+    ORDER BY name LIMIT $1"
 );
 
+/// As [`LIST_PROJECTS_FIRST`], after the name `$1`.
 const LIST_PROJECTS_AFTER: &str = concat!(
     "SELECT ",
     project_columns!(),
-    " FROM projects WHERE name > $1 ORDER BY name LIMIT $2"
+    " FROM projects WHERE name > $1
+        AND ($3 OR id IN (SELECT project_id FROM project_members WHERE user_id = $4))
+    ORDER BY name LIMIT $2"
 );
+
+const INSERT_MEMBER: &str = "INSERT INTO project_members (project_id, user_id, role)
+    VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+    RETURNING project_id, user_id, role, added_at";
+
+/// Never the owner's row (`role` 1).
+const DELETE_MEMBER: &str =
+    "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2 AND role <> 1
+    RETURNING user_id";
+
+const MEMBER_IS_OWNER: &str =
+    "SELECT 1 FROM project_members WHERE project_id = $1 AND user_id = $2 AND role = 1";
+
+const LIST_MEMBERS: &str = "SELECT project_id, user_id, role, added_at FROM project_members
+    WHERE project_id = $1 ORDER BY role, added_at, user_id";
 
 const SELECT_TASK: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
 
@@ -168,16 +202,12 @@ impl std::fmt::Debug for TasksHandler {
 }
 
 /// A database error met while handling `what` (`"task"`, `"project"`) as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
+pub(crate) fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
     move |err| status_from_pg(&err, what)
 }
 
 fn task_not_found(id: Uuid) -> Status {
     Status::not_found(format!("task {id} not found"))
-}
-
-fn project_not_found(id: Uuid) -> Status {
-    Status::not_found(format!("project {id} not found"))
 }
 
 /// Page size as a SQL `LIMIT` asking for one row more (to know whether another page follows).
@@ -228,23 +258,18 @@ impl TasksHandler {
             .ok_or_else(|| task_not_found(id))
     }
 
-    /// Fails with `NOT_FOUND` unless project `id` exists.
-    async fn require_project(&self, id: Uuid) -> Result<(), Status> {
-        let select = async {
-            let client = self.connection("project").await?;
-            let statement = client
-                .prepare_cached(PROJECT_EXISTS)
-                .await
-                .map_err(db_error("project"))?;
-            client
-                .query_opt(&statement, &[&id])
-                .await
-                .map_err(db_error("project"))
-        };
-        let row = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
-        match row {
+    /// Task `id` if the caller may see it (a member of its project), else `NOT_FOUND`.
+    async fn visible_task(&self, id: Uuid, caller: &Identity) -> Result<TaskRecord, Status> {
+        let task = self.load_task(id).await?;
+        self.require_visible(&task, caller).await?;
+        Ok(task)
+    }
+
+    /// Passes when the caller may see `task`; `NOT_FOUND` for the task otherwise.
+    async fn require_visible(&self, task: &TaskRecord, caller: &Identity) -> Result<(), Status> {
+        match access::role_in(&self.pool, task.project_id, caller).await? {
             Some(_) => Ok(()),
-            None => Err(project_not_found(id)),
+            None => Err(task_not_found(task.id)),
         }
     }
 
@@ -418,6 +443,7 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<CreateProjectRequest>,
     ) -> Result<Response<Project>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let Some(project) = request.into_inner().project else {
             return Err(invalid_argument("project", "is required"));
         };
@@ -439,10 +465,21 @@ impl TasksService for TasksHandler {
                 .await
                 .map_err(db_error("project"))?;
             let row = tx
-                .query_one(&statement, &[&id, &project.name, &project.description])
+                .query_one(
+                    &statement,
+                    &[&id, &project.name, &project.description, &caller.subject],
+                )
                 .await
                 .map_err(db_error("project"))?;
             let created = ProjectRecord::from_row(&row);
+            let owner = role_to_db(ProjectRole::Owner);
+            let member = tx
+                .prepare_cached(INSERT_MEMBER)
+                .await
+                .map_err(db_error("project"))?;
+            tx.execute(&member, &[&id, &caller.subject, &owner])
+                .await
+                .map_err(db_error("project"))?;
             outbox::insert(
                 &tx,
                 EVENT_STREAM,
@@ -463,7 +500,9 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<GetProjectRequest>,
     ) -> Result<Response<Project>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        require_member(&self.pool, id, &caller).await?;
         let select = async {
             let client = self.connection("project").await?;
             let statement = client
@@ -487,6 +526,8 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<ListProjectsRequest>,
     ) -> Result<Response<ListProjectsResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
+        let every_project = caller.is_admin();
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
@@ -503,14 +544,21 @@ impl TasksService for TasksHandler {
                         .prepare_cached(LIST_PROJECTS_FIRST)
                         .await
                         .map_err(db_error("project"))?;
-                    client.query(&statement, &[&limit]).await
+                    client
+                        .query(&statement, &[&limit, &every_project, &caller.subject])
+                        .await
                 }
                 Some(cursor) => {
                     let statement = client
                         .prepare_cached(LIST_PROJECTS_AFTER)
                         .await
                         .map_err(db_error("project"))?;
-                    client.query(&statement, &[&cursor.name, &limit]).await
+                    client
+                        .query(
+                            &statement,
+                            &[&cursor.name, &limit, &every_project, &caller.subject],
+                        )
+                        .await
                 }
             }
             .map_err(db_error("project"))
@@ -541,6 +589,7 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<Task>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let Some(task) = request.task else {
             return Err(invalid_argument("task", "is required"));
@@ -585,9 +634,9 @@ impl TasksService for TasksHandler {
             return Err(Status::internal("request check incomplete"));
         };
 
-        // Before asking priority: an unknown project is NOT_FOUND at once. (The foreign key
-        // still catches a project deleted in between, also as NOT_FOUND.)
-        self.require_project(project_id).await?;
+        // Before asking priority: a project the caller cannot see is NOT_FOUND at once. (The
+        // foreign key still catches a project deleted in between, also as NOT_FOUND.)
+        require_member(&self.pool, project_id, &caller).await?;
         let priority = priority::score(&self.mesh, &task.title, task.urgency, task.impact).await?;
 
         let id = Uuid::new_v4();
@@ -618,18 +667,25 @@ impl TasksService for TasksHandler {
     }
 
     async fn get_task(&self, request: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
         if self.cache_ttl.is_zero() {
-            return Ok(Response::new(self.load_task(id).await?.to_proto()));
+            return Ok(Response::new(
+                self.visible_task(id, &caller).await?.to_proto(),
+            ));
         }
         let key = cache_key(id);
-        if let Some(task) = self.cache.get::<TaskRecord>(&key).await {
-            if task.id == id {
-                return Ok(Response::new(task.to_proto()));
+        let task = match self.cache.get::<TaskRecord>(&key).await {
+            Some(task) if task.id == id => task,
+            _ => {
+                let task = self.load_task(id).await?;
+                self.cache.set(&key, &task, self.cache_ttl).await;
+                task
             }
-        }
-        let task = self.load_task(id).await?;
-        self.cache.set(&key, &task, self.cache_ttl).await;
+        };
+        // Membership is checked on every read, cached or not: a member removed loses access at
+        // once.
+        self.require_visible(&task, &caller).await?;
         Ok(Response::new(task.to_proto()))
     }
 
@@ -637,6 +693,7 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<UpdateTaskRequest>,
     ) -> Result<Response<Task>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let Some(task) = request.task else {
             return Err(invalid_argument("task", "is required"));
@@ -652,7 +709,7 @@ impl TasksService for TasksHandler {
         violations.into_result()?;
 
         for _ in 0..UPDATE_ATTEMPTS {
-            let current = self.load_task(id).await?;
+            let current = self.visible_task(id, &caller).await?;
             let next = fields.apply(&current, &task);
             let priority = if next.urgency != current.urgency || next.impact != current.impact {
                 priority::score(&self.mesh, &next.title, next.urgency, next.impact).await?
@@ -706,7 +763,10 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<CompleteTaskRequest>,
     ) -> Result<Response<Task>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let id = validate::uuid("id", &request.get_ref().id).map_err(one_violation)?;
+        // A task's project never changes, so a task seen here stays the caller's to complete.
+        self.visible_task(id, &caller).await?;
         if let Some(completed) = self
             .write_task("UPDATE", COMPLETE_TASK, &[&id], "task.completed")
             .await?
@@ -753,6 +813,7 @@ impl TasksService for TasksHandler {
         &self,
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let project_id = violations
@@ -768,8 +829,13 @@ impl TasksService for TasksHandler {
         let after = page_token(&mut violations, &request.page_token, TaskCursor::decode);
         violations.into_result()?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
+        if let Some(project_id) = project_id {
+            require_member(&self.pool, project_id, &caller).await?;
+        }
 
         let filters = TaskFilters {
+            // Without a project: only the caller's projects, unless it is an admin.
+            member: (project_id.is_none() && !caller.is_admin()).then(|| caller.subject.clone()),
             project_id,
             assignee: (!request.assignee.is_empty()).then_some(request.assignee),
             status: status.map(status_to_db),
@@ -811,6 +877,135 @@ impl TasksService for TasksHandler {
             next_page_token,
         }))
     }
+
+    async fn add_project_member(
+        &self,
+        request: Request<AddProjectMemberRequest>,
+    ) -> Result<Response<ProjectMember>, Status> {
+        let caller = identity::caller(request.metadata())?;
+        let request = request.into_inner();
+        let (project_id, user_id) = member_target(&request.project_id, &request.user_id)?;
+        require_owner(&self.pool, project_id, &caller).await?;
+        let insert = async {
+            let client = self.connection("project").await?;
+            let statement = client
+                .prepare_cached(INSERT_MEMBER)
+                .await
+                .map_err(db_error("project"))?;
+            client
+                .query_opt(
+                    &statement,
+                    &[&project_id, &user_id, &role_to_db(ProjectRole::Member)],
+                )
+                .await
+                .map_err(db_error("project"))
+        };
+        match spans::in_span(spans::postgres("INSERT", "project_members"), insert).await? {
+            Some(row) => Ok(Response::new(member_of_row(&row))),
+            None => Err(Status::already_exists(format!(
+                "user_id: {} is already a member of project {project_id}",
+                protomesh::status::truncate_input(&user_id)
+            ))),
+        }
+    }
+
+    async fn remove_project_member(
+        &self,
+        request: Request<RemoveProjectMemberRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = identity::caller(request.metadata())?;
+        let request = request.into_inner();
+        let (project_id, user_id) = member_target(&request.project_id, &request.user_id)?;
+        if user_id == caller.subject && !caller.is_admin() {
+            // Leaving a project needs only membership.
+            require_member(&self.pool, project_id, &caller).await?;
+        } else {
+            require_owner(&self.pool, project_id, &caller).await?;
+        }
+        let remove = async {
+            let client = self.connection("project").await?;
+            let delete = client
+                .prepare_cached(DELETE_MEMBER)
+                .await
+                .map_err(db_error("project"))?;
+            if client
+                .query_opt(&delete, &[&project_id, &user_id])
+                .await
+                .map_err(db_error("project"))?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let owner = client
+                .prepare_cached(MEMBER_IS_OWNER)
+                .await
+                .map_err(db_error("project"))?;
+            let is_owner = client
+                .query_opt(&owner, &[&project_id, &user_id])
+                .await
+                .map_err(db_error("project"))?
+                .is_some();
+            Err(if is_owner {
+                Status::failed_precondition(format!(
+                    "user_id: the owner of project {project_id} cannot be removed"
+                ))
+            } else {
+                Status::not_found(format!(
+                    "user_id: {} is not a member of project {project_id}",
+                    protomesh::status::truncate_input(&user_id)
+                ))
+            })
+        };
+        spans::in_span(spans::postgres("DELETE", "project_members"), remove).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn list_project_members(
+        &self,
+        request: Request<ListProjectMembersRequest>,
+    ) -> Result<Response<ListProjectMembersResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
+        let project_id =
+            validate::uuid("project_id", &request.get_ref().project_id).map_err(one_violation)?;
+        require_member(&self.pool, project_id, &caller).await?;
+        let select = async {
+            let client = self.connection("project").await?;
+            let statement = client
+                .prepare_cached(LIST_MEMBERS)
+                .await
+                .map_err(db_error("project"))?;
+            client
+                .query(&statement, &[&project_id])
+                .await
+                .map_err(db_error("project"))
+        };
+        let rows = spans::in_span(spans::postgres("SELECT", "project_members"), select).await?;
+        Ok(Response::new(ListProjectMembersResponse {
+            members: rows.iter().map(member_of_row).collect(),
+        }))
+    }
+}
+
+/// The project and user a membership call names, checked together.
+fn member_target(project: &str, user: &str) -> Result<(Uuid, String), Status> {
+    let mut violations = Violations::new();
+    let project_id = violations.check(validate::uuid("project_id", project));
+    violations.check(validate::title("user_id", user));
+    violations.into_result()?;
+    let project_id = project_id.ok_or_else(|| Status::internal("request check incomplete"))?;
+    Ok((project_id, user.to_owned()))
+}
+
+/// A member as selected by [`INSERT_MEMBER`] and [`LIST_MEMBERS`]: `project_id, user_id, role,
+/// added_at`.
+fn member_of_row(row: &protomesh::data::tokio_postgres::Row) -> ProjectMember {
+    let added_at: std::time::SystemTime = row.get(3);
+    ProjectMember {
+        project_id: row.get::<_, Uuid>(0).to_string(),
+        user_id: row.get(1),
+        role: role_from_db(row.get(2)) as i32,
+        added_at: Some(added_at.into()),
+    }
 }
 
 /// A single violation as `INVALID_ARGUMENT`.
@@ -821,6 +1016,8 @@ fn one_violation(violation: protomesh::status::FieldViolation) -> Status {
 /// The checked filters of a `ListTasks` call.
 #[derive(Debug)]
 struct TaskFilters {
+    /// Only tasks of the projects this user is a member of.
+    member: Option<String>,
     project_id: Option<Uuid>,
     assignee: Option<String>,
     status: Option<i16>,
@@ -837,6 +1034,13 @@ impl TaskFilters {
         let mut sql = String::from(concat!("SELECT ", task_columns!(), " FROM tasks"));
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         let mut conditions: Vec<String> = Vec::new();
+        if let Some(member) = &self.member {
+            params.push(member);
+            conditions.push(format!(
+                "project_id IN (SELECT project_id FROM project_members WHERE user_id = ${})",
+                params.len()
+            ));
+        }
         if let Some(project_id) = &self.project_id {
             params.push(project_id);
             conditions.push(format!("project_id = ${}", params.len()));
@@ -943,6 +1147,7 @@ mod tests {
     #[test]
     fn list_queries_have_only_the_filters_given() {
         let filters = TaskFilters {
+            member: None,
             project_id: None,
             assignee: None,
             status: None,
@@ -958,6 +1163,7 @@ mod tests {
         assert_eq!(params.len(), 1);
 
         let filters = TaskFilters {
+            member: None,
             project_id: Some(Uuid::nil()),
             assignee: Some("ada".into()),
             status: Some(1),
@@ -977,5 +1183,24 @@ mod tests {
             "{sql}"
         );
         assert_eq!(params.len(), 7);
+
+        let filters = TaskFilters {
+            member: Some("alice".into()),
+            project_id: None,
+            assignee: None,
+            status: Some(1),
+            min_level: None,
+            after: None,
+            limit: 51,
+        };
+        let (sql, params) = filters.query();
+        assert!(
+            sql.ends_with(
+                "WHERE project_id IN (SELECT project_id FROM project_members WHERE user_id = $1) \
+                 AND status = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+            ),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 3);
     }
 }

@@ -50,5 +50,44 @@ CREATE INDEX tasks_status_newest ON tasks (status, created_at DESC, id DESC);
 CREATE INDEX tasks_level_newest ON tasks (priority_level, created_at DESC, id DESC);
 ";
 
+/// Owners and members: a project's creator owns it; its members (the owner included, as a
+/// `project_members` row with role 1) see it and its tasks.
+///
+/// Projects created before owners existed get one here: the assignee of their earliest assigned
+/// task (the people working in a project are its likeliest owners), else the reserved subject
+/// `unowned` (no user has it, so only admins see such a project until they add members); every
+/// assignee of a project's tasks becomes a member.
+pub const OWNERS_AND_MEMBERS: &str = "
+ALTER TABLE projects ADD COLUMN owner_id text;
+UPDATE projects SET owner_id = coalesce(
+    (SELECT assignee FROM tasks
+     WHERE tasks.project_id = projects.id AND assignee <> ''
+     ORDER BY created_at, id LIMIT 1),
+    'unowned');
+ALTER TABLE projects ALTER COLUMN owner_id SET NOT NULL;
+
+CREATE TABLE project_members (
+    project_id uuid NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    user_id text NOT NULL
+        CONSTRAINT project_members_user_id_length CHECK (char_length(user_id) BETWEEN 1 AND 200),
+    -- protomesh.tasks.v1.ProjectRole: 1 owner, 2 member.
+    role smallint NOT NULL CONSTRAINT project_members_role_known CHECK (role BETWEEN 1 AND 2),
+    added_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (project_id, user_id)
+);
+-- A caller's projects (ListProjects, ListTasks without a project).
+CREATE INDEX project_members_by_user ON project_members (user_id, project_id);
+
+INSERT INTO project_members (project_id, user_id, role)
+    SELECT id, owner_id, 1 FROM projects;
+INSERT INTO project_members (project_id, user_id, role)
+    SELECT DISTINCT project_id, assignee, 2 FROM tasks WHERE assignee <> ''
+    ON CONFLICT DO NOTHING;
+";
+
 /// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, OUTBOX_DDL), (2, PROJECTS_AND_TASKS)];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, OUTBOX_DDL),
+    (2, PROJECTS_AND_TASKS),
+    (3, OWNERS_AND_MEMBERS),
+];

@@ -33,7 +33,7 @@ pub(crate) use task_columns;
 /// for `concat!`.
 macro_rules! project_columns {
     () => {
-        "id, name, description, created_at"
+        "id, name, description, created_at, owner_id"
     };
 }
 pub(crate) use project_columns;
@@ -142,6 +142,9 @@ pub struct ProjectRecord {
     /// When it was created.
     #[serde(with = "rfc3339")]
     pub created_at: SystemTime,
+    /// The user who created it (its owner).
+    #[serde(default)]
+    pub owner_id: String,
 }
 
 impl ProjectRecord {
@@ -152,6 +155,7 @@ impl ProjectRecord {
             name: row.get(1),
             description: row.get(2),
             created_at: row.get(3),
+            owner_id: row.get(4),
         }
     }
 
@@ -167,6 +171,7 @@ impl ProjectRecord {
             name: self.name.clone(),
             description: self.description.clone(),
             created_at: Some(self.created_at.into()),
+            owner_id: self.owner_id.clone(),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
@@ -32,7 +33,11 @@ use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A tasks client signed in as someone (the test issuer's token).
+type SignedInClient = TasksServiceClient<InterceptedService<Channel, SignedIn>>;
 use tonic::Code;
 
 /// Bound on a whole test.
@@ -51,7 +56,7 @@ const CREATE_CONCURRENCY: usize = 16;
 /// dev agent for the mesh, the handler served (not registered). Field order is drop order: the
 /// server and the relay go first; the databases themselves belong to the test and outlive this.
 struct TasksStack {
-    client: TasksServiceClient<Channel>,
+    channel: Channel,
     _served: InProcessServer,
     relay: RelayHandle,
     pool: Pool,
@@ -90,11 +95,13 @@ impl TasksStack {
         )
         .await
         .unwrap();
-        let client = TasksServiceClient::connect(format!("http://{}", served.addr))
+        let channel = Channel::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
         Self {
-            client,
+            channel,
             _served: served,
             relay,
             pool,
@@ -103,8 +110,17 @@ impl TasksStack {
         }
     }
 
-    fn client(&self) -> TasksServiceClient<Channel> {
-        self.client.clone()
+    /// A client signed in as the user `alice`.
+    fn client(&self) -> SignedInClient {
+        self.client_as("alice", &["user"])
+    }
+
+    /// A client signed in as `subject` with `roles`.
+    fn client_as(&self, subject: &str, roles: &[&str]) -> SignedInClient {
+        TasksServiceClient::with_interceptor(
+            self.channel.clone(),
+            SignedIn::as_user(subject, roles),
+        )
     }
 
     async fn create_project(&self, name: &str) -> Result<Project, tonic::Status> {
@@ -133,7 +149,7 @@ impl TasksStack {
 
 /// Creates a task titled `title` (urgency 9, impact 8: score 72, HIGH) in project `project_id`.
 async fn create_task(
-    mut client: TasksServiceClient<Channel>,
+    mut client: SignedInClient,
     project_id: &str,
     title: &str,
 ) -> Result<Task, tonic::Status> {

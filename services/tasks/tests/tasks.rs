@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
@@ -18,8 +19,9 @@ use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
-    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest,
-    GetProjectRequest, GetTaskRequest, ListProjectsRequest, ListTasksRequest, Project, Task,
+    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
+    DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectMembersRequest,
+    ListProjectsRequest, ListTasksRequest, Project, ProjectRole, RemoveProjectMemberRequest, Task,
     TaskStatus, UpdateTaskRequest,
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
@@ -27,7 +29,11 @@ use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A tasks client signed in as someone (the test issuer's token).
+type SignedInClient = TasksServiceClient<InterceptedService<Channel, SignedIn>>;
 use tonic::Code;
 
 /// Bound on a whole test.
@@ -59,10 +65,22 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
     );
 }
 
+/// The identity metadata the server runtime sets on a verified call, for tests that call the
+/// handler without a server.
+fn signed_in_as<T>(request: &mut tonic::Request<T>, subject: &str) {
+    for (key, value) in [
+        (protomesh::identity::SUBJECT, subject),
+        (protomesh::identity::ROLES, "user"),
+        (protomesh::identity::AUTH_METHOD, "jwt"),
+    ] {
+        request.metadata_mut().insert(key, value.parse().unwrap());
+    }
+}
+
 /// Everything one test needs. Field order is drop order: the server and relay go before the
 /// database is dropped.
 struct Harness {
-    client: TasksServiceClient<Channel>,
+    channel: Channel,
     _served: InProcessServer,
     relay: RelayHandle,
     handler: TasksHandler,
@@ -110,11 +128,13 @@ impl Harness {
         )
         .await
         .unwrap();
-        let client = TasksServiceClient::connect(format!("http://{}", served.addr))
+        let channel = Channel::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
         Self {
-            client,
+            channel,
             _served: served,
             relay,
             handler,
@@ -126,8 +146,17 @@ impl Harness {
         }
     }
 
-    fn client(&self) -> TasksServiceClient<Channel> {
-        self.client.clone()
+    /// A client signed in as the user `alice`.
+    fn client(&self) -> SignedInClient {
+        self.client_as("alice", &["user"])
+    }
+
+    /// A client signed in as `subject` with `roles`.
+    fn client_as(&self, subject: &str, roles: &[&str]) -> SignedInClient {
+        TasksServiceClient::with_interceptor(
+            self.channel.clone(),
+            SignedIn::as_user(subject, roles),
+        )
     }
 
     async fn project(&self, name: &str) -> Project {
@@ -303,7 +332,7 @@ async fn crud_round_trip_publishes_events() {
             .expect_err("already done");
         assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
 
-        h.client()
+        h.client_as("root", &["admin"])
             .delete_task(DeleteTaskRequest {
                 id: created.id.clone(),
             })
@@ -311,7 +340,7 @@ async fn crud_round_trip_publishes_events() {
             .unwrap();
         assert_eq!(h.get(&created.id).await.unwrap_err().code(), Code::NotFound);
         let gone = h
-            .client()
+            .client_as("root", &["admin"])
             .delete_task(DeleteTaskRequest {
                 id: created.id.clone(),
             })
@@ -520,7 +549,7 @@ async fn bad_requests_name_the_field() {
             "id",
         );
         assert_invalid(
-            client
+            h.client_as("root", &["admin"])
                 .delete_task(DeleteTaskRequest { id: "nope".into() })
                 .await,
             "id",
@@ -881,12 +910,15 @@ async fn list_filters_and_project_pages() {
             .await,
             vec![high.id.clone()]
         );
-        assert!(ids(ListTasksRequest {
-            project_id: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        })
-        .await
-        .is_empty());
+        let unknown = h
+            .client()
+            .list_tasks(ListTasksRequest {
+                project_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("no such project");
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 
         // Status through UpdateTask: done sets completed_at, reopening clears it.
         let done = h
@@ -1090,7 +1122,7 @@ async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
             "CompleteTask invalidated the entry"
         );
         assert_eq!(h.get(&task.id).await.unwrap().status(), TaskStatus::Done);
-        h.client()
+        h.client_as("root", &["admin"])
             .delete_task(DeleteTaskRequest {
                 id: task.id.clone(),
             })
@@ -1128,25 +1160,26 @@ async fn a_database_that_is_down_answers_unavailable() {
             Mesh::from_consul(consul).unwrap(),
         );
         let started = Instant::now();
-        let status = handler
-            .get_task(tonic::Request::new(GetTaskRequest {
-                id: uuid::Uuid::new_v4().to_string(),
-            }))
-            .await
-            .expect_err("no database");
+        let mut request = tonic::Request::new(GetTaskRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        });
+        signed_in_as(&mut request, "alice");
+        let status = handler.get_task(request).await.expect_err("no database");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
+        let mut request = tonic::Request::new(CreateProjectRequest {
+            project: Some(Project {
+                name: "x".into(),
+                ..Default::default()
+            }),
+        });
+        signed_in_as(&mut request, "alice");
         let status = handler
-            .create_project(tonic::Request::new(CreateProjectRequest {
-                project: Some(Project {
-                    name: "x".into(),
-                    ..Default::default()
-                }),
-            }))
+            .create_project(request)
             .await
             .expect_err("no database");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -1160,17 +1193,336 @@ async fn handler_answers_without_a_server() {
     bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         let project = h.project("direct").await;
-        let listed = h
-            .handler
-            .list_tasks(tonic::Request::new(ListTasksRequest {
-                project_id: project.id.clone(),
-                ..Default::default()
-            }))
+        let mut request = tonic::Request::new(ListTasksRequest {
+            project_id: project.id.clone(),
+            ..Default::default()
+        });
+        signed_in_as(&mut request, "alice");
+        let listed = h.handler.list_tasks(request).await.unwrap().into_inner();
+        assert!(listed.tasks.is_empty());
+        assert!(listed.next_page_token.is_empty());
+    })
+    .await;
+}
+
+/// The code of a call's error, or `Ok` when it succeeded.
+fn code_of<T>(result: Result<T, tonic::Status>) -> Code {
+    result.map_or_else(|status| status.code(), |_| Code::Ok)
+}
+
+/// Alice's project and tasks do not exist for Bob, on every call; a member Alice adds reads and
+/// updates them and loses access when removed (the cached GetTask included); only the owner
+/// manages members; an admin acts for anyone.
+#[tokio::test]
+async fn only_members_see_and_change_a_project_and_its_tasks() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let project = h.project("alice-only").await;
+        assert_eq!(project.owner_id, "alice");
+        let task = h.task(&project, "secret plan", 5, 5).await;
+        let mut bob = h.client_as("bob", &["user"]);
+        let not_found = |code: Code, what: &str| assert_eq!(code, Code::NotFound, "{what}");
+
+        async fn strangers_calls(
+            bob: &mut SignedInClient,
+            project: &Project,
+            task: &Task,
+        ) -> Vec<(Code, &'static str)> {
+            vec![
+                (
+                    code_of(
+                        bob.get_project(GetProjectRequest {
+                            id: project.id.clone(),
+                        })
+                        .await,
+                    ),
+                    "GetProject",
+                ),
+                (
+                    code_of(
+                        bob.get_task(GetTaskRequest {
+                            id: task.id.clone(),
+                        })
+                        .await,
+                    ),
+                    "GetTask",
+                ),
+                (
+                    code_of(
+                        bob.update_task(UpdateTaskRequest {
+                            task: Some(Task {
+                                id: task.id.clone(),
+                                title: "mine".into(),
+                                ..Default::default()
+                            }),
+                            update_mask: Some(prost_types::FieldMask {
+                                paths: vec!["title".into()],
+                            }),
+                        })
+                        .await,
+                    ),
+                    "UpdateTask",
+                ),
+                (
+                    code_of(
+                        bob.complete_task(CompleteTaskRequest {
+                            id: task.id.clone(),
+                        })
+                        .await,
+                    ),
+                    "CompleteTask",
+                ),
+                (
+                    code_of(
+                        bob.create_task(CreateTaskRequest {
+                            project_id: project.id.clone(),
+                            task: Some(Task {
+                                title: "planted".into(),
+                                urgency: 1,
+                                impact: 1,
+                                ..Default::default()
+                            }),
+                        })
+                        .await,
+                    ),
+                    "CreateTask",
+                ),
+                (
+                    code_of(
+                        bob.list_tasks(ListTasksRequest {
+                            project_id: project.id.clone(),
+                            ..Default::default()
+                        })
+                        .await,
+                    ),
+                    "ListTasks in the project",
+                ),
+                (
+                    code_of(
+                        bob.list_project_members(ListProjectMembersRequest {
+                            project_id: project.id.clone(),
+                        })
+                        .await,
+                    ),
+                    "ListProjectMembers",
+                ),
+                (
+                    code_of(
+                        bob.add_project_member(AddProjectMemberRequest {
+                            project_id: project.id.clone(),
+                            user_id: "bob".into(),
+                        })
+                        .await,
+                    ),
+                    "AddProjectMember",
+                ),
+            ]
+        }
+
+        // Bob first reads nothing (GetTask's cache is warm from Alice's read).
+        assert_eq!(h.get(&task.id).await.unwrap().title, "secret plan");
+        for (code, call) in strangers_calls(&mut bob, &project, &task).await {
+            not_found(code, call);
+        }
+        let bobs_tasks = bob
+            .list_tasks(ListTasksRequest::default())
             .await
             .unwrap()
             .into_inner();
-        assert!(listed.tasks.is_empty());
-        assert!(listed.next_page_token.is_empty());
+        assert!(bobs_tasks.tasks.is_empty(), "{bobs_tasks:?}");
+        let bobs_projects = bob
+            .list_projects(ListProjectsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(bobs_projects.projects.is_empty(), "{bobs_projects:?}");
+        assert_eq!(
+            h.get(&task.id).await.unwrap().status(),
+            TaskStatus::Open,
+            "nothing changed"
+        );
+
+        // Alice adds Bob: he reads and updates, but does not manage members.
+        let added = h
+            .client()
+            .add_project_member(AddProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "bob".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(added.role(), ProjectRole::Member);
+        let twice = h
+            .client()
+            .add_project_member(AddProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "bob".into(),
+            })
+            .await;
+        assert_eq!(code_of(twice), Code::AlreadyExists);
+        assert_eq!(
+            bob.get_task(GetTaskRequest {
+                id: task.id.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .id,
+            task.id
+        );
+        let renamed = bob
+            .update_task(UpdateTaskRequest {
+                task: Some(Task {
+                    id: task.id.clone(),
+                    title: "our plan".into(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["title".into()],
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(renamed.title, "our plan");
+        let listed = bob
+            .list_tasks(ListTasksRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            listed
+                .tasks
+                .iter()
+                .map(|t| t.id.clone())
+                .collect::<Vec<_>>(),
+            vec![task.id.clone()]
+        );
+        let members = bob
+            .list_project_members(ListProjectMembersRequest {
+                project_id: project.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .members;
+        assert_eq!(
+            members
+                .iter()
+                .map(|m| (m.user_id.as_str(), m.role()))
+                .collect::<Vec<_>>(),
+            vec![("alice", ProjectRole::Owner), ("bob", ProjectRole::Member)]
+        );
+        let by_member = bob
+            .add_project_member(AddProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "carol".into(),
+            })
+            .await;
+        assert_eq!(code_of(by_member), Code::PermissionDenied);
+        let owner_removed = h
+            .client()
+            .remove_project_member(RemoveProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "alice".into(),
+            })
+            .await;
+        assert_eq!(code_of(owner_removed), Code::FailedPrecondition);
+
+        // Removed, Bob loses access at once, the warm cache notwithstanding.
+        assert_eq!(h.get(&task.id).await.unwrap().title, "our plan");
+        h.client()
+            .remove_project_member(RemoveProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "bob".into(),
+            })
+            .await
+            .unwrap();
+        for (code, call) in strangers_calls(&mut bob, &project, &task).await {
+            not_found(code, call);
+        }
+
+        // An admin sees and manages every project.
+        let mut admin = h.client_as("root", &["admin"]);
+        assert_eq!(
+            admin
+                .get_task(GetTaskRequest {
+                    id: task.id.clone()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .title,
+            "our plan"
+        );
+        let all = admin
+            .list_projects(ListProjectsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.projects.len(), 1);
+        admin
+            .add_project_member(AddProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "dave".into(),
+            })
+            .await
+            .unwrap();
+        let dave_sees = h
+            .client_as("dave", &["user"])
+            .get_project(GetProjectRequest {
+                id: project.id.clone(),
+            })
+            .await;
+        assert_eq!(code_of(dave_sees), Code::Ok);
+    })
+    .await;
+}
+
+/// On the service's own port: no credential, or identity metadata without one, is
+/// UNAUTHENTICATED; a forged token too; a valid token works.
+#[tokio::test]
+async fn direct_calls_need_a_credential_the_service_verifies() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let project = h.project("direct-auth").await;
+        let mut anonymous = TasksServiceClient::new(h.channel.clone());
+        let request = || GetProjectRequest {
+            id: project.id.clone(),
+        };
+        assert_eq!(
+            code_of(anonymous.get_project(request()).await),
+            Code::Unauthenticated
+        );
+        let mut spoofed = tonic::Request::new(request());
+        for (key, value) in [
+            (protomesh::identity::SUBJECT, "alice"),
+            (protomesh::identity::ROLES, "admin"),
+            (protomesh::identity::AUTH_METHOD, "jwt"),
+        ] {
+            spoofed.metadata_mut().insert(key, value.parse().unwrap());
+        }
+        assert_eq!(
+            code_of(anonymous.get_project(spoofed).await),
+            Code::Unauthenticated
+        );
+        let forged = protomesh::auth::testing::forged_token("alice");
+        let mut forger =
+            TasksServiceClient::with_interceptor(h.channel.clone(), SignedIn::bearer(&forged));
+        assert_eq!(
+            code_of(forger.get_project(request()).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            h.client()
+                .get_project(request())
+                .await
+                .unwrap()
+                .into_inner()
+                .id,
+            project.id
+        );
     })
     .await;
 }
