@@ -9,6 +9,11 @@
 //! times the quota through. The switch to and from the local limiter is logged once each way
 //! (WARN, then INFO) and visible through [`RateLimiter::is_degraded`].
 //!
+//! A quota can also count only some calls, decided after the fact: [`RateLimiter::check`] takes
+//! one call's share up front (so concurrent calls cannot all slip through on the last one), and
+//! [`RateLimiter::refund`] gives it back when the call turned out not to count (a login that
+//! succeeded, say).
+//!
 //! ```no_run
 //! # async fn run(redis: fred::prelude::Client) {
 //! use protomesh::ratelimit::{Quota, RateLimiter};
@@ -54,6 +59,23 @@ if now < allow_at then
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+";
+
+/// Gives back one call's share. KEYS[1]: the key. ARGV[1]: the emission interval (µs). Moves the
+/// theoretical arrival time back by one interval, never before now (deleting the key then).
+const REFUND_LUA: &str = r"
+local interval = tonumber(ARGV[1])
+local stored = redis.call('GET', KEYS[1])
+if not stored then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(stored) - interval
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+end
+return 1
 ";
 
 /// `limit` calls per `period`, all of them allowed at once after a quiet `period`.
@@ -180,6 +202,7 @@ pub struct RateLimiter {
     key_prefix: String,
     timeout: Duration,
     script: Script,
+    refund_script: Script,
     local: Arc<LocalLimiter>,
     degraded: Arc<AtomicBool>,
 }
@@ -212,6 +235,7 @@ impl RateLimiter {
             key_prefix: String::new(),
             timeout: DEFAULT_REDIS_TIMEOUT,
             script: Script::from_lua(GCRA_LUA),
+            refund_script: Script::from_lua(REFUND_LUA),
             local: Arc::new(LocalLimiter::default()),
             degraded: Arc::new(AtomicBool::new(false)),
         }
@@ -254,6 +278,24 @@ impl RateLimiter {
         self.local.check(key, quota, Instant::now())
     }
 
+    /// Gives back the share of one call that [`check`](Self::check) allowed on `key` under
+    /// `quota`, for a call that turned out not to count. Giving back more than was taken only
+    /// empties the bucket (it never holds more than `quota.limit()`). Never fails: a Redis
+    /// problem gives the share back in the local limiter instead.
+    pub async fn refund(&self, key: &str, quota: Quota) {
+        if let Some(redis) = &self.redis {
+            if redis.is_connected() {
+                match self.refund_redis(redis, key, quota).await {
+                    Ok(()) => return,
+                    Err(reason) => self.mark_degraded(&reason),
+                }
+            } else {
+                self.mark_degraded("not connected");
+            }
+        }
+        self.local.refund(key, quota, Instant::now());
+    }
+
     fn mark_degraded(&self, reason: &str) {
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -292,6 +334,22 @@ impl RateLimiter {
             reset_after: from_micros(reset_after),
             backend: Backend::Redis,
         })
+    }
+}
+
+impl RateLimiter {
+    async fn refund_redis(&self, redis: &Client, key: &str, quota: Quota) -> Result<(), String> {
+        let redis_key = format!("{}ratelimit:{key}", self.key_prefix);
+        let call = self.refund_script.evalsha_with_reload::<i64, _, _>(
+            redis,
+            redis_key,
+            vec![micros(quota.interval())],
+        );
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|err| err.to_string())?;
+        Ok(())
     }
 }
 
@@ -348,6 +406,24 @@ impl LocalLimiter {
             backend: Backend::Local,
         }
     }
+
+    fn refund(&self, key: &str, quota: Quota, now: Instant) {
+        let mut arrivals = match self.arrivals.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(tat) = arrivals.get(key).copied() else {
+            return;
+        };
+        match tat.checked_sub(quota.interval()) {
+            Some(earlier) if earlier > now => {
+                arrivals.insert(key.to_owned(), earlier);
+            }
+            _ => {
+                arrivals.remove(key);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +473,27 @@ mod tests {
         // After a whole quiet period, the whole burst again.
         let rested = start + Duration::from_secs(10);
         assert_eq!(limiter.check("k", quota, rested).remaining, 2);
+    }
+
+    #[test]
+    fn refunds_give_back_one_share_and_never_more_than_the_burst() {
+        let limiter = LocalLimiter::default();
+        let quota = Quota::new(2, Duration::from_secs(60)).expect("quota");
+        let now = Instant::now();
+        assert!(limiter.check("k", quota, now).allowed);
+        assert!(limiter.check("k", quota, now).allowed);
+        assert!(!limiter.check("k", quota, now).allowed);
+        limiter.refund("k", quota, now);
+        assert!(limiter.check("k", quota, now).allowed);
+        assert!(!limiter.check("k", quota, now).allowed);
+        // Refunding more than was taken leaves a full bucket, not a bigger one.
+        for _ in 0..5 {
+            limiter.refund("k", quota, now);
+        }
+        limiter.refund("never-used", quota, now);
+        assert_eq!(limiter.check("k", quota, now).remaining, 1);
+        assert!(limiter.check("k", quota, now).allowed);
+        assert!(!limiter.check("k", quota, now).allowed);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! test's own; the gateway verifies tokens with the users service's JWKS and keeps its rate limits
 //! in a private `redis-server`. Register → login → a protected route with the token (200),
 //! without (401), with the wrong role (403), with an expired or a tampered token (401), with an
-//! API key (200); a rate-limit class exceeded → 429 with `Retry-After`; the private Redis stopped →
+//! API key (200); too many wrong passwords from one client → the users service's 429 with
+//! `Retry-After` and `RateLimit-*`, while the owner's device token still logs in; a rate-limit
+//! class exceeded → 429 with `Retry-After`; the private Redis stopped →
 //! the local limiter still refuses past the quota. Finally the debug logs of the gateway and the
 //! users service are searched for every secret the flow used: the password, the access and
 //! refresh tokens and the API key must appear nowhere.
@@ -26,6 +28,8 @@ const PASSWORD: &str = "correct horse battery staple";
 const API_KEY: &str = "pm_test_4f1d9c2b7a8e6d5c3b2a1f0e9d8c7b6a";
 /// The public class's quota at the gateway, small enough to exceed.
 const PUBLIC_QUOTA: u32 = 5;
+/// The users service's failed logins per client on an account.
+const LOGIN_FAILURES: u32 = 3;
 
 /// An HTTP answer: status, headers (lower-case names) and body.
 struct Answer {
@@ -83,6 +87,15 @@ fn field(answer: &Answer, name: &str) -> String {
         .to_owned()
 }
 
+/// A JSON number field of an answer body.
+fn field_number(answer: &Answer, name: &str) -> i64 {
+    let json: serde_json::Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
+    json[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no number {name} in {}", answer.body))
+}
+
 /// Starts binary `name` on a free port with `env`.
 fn spawn(name: &str, env: &[(&str, String)], args: &[&str]) -> ServiceProcess {
     let mut all_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
@@ -126,10 +139,16 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
         env.extend_from_slice(extra);
         env
     };
+    let login_limit = format!("{LOGIN_FAILURES}/1m");
     let users = spawn(
         "users",
         &with(&[("REDIS_URL", redis_url())]),
-        &["--admin-email", &admin_email],
+        &[
+            "--admin-email",
+            &admin_email,
+            "--login-limit-account",
+            &login_limit,
+        ],
     );
     let _tasks = spawn("tasks", &with(&[("REDIS_URL", redis_url())]), &[]);
     let _priority = spawn("priority", &with(&[]), &[]);
@@ -174,22 +193,26 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
     .await;
     assert_eq!(registered.status, 200, "{}", registered.body);
     let user_id = field(&registered, "id");
-    let login = |email: String, password: &'static str| {
+    let login_with = |email: String, password: &'static str, device_token: String| {
         let url = url("/v1/auth:login");
         async move {
             http(
                 "POST",
                 url,
                 vec![],
-                Some(format!(r#"{{"email":"{email}","password":"{password}"}}"#)),
+                Some(format!(
+                    r#"{{"email":"{email}","password":"{password}","deviceToken":"{device_token}"}}"#
+                )),
             )
             .await
         }
     };
+    let login = |email: String, password: &'static str| login_with(email, password, String::new());
     let tokens = login(email.clone(), PASSWORD).await;
     assert_eq!(tokens.status, 200, "{}", tokens.body);
     let token = field(&tokens, "accessToken");
     let refresh = field(&tokens, "refreshToken");
+    let device_token = field(&tokens, "deviceToken");
     let wrong = login(email.clone(), "not the password at all").await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
 
@@ -321,6 +344,38 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
     assert_eq!(refreshed.status, 200, "{}", refreshed.body);
     let refreshed_token = field(&refreshed, "accessToken");
 
+    // Wrong passwords from this client past its quota on the account: the users service refuses
+    // even the right one, and the gateway passes its limit on as headers.
+    for _ in 1..LOGIN_FAILURES {
+        let wrong = login(email.clone(), "not the password at all").await;
+        assert_eq!(wrong.status, 401, "{}", wrong.body);
+    }
+    let locked = login(email.clone(), PASSWORD).await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    assert_eq!(field_number(&locked, "code"), 8, "{}", locked.body);
+    assert!(
+        locked.body.contains("google.rpc.RetryInfo"),
+        "{}",
+        locked.body
+    );
+    let retry_after: u64 = locked.headers["retry-after"].parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        locked.headers["ratelimit-limit"],
+        LOGIN_FAILURES.to_string(),
+        "{:?}",
+        locked.headers
+    );
+    assert_eq!(locked.headers["ratelimit-remaining"], "0");
+    let reset: u64 = locked.headers["ratelimit-reset"].parse().unwrap();
+    assert!((1..=60).contains(&reset), "{reset}");
+    // The owner's device token from the first login keeps this device's count apart: it logs
+    // in from the same address, and gets a new device token.
+    let by_device = login_with(email.clone(), PASSWORD, device_token.clone()).await;
+    assert_eq!(by_device.status, 200, "{}", by_device.body);
+    let new_device_token = field(&by_device, "deviceToken");
+    assert_ne!(new_device_token, device_token);
+
     // The public class's quota, counted in Redis per client address: the next call is 429.
     let score = url("/v1/priority:score");
     let body = r#"{"title":"x","urgency":2,"impact":3}"#.to_owned();
@@ -373,6 +428,8 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
         ("refreshed token", refreshed_token.as_str()),
         ("expired token", expired.as_str()),
         ("API key", API_KEY),
+        ("device token", device_token.as_str()),
+        ("new device token", new_device_token.as_str()),
     ];
     for (name, path) in logs {
         let log = std::fs::read_to_string(path).unwrap();

@@ -52,6 +52,31 @@ async fn two_limiters_share_one_quota_in_redis() {
 }
 
 #[tokio::test]
+async fn refunds_in_redis_give_back_one_share_and_never_more_than_the_burst() {
+    let keys = TestKeys::new();
+    let a = RateLimiter::new(connected(&redis_url()).await, keys.prefix());
+    let b = RateLimiter::new(connected(&redis_url()).await, keys.prefix());
+    let quota: Quota = "2/1m".parse().unwrap();
+    assert!(a.check("k", quota).await.allowed);
+    assert!(b.check("k", quota).await.allowed);
+    assert!(!a.check("k", quota).await.allowed);
+    // A share given back by one instance is usable from the other.
+    a.refund("k", quota).await;
+    let decision = b.check("k", quota).await;
+    assert_eq!((decision.allowed, decision.backend), (true, Backend::Redis));
+    assert!(!b.check("k", quota).await.allowed);
+    // More refunds than calls leave a full bucket, not a bigger one; unknown keys are a no-op.
+    for _ in 0..5 {
+        b.refund("k", quota).await;
+    }
+    a.refund("never-used", quota).await;
+    assert_eq!(a.check("k", quota).await.remaining, 1);
+    assert!(a.check("k", quota).await.allowed);
+    assert!(!a.check("k", quota).await.allowed);
+    assert!(!a.is_degraded() && !b.is_degraded());
+}
+
+#[tokio::test]
 async fn limiting_holds_while_redis_is_down_and_is_shared_again_after() {
     let mut redis = PrivateRedis::start().await.unwrap();
     let limiter = RateLimiter::new(connected(&redis.url()).await, "rl-test:");

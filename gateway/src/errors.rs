@@ -3,9 +3,14 @@
 //! "details": [...]}`, its `google.rpc.Status` details decoded to JSON (`{"@type": ..., ...}`);
 //! errors the gateway makes itself (no route, wrong method, body too big, bad JSON) use the same
 //! body.
+//!
+//! An upstream `RESOURCE_EXHAUSTED` (429) also carries `Retry-After`: the status's `retry-after`
+//! metadata, else its `google.rpc.RetryInfo` delay (whole seconds, rounded up, at least 1); and
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` when the service sent them as
+//! `ratelimit-*` metadata (the users service does for its login limits).
 
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderName, HeaderValue, StatusCode};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde::Serialize;
@@ -127,10 +132,16 @@ impl HttpError {
 
     /// A gRPC status from upstream (or from the mesh client), its details decoded with the
     /// messages `pool` knows.
+    /// A `RESOURCE_EXHAUSTED` status also gets the [`rate_limit_headers`].
     pub fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {
+        let headers = if status.code() == tonic::Code::ResourceExhausted {
+            rate_limit_headers(status)
+        } else {
+            Vec::new()
+        };
         Self {
             status: http_status(status.code()),
-            headers: Vec::new(),
+            headers,
             body: ErrorBody {
                 code: status.code() as i32,
                 message: status.message().to_owned(),
@@ -166,6 +177,55 @@ impl axum::response::IntoResponse for HttpError {
         }
         response
     }
+}
+
+/// The headers of a 429 from an upstream `status`: `Retry-After` from its `retry-after`
+/// metadata, else from its `RetryInfo` detail (whole seconds, rounded up, at least 1; none when
+/// it has neither), and the `RateLimit-Limit/Remaining/Reset` it sent as metadata (whole
+/// numbers only; anything else is dropped).
+pub fn rate_limit_headers(status: &tonic::Status) -> Vec<(HeaderName, HeaderValue)> {
+    let metadata = status.metadata();
+    let number = |name: &str| -> Option<u64> {
+        metadata
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    let mut headers = Vec::new();
+    let retry_after = number("retry-after")
+        .or_else(|| retry_info_delay(status.details()).map(ceil_secs))
+        .map(|secs| secs.max(1));
+    if let Some(secs) = retry_after {
+        headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+    }
+    for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+        if let Some(value) = number(name) {
+            headers.push((HeaderName::from_static(name), HeaderValue::from(value)));
+        }
+    }
+    headers
+}
+
+/// The delay of the first `google.rpc.RetryInfo` in an encoded `google.rpc.Status`.
+fn retry_info_delay(encoded: &[u8]) -> Option<std::time::Duration> {
+    use protomesh::proto::google::rpc::RetryInfo;
+    let status = RpcStatus::decode(encoded).ok()?;
+    let delay = status
+        .details
+        .iter()
+        .filter(|any| any.type_url.rsplit('/').next() == Some("google.rpc.RetryInfo"))
+        .find_map(|any| RetryInfo::decode(any.value.as_slice()).ok())?
+        .retry_delay?;
+    Some(std::time::Duration::new(
+        u64::try_from(delay.seconds).ok()?,
+        u32::try_from(delay.nanos).ok()?,
+    ))
+}
+
+fn ceil_secs(duration: std::time::Duration) -> u64 {
+    duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0))
 }
 
 /// The details of an encoded `google.rpc.Status` as JSON values: each `Any` in its JSON form when
@@ -319,6 +379,89 @@ mod tests {
         let json = any_to_json(&any, &pool());
         assert_eq!(json["@type"], "type.googleapis.com/nobody.Knows");
         assert_eq!(json["value"], "AQIDBA==");
+    }
+
+    /// `RESOURCE_EXHAUSTED` with a `RetryInfo` of `delay` and `metadata`.
+    fn exhausted(delay: prost_types::Duration, metadata: &[(&'static str, &str)]) -> tonic::Status {
+        use protomesh::proto::google::rpc::RetryInfo;
+        let details = RpcStatus {
+            code: tonic::Code::ResourceExhausted as i32,
+            message: "slow down".into(),
+            details: vec![prost_types::Any {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
+                value: RetryInfo {
+                    retry_delay: Some(delay),
+                }
+                .encode_to_vec(),
+            }],
+        };
+        let mut map = tonic::metadata::MetadataMap::new();
+        for (name, value) in metadata {
+            map.insert(*name, value.parse().unwrap());
+        }
+        tonic::Status::with_details_and_metadata(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            details.encode_to_vec().into(),
+            map,
+        )
+    }
+
+    fn header<'a>(error: &'a HttpError, name: &str) -> Option<&'a str> {
+        error
+            .headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn upstream_429s_carry_retry_after_and_the_rate_limit_headers_they_sent() {
+        let delay = prost_types::Duration {
+            seconds: 12,
+            nanos: 1,
+        };
+        let status = exhausted(
+            delay,
+            &[
+                ("retry-after", "9"),
+                ("ratelimit-limit", "5"),
+                ("ratelimit-remaining", "0"),
+                ("ratelimit-reset", "58"),
+            ],
+        );
+        let error = HttpError::from_status(&status, &pool());
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        // The metadata wins over the detail.
+        assert_eq!(header(&error, "retry-after"), Some("9"));
+        assert_eq!(header(&error, "ratelimit-limit"), Some("5"));
+        assert_eq!(header(&error, "ratelimit-remaining"), Some("0"));
+        assert_eq!(header(&error, "ratelimit-reset"), Some("58"));
+        assert_eq!(
+            error.body.details[0]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+
+        // Only a RetryInfo: its delay rounded up; no RateLimit-* headers; junk metadata ignored.
+        let error =
+            HttpError::from_status(&exhausted(delay, &[("ratelimit-limit", "lots")]), &pool());
+        assert_eq!(header(&error, "retry-after"), Some("13"));
+        assert_eq!(header(&error, "ratelimit-limit"), None);
+        let instant = prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        };
+        let error = HttpError::from_status(&exhausted(instant, &[]), &pool());
+        assert_eq!(header(&error, "retry-after"), Some("1"));
+
+        // Neither: no Retry-After; other codes get none of these headers.
+        let bare = HttpError::from_status(&tonic::Status::resource_exhausted("full"), &pool());
+        assert!(bare.headers.is_empty());
+        let mut other = tonic::Status::unavailable("down");
+        other
+            .metadata_mut()
+            .insert("retry-after", "5".parse().unwrap());
+        assert!(HttpError::from_status(&other, &pool()).headers.is_empty());
     }
 
     #[test]

@@ -198,14 +198,24 @@ impl EdgeRateLimits {
     }
 }
 
-/// Adds the `RateLimit-*` headers of `decision` (and `Retry-After` when it refused) to `headers`.
+/// Adds the `RateLimit-*` headers of `decision` (and `Retry-After` when it refused) to `headers`,
+/// unless `headers` already hold `RateLimit-*` of a limit with no more room than `decision`'s
+/// (an upstream service's own on its 429: see [`crate::errors::rate_limit_headers`]).
 pub fn add_headers(decision: &Decision, headers: &mut HeaderMap) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
-    headers.insert(
-        RATELIMIT_RESET,
-        HeaderValue::from(decision.reset_after_secs()),
-    );
+    // An answer that already reports a limit with no more room left (a service's own, on the
+    // 429 it sent) keeps it: the headers describe the limit closest to refusing.
+    let upstream_remaining = headers
+        .get(RATELIMIT_REMAINING)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u32>().ok());
+    if upstream_remaining.is_none_or(|remaining| remaining > decision.remaining) {
+        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+        headers.insert(
+            RATELIMIT_RESET,
+            HeaderValue::from(decision.reset_after_secs()),
+        );
+    }
     if !decision.allowed {
         headers.insert(RETRY_AFTER, HeaderValue::from(decision.retry_after_secs()));
     }
@@ -259,6 +269,38 @@ mod tests {
         assert_eq!(counts["tight"], 1);
         assert_eq!(counts["default"], 1);
         assert_eq!(counts[INVALID_CREDENTIALS_CLASS], 0);
+    }
+
+    #[test]
+    fn an_upstream_limit_with_less_room_keeps_its_headers() {
+        let decision = Decision {
+            allowed: true,
+            limit: 20,
+            remaining: 17,
+            retry_after: std::time::Duration::ZERO,
+            reset_after: std::time::Duration::from_secs(9),
+            backend: protomesh::ratelimit::Backend::Local,
+        };
+        let mut upstream = HeaderMap::new();
+        upstream.insert(RATELIMIT_LIMIT, HeaderValue::from(5));
+        upstream.insert(RATELIMIT_REMAINING, HeaderValue::from(0));
+        upstream.insert(RATELIMIT_RESET, HeaderValue::from(58));
+        upstream.insert(RETRY_AFTER, HeaderValue::from(12));
+        add_headers(&decision, &mut upstream);
+        assert_eq!(upstream[RATELIMIT_LIMIT], "5");
+        assert_eq!(upstream[RATELIMIT_REMAINING], "0");
+        assert_eq!(upstream[RATELIMIT_RESET], "58");
+        assert_eq!(upstream[RETRY_AFTER], "12");
+        // An upstream limit with more room (or none) is replaced by the edge's.
+        let mut roomy = HeaderMap::new();
+        roomy.insert(RATELIMIT_REMAINING, HeaderValue::from(100));
+        add_headers(&decision, &mut roomy);
+        assert_eq!(roomy[RATELIMIT_REMAINING], "17");
+        assert_eq!(roomy[RATELIMIT_LIMIT], "20");
+        let mut plain = HeaderMap::new();
+        add_headers(&decision, &mut plain);
+        assert_eq!(plain[RATELIMIT_RESET], "9");
+        assert!(!plain.contains_key(RETRY_AFTER));
     }
 
     #[test]

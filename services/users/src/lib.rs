@@ -4,7 +4,7 @@
 //! | call | does | fails with |
 //! |---|---|---|
 //! | `Register` | checks email, display name and password; hashes the password (argon2id); inserts the account with role `user` (and `admin` for `--admin-email` addresses) | `INVALID_ARGUMENT` naming the fields; `ALREADY_EXISTS` naming `email` |
-//! | `Login` | counts the attempt against the address and account quotas; verifies the password; issues an access token and a refresh token | `UNAUTHENTICATED` with one message for an unknown email and a wrong password; `RESOURCE_EXHAUSTED` with `RetryInfo` |
+//! | `Login` | checks the login limits ([`limits`]: failures per client on the account, where a valid device token names the client; attempts per address; failures per account from clients without a device token); verifies the password; issues an access token, a refresh token and a device token | `UNAUTHENTICATED` with one message for an unknown email and a wrong password; `RESOURCE_EXHAUSTED` with `RetryInfo` and `retry-after`/`ratelimit-*` metadata |
 //! | `Refresh` | exchanges a live refresh token for a new pair, marking the old one used | `UNAUTHENTICATED` for an unknown, used, revoked or expired token |
 //! | `GetJwks` | the public keys of the RS256 signing keys (empty for HS256) | |
 //! | `GetMe` | the account of the subject the gateway verified (`x-protomesh-subject`) | `UNAUTHENTICATED` without one; `NOT_FOUND` when it is not (or no longer) an account |
@@ -20,8 +20,13 @@
 //! concurrent `Refresh` calls with one token are the same case (the row is locked, the second
 //! sees it used). Expired tokens are deleted at the user's next login.
 //!
+//! **Strangers cannot lock an owner out.** Only failed logins count per account, and per client
+//! on it: a client past its quota is refused on that account, nobody else is. Past the
+//! account's ceiling, only devices that logged in to it before (they present the device token
+//! that login returned) are still let in ([`limits`]).
+//!
 //! **Secrets stay secret.** Passwords, hashes, tokens and keys appear in no log line, no error
-//! message and no `Debug` output; refresh tokens are stored only as SHA-256 hashes.
+//! message and no `Debug` output; refresh and device tokens are stored only as SHA-256 hashes.
 #![forbid(unsafe_code)]
 
 pub mod keys;
@@ -44,10 +49,13 @@ use protomesh::proto::protomesh::users::v1::{
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use limits::LoginLimits;
+use limits::{LoginClient, LoginLimits};
 use model::{roles_for, user_columns, UserRecord};
 use password::PasswordHasher;
-use tokens::{AccessTokenIssuer, RefreshToken, DEFAULT_REFRESH_TOKEN_TTL};
+use tokens::{
+    AccessTokenIssuer, DeviceToken, RefreshToken, DEFAULT_DEVICE_TOKEN_TTL,
+    DEFAULT_REFRESH_TOKEN_TTL,
+};
 use validate::Violations;
 
 pub use migrations::MIGRATIONS;
@@ -94,6 +102,19 @@ const LOCK_REFRESH_TOKEN: &str =
 const USE_REFRESH_TOKEN: &str =
     "UPDATE refresh_tokens SET used_at = clock_timestamp() WHERE token_hash = $1";
 
+/// Whether `$1` is the hash of a live device token of the account with email `$2`.
+const VALID_DEVICE_TOKEN: &str = "SELECT EXISTS (
+    SELECT 1 FROM device_tokens d JOIN users u ON u.id = d.user_id
+    WHERE d.token_hash = $1 AND u.email = $2 AND d.expires_at > clock_timestamp())";
+
+/// `$2` is the hash of the device token the login presented (if any): it is replaced.
+const DELETE_SPENT_DEVICE_TOKENS: &str = "DELETE FROM device_tokens
+    WHERE user_id = $1 AND (expires_at <= clock_timestamp() OR token_hash = $2)";
+
+/// `$3` is the lifetime in microseconds.
+const INSERT_DEVICE_TOKEN: &str = "INSERT INTO device_tokens (token_hash, user_id, expires_at)
+    VALUES ($1, $2, clock_timestamp() + $3::bigint * interval '1 microsecond')";
+
 const REVOKE_LIVE_TOKENS: &str = "UPDATE refresh_tokens SET revoked_at = clock_timestamp()
     WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL";
 
@@ -104,6 +125,8 @@ pub struct AccountSettings {
     pub admin_emails: Vec<String>,
     /// How long a refresh token is good for.
     pub refresh_token_ttl: Duration,
+    /// How long a device token is good for.
+    pub device_token_ttl: Duration,
 }
 
 impl Default for AccountSettings {
@@ -111,6 +134,7 @@ impl Default for AccountSettings {
         Self {
             admin_emails: Vec::new(),
             refresh_token_ttl: DEFAULT_REFRESH_TOKEN_TTL,
+            device_token_ttl: DEFAULT_DEVICE_TOKEN_TTL,
         }
     }
 }
@@ -205,7 +229,97 @@ impl UsersHandler {
             expires_in: i64::try_from(self.issuer.settings().access_token_ttl.as_secs())
                 .unwrap_or(i64::MAX),
             refresh_token: refresh.token,
+            device_token: String::new(),
         })
+    }
+
+    /// The stored hash of `token` when it is a live device token of the account with `email`.
+    async fn valid_device_token(
+        &self,
+        email: &str,
+        token: &str,
+    ) -> Result<Option<[u8; 32]>, Status> {
+        if !tokens::is_device_token_shaped(token) {
+            return Ok(None);
+        }
+        let hash = tokens::device_token_hash(token);
+        let client = self.connection("device token").await?;
+        let statement = client
+            .prepare_cached(VALID_DEVICE_TOKEN)
+            .await
+            .map_err(db_error("device token"))?;
+        let valid: bool = client
+            .query_one(&statement, &[&hash.as_slice(), &email])
+            .await
+            .map_err(db_error("device token"))?
+            .get(0);
+        Ok(valid.then_some(hash))
+    }
+
+    /// Checks `password` against the account with `email`; when it matches, issues a token pair
+    /// with a new device token (replacing `device`, the one the login presented). `None`: the
+    /// email is unknown or the password wrong.
+    async fn verify_and_issue(
+        &self,
+        email: &str,
+        password: String,
+        device: Option<&[u8; 32]>,
+    ) -> Result<Option<(Uuid, TokenPair)>, Status> {
+        let row = {
+            // Not held while the password is checked: hashing may wait for a permit.
+            let client = self.connection("user").await?;
+            let statement = client
+                .prepare_cached(SELECT_LOGIN)
+                .await
+                .map_err(db_error("user"))?;
+            client
+                .query_opt(&statement, &[&email])
+                .await
+                .map_err(db_error("user"))?
+        };
+        let (account, stored_hash) = match row {
+            Some(row) => {
+                let id: Uuid = row.get(0);
+                let roles: Vec<String> = row.get(1);
+                (Some((id, roles)), Some(row.get::<_, String>(2)))
+            }
+            None => (None, None),
+        };
+        // The same work whether the account exists or not: see `PasswordHasher::verify`.
+        let matches = self
+            .hasher
+            .verify(password, stored_hash)
+            .await
+            .map_err(|err| internal("checking the password", &err))?;
+        let Some((id, roles)) = account.filter(|_| matches) else {
+            return Ok(None);
+        };
+
+        let mut client = self.connection("refresh token").await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_error("refresh token"))?;
+        tx.execute(DELETE_EXPIRED_TOKENS, &[&id])
+            .await
+            .map_err(db_error("refresh token"))?;
+        let mut pair = self.issue_pair(&tx, id, &roles).await?;
+        let presented: &[u8] = device.map_or(&[], |hash| hash.as_slice());
+        tx.execute(DELETE_SPENT_DEVICE_TOKENS, &[&id, &presented])
+            .await
+            .map_err(db_error("device token"))?;
+        let device_token = DeviceToken::generate();
+        let ttl_micros =
+            i64::try_from(self.settings.device_token_ttl.as_micros()).unwrap_or(i64::MAX);
+        tx.execute(
+            INSERT_DEVICE_TOKEN,
+            &[&device_token.hash.as_slice(), &id, &ttl_micros],
+        )
+        .await
+        .map_err(db_error("device token"))?;
+        tx.commit().await.map_err(db_error("refresh token"))?;
+        pair.device_token = device_token.token;
+        Ok(Some((id, pair)))
     }
 }
 
@@ -268,51 +382,36 @@ impl UsersService for UsersHandler {
             return Err(Status::internal("request check incomplete"));
         };
 
-        self.limits.check(&email, &address).await?;
-
-        let row = {
-            // Not held while the password is checked: hashing may wait for a permit.
-            let client = self.connection("user").await?;
-            let statement = client
-                .prepare_cached(SELECT_LOGIN)
-                .await
-                .map_err(db_error("user"))?;
-            client
-                .query_opt(&statement, &[&email])
-                .await
-                .map_err(db_error("user"))?
+        // A device token that is not a live one of this account counts as none.
+        let device = match request.device_token.as_str() {
+            "" => None,
+            token => self.valid_device_token(&email, token).await?,
         };
-        let (account, stored_hash) = match row {
-            Some(row) => {
-                let id: Uuid = row.get(0);
-                let roles: Vec<String> = row.get(1);
-                (Some((id, roles)), Some(row.get::<_, String>(2)))
+        let client = match &device {
+            Some(hash) => LoginClient::Device(hash),
+            None => LoginClient::Address(&address),
+        };
+        let attempt = self.limits.begin(&email, &address, client).await?;
+        match self
+            .verify_and_issue(&email, request.password, device.as_ref())
+            .await
+        {
+            Ok(Some((id, pair))) => {
+                attempt.refund().await;
+                tracing::info!(user = %id, device = device.is_some(), "logged in");
+                Ok(Response::new(pair))
             }
-            None => (None, None),
-        };
-        // The same work whether the account exists or not: see `PasswordHasher::verify`.
-        let matches = self
-            .hasher
-            .verify(request.password, stored_hash)
-            .await
-            .map_err(|err| internal("checking the password", &err))?;
-        let Some((id, roles)) = account.filter(|_| matches) else {
-            tracing::info!(%address, "login failed");
-            return Err(Status::unauthenticated(LOGIN_FAILED));
-        };
-
-        let mut client = self.connection("refresh token").await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_error("refresh token"))?;
-        tx.execute(DELETE_EXPIRED_TOKENS, &[&id])
-            .await
-            .map_err(db_error("refresh token"))?;
-        let pair = self.issue_pair(&tx, id, &roles).await?;
-        tx.commit().await.map_err(db_error("refresh token"))?;
-        tracing::info!(user = %id, "logged in");
-        Ok(Response::new(pair))
+            Ok(None) => {
+                attempt.failed();
+                tracing::info!(%address, device = device.is_some(), "login failed");
+                Err(Status::unauthenticated(LOGIN_FAILED))
+            }
+            Err(status) => {
+                // Not a wrong password: the attempt uses no failure quota.
+                attempt.refund().await;
+                Err(status)
+            }
+        }
     }
 
     async fn refresh(

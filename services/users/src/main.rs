@@ -15,7 +15,9 @@ use protomesh::data::{self, DataConfig, DataError};
 use protomesh::ratelimit::{Quota, RateLimiter};
 use protomesh::server::MeshServer;
 use protomesh_users::keys::{KeyError, KeySource, SigningKeys};
-use protomesh_users::limits::{LoginLimits, DEFAULT_ACCOUNT_QUOTA, DEFAULT_IP_QUOTA};
+use protomesh_users::limits::{
+    LoginLimits, LoginQuotas, DEFAULT_ACCOUNT_QUOTA, DEFAULT_ACCOUNT_TOTAL_QUOTA, DEFAULT_IP_QUOTA,
+};
 use protomesh_users::password::{PasswordError, PasswordHasher, PasswordParams};
 use protomesh_users::tokens::{AccessTokenIssuer, TokenSettings};
 use protomesh_users::{AccountSettings, UsersHandler, UsersServiceServer, MIGRATIONS, SERVICE};
@@ -40,13 +42,19 @@ struct Cli {
     )]
     admin_emails: Vec<String>,
 
-    /// Login attempts allowed per account (`LIMIT/PERIOD`).
+    /// Failed logins allowed on one account per client: per device token, else per address
+    /// (`LIMIT/PERIOD`).
     #[arg(long = "login-limit-account", env = "PROTOMESH_USERS_LOGIN_LIMIT_ACCOUNT", default_value = DEFAULT_ACCOUNT_QUOTA)]
     login_limit_account: Quota,
 
-    /// Login attempts allowed per client address (`LIMIT/PERIOD`).
+    /// Login attempts allowed per client address, on any account (`LIMIT/PERIOD`).
     #[arg(long = "login-limit-ip", env = "PROTOMESH_USERS_LOGIN_LIMIT_IP", default_value = DEFAULT_IP_QUOTA)]
     login_limit_ip: Quota,
+
+    /// Failed logins allowed on one account by clients without a device token of it; past it,
+    /// only logins with one are checked (`LIMIT/PERIOD`).
+    #[arg(long = "login-limit-account-total", env = "PROTOMESH_USERS_LOGIN_LIMIT_ACCOUNT_TOTAL", default_value = DEFAULT_ACCOUNT_TOTAL_QUOTA)]
+    login_limit_account_total: Quota,
 
     /// How tokens are signed: RS256 (RSA keys, published in the JWKS) or HS256 (a shared
     /// secret, `--jwt-secret-file`).
@@ -70,6 +78,10 @@ struct Cli {
     /// How long a refresh token is valid.
     #[arg(long = "refresh-token-ttl", env = "PROTOMESH_USERS_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
     refresh_token_ttl: Duration,
+
+    /// How long a device token (handed out at each login) is valid.
+    #[arg(long = "device-token-ttl", env = "PROTOMESH_USERS_DEVICE_TOKEN_TTL", default_value = "90d", value_parser = humantime::parse_duration)]
+    device_token_ttl: Duration,
 
     /// argon2id memory per password hash, in KiB.
     #[arg(long = "password-memory-kib", env = "PROTOMESH_USERS_PASSWORD_MEMORY_KIB", default_value_t = PasswordParams::default().memory_kib)]
@@ -200,6 +212,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             "--refresh-token-ttl must be at least 1s".to_owned(),
         ));
     }
+    if cli.device_token_ttl < Duration::from_secs(1) {
+        return Err(StartError::Settings(
+            "--device-token-ttl must be at least 1s".to_owned(),
+        ));
+    }
     let params = PasswordParams {
         memory_kib: cli.password_memory_kib,
         iterations: cli.password_iterations,
@@ -239,8 +256,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let redis = data::connect_redis(&config)?;
     let limits = LoginLimits::new(
         RateLimiter::new(redis, config.key_prefix.clone()),
-        cli.login_limit_account,
-        cli.login_limit_ip,
+        LoginQuotas {
+            per_client: cli.login_limit_account,
+            per_address: cli.login_limit_ip,
+            per_account: cli.login_limit_account_total,
+        },
     );
 
     let handler = UsersHandler::new(
@@ -251,6 +271,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         AccountSettings {
             admin_emails: cli.admin_emails,
             refresh_token_ttl: cli.refresh_token_ttl,
+            device_token_ttl: cli.device_token_ttl,
         },
     );
     Ok(MeshServer::new(SERVICE, cli.serve)

@@ -45,5 +45,23 @@ CREATE TABLE signing_keys (
 );
 ";
 
+/// Device tokens: what a successful login hands out so that the device's later logins are
+/// counted apart from strangers' failures ([`crate::limits`]).
+///
+/// - Only the SHA-256 of each token is stored, with its user, creation and expiry times.
+/// - A token is valid while `expires_at` is ahead; expired ones are deleted at the user's next
+///   successful login, and a token presented at a successful login is replaced by a new one.
+pub const DEVICE_TOKENS: &str = "
+CREATE TABLE device_tokens (
+    token_hash bytea PRIMARY KEY
+        CONSTRAINT device_tokens_hash_length CHECK (octet_length(token_hash) = 32),
+    user_id uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    expires_at timestamptz NOT NULL
+);
+
+CREATE INDEX device_tokens_by_user ON device_tokens (user_id);
+";
+
 /// Every step, in order: pass to `migrate(&pool, "users", MIGRATIONS)`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, USERS_TOKENS_AND_KEYS)];
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, USERS_TOKENS_AND_KEYS), (2, DEVICE_TOKENS)];

@@ -5,6 +5,9 @@
 //!   (`--jwt-issuer`), `aud` (`--jwt-audience`), `roles` and a random `jti`.
 //! - **Refresh token**: 32 random bytes, base64url without padding (43 characters). Only its
 //!   SHA-256 is stored, so a copy of the database cannot be replayed as tokens.
+//! - **Device token**: the same shape and storage, handed out by every successful login and
+//!   valid for `--device-token-ttl` (90 days by default). It only marks a device that logged in
+//!   to the account before, for the login limits ([`crate::limits`]); it grants nothing.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +32,10 @@ pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_REFRESH_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Random bytes in a refresh token.
 pub const REFRESH_TOKEN_BYTES: usize = 32;
+/// Default `--device-token-ttl`.
+pub const DEFAULT_DEVICE_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+/// Random bytes in a device token.
+pub const DEVICE_TOKEN_BYTES: usize = 32;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,9 +178,7 @@ impl fmt::Debug for RefreshToken {
 impl RefreshToken {
     /// [`REFRESH_TOKEN_BYTES`] random bytes from the thread's CSPRNG.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
-        rand::rng().fill_bytes(&mut bytes);
-        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let token = random_token::<REFRESH_TOKEN_BYTES>();
         let hash = refresh_token_hash(&token);
         Self { token, hash }
     }
@@ -182,6 +187,51 @@ impl RefreshToken {
 /// The SHA-256 of a refresh token's text, as stored.
 pub fn refresh_token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new device token: the text for the caller and the hash to store.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceToken {
+    /// What the caller gets (base64url, 43 characters).
+    pub token: String,
+    /// Its SHA-256, what the database keeps.
+    pub hash: [u8; 32],
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceToken([redacted])")
+    }
+}
+
+impl DeviceToken {
+    /// [`DEVICE_TOKEN_BYTES`] random bytes from the thread's CSPRNG.
+    pub fn generate() -> Self {
+        let token = random_token::<DEVICE_TOKEN_BYTES>();
+        let hash = device_token_hash(&token);
+        Self { token, hash }
+    }
+}
+
+/// The SHA-256 of a device token's text, as stored.
+pub fn device_token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `text` has the shape of a device token (43 base64url characters): anything else is
+/// not looked up.
+pub fn is_device_token_shaped(text: &str) -> bool {
+    text.len() == URL_SAFE_NO_PAD.encode([0u8; DEVICE_TOKEN_BYTES]).len()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `N` random bytes from the thread's CSPRNG, base64url without padding.
+fn random_token<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -280,5 +330,24 @@ mod tests {
         assert_eq!(first.hash, refresh_token_hash(&first.token));
         assert_ne!(first.hash, second.hash);
         assert_eq!(format!("{first:?}"), "RefreshToken([redacted])");
+    }
+
+    #[test]
+    fn device_tokens_are_random_shaped_and_stored_as_hashes() {
+        let first = DeviceToken::generate();
+        let second = DeviceToken::generate();
+        assert_eq!(first.token.len(), 43);
+        assert_ne!(first.token, second.token);
+        assert_eq!(first.hash, device_token_hash(&first.token));
+        assert_eq!(format!("{first:?}"), "DeviceToken([redacted])");
+        assert!(is_device_token_shaped(&first.token));
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(44),
+            &format!("{}=", &first.token[..42]),
+        ] {
+            assert!(!is_device_token_shaped(bad), "{bad}");
+        }
     }
 }

@@ -23,9 +23,14 @@ use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::bounded;
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
-use protomesh_users::limits::{retry_delay, LoginLimits};
+use protomesh_users::limits::{
+    retry_delay, LoginLimits, LoginQuotas, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
+    RETRY_AFTER,
+};
 use protomesh_users::password::{PasswordHasher, PasswordParams};
-use protomesh_users::tokens::{refresh_token_hash, AccessClaims, AccessTokenIssuer, TokenSettings};
+use protomesh_users::tokens::{
+    device_token_hash, refresh_token_hash, AccessClaims, AccessTokenIssuer, TokenSettings,
+};
 use protomesh_users::{
     AccountSettings, UsersHandler, UsersServiceServer, LOGIN_FAILED, MIGRATIONS, REFRESH_FAILED,
 };
@@ -75,10 +80,21 @@ async fn serve(handler: UsersHandler) -> InProcessServer {
     .unwrap()
 }
 
+/// The test quotas: 5 failures a minute per client on an account, 20 attempts a minute per
+/// address, 20 failures per 15 minutes per account (the defaults).
+fn test_quotas() -> LoginQuotas {
+    LoginQuotas {
+        per_client: "5/1m".parse().unwrap(),
+        per_address: "20/1m".parse().unwrap(),
+        per_account: "20/15m".parse().unwrap(),
+    }
+}
+
 /// How a test's handler is set up.
 struct Options {
     source: KeySource,
     admin_emails: Vec<String>,
+    quotas: LoginQuotas,
 }
 
 impl Default for Options {
@@ -86,6 +102,7 @@ impl Default for Options {
         Self {
             source: KeySource::RsaPem(test_rsa_pem()),
             admin_emails: Vec::new(),
+            quotas: test_quotas(),
         }
     }
 }
@@ -100,7 +117,8 @@ struct Instance {
 impl Instance {
     async fn start(pool: &Pool, limiter: RateLimiter, options: Options) -> Self {
         let keys = SigningKeys::load(&options.source, pool).await.unwrap();
-        let handler = handler(pool.clone(), keys, limiter, options.admin_emails).await;
+        let limits = LoginLimits::new(limiter, options.quotas);
+        let handler = handler(pool.clone(), keys, limits, options.admin_emails).await;
         let served = serve(handler.clone()).await;
         let client = UsersServiceClient::connect(format!("http://{}", served.addr))
             .await
@@ -125,16 +143,15 @@ impl Instance {
     }
 }
 
-/// A handler with the default quotas and token settings.
+/// A handler with the default token settings.
 async fn handler(
     pool: Pool,
     keys: SigningKeys,
-    limiter: RateLimiter,
+    limits: LoginLimits,
     admin_emails: Vec<String>,
 ) -> UsersHandler {
     let issuer = AccessTokenIssuer::new(keys, TokenSettings::default());
     let hasher = PasswordHasher::new(CHEAP_PASSWORDS, 4).await.unwrap();
-    let limits = LoginLimits::new(limiter, "5/1m".parse().unwrap(), "20/1m".parse().unwrap());
     UsersHandler::new(
         pool,
         issuer,
@@ -223,9 +240,21 @@ impl Harness {
         password: &str,
         ip: Option<&str>,
     ) -> Result<TokenPair, tonic::Status> {
+        self.login_with(email, password, ip, "").await
+    }
+
+    /// A login from client address `ip` presenting `device_token` (empty: none).
+    async fn login_with(
+        &self,
+        email: &str,
+        password: &str,
+        ip: Option<&str>,
+        device_token: &str,
+    ) -> Result<TokenPair, tonic::Status> {
         let mut request = Request::new(LoginRequest {
             email: email.into(),
             password: password.into(),
+            device_token: device_token.into(),
         });
         if let Some(ip) = ip {
             request
@@ -628,8 +657,30 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     .await;
 }
 
+/// Asserts `status` is a rate-limit refusal with a `RetryInfo` of 1..=`max` seconds and the
+/// matching `retry-after` and `ratelimit-*` metadata for a quota of `limit`.
+fn assert_refused(status: &tonic::Status, limit: u32, max: Duration) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let delay = retry_delay(status).expect("a RetryInfo detail");
+    assert!(delay >= Duration::from_secs(1) && delay <= max, "{delay:?}");
+    let metadata = status.metadata();
+    let number = |name: &str| -> u64 {
+        metadata
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {metadata:?}"))
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(number(RETRY_AFTER), delay.as_secs());
+    assert_eq!(number(RATELIMIT_LIMIT), u64::from(limit));
+    assert_eq!(number(RATELIMIT_REMAINING), 0);
+    assert!(number(RATELIMIT_RESET) >= 1, "{metadata:?}");
+}
+
 #[tokio::test]
-async fn the_sixth_login_on_one_account_within_a_minute_is_refused() {
+async fn the_sixth_failure_on_one_account_from_one_client_is_refused() {
     bounded(TEST_TIMEOUT, async {
         let h = Harness::start().await;
         h.register("ada@example.org", "Ada", PASSWORD)
@@ -638,8 +689,8 @@ async fn the_sixth_login_on_one_account_within_a_minute_is_refused() {
         h.register("bob@example.org", "Bob", PASSWORD)
             .await
             .unwrap();
-        // Failed and successful attempts count alike.
-        for attempt in 0..5 {
+        // Five failures, with successes in between: the successes count for nothing.
+        for attempt in 0..10 {
             let password = if attempt % 2 == 0 {
                 PASSWORD
             } else {
@@ -653,14 +704,226 @@ async fn the_sixth_login_on_one_account_within_a_minute_is_refused() {
             }
         }
         let status = h.login("ADA@example.org", PASSWORD).await.unwrap_err();
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        let delay = retry_delay(&status).expect("a RetryInfo detail");
-        assert!(
-            delay >= Duration::from_secs(1) && delay <= Duration::from_secs(60),
-            "{delay:?}"
-        );
+        assert_refused(&status, 5, Duration::from_secs(60));
         // Other accounts from the same address are not affected.
         assert!(h.login("bob@example.org", PASSWORD).await.is_ok());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_strangers_failures_do_not_lock_the_owner_out() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        h.register("ada@example.org", "Ada", PASSWORD)
+            .await
+            .unwrap();
+        let (a, b) = (Some("203.0.113.66"), Some("198.51.100.7"));
+        let mut codes = Vec::new();
+        for _ in 0..10 {
+            let status = h
+                .login_from("ada@example.org", "wrong password", a)
+                .await
+                .unwrap_err();
+            codes.push(status.code());
+        }
+        assert_eq!(codes[..5], [Code::Unauthenticated; 5]);
+        assert_eq!(codes[5..], [Code::ResourceExhausted; 5]);
+        // The owner, from another address and without a device token, gets in.
+        h.login_from("ada@example.org", PASSWORD, b).await.unwrap();
+        // Client A is refused even with the right password.
+        let status = h
+            .login_from("ada@example.org", PASSWORD, a)
+            .await
+            .unwrap_err();
+        assert_refused(&status, 5, Duration::from_secs(60));
+        assert!(status.message().contains("client"), "{}", status.message());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn right_passwords_use_no_failure_quota() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        h.register("ada@example.org", "Ada", PASSWORD)
+            .await
+            .unwrap();
+        let ip = Some("203.0.113.5");
+        for n in 0..10 {
+            let result = h.login_from("ada@example.org", PASSWORD, ip).await;
+            assert!(result.is_ok(), "login {n}: {result:?}");
+        }
+        // All five failures are still there for this client.
+        for n in 0..5 {
+            let status = h
+                .login_from("ada@example.org", "wrong password", ip)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "failure {n}");
+        }
+        let status = h
+            .login_from("ada@example.org", "wrong password", ip)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        // Concurrent wrong guesses from one new client: exactly five are checked.
+        let mut guesses = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let mut client = h.client();
+            let mut request = Request::new(LoginRequest {
+                email: "ada@example.org".into(),
+                password: "wrong password".into(),
+                device_token: String::new(),
+            });
+            request
+                .metadata_mut()
+                .insert(identity::CLIENT_IP, "203.0.113.6".parse().unwrap());
+            guesses.spawn(async move { client.login(request).await.unwrap_err().code() });
+        }
+        let codes: Vec<Code> = guesses.join_all().await;
+        let checked = codes
+            .iter()
+            .filter(|c| **c == Code::Unauthenticated)
+            .count();
+        assert_eq!(checked, 5, "{codes:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn past_the_account_ceiling_only_the_owners_device_gets_in() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::with(Options {
+            quotas: LoginQuotas {
+                per_account: "8/15m".parse().unwrap(),
+                ..test_quotas()
+            },
+            ..Options::default()
+        })
+        .await;
+        h.register("ada@example.org", "Ada", PASSWORD)
+            .await
+            .unwrap();
+        h.register("bob@example.org", "Bob", PASSWORD)
+            .await
+            .unwrap();
+        // Earlier logins: Ada's device and Bob's each got a device token, stored as a hash.
+        let ada = h.login("ada@example.org", PASSWORD).await.unwrap();
+        let bob = h.login("bob@example.org", PASSWORD).await.unwrap();
+        assert_eq!(ada.device_token.len(), 43);
+        assert_ne!(ada.device_token, bob.device_token);
+        let client = h.pool.get().await.unwrap();
+        let stored: Vec<Vec<u8>> = client
+            .query("SELECT token_hash FROM device_tokens", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(stored.len(), 2);
+        assert!(stored.contains(&device_token_hash(&ada.device_token).to_vec()));
+        assert!(!stored.contains(&ada.device_token.as_bytes().to_vec()));
+
+        // Eight failures spread over four addresses: each address is far from its own limits,
+        // the account's ceiling is reached.
+        for n in 0..8 {
+            let ip = format!("203.0.113.{}", n / 2 + 10);
+            let status = h
+                .login_from("ada@example.org", "wrong password", Some(&ip))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "failure {n}");
+        }
+        // Without a device token, even the right password from a fresh address is refused.
+        let fresh = Some("198.51.100.20");
+        let status = h
+            .login_from("ada@example.org", PASSWORD, fresh)
+            .await
+            .unwrap_err();
+        assert_refused(&status, 8, Duration::from_secs(15 * 60));
+        // A made-up token, and another account's real one, are no device token of Ada's.
+        for token in ["A".repeat(43), bob.device_token.clone(), "short".to_owned()] {
+            let status = h
+                .login_with("ada@example.org", PASSWORD, fresh, &token)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        }
+        // The owner's device gets in, from any address, and its token is replaced.
+        let again = h
+            .login_with("ada@example.org", PASSWORD, fresh, &ada.device_token)
+            .await
+            .unwrap();
+        assert_ne!(again.device_token, ada.device_token);
+        let status = h
+            .login_with("ada@example.org", PASSWORD, fresh, &ada.device_token)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "the old token is spent"
+        );
+        // The device's own wrong passwords are limited per device, not by the ceiling.
+        for n in 0..5 {
+            let status = h
+                .login_with("ada@example.org", "wrong", fresh, &again.device_token)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "device failure {n}");
+        }
+        let status = h
+            .login_with("ada@example.org", PASSWORD, fresh, &again.device_token)
+            .await
+            .unwrap_err();
+        assert_refused(&status, 5, Duration::from_secs(60));
+        // Bob's account has a ceiling of its own.
+        h.login_from("bob@example.org", PASSWORD, fresh)
+            .await
+            .unwrap();
+
+        // An expired device token is no device token.
+        client
+            .execute(
+                "UPDATE device_tokens SET expires_at = clock_timestamp() - interval '1 second'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let status = h
+            .login_with(
+                "bob@example.org",
+                "wrong",
+                Some("198.51.100.21"),
+                &bob.device_token,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let expired: i64 = client
+            .query_one(
+                "SELECT count(*) FROM device_tokens WHERE expires_at <= clock_timestamp()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(expired >= 1);
+        // A successful login deletes the user's expired device tokens.
+        let last = h.login("bob@example.org", PASSWORD).await.unwrap();
+        let bobs: Vec<Vec<u8>> = client
+            .query(
+                "SELECT d.token_hash FROM device_tokens d JOIN users u ON u.id = d.user_id
+                 WHERE u.email = 'bob@example.org'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(bobs, vec![device_token_hash(&last.device_token).to_vec()]);
     })
     .await;
 }
@@ -745,6 +1008,7 @@ async fn instances_on_one_database_share_the_generated_signing_key() {
             .login(LoginRequest {
                 email: "ada@example.org".into(),
                 password: PASSWORD.into(),
+                device_token: String::new(),
             })
             .await
             .unwrap()
@@ -840,7 +1104,8 @@ async fn a_database_that_is_down_answers_unavailable() {
         config.db_timeout = Duration::from_millis(500);
         let pool = data::connect_pool(&config).unwrap();
         let keys = SigningKeys::hmac(&SecretBytes::new(HS256_SECRET.to_vec())).unwrap();
-        let handler = handler(pool, keys, RateLimiter::local_only(), Vec::new()).await;
+        let limits = LoginLimits::new(RateLimiter::local_only(), test_quotas());
+        let handler = handler(pool, keys, limits, Vec::new()).await;
         let started = Instant::now();
         let status = handler
             .register(Request::new(RegisterRequest {
@@ -855,6 +1120,7 @@ async fn a_database_that_is_down_answers_unavailable() {
             .login(Request::new(LoginRequest {
                 email: "ada@example.org".into(),
                 password: PASSWORD.into(),
+                device_token: String::new(),
             }))
             .await
             .unwrap_err();
