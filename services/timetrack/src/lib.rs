@@ -533,8 +533,14 @@ mod tests {
 
         let admin = identity("root", &["admin"]);
         assert_eq!(entries_owner(&admin, "").unwrap(), None, "every user");
-        assert_eq!(entries_owner(&admin, "me").unwrap(), Some("root".to_owned()));
-        assert_eq!(entries_owner(&admin, "bob").unwrap(), Some("bob".to_owned()));
+        assert_eq!(
+            entries_owner(&admin, "me").unwrap(),
+            Some("root".to_owned())
+        );
+        assert_eq!(
+            entries_owner(&admin, "bob").unwrap(),
+            Some("bob".to_owned())
+        );
     }
 
     #[test]
