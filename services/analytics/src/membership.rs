@@ -50,9 +50,7 @@ pub fn verdict(project_id: Uuid, answer: Result<Project, Status>) -> Result<(), 
         return Ok(());
     };
     match status.code() {
-        Code::NotFound => Err(Status::not_found(format!(
-            "project {project_id} not found"
-        ))),
+        Code::NotFound => Err(Status::not_found(format!("project {project_id} not found"))),
         Code::InvalidArgument => {
             tracing::error!(%status, project = %project_id, "tasks service refused a checked project id");
             Err(Status::internal(format!(
