@@ -382,10 +382,10 @@ fn try_lines(
             ));
             if runs("timetrack") {
                 lines.push(format!(
-                    r#"  curl -s{auth} -X POST http://{gateway}/v1/users/ada/timer:start -d '{{"task_id":"'$task'"}}'"#
+                    r#"  curl -s{auth} -X POST http://{gateway}/v1/users/me/timer:start -d '{{"task_id":"'$task'"}}'"#
                 ));
                 lines.push(format!(
-                    "  curl -s{auth} -X POST http://{gateway}/v1/users/ada/timer:stop -d '{{}}'"
+                    "  curl -s{auth} -X POST http://{gateway}/v1/users/me/timer:stop -d '{{}}'"
                 ));
             }
             lines.push(format!(
@@ -399,7 +399,7 @@ fn try_lines(
                     "  curl -s{auth} http://{gateway}/v1/projects/$project/report"
                 ));
                 lines.push(format!(
-                    "  curl -s{auth} http://{gateway}/v1/users/ada/dashboard"
+                    "  curl -s{auth} http://{gateway}/v1/users/me/dashboard"
                 ));
             }
         }

@@ -7,6 +7,14 @@
 //! | `GetUserDashboard` | the user's tasks (assigned, not deleted): open and completed counts by level; time the user tracked today and this week (UTC, weeks start Monday 00:00) |
 //! | `GetProjectReport` | the project's tasks (not deleted) by status and by level, completion rate (done ÷ all); time tracked on its tasks, in total and per user, most first |
 //!
+//! Who may call what: every call needs a signed-in caller (the server runtime answers
+//! `UNAUTHENTICATED` without one); the caller comes from [`protomesh::identity::caller`].
+//!
+//! | call | a user | an admin |
+//! |---|---|---|
+//! | `GetUserDashboard` | their own: `user_id` `me` or their id ([`Identity::resolve_user`](protomesh::identity::Identity::resolve_user)); another user's id is `NOT_FOUND` | anyone's |
+//! | `GetProjectReport` | projects they are a member of; others are `NOT_FOUND` ([`membership`]: the tasks service decides, asked with the caller's credential) | every project (the tasks service shows admins every project) |
+//!
 //! Events are applied by [`events::apply_event`] (idempotent, order-tolerant; see [`events`]);
 //! the binary runs a [`StreamConsumer`](protomesh::data::stream::StreamConsumer) with
 //! [`consumer_options`] next to the gRPC server. The figures are as fresh as the events applied:
@@ -14,20 +22,24 @@
 //!
 //! Time of a running entry counts up to now. Time tracked on a task counts for the task's project
 //! even after the task was deleted (the time was spent). Requests are checked first; a bad one is
-//! `INVALID_ARGUMENT` naming the field (`user_id`, `project_id`); a database that is down makes
-//! calls fail with `UNAVAILABLE` within `--db-timeout`.
+//! `INVALID_ARGUMENT` naming the field (`user_id`, `project_id`), before the caller's rights are
+//! looked at; a database that is down makes calls fail with `UNAVAILABLE` within `--db-timeout`,
+//! a tasks service that cannot confirm a project within [`membership::CHECK_TIMEOUT`].
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod membership;
 pub mod migrations;
 pub mod validate;
 
 use std::time::{Duration, SystemTime};
 
+use protomesh::client::Mesh;
 use protomesh::data::deadpool_postgres::{Object, Pool};
 use protomesh::data::status_from_pg;
 use protomesh::data::stream::ConsumerOptions;
 use protomesh::data::tokio_postgres::IsolationLevel;
+use protomesh::identity;
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_server::AnalyticsService, AssigneeTime, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport, StatusCount, UserDashboard,
@@ -118,6 +130,7 @@ ORDER BY tracked DESC, entries.user_id";
 #[derive(Clone)]
 pub struct AnalyticsHandler {
     pool: Pool,
+    mesh: Mesh,
 }
 
 impl std::fmt::Debug for AnalyticsHandler {
@@ -157,9 +170,10 @@ fn status_from_db(value: i16) -> TaskStatus {
 }
 
 impl AnalyticsHandler {
-    /// A handler on `pool` (migrated with [`MIGRATIONS`]).
-    pub fn new(pool: Pool) -> Self {
-        Self { pool }
+    /// A handler on `pool` (migrated with [`MIGRATIONS`]), asking the tasks service found
+    /// through `mesh` who may see a project ([`membership`]).
+    pub fn new(pool: Pool, mesh: Mesh) -> Self {
+        Self { pool, mesh }
     }
 
     /// A connection from the pool (`UNAVAILABLE` within `--db-timeout` when the database is down).
@@ -168,7 +182,8 @@ impl AnalyticsHandler {
     }
 
     /// The dashboard of `user_id` as of `now` (what `GetUserDashboard` answers with the clock's
-    /// time): checks the id, then reads the read model in one snapshot.
+    /// time, once the caller may see it): checks the id, then reads the read model in one
+    /// snapshot. Who asks is not looked at here.
     pub async fn user_dashboard_at(
         &self,
         user_id: &str,
@@ -227,8 +242,9 @@ impl AnalyticsHandler {
     }
 
     /// The report of `project_id` as of `now` (what `GetProjectReport` answers with the clock's
-    /// time): checks the id, then reads the read model in one snapshot; `NOT_FOUND` for a project
-    /// never seen in an event.
+    /// time, once the tasks service confirmed the caller may see the project): checks the id,
+    /// then reads the read model in one snapshot; `NOT_FOUND` for a project never seen in an
+    /// event. Who asks is not looked at here.
     pub async fn project_report_at(
         &self,
         project_id: &str,
@@ -338,7 +354,11 @@ impl AnalyticsService for AnalyticsHandler {
         &self,
         request: Request<GetUserDashboardRequest>,
     ) -> Result<Response<UserDashboard>, Status> {
-        self.user_dashboard_at(&request.get_ref().user_id, SystemTime::now())
+        let caller = identity::caller(request.metadata())?;
+        let requested = &request.get_ref().user_id;
+        validate::user_id("user_id", requested).map_err(one_violation)?;
+        let user_id = caller.resolve_user("user_id", requested)?;
+        self.user_dashboard_at(&user_id, SystemTime::now())
             .await
             .map(Response::new)
     }
@@ -347,7 +367,12 @@ impl AnalyticsService for AnalyticsHandler {
         &self,
         request: Request<GetProjectReportRequest>,
     ) -> Result<Response<ProjectReport>, Status> {
-        self.project_report_at(&request.get_ref().project_id, SystemTime::now())
+        // A verified caller is what the tasks service is asked about.
+        identity::caller(request.metadata())?;
+        let project_id = &request.get_ref().project_id;
+        let id = validate::uuid("project_id", project_id).map_err(one_violation)?;
+        membership::confirm_member(&self.mesh, id).await?;
+        self.project_report_at(project_id, SystemTime::now())
             .await
             .map(Response::new)
     }

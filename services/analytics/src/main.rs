@@ -1,15 +1,18 @@
 //! The `analytics` binary: parses the common serve and data options, prepares the database
 //! (creates it if missing, migrates the `analytics` schema), consumes the `tasks` and `timetrack`
 //! streams as a member of the consumer group `analytics`, and serves the analytics service with
-//! the mesh runtime until SIGTERM/SIGINT; then, once the server has drained, stops the consumer
-//! (after the event in hand).
+//! the mesh runtime (a mesh client found through Consul asks the tasks service who may see a
+//! project) until SIGTERM/SIGINT; then, once the server has drained, stops the consumer (after
+//! the event in hand).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use protomesh::client::Mesh;
 use protomesh::config::ServeConfig;
+use protomesh::consul::ConsulClient;
 use protomesh::data::stream::StreamConsumer;
 use protomesh::data::{self, DataConfig, DataError};
 use protomesh::server::{shutdown_signal, MeshServer};
@@ -49,6 +52,10 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 enum StartError {
     #[error("{0}")]
     Data(#[from] DataError),
+    #[error("invalid Consul settings (CONSUL_HTTP_ADDR / --consul-addr, CONSUL_HTTP_TOKEN): {0}")]
+    Consul(#[from] protomesh::consul::ConsulError),
+    #[error("mesh client: {0}")]
+    Descriptors(#[from] protomesh::client::methods::DescriptorError),
     #[error(transparent)]
     Serve(#[from] protomesh::server::ServeError),
 }
@@ -94,10 +101,15 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let applied = data::migrate(&pool, SERVICE, MIGRATIONS).await?;
     tracing::info!(?applied, schema = ?config.db_schema, "database ready");
 
+    // Project reports ask the tasks service who may see a project.
+    let mesh = Mesh::from_consul(ConsulClient::new(serve.consul()?)?)?;
+
     let server = MeshServer::new(SERVICE, serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .with_mesh(mesh.clone())
         .add_service(AnalyticsServiceServer::new(AnalyticsHandler::new(
             pool.clone(),
+            mesh,
         )))
         .bind()
         .await?;

@@ -3,9 +3,15 @@
 //! relay's exact format (fields `event_id`, `type`, `aggregate_id`, `payload`, `created_at`) to
 //! `{prefix}tasks` and `{prefix}timetrack`, and reads the figures from the handler (with a fixed
 //! "now") or over gRPC. The crash test runs the real `analytics` binary twice.
+//!
+//! Calls over gRPC are signed in with the test issuer's tokens ([`SignedIn`]; the harness's own
+//! client as an admin). Who may see a project is asked of a small in-process tasks service
+//! ([`StubTasks`]: a fixed membership table), registered in a private Consul dev agent so that
+//! the check goes through discovery and the mesh client as in production; it records the
+//! credential each call brought, which shows that the caller's token is forwarded.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use protomesh::auth::testing::{token, SignedIn, TEST_SECRET};
+use protomesh::client::Mesh;
+use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
@@ -24,7 +33,12 @@ use protomesh::proto::protomesh::analytics::v1::{
     GetUserDashboardRequest, LevelCount, ProjectReport, StatusCount, UserDashboard,
 };
 use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use protomesh::proto::protomesh::tasks::v1::{
+    tasks_service_server::{TasksService, TasksServiceServer},
+    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest,
+    GetProjectRequest, GetTaskRequest, ListProjectsRequest, ListProjectsResponse, ListTasksRequest,
+    ListTasksResponse, Project, Task, TaskStatus, UpdateTaskRequest,
+};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
@@ -32,8 +46,9 @@ use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
 };
 use serde_json::json;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tonic::Code;
+use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 /// Bound on a whole test.
@@ -702,14 +717,223 @@ impl Scenario {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Signed-in clients and the tasks service that decides who sees a project.
+
+/// An analytics client whose calls carry a test token.
+type SignedClient = AnalyticsServiceClient<InterceptedService<Channel, SignedIn>>;
+
+/// The admin of the tests: may see everyone's dashboard and every project.
+const ADMIN: &str = "root";
+
+/// A project whose `GetProject` never answers (a stuck tasks service).
+const STUCK_PROJECT: Uuid = Uuid::from_u128(0x5717_c4ed_0000_4000_8000_0000_0000_0001);
+
+/// Signs calls in as `user` with the role `user`.
+fn as_user(user: &str) -> SignedIn {
+    SignedIn::as_user(user, &["user"])
+}
+
+/// Signs calls in as [`ADMIN`], with the role `admin`.
+fn as_admin() -> SignedIn {
+    SignedIn::as_user(ADMIN, &["admin"])
+}
+
+/// A channel to the server at `addr`.
+async fn channel_to(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The tasks service as analytics sees it: `GetProject` answers a project to its members (from a
+/// fixed table) and to admins, `NOT_FOUND` to anyone else, and never for [`STUCK_PROJECT`]. It
+/// records the `authorization` each `GetProject` arrived with, by project. Served behind the
+/// mesh runtime, which verifies the token before this runs.
+#[derive(Debug, Clone, Default)]
+struct StubTasks {
+    members: Arc<Mutex<HashMap<Uuid, HashSet<String>>>>,
+    asked: Arc<Mutex<Vec<(Uuid, String)>>>,
+}
+
+impl StubTasks {
+    /// Makes `users` the members of `project`.
+    fn set_members(&self, project: Uuid, users: &[&str]) {
+        self.members
+            .lock()
+            .unwrap()
+            .insert(project, users.iter().map(|u| (*u).to_owned()).collect());
+    }
+
+    /// The `authorization` values `GetProject` of `project` arrived with.
+    fn credentials_for(&self, project: Uuid) -> Vec<String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id == project)
+            .map(|(_, authorization)| authorization.clone())
+            .collect()
+    }
+}
+
+fn stub_only<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(
+        "the test's tasks service answers GetProject only",
+    ))
+}
+
+#[tonic::async_trait]
+impl TasksService for StubTasks {
+    async fn get_project(
+        &self,
+        request: Request<GetProjectRequest>,
+    ) -> Result<Response<Project>, Status> {
+        let caller = protomesh::identity::caller(request.metadata())?;
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let id = Uuid::parse_str(&request.get_ref().id)
+            .map_err(|_| Status::invalid_argument("id: not a UUID"))?;
+        self.asked.lock().unwrap().push((id, authorization));
+        if id == STUCK_PROJECT {
+            std::future::pending::<()>().await;
+        }
+        let member = self
+            .members
+            .lock()
+            .unwrap()
+            .get(&id)
+            .is_some_and(|members| members.contains(&caller.subject));
+        if member || caller.is_admin() {
+            Ok(Response::new(Project {
+                id: id.to_string(),
+                name: format!("project {id}"),
+                ..Default::default()
+            }))
+        } else {
+            Err(Status::not_found(format!("project {id} not found")))
+        }
+    }
+
+    async fn create_project(
+        &self,
+        _: Request<CreateProjectRequest>,
+    ) -> Result<Response<Project>, Status> {
+        stub_only()
+    }
+
+    async fn list_projects(
+        &self,
+        _: Request<ListProjectsRequest>,
+    ) -> Result<Response<ListProjectsResponse>, Status> {
+        stub_only()
+    }
+
+    async fn create_task(&self, _: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
+        stub_only()
+    }
+
+    async fn get_task(&self, _: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        stub_only()
+    }
+
+    async fn update_task(&self, _: Request<UpdateTaskRequest>) -> Result<Response<Task>, Status> {
+        stub_only()
+    }
+
+    async fn complete_task(
+        &self,
+        _: Request<CompleteTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        stub_only()
+    }
+
+    async fn delete_task(&self, _: Request<DeleteTaskRequest>) -> Result<Response<()>, Status> {
+        stub_only()
+    }
+
+    async fn list_tasks(
+        &self,
+        _: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        stub_only()
+    }
+}
+
+/// A Consul dev agent with [`StubTasks`] registered in it as `tasks` (passing its check), and a
+/// mesh client on the agent. Field order is drop order: the stub deregisters before the agent
+/// stops.
+struct TasksMesh {
+    stub: StubTasks,
+    mesh: Mesh,
+    _served: Option<InProcessServer>,
+    agent: DevAgent,
+}
+
+impl TasksMesh {
+    /// With the stub registered, or with no tasks service anywhere.
+    async fn start(with_tasks: bool) -> Self {
+        let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
+        agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+        let stub = StubTasks::default();
+        let served = if with_tasks {
+            let served = InProcessServer::start(
+                MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))
+                    .add_service(TasksServiceServer::new(stub.clone())),
+            )
+            .await
+            .unwrap();
+            let consul = agent.client().unwrap();
+            eventually(Duration::from_secs(20), "tasks passing", || {
+                let consul = consul.clone();
+                async move {
+                    let opts = QueryOptions {
+                        passing: true,
+                        ..Default::default()
+                    };
+                    let entries = consul.health_service("tasks", &opts).await.ok()?;
+                    (!entries.value.is_empty()).then_some(())
+                }
+            })
+            .await;
+            Some(served)
+        } else {
+            None
+        };
+        Self {
+            stub,
+            mesh,
+            _served: served,
+            agent,
+        }
+    }
+}
+
+/// A mesh client whose Consul agent nobody answers at (for handlers whose calls never reach
+/// the tasks service).
+fn unreachable_mesh() -> Mesh {
+    Mesh::from_consul(ConsulClient::new(ConsulConfig::new("127.0.0.1:1").unwrap()).unwrap())
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
 // The in-process harness.
 
 /// Everything one test needs: the service in-process (handler served on a free port, stream
-/// consumer running) on a database and key prefix of its own. Field order is drop order: the
-/// server and the consumer go before the database is dropped.
+/// consumer running) on a database and key prefix of its own, and the tasks service it asks.
+/// Field order is drop order: the server and the consumer go before the database is dropped.
 struct Harness {
-    client: AnalyticsServiceClient<Channel>,
+    /// Signed in as the admin.
+    client: SignedClient,
+    channel: Channel,
     _served: InProcessServer,
+    tasks: TasksMesh,
     _consumer: ConsumerHandle,
     handler: AnalyticsHandler,
     pool: Pool,
@@ -728,7 +952,13 @@ async fn connected_redis(config: &DataConfig) -> Client {
 }
 
 impl Harness {
+    /// With the stub tasks service registered.
     async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(with_tasks: bool) -> Self {
+        let tasks = TasksMesh::start(with_tasks).await;
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
         let config: DataConfig = db
@@ -750,19 +980,20 @@ impl Harness {
             async move { apply_event(&pool, &event).await.map(drop) }
         });
 
-        let handler = AnalyticsHandler::new(pool.clone());
+        let handler = AnalyticsHandler::new(pool.clone(), tasks.mesh.clone());
         let served = InProcessServer::start(
             MeshServer::new("analytics", quick_config(None))
+                .with_mesh(tasks.mesh.clone())
                 .add_service(AnalyticsServiceServer::new(handler.clone())),
         )
         .await
         .unwrap();
-        let client = AnalyticsServiceClient::connect(format!("http://{}", served.addr))
-            .await
-            .unwrap();
+        let channel = channel_to(served.addr).await;
         Self {
-            client,
+            client: AnalyticsServiceClient::with_interceptor(channel.clone(), as_admin()),
+            channel,
             _served: served,
+            tasks,
             _consumer: consumer,
             handler,
             pool,
@@ -770,6 +1001,11 @@ impl Harness {
             keys,
             _db: db,
         }
+    }
+
+    /// A client whose calls carry `signed_in`'s token.
+    fn client_as(&self, signed_in: SignedIn) -> SignedClient {
+        AnalyticsServiceClient::with_interceptor(self.channel.clone(), signed_in)
     }
 
     async fn send(&self, messages: &[Message]) {
@@ -1123,7 +1359,8 @@ async fn a_database_that_is_down_answers_unavailable() {
             "postgresql://postgres@127.0.0.1:{port}/protomesh"
         ));
         config.db_timeout = Duration::from_millis(500);
-        let handler = AnalyticsHandler::new(data::connect_pool(&config).unwrap());
+        let handler =
+            AnalyticsHandler::new(data::connect_pool(&config).unwrap(), unreachable_mesh());
         let started = Instant::now();
         let status = handler
             .user_dashboard_at("ada", SystemTime::now())
@@ -1152,20 +1389,43 @@ async fn a_database_that_is_down_answers_unavailable() {
 // ---------------------------------------------------------------------------------------------
 // The crash test: real processes.
 
+/// The test issuer's HS256 secret in a file of its own (for `--jwt-hs256-secret-file`), removed
+/// when dropped.
+struct SecretFile(std::path::PathBuf);
+
+impl SecretFile {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{name}-{}.secret", Uuid::new_v4()));
+        std::fs::write(&path, TEST_SECRET).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A running `analytics` binary, killed (SIGKILL) and reaped when dropped; its standard error
-/// (JSON log lines) is collected.
+/// (JSON log lines) is collected. It verifies callers with the test issuer's secret and finds
+/// the tasks service through the given Consul agent.
 struct AnalyticsProcess {
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl AnalyticsProcess {
-    fn start(db: &TestDatabase, prefix: &str) -> Self {
+    fn start(db: &TestDatabase, prefix: &str, consul_addr: &str, secret: &SecretFile) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_analytics"))
             .args([
                 "--listen",
                 "127.0.0.1:0",
                 "--no-register",
+                "--consul-addr",
+                consul_addr,
+                "--jwt-hs256-secret-file",
+                secret.0.to_str().unwrap(),
                 "--lame-duck",
                 "0s",
                 "--drain-timeout",
@@ -1311,8 +1571,11 @@ async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
         let pool = data::connect_pool(&config).unwrap();
         let redis = connected_redis(&config).await;
         let keys_of = |stream: &str| format!("{}{stream}", keys.prefix());
+        let tasks = TasksMesh::start(true).await;
+        let consul_addr = tasks.agent.http_addr();
+        let secret = SecretFile::new("analytics-crash-test");
 
-        let mut first = AnalyticsProcess::start(&db, keys.prefix());
+        let mut first = AnalyticsProcess::start(&db, keys.prefix(), &consul_addr, &secret);
         let (_, first_consumer) = first.ready().await;
 
         let project = Uuid::new_v4();
@@ -1363,7 +1626,7 @@ async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
         );
         sending.await.unwrap();
 
-        let mut second = AnalyticsProcess::start(&db, keys.prefix());
+        let mut second = AnalyticsProcess::start(&db, keys.prefix(), &consul_addr, &secret);
         let (addr, second_consumer) = second.ready().await;
         assert_ne!(first_consumer, second_consumer);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1393,10 +1656,12 @@ async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
             second.log_text()
         );
 
-        // Exact figures, over gRPC from the second process.
-        let mut client = AnalyticsServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        // Exact figures, over gRPC from the second process, asked by an admin.
+        let admin_token = token(ADMIN, &["admin"]);
+        let mut client = AnalyticsServiceClient::with_interceptor(
+            channel_to(addr).await,
+            SignedIn::bearer(&admin_token),
+        );
         let report = client
             .get_project_report(GetProjectReportRequest {
                 project_id: project.to_string(),
@@ -1406,6 +1671,11 @@ async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
             .into_inner();
         let now = SystemTime::now();
         assert_eq!(report, model.report(project, now));
+        // The binary asked the tasks service with the caller's token.
+        assert_eq!(
+            tasks.stub.credentials_for(project),
+            vec![format!("Bearer {admin_token}")]
+        );
         for user in users {
             let dashboard = client
                 .get_user_dashboard(GetUserDashboardRequest {
@@ -1429,6 +1699,261 @@ async fn a_killed_consumer_s_events_are_claimed_by_the_next_process() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         assert!(status.success(), "{status}:\n{}", second.log_text());
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may see what.
+
+/// A project with one open task of `alice` (high) and one of `bob` (low), applied.
+async fn two_users_project(h: &Harness) -> Uuid {
+    let project = Uuid::new_v4();
+    let now = SystemTime::now();
+    let alice = TaskState::new(project, "alice", Level::High, now);
+    let bob = TaskState::new(project, "bob", Level::Low, now);
+    let entry = EntryState::new(
+        "alice",
+        alice.id,
+        now - minutes(60),
+        Some(now - minutes(30)),
+    );
+    h.send(&[
+        project_created(project, "shared"),
+        alice.event("task.created"),
+        bob.event("task.created"),
+        entry.started(),
+        entry.stopped(),
+    ])
+    .await;
+    h.drain().await;
+    project
+}
+
+fn level_count(level: Level, count: i64) -> Vec<LevelCount> {
+    vec![LevelCount {
+        level: level as i32,
+        count,
+    }]
+}
+
+#[tokio::test]
+async fn dashboards_answer_their_owner_and_admins_only() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        two_users_project(&h).await;
+        let dashboard = |user_id: &str| GetUserDashboardRequest {
+            user_id: user_id.into(),
+        };
+        let mut alice = h.client_as(as_user("alice"));
+        let mut bob = h.client_as(as_user("bob"));
+
+        let refused = bob
+            .get_user_dashboard(dashboard("alice"))
+            .await
+            .expect_err("another user's");
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        assert!(
+            refused.message().starts_with("user_id: "),
+            "{}",
+            refused.message()
+        );
+        for own in ["me", "bob"] {
+            let mine = bob
+                .get_user_dashboard(dashboard(own))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(mine.user_id, "bob", "{own}");
+            assert_eq!(mine.open_by_level, level_count(Level::Low, 1), "{own}");
+        }
+        let hers = alice
+            .get_user_dashboard(dashboard("me"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hers.user_id, "alice");
+        assert_eq!(hers.open_by_level, level_count(Level::High, 1));
+        assert!(from_proto(&hers.tracked_this_week) >= minutes(30));
+
+        let mut admin = h.client.clone();
+        let read = admin
+            .get_user_dashboard(dashboard("alice"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.user_id, "alice");
+        assert_eq!(read.open_by_level, hers.open_by_level);
+        let own = admin
+            .get_user_dashboard(dashboard("me"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(own.user_id, ADMIN);
+        assert!(own.open_by_level.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn project_reports_answer_members_and_admins_as_the_tasks_service_decides() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let shared = two_users_project(&h).await;
+        let other = two_users_project(&h).await;
+        h.tasks.stub.set_members(shared, &["alice"]);
+        let report = |project: Uuid| GetProjectReportRequest {
+            project_id: project.to_string(),
+        };
+        let alice_token = token("alice", &["user"]);
+        let bob_token = token("bob", &["user"]);
+        let mut alice = h.client_as(SignedIn::bearer(&alice_token));
+        let mut bob = h.client_as(SignedIn::bearer(&bob_token));
+
+        // A member is served, and the tasks service was asked with her own token.
+        let served = alice
+            .get_project_report(report(shared))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(served.project_id, shared.to_string());
+        assert_eq!(served.by_status.len(), 1);
+        assert_eq!(served.tracked_by_assignee.len(), 1);
+        assert_eq!(
+            h.tasks.stub.credentials_for(shared),
+            vec![format!("Bearer {alice_token}")]
+        );
+
+        // Not a member: the project does not exist for him, although analytics knows it.
+        let refused = bob
+            .get_project_report(report(shared))
+            .await
+            .expect_err("not a member");
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+        assert_eq!(refused.message(), format!("project {shared} not found"));
+        assert_eq!(
+            h.tasks.stub.credentials_for(shared),
+            vec![
+                format!("Bearer {alice_token}"),
+                format!("Bearer {bob_token}")
+            ]
+        );
+        let refused = alice
+            .get_project_report(report(other))
+            .await
+            .expect_err("not her project");
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+
+        // Admins see every project.
+        let mut admin = h.client.clone();
+        let read = admin
+            .get_project_report(report(other))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(read.project_id, other.to_string());
+        assert_eq!(
+            admin
+                .get_project_report(report(shared))
+                .await
+                .unwrap()
+                .into_inner(),
+            served
+        );
+
+        // A tasks service that does not answer: UNAVAILABLE within the check's bound.
+        let started = Instant::now();
+        let stuck = alice
+            .get_project_report(report(STUCK_PROJECT))
+            .await
+            .expect_err("never confirmed");
+        assert_eq!(stuck.code(), Code::Unavailable, "{stuck:?}");
+        assert!(
+            stuck.message().contains("tasks service could not confirm"),
+            "{}",
+            stuck.message()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tasks_service_nobody_runs_makes_reports_unavailable_in_time() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start_with(false).await;
+        let project = two_users_project(&h).await;
+        let mut admin = h.client.clone();
+        let started = Instant::now();
+        let status = admin
+            .get_project_report(GetProjectReportRequest {
+                project_id: project.to_string(),
+            })
+            .await
+            .expect_err("nobody confirms the project");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        // Dashboards do not need the tasks service.
+        let dashboard = admin
+            .get_user_dashboard(GetUserDashboardRequest {
+                user_id: "alice".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(dashboard.open_by_level, level_count(Level::High, 1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_without_a_verified_credential_are_unauthenticated() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let project = two_users_project(&h).await;
+        h.tasks.stub.set_members(project, &["alice"]);
+        let dashboard = || GetUserDashboardRequest {
+            user_id: "alice".into(),
+        };
+        let report = || GetProjectReportRequest {
+            project_id: project.to_string(),
+        };
+
+        // No credential at all.
+        let mut anonymous = AnalyticsServiceClient::new(h.channel.clone());
+        // Identity metadata set by hand, as if a gateway had verified an admin: the runtime
+        // removes it and finds no credential.
+        let mut claimed = AnalyticsServiceClient::with_interceptor(
+            h.channel.clone(),
+            |mut request: Request<()>| {
+                let metadata = request.metadata_mut();
+                metadata.insert(protomesh::identity::SUBJECT, "alice".parse().unwrap());
+                metadata.insert(protomesh::identity::ROLES, "admin".parse().unwrap());
+                metadata.insert(protomesh::identity::AUTH_METHOD, "jwt".parse().unwrap());
+                Ok(request)
+            },
+        );
+        let refusals = [
+            anonymous.get_user_dashboard(dashboard()).await.unwrap_err(),
+            anonymous.get_project_report(report()).await.unwrap_err(),
+            claimed.get_user_dashboard(dashboard()).await.unwrap_err(),
+            claimed.get_project_report(report()).await.unwrap_err(),
+        ];
+        for status in refusals {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        }
+        assert!(
+            h.tasks.stub.credentials_for(project).is_empty(),
+            "the tasks service was never asked"
+        );
     })
     .await;
 }

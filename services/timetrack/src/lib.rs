@@ -10,6 +10,22 @@
 //! | `ListEntries` | entries of a user and/or a task overlapping `[from, to)`, newest first, cursor pages | |
 //! | `GetTotals` | time per task and per user within `[from, to)`, computed in SQL | |
 //!
+//! Who may call what: every call needs a signed-in caller (the server runtime answers
+//! `UNAUTHENTICATED` without one), and a timer and its entries belong to their user. The caller
+//! comes from [`protomesh::identity::caller`]; `user_id` is resolved by
+//! [`Identity::resolve_user`] (`me` or the caller's own id; admins may name anyone; another
+//! user's id is `NOT_FOUND`, as for a user that does not exist).
+//!
+//! | call | a user | an admin |
+//! |---|---|---|
+//! | `StartTimer`, `StopTimer` | `user_id` `me` or their own id | anyone's `user_id` |
+//! | `ListEntries` | their own entries only (`user_id` empty, `me` or their id; with `task_id`, their entries on that task) | as a user, or anyone's; empty `user_id` with a `task_id`: every user's entries on the task |
+//! | `GetTotals` | totals over their own entries only (`per_user` holds them alone) | as a user, or anyone's; empty `user_id`: every user |
+//!
+//! The task check of `StartTimer` carries the caller's credential to the tasks service (the mesh
+//! client forwards it), so the tasks service decides which tasks the caller sees: a task in a
+//! project the caller is not a member of is `NOT_FOUND`, like one that does not exist.
+//!
 //! One running timer per user: `StartTimer` and `StopTimer` take a transaction-scoped advisory
 //! lock on the user (`pg_advisory_xact_lock`) before they look for the running entry, so calls of
 //! one user run one after the other and each sees what the one before committed; a partial
@@ -22,9 +38,10 @@
 //! entries up to now; totals are sorted by duration (longest first), then id.
 //!
 //! `ListEntries` pages by a cursor on `(started_at, id)`, newest first. Requests are checked
-//! before anything else, and a bad one is `INVALID_ARGUMENT` naming each field at fault
-//! (`user_id`, `task_id`, `note`, `from`, `to`, `page_size`, `page_token`). Database errors go
-//! through [`status_from_pg`]: a database that is down is `UNAVAILABLE` within `--db-timeout`.
+//! before anything else (ownership after the shape), and a bad one is `INVALID_ARGUMENT` naming
+//! each field at fault (`user_id`, `task_id`, `note`, `from`, `to`, `page_size`, `page_token`).
+//! Database errors go through [`status_from_pg`]: a database that is down is `UNAVAILABLE` within
+//! `--db-timeout`.
 #![forbid(unsafe_code)]
 
 pub mod cursor;
@@ -39,6 +56,7 @@ use protomesh::client::Mesh;
 use protomesh::data::deadpool_postgres::{Object, Pool, Transaction};
 use protomesh::data::tokio_postgres::types::ToSql;
 use protomesh::data::{outbox, status_from_pg};
+use protomesh::identity::{self, Identity};
 use protomesh::proto::protomesh::timetrack::v1::{
     timetrack_service_server::TimetrackService, GetTotalsRequest, GetTotalsResponse,
     ListEntriesRequest, ListEntriesResponse, StartTimerRequest, StartTimerResponse,
@@ -192,6 +210,7 @@ impl TimetrackService for TimetrackHandler {
         &self,
         request: Request<StartTimerRequest>,
     ) -> Result<Response<StartTimerResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         violations.check(validate::user_id("user_id", &request.user_id));
@@ -201,21 +220,22 @@ impl TimetrackService for TimetrackHandler {
         let Some(task_id) = task_id else {
             return Err(Status::internal("request check incomplete"));
         };
+        let user_id = caller.resolve_user("user_id", &request.user_id)?;
 
         // Before any lock is taken: the call to tasks may take a while.
         task_check::confirm_task(&self.mesh, task_id).await?;
 
         let mut client = self.connection().await?;
         let tx = client.transaction().await.map_err(db_error)?;
-        lock_user(&tx, &request.user_id).await?;
-        let stopped = stop_running(&tx, &request.user_id).await?;
+        lock_user(&tx, &user_id).await?;
+        let stopped = stop_running(&tx, &user_id).await?;
         let id = Uuid::new_v4();
         let starts_at: Option<SystemTime> = stopped.as_ref().and_then(|entry| entry.stopped_at);
         let statement = tx.prepare_cached(INSERT_ENTRY).await.map_err(db_error)?;
         let row = tx
             .query_one(
                 &statement,
-                &[&id, &request.user_id, &task_id, &starts_at, &request.note],
+                &[&id, &user_id, &task_id, &starts_at, &request.note],
             )
             .await
             .map_err(db_error)?;
@@ -239,8 +259,10 @@ impl TimetrackService for TimetrackHandler {
         &self,
         request: Request<StopTimerRequest>,
     ) -> Result<Response<TimeEntry>, Status> {
-        let user_id = request.into_inner().user_id;
-        validate::user_id("user_id", &user_id).map_err(one_violation)?;
+        let caller = identity::caller(request.metadata())?;
+        let requested = request.into_inner().user_id;
+        validate::user_id("user_id", &requested).map_err(one_violation)?;
+        let user_id = caller.resolve_user("user_id", &requested)?;
 
         let mut client = self.connection().await?;
         let tx = client.transaction().await.map_err(db_error)?;
@@ -259,15 +281,15 @@ impl TimetrackService for TimetrackHandler {
         &self,
         request: Request<ListEntriesRequest>,
     ) -> Result<Response<ListEntriesResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let mut violations = Violations::new();
-        let user_id = violations
-            .check(validate::optional_user_id("user_id", &request.user_id))
-            .flatten();
+        violations.check(validate::optional_user_id("user_id", &request.user_id));
         let task_id = violations
             .check(validate::optional_uuid("task_id", &request.task_id))
             .flatten();
-        if request.user_id.is_empty() && request.task_id.is_empty() {
+        // Only an admin's empty user_id means every user, which needs a task to narrow it.
+        if caller.is_admin() && request.user_id.is_empty() && request.task_id.is_empty() {
             violations.add("user_id", "user_id or task_id is required");
         }
         let from = violations
@@ -280,6 +302,7 @@ impl TimetrackService for TimetrackHandler {
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
         let after = page_token(&mut violations, &request.page_token);
         violations.into_result()?;
+        let user_id = entries_owner(&caller, &request.user_id)?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
 
         let filters = EntryFilters {
@@ -320,6 +343,7 @@ impl TimetrackService for TimetrackHandler {
         &self,
         request: Request<GetTotalsRequest>,
     ) -> Result<Response<GetTotalsResponse>, Status> {
+        let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let from = violations.check(validate::timestamp("from", request.from.as_ref()));
@@ -327,9 +351,7 @@ impl TimetrackService for TimetrackHandler {
         if let (Some(from), Some(to)) = (from, to) {
             violations.check(validate::totals_period(from, to));
         }
-        let user_id = violations
-            .check(validate::optional_user_id("user_id", &request.user_id))
-            .flatten();
+        violations.check(validate::optional_user_id("user_id", &request.user_id));
         let task_id = violations
             .check(validate::optional_uuid("task_id", &request.task_id))
             .flatten();
@@ -337,6 +359,7 @@ impl TimetrackService for TimetrackHandler {
         let (Some(from), Some(to)) = (from, to) else {
             return Err(Status::internal("request check incomplete"));
         };
+        let user_id = entries_owner(&caller, &request.user_id)?;
 
         let query = TotalsQuery {
             from,
@@ -363,6 +386,17 @@ impl TimetrackService for TimetrackHandler {
         }
         Ok(Response::new(totals))
     }
+}
+
+/// Whose entries a `ListEntries` or `GetTotals` call naming `requested` (its `user_id`) reads:
+/// `None` (every user) only for an admin leaving it empty; otherwise the user
+/// [`Identity::resolve_user`] gives (the caller, or anyone for an admin), and `NOT_FOUND` for
+/// another user's id.
+fn entries_owner(caller: &Identity, requested: &str) -> Result<Option<String>, Status> {
+    if requested.is_empty() && caller.is_admin() {
+        return Ok(None);
+    }
+    caller.resolve_user("user_id", requested).map(Some)
 }
 
 /// A single violation as `INVALID_ARGUMENT`.
@@ -475,6 +509,39 @@ impl TotalsQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(subject: &str, roles: &[&str]) -> Identity {
+        Identity {
+            subject: subject.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            method: identity::AuthMethod::Jwt,
+        }
+    }
+
+    #[test]
+    fn entries_are_the_caller_s_unless_an_admin_asks() {
+        let alice = identity("alice", &["user"]);
+        for own in ["", "me", "alice"] {
+            assert_eq!(
+                entries_owner(&alice, own).unwrap(),
+                Some("alice".to_owned())
+            );
+        }
+        let refused = entries_owner(&alice, "bob").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::NotFound);
+        assert!(refused.message().starts_with("user_id: "), "{refused:?}");
+
+        let admin = identity("root", &["admin"]);
+        assert_eq!(entries_owner(&admin, "").unwrap(), None, "every user");
+        assert_eq!(
+            entries_owner(&admin, "me").unwrap(),
+            Some("root".to_owned())
+        );
+        assert_eq!(
+            entries_owner(&admin, "bob").unwrap(),
+            Some("bob".to_owned())
+        );
+    }
 
     #[test]
     fn list_queries_have_only_the_filters_given() {

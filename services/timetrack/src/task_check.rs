@@ -3,11 +3,15 @@
 //! instance). Nothing is recorded against a task nobody confirmed: when the tasks service cannot
 //! be reached, the timer does not start.
 //!
+//! The call carries the credential of the `StartTimer` call being handled (the mesh client
+//! forwards it), so the tasks service answers for the end user: a task in a project the caller is
+//! not a member of is `NOT_FOUND` there, and so here.
+//!
 //! | tasks answers | `StartTimer` answers |
 //! |---|---|
 //! | the task, not done | goes on |
 //! | the task, done | `FAILED_PRECONDITION` naming `task_id` |
-//! | `NOT_FOUND` | `NOT_FOUND` naming `task_id` |
+//! | `NOT_FOUND` (no such task, or not visible to the caller) | `NOT_FOUND` naming `task_id` |
 //! | `INVALID_ARGUMENT` (the two services disagree on what a task id is) | `INTERNAL` |
 //! | anything else: down, unregistered, out of time, failing | `UNAVAILABLE`: the tasks service could not confirm the task |
 

@@ -5,11 +5,16 @@
 //! (`protomesh_tasks::TasksHandler` on the same test database), served in-process and registered
 //! in the agent, so the check goes through Consul discovery and the mesh client as in
 //! production; one test leaves it unregistered.
+//!
+//! Calls are signed in with the test issuer's tokens ([`SignedIn`]): the harness's own client as
+//! an admin (so tests of the figures read every user's), and each user acting for themselves
+//! through the `start_timer`, `stop_timer` and `entries_of` helpers.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
@@ -18,8 +23,8 @@ use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
 use protomesh::data::testing::{TestDatabase, TestKeys};
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::tasks::v1::{
-    tasks_service_server::TasksService, CompleteTaskRequest, CreateProjectRequest,
-    CreateTaskRequest, Project, Task,
+    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
+    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
 };
 use protomesh::proto::protomesh::timetrack::v1::{
     timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
@@ -30,6 +35,7 @@ use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::TasksHandler;
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 use uuid::Uuid;
@@ -90,17 +96,54 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     request
 }
 
+/// A timetrack client whose calls carry a test token.
+type SignedClient = TimetrackServiceClient<InterceptedService<Channel, SignedIn>>;
+
+/// The admin of the tests: may act for every user.
+const ADMIN: &str = "root";
+
+/// Signs calls in as `user` with the role `user`.
+fn as_user(user: &str) -> SignedIn {
+    SignedIn::as_user(user, &["user"])
+}
+
+/// Signs calls in as [`ADMIN`], with the role `admin`.
+fn as_admin() -> SignedIn {
+    SignedIn::as_user(ADMIN, &["admin"])
+}
+
+/// A channel to the server at `addr`.
+async fn channel_to(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Asserts that `result` is NOT_FOUND naming `field`.
+#[track_caller]
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = result.expect_err("must be refused");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}: ")),
+        "{}",
+        status.message()
+    );
+}
+
 /// The tasks service of a test: served in-process and registered in the test's agent.
 struct TasksFixture {
     handler: TasksHandler,
     project: Project,
-    _served: InProcessServer,
+    served: InProcessServer,
 }
 
 /// Everything one test needs. Field order is drop order: the servers and the relay go before
 /// the database is dropped, the agent last but one.
 struct Harness {
-    client: TimetrackServiceClient<Channel>,
+    channel: Channel,
     _served: InProcessServer,
     tasks: Option<TasksFixture>,
     relay: RelayHandle,
@@ -164,11 +207,9 @@ impl Harness {
         )
         .await
         .unwrap();
-        let client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
-            .await
-            .unwrap();
+        let channel = channel_to(served.addr).await;
         Self {
-            client,
+            channel,
             _served: served,
             tasks,
             relay,
@@ -231,12 +272,18 @@ impl Harness {
         TasksFixture {
             handler,
             project,
-            _served: served,
+            served,
         }
     }
 
-    fn client(&self) -> TimetrackServiceClient<Channel> {
-        self.client.clone()
+    /// A client signed in as the admin.
+    fn client(&self) -> SignedClient {
+        self.client_as(as_admin())
+    }
+
+    /// A client whose calls carry `signed_in`'s token.
+    fn client_as(&self, signed_in: SignedIn) -> SignedClient {
+        TimetrackServiceClient::with_interceptor(self.channel.clone(), signed_in)
     }
 
     /// A new open task in the tasks service.
@@ -272,12 +319,13 @@ impl Harness {
         id
     }
 
+    /// `user_id`, signed in, starts their own timer on `task_id`.
     async fn start_timer(
         &self,
         user_id: &str,
         task_id: &str,
     ) -> Result<StartTimerResponse, tonic::Status> {
-        self.client()
+        self.client_as(as_user(user_id))
             .start_timer(StartTimerRequest {
                 user_id: user_id.into(),
                 task_id: task_id.into(),
@@ -287,8 +335,9 @@ impl Harness {
             .map(tonic::Response::into_inner)
     }
 
+    /// `user_id`, signed in, stops their own timer.
     async fn stop_timer(&self, user_id: &str) -> Result<TimeEntry, tonic::Status> {
-        self.client()
+        self.client_as(as_user(user_id))
             .stop_timer(StopTimerRequest {
                 user_id: user_id.into(),
             })
@@ -296,10 +345,10 @@ impl Harness {
             .map(tonic::Response::into_inner)
     }
 
-    /// Every entry of `user_id`, newest first, in pages of 1000.
+    /// Every entry of `user_id` (who asks, signed in), newest first, in pages of 1000.
     async fn entries_of(&self, user_id: &str) -> Vec<TimeEntry> {
         let page = self
-            .client()
+            .client_as(as_user(user_id))
             .list_entries(ListEntriesRequest {
                 user_id: user_id.into(),
                 page_size: 1000,
@@ -904,7 +953,14 @@ async fn bad_requests_name_the_field() {
             .await
             .expect_err("three violations");
         assert_eq!(fields(&several), vec!["user_id", "task_id", "note"]);
-        assert_invalid(h.stop_timer("").await, "user_id");
+        assert_invalid(
+            h.client()
+                .stop_timer(StopTimerRequest {
+                    user_id: String::new(),
+                })
+                .await,
+            "user_id",
+        );
 
         let list = |request: ListEntriesRequest| {
             let mut client = h.client();
@@ -1130,9 +1186,8 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
         ))
         .await
         .unwrap();
-        let mut client = TimetrackServiceClient::connect(format!("http://{}", served.addr))
-            .await
-            .unwrap();
+        let mut client =
+            TimetrackServiceClient::with_interceptor(channel_to(served.addr).await, as_user("ada"));
 
         let started = Instant::now();
         let status = client
@@ -1178,6 +1233,211 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
             "{:?}",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_start_stop_and_read_only_their_own_timers_and_admins_act_for_anyone() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let task = h.task("shared").await;
+        let other_task = h.task("other").await;
+        let mut alice = h.client_as(as_user("alice"));
+        let mut bob = h.client_as(as_user("bob"));
+        let mut admin = h.client();
+        let start = |user_id: &str, task_id: &str| StartTimerRequest {
+            user_id: user_id.into(),
+            task_id: task_id.into(),
+            note: String::new(),
+        };
+        let stop = |user_id: &str| StopTimerRequest {
+            user_id: user_id.into(),
+        };
+        let list = |user_id: &str, task_id: &str| ListEntriesRequest {
+            user_id: user_id.into(),
+            task_id: task_id.into(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let totals = |user_id: &str| GetTotalsRequest {
+            from: Some((SystemTime::now() - Duration::from_secs(3600)).into()),
+            to: Some((SystemTime::now() + Duration::from_secs(3600)).into()),
+            user_id: user_id.into(),
+            ..Default::default()
+        };
+
+        // "me" is the caller.
+        let running = alice
+            .start_timer(start("me", &task))
+            .await
+            .unwrap()
+            .into_inner()
+            .started
+            .unwrap();
+        assert_eq!(running.user_id, "alice");
+
+        // Bob cannot touch or see Alice's timer: it does not exist for him.
+        assert_not_found(bob.start_timer(start("alice", &task)).await, "user_id");
+        assert_not_found(bob.stop_timer(stop("alice")).await, "user_id");
+        assert_eq!(h.running_count("alice").await, 1, "still running");
+        assert_eq!(h.running_count("bob").await, 0, "nothing started for bob");
+        assert_not_found(bob.list_entries(list("alice", "")).await, "user_id");
+        assert_not_found(bob.list_entries(list("alice", &task)).await, "user_id");
+        assert_not_found(bob.get_totals(totals("alice")).await, "user_id");
+
+        // By task, or with no user: only his own entries and totals.
+        let on_task = bob
+            .list_entries(list("", &task))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(on_task.entries.is_empty(), "{on_task:?}");
+        let mine = bob.get_totals(totals("")).await.unwrap().into_inner();
+        assert!(
+            mine.per_task.is_empty() && mine.per_user.is_empty(),
+            "{mine:?}"
+        );
+        bob.start_timer(start("bob", &task)).await.unwrap();
+        for user_id in ["", "me", "bob"] {
+            let entries = bob
+                .list_entries(list(user_id, &task))
+                .await
+                .unwrap()
+                .into_inner()
+                .entries;
+            assert_eq!(entries.len(), 1, "{user_id:?}: {entries:?}");
+            assert_eq!(entries[0].user_id, "bob");
+            let mine = bob.get_totals(totals(user_id)).await.unwrap().into_inner();
+            let users: Vec<&str> = mine.per_user.iter().map(|t| t.id.as_str()).collect();
+            assert_eq!(users, ["bob"], "{user_id:?}");
+            assert_eq!(mine.per_task.len(), 1);
+        }
+        let hers = alice.get_totals(totals("me")).await.unwrap().into_inner();
+        let users: Vec<&str> = hers.per_user.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(users, ["alice"]);
+
+        // An admin acts for Alice and reads everyone's.
+        let switched = admin
+            .start_timer(start("alice", &other_task))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(switched.stopped.unwrap().id, running.id);
+        assert_eq!(switched.started.unwrap().user_id, "alice");
+        let stopped = admin.stop_timer(stop("alice")).await.unwrap().into_inner();
+        assert_eq!(stopped.user_id, "alice");
+        assert_eq!(h.running_count("alice").await, 0);
+        let hers = admin
+            .list_entries(list("alice", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(hers.len(), 2);
+        assert!(hers.iter().all(|e| e.user_id == "alice"));
+        let everyone = admin.get_totals(totals("")).await.unwrap().into_inner();
+        let mut users: Vec<&str> = everyone.per_user.iter().map(|t| t.id.as_str()).collect();
+        users.sort_unstable();
+        assert_eq!(users, ["alice", "bob"]);
+        let on_task = admin
+            .list_entries(list("", &task))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(on_task.len(), 2, "both users' entries on the task");
+
+        // Alice's own stop: nothing runs any more.
+        let none = alice.stop_timer(stop("me")).await.expect_err("stopped");
+        assert_eq!(none.code(), Code::FailedPrecondition, "{none:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_task_check_carries_the_caller_s_credential() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let task = h.task("checked").await;
+        // The tasks service answers no one without a credential…
+        let tasks_addr = h.tasks.as_ref().unwrap().served.addr;
+        let refused = TasksServiceClient::new(channel_to(tasks_addr).await)
+            .get_task(GetTaskRequest { id: task.clone() })
+            .await
+            .expect_err("no credential");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        // …so a confirmed task means it got the caller's.
+        let started = h.start_timer("alice", &task).await.unwrap();
+        assert_eq!(started.started.unwrap().task_id, task);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn calls_without_a_verified_credential_are_unauthenticated() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::without_tasks().await;
+        let period = GetTotalsRequest {
+            from: timestamp("2024-05-01T00:00:00Z"),
+            to: timestamp("2024-05-02T00:00:00Z"),
+            ..Default::default()
+        };
+        let stop = || StopTimerRequest {
+            user_id: "me".into(),
+        };
+        let start = || StartTimerRequest {
+            user_id: "me".into(),
+            task_id: Uuid::new_v4().to_string(),
+            note: String::new(),
+        };
+        let list = || ListEntriesRequest {
+            user_id: "me".into(),
+            ..Default::default()
+        };
+
+        // No credential at all.
+        let mut anonymous = TimetrackServiceClient::new(h.channel.clone());
+        // Identity metadata set by hand, as if a gateway had verified an admin: the runtime
+        // removes it and finds no credential.
+        let mut claimed = TimetrackServiceClient::with_interceptor(
+            h.channel.clone(),
+            |mut request: tonic::Request<()>| {
+                let metadata = request.metadata_mut();
+                metadata.insert(protomesh::identity::SUBJECT, "alice".parse().unwrap());
+                metadata.insert(protomesh::identity::ROLES, "admin".parse().unwrap());
+                metadata.insert(protomesh::identity::AUTH_METHOD, "jwt".parse().unwrap());
+                Ok(request)
+            },
+        );
+        let mut refusals = vec![
+            anonymous.start_timer(start()).await.unwrap_err(),
+            anonymous.stop_timer(stop()).await.unwrap_err(),
+            anonymous.list_entries(list()).await.unwrap_err(),
+            anonymous.get_totals(period.clone()).await.unwrap_err(),
+        ];
+        refusals.extend([
+            claimed.start_timer(start()).await.unwrap_err(),
+            claimed.stop_timer(stop()).await.unwrap_err(),
+            claimed.list_entries(list()).await.unwrap_err(),
+            claimed.get_totals(period.clone()).await.unwrap_err(),
+        ]);
+        for status in refusals {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        }
+        let written: i64 = h
+            .pool
+            .get()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT (SELECT count(*) FROM entries) + (SELECT count(*) FROM outbox)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(written, 0);
     })
     .await;
 }
