@@ -244,6 +244,46 @@ async fn database_errors_map_to_grpc_codes_naming_the_constraint() {
 }
 
 #[tokio::test]
+async fn database_texts_never_reach_the_caller() {
+    bounded(TEST_TIMEOUT, async {
+        let db = TestDatabase::create().await.unwrap();
+        let pool = data::connect_pool(&db.config()).unwrap();
+        data::migrate(
+            &pool,
+            "svc",
+            &[(1, "CREATE TABLE notes (body text NOT NULL)")],
+        )
+        .await
+        .unwrap();
+        let client = pool.get().await.unwrap();
+
+        // A value Postgres text cannot hold: its message names the encoding and the byte.
+        let err = client
+            .execute("INSERT INTO notes VALUES ($1)", &[&"a\0b"])
+            .await
+            .unwrap_err();
+        let status = data::status_from_pg(&err, "note");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(!status.message().contains("UTF8"), "{}", status.message());
+        assert!(!status.message().contains("0x00"), "{}", status.message());
+
+        // Any other error: whatever the server says stays in the log.
+        let err = client
+            .batch_execute("DO $$ BEGIN RAISE EXCEPTION 'SECRET-42 in the server text'; END $$")
+            .await
+            .unwrap_err();
+        for status in [
+            data::status_from_pg(&err, "note"),
+            data::DataError::from(err).to_status("note"),
+        ] {
+            assert_eq!(status.code(), Code::Internal);
+            assert_eq!(status.message(), "note: internal error");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn ensure_database_creates_a_missing_database_once() {
     bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();

@@ -47,7 +47,7 @@ use protomesh::proto::protomesh::tasks::v1::{
     ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, Task, TaskStatus,
     UpdateTaskRequest,
 };
-use protomesh::status::invalid_argument;
+use protomesh::status::{echo, invalid_argument};
 use protomesh::telemetry::spans;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -340,7 +340,8 @@ impl UpdateFields {
                     return Err(invalid_argument(
                         "update_mask",
                         format!(
-                            "unknown field {path:?} (updatable: title, description, urgency, impact, assignee, status)"
+                            "unknown field {:?} (updatable: title, description, urgency, impact, assignee, status)",
+                            echo(path)
                         ),
                     ))
                 }
@@ -555,7 +556,8 @@ impl TasksService for TasksHandler {
                     "task.project_id",
                     format!(
                         "must be empty or equal project_id {:?}, got {:?}",
-                        request.project_id, task.project_id
+                        echo(&request.project_id),
+                        echo(&task.project_id)
                     ),
                 );
             }
@@ -764,6 +766,9 @@ impl TasksService for TasksHandler {
         let min_level = violations
             .check(validate::level_filter("min_level", request.min_level))
             .flatten();
+        if !request.assignee.is_empty() {
+            violations.text("assignee", &request.assignee, MAX_ASSIGNEE);
+        }
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
         let after = page_token(&mut violations, &request.page_token, TaskCursor::decode);
         violations.into_result()?;

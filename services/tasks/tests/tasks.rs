@@ -674,6 +674,129 @@ async fn bad_requests_name_the_field() {
     .await;
 }
 
+/// Whether a message carries text of Postgres's own (its error messages about encodings,
+/// syntax, relations…).
+fn has_database_text(message: &str) -> bool {
+    [
+        "UTF8",
+        "0x00",
+        "byte sequence",
+        "syntax",
+        "relation",
+        "SQLSTATE",
+        "ERROR:",
+    ]
+    .iter()
+    .any(|text| message.contains(text))
+}
+
+#[tokio::test]
+async fn text_the_database_cannot_hold_is_refused_naming_the_field() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let mut client = h.client();
+        let nul = "ship\u{0000}it".to_owned();
+
+        let mut answers = Vec::new();
+        for (project, field) in [
+            (
+                Project {
+                    name: nul.clone(),
+                    ..Default::default()
+                },
+                "project.name",
+            ),
+            (
+                Project {
+                    name: "fine".into(),
+                    description: nul.clone(),
+                    ..Default::default()
+                },
+                "project.description",
+            ),
+        ] {
+            let answer = client
+                .create_project(CreateProjectRequest {
+                    project: Some(project),
+                })
+                .await;
+            answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+            assert_invalid(answer, field);
+        }
+
+        let project = h.project("nul checks").await;
+        let valid = Task {
+            title: "ok".into(),
+            urgency: 5,
+            impact: 5,
+            ..Default::default()
+        };
+        for (task, field) in [
+            (
+                Task {
+                    title: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.title",
+            ),
+            (
+                Task {
+                    description: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.description",
+            ),
+            (
+                Task {
+                    assignee: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.assignee",
+            ),
+        ] {
+            let answer = client
+                .create_task(CreateTaskRequest {
+                    project_id: project.id.clone(),
+                    task: Some(task),
+                })
+                .await;
+            answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+            assert_invalid(answer, field);
+        }
+
+        let task = h.task(&project, "to update", 5, 5).await;
+        let answer = h
+            .update(
+                Task {
+                    title: nul.clone(),
+                    ..task
+                },
+                &["title"],
+            )
+            .await;
+        answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+        assert_invalid(answer, "task.title");
+
+        let answer = client
+            .list_tasks(ListTasksRequest {
+                assignee: nul.clone(),
+                ..Default::default()
+            })
+            .await;
+        answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+        assert_invalid(answer, "assignee");
+
+        for answer in answers {
+            let status = answer.expect_err("refused");
+            assert!(!has_database_text(status.message()), "{status:?}");
+            for violation in protomesh::status::field_violations(&status) {
+                assert!(!has_database_text(&violation.description), "{violation:?}");
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pages_cover_every_existing_task_once_under_concurrent_inserts() {
     bounded(TEST_TIMEOUT, async {
