@@ -2,6 +2,7 @@
 //! that was released is never edited: add a new one.
 
 use protomesh::data::outbox::OUTBOX_DDL;
+use protomesh::data::page_token::PAGE_TOKEN_KEY_DDL;
 
 /// Projects and tasks, with the indexes the list filters and the cursor pagination use.
 ///
@@ -50,5 +51,10 @@ CREATE INDEX tasks_status_newest ON tasks (status, created_at DESC, id DESC);
 CREATE INDEX tasks_level_newest ON tasks (priority_level, created_at DESC, id DESC);
 ";
 
-/// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, OUTBOX_DDL), (2, PROJECTS_AND_TASKS)];
+/// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`. Step 3 holds the key
+/// that signs page tokens ([`protomesh::data::page_token`]).
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, OUTBOX_DDL),
+    (2, PROJECTS_AND_TASKS),
+    (3, PAGE_TOKEN_KEY_DDL),
+];
