@@ -11,6 +11,7 @@
 //!    in-flight calls finish within the drain timeout, cut what is left, return `Ok(())`.
 
 mod cuttable;
+pub mod message_limit;
 mod registration;
 mod shutdown;
 pub mod testing;
@@ -296,6 +297,9 @@ impl BoundServer {
                 // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
                 .layer(metrics_layer)
                 .layer(crate::client::IncomingDeadlineLayer::new(method_defaults))
+                // Innermost: caps grpc-message of every answer (handlers, tonic, reflection), so
+                // neither the layers above nor the caller ever see echoed megabytes.
+                .layer(crate::server::message_limit::MessageLimitLayer::default())
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_accepting_rx.await;
