@@ -80,9 +80,16 @@ pub const MAX_ECHO_CHARS: usize = 128;
 /// boundary). Every message that quotes a request's field, path, symbol or token goes through
 /// it, so an answer never repeats kilobytes of what the caller sent.
 pub fn echo(input: &str) -> Cow<'_, str> {
-    match input.char_indices().nth(MAX_ECHO_CHARS) {
-        None => Cow::Borrowed(input),
-        Some((cut, _)) => Cow::Owned(format!("{}…", &input[..cut])),
+    shorten(input, MAX_ECHO_CHARS)
+}
+
+/// `text` whole when at most `max_chars` characters, else its first `max_chars` characters
+/// followed by `…` (cut on a character boundary): for a message that may quote client input
+/// somewhere inside (a parser's error, say).
+pub fn shorten(text: &str, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
     }
 }
 

@@ -359,7 +359,7 @@ async fn handle(
         &gateway.options.json,
     )
     .map_err(|err| match err.field() {
-        Some(field) => HttpError::bad_field(field, err.to_string()),
+        Some(field) => HttpError::bad_field(&field, err.to_string()),
         None if err.is_client_error() => HttpError::bad_request(err.to_string()),
         None => HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
