@@ -42,6 +42,8 @@ pub struct AdminState {
     ready: Arc<AtomicBool>,
     readiness: Option<ReadinessCheck>,
     metrics: Option<Metrics>,
+    /// More endpoints of the process (the gateway's detailed `/routes`).
+    extra: Option<Router>,
 }
 
 impl AdminState {
@@ -52,6 +54,7 @@ impl AdminState {
             ready: Arc::new(AtomicBool::new(true)),
             readiness: None,
             metrics: None,
+            extra: None,
         }
     }
 
@@ -65,6 +68,13 @@ impl AdminState {
     /// the Consul catalog).
     pub fn with_readiness(mut self, check: impl Fn() -> bool + Send + Sync + 'static) -> Self {
         self.readiness = Some(Arc::new(check));
+        self
+    }
+
+    /// Serves `routes` on the admin listener too (for what only operators may see: the
+    /// gateway's `/routes` with addresses and upstream errors).
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = Some(routes);
         self
     }
 
@@ -140,12 +150,17 @@ impl AdminHandle {
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let extra = state.extra.clone();
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/mesh", get(mesh_status))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match extra {
+        Some(extra) => router.merge(extra),
+        None => router,
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

@@ -117,7 +117,7 @@ impl Identity {
         }
         Err(Status::not_found(format!(
             "{field}: user {} not found",
-            crate::status::truncate_input(requested)
+            crate::status::echo(requested)
         )))
     }
 }

@@ -1,5 +1,8 @@
 //! Rich gRPC errors: `tonic::Status` values that carry `google.rpc` details (the field a request got
-//! wrong), so grpcurl and the gateway can name the field.
+//! wrong), so grpcurl and the gateway can name the field; the shared checks of request text
+//! ([`text`]: length, no NUL) and the shortening of client input repeated in a message ([`echo`]).
+
+use std::borrow::Cow;
 
 use prost::Message;
 use tonic::{Code, Status};
@@ -54,6 +57,11 @@ impl Violations {
         }
     }
 
+    /// Checks a string field to be stored ([`text`]) and records what is wrong with it.
+    pub fn text(&mut self, field: &str, value: &str, max_chars: usize) -> bool {
+        self.check(text(field, value, max_chars)).is_some()
+    }
+
     /// `INVALID_ARGUMENT` naming every violation, or `Ok` when there is none.
     pub fn into_result(self) -> Result<(), Status> {
         if self.0.is_empty() {
@@ -64,16 +72,45 @@ impl Violations {
     }
 }
 
-/// Most characters of client input an error message repeats.
-pub const MAX_ECHOED_CHARS: usize = 64;
+/// Most characters of client input an error message repeats (see [`echo`]).
+pub const MAX_ECHO_CHARS: usize = 128;
 
-/// `input` as an error message may repeat it: at most [`MAX_ECHOED_CHARS`] characters, `…` when
-/// cut, so no caller can make an answer as large as its request.
-pub fn truncate_input(input: &str) -> std::borrow::Cow<'_, str> {
-    match input.char_indices().nth(MAX_ECHOED_CHARS) {
-        None => std::borrow::Cow::Borrowed(input),
-        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &input[..end])),
+/// Client input as an error message may repeat it: whole when at most [`MAX_ECHO_CHARS`]
+/// characters, else its first [`MAX_ECHO_CHARS`] characters followed by `…` (cut on a character
+/// boundary). Every message that quotes a request's field, path, symbol or token goes through
+/// it, so an answer never repeats kilobytes of what the caller sent.
+pub fn echo(input: &str) -> Cow<'_, str> {
+    shorten(input, MAX_ECHO_CHARS)
+}
+
+/// `text` whole when at most `max_chars` characters, else its first `max_chars` characters
+/// followed by `…` (cut on a character boundary): for a message that may quote client input
+/// somewhere inside (a parser's error, say).
+pub fn shorten(text: &str, max_chars: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
     }
+}
+
+/// A string field a service stores: at most `max_chars` characters and no NUL (U+0000), which
+/// Postgres `text` cannot hold. (Every other character of a Rust string can be stored: a `str`
+/// is valid UTF-8, without surrogates.) The violation names `field` and never repeats the value.
+pub fn text(field: &str, value: &str, max_chars: usize) -> Result<(), FieldViolation> {
+    if value.contains('\0') {
+        return Err(FieldViolation::new(
+            field,
+            "must not contain NUL characters (U+0000)",
+        ));
+    }
+    let count = value.chars().count();
+    if count > max_chars {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max_chars} characters, got {count}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A required UUID in the hyphenated form the services hand out (any case).
@@ -81,12 +118,7 @@ pub fn uuid(field: &str, text: &str) -> Result<uuid::Uuid, FieldViolation> {
     if text.is_empty() {
         return Err(FieldViolation::new(field, "is required"));
     }
-    let invalid = || {
-        FieldViolation::new(
-            field,
-            format!("must be a UUID, got {:?}", truncate_input(text)),
-        )
-    };
+    let invalid = || FieldViolation::new(field, format!("must be a UUID, got {:?}", echo(text)));
     if text.len() != 36 {
         return Err(invalid());
     }
@@ -157,12 +189,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn echoed_input_is_cut() {
-        assert_eq!(truncate_input("short"), "short");
-        let long = "é".repeat(5_000);
-        let cut = truncate_input(&long);
-        assert_eq!(cut.chars().count(), MAX_ECHOED_CHARS + 1);
-        assert!(cut.ends_with('…'));
+    fn a_uuid_violation_repeats_little_of_the_input() {
         let violation = uuid("id", &"x".repeat(4_000_000)).unwrap_err();
         assert!(
             violation.description.len() < 200,
@@ -196,6 +223,38 @@ mod tests {
         ]);
         assert_eq!(status.message(), "urgency: too low; impact: too high");
         assert_eq!(field_violations(&status).len(), 2);
+    }
+
+    #[test]
+    fn echoed_input_is_cut_on_a_character_boundary() {
+        assert_eq!(echo("short"), "short");
+        let exact = "é".repeat(MAX_ECHO_CHARS);
+        assert_eq!(echo(&exact), exact);
+        let long = "é".repeat(16 * 1024);
+        let echoed = echo(&long);
+        assert_eq!(echoed.chars().count(), MAX_ECHO_CHARS + 1);
+        assert!(echoed.ends_with('…'));
+        let status = uuid("id", &"x".repeat(4 << 20)).expect_err("not a UUID");
+        assert!(
+            status.description.len() < 300,
+            "{}",
+            status.description.len()
+        );
+    }
+
+    #[test]
+    fn text_refuses_nul_and_overlong_values() {
+        assert!(text("project.name", "ship it ü", 200).is_ok());
+        let nul = text("project.name", "a\u{0}b", 200).expect_err("NUL");
+        assert_eq!(nul.field, "project.name");
+        assert!(nul.description.contains("NUL"), "{}", nul.description);
+        let long = text("note", &"n".repeat(11), 10).expect_err("too long");
+        assert_eq!(long.description, "must be at most 10 characters, got 11");
+        let mut violations = Violations::new();
+        assert!(violations.text("a", "ok", 10));
+        assert!(!violations.text("b", "\0", 10));
+        let status = violations.into_result().expect_err("one violation");
+        assert_eq!(field_violations(&status)[0].field, "b");
     }
 
     #[test]

@@ -244,6 +244,91 @@ async fn database_errors_map_to_grpc_codes_naming_the_constraint() {
 }
 
 #[tokio::test]
+async fn database_texts_never_reach_the_caller() {
+    bounded(TEST_TIMEOUT, async {
+        let db = TestDatabase::create().await.unwrap();
+        let pool = data::connect_pool(&db.config()).unwrap();
+        data::migrate(
+            &pool,
+            "svc",
+            &[(1, "CREATE TABLE notes (body text NOT NULL)")],
+        )
+        .await
+        .unwrap();
+        let client = pool.get().await.unwrap();
+
+        // A value Postgres text cannot hold: its message names the encoding and the byte.
+        let err = client
+            .execute("INSERT INTO notes VALUES ($1)", &[&"a\0b"])
+            .await
+            .unwrap_err();
+        let status = data::status_from_pg(&err, "note");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(!status.message().contains("UTF8"), "{}", status.message());
+        assert!(!status.message().contains("0x00"), "{}", status.message());
+
+        // Any other error: whatever the server says stays in the log.
+        let err = client
+            .batch_execute("DO $$ BEGIN RAISE EXCEPTION 'SECRET-42 in the server text'; END $$")
+            .await
+            .unwrap_err();
+        for status in [
+            data::status_from_pg(&err, "note"),
+            data::DataError::from(err).to_status("note"),
+        ] {
+            assert_eq!(status.code(), Code::Internal);
+            assert_eq!(status.message(), "note: internal error");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn instances_of_a_deployment_share_one_page_token_key() {
+    use protomesh::data::page_token::{PageFilter, PageTokenKey, PageTokens, PAGE_TOKEN_KEY_DDL};
+    bounded(TEST_TIMEOUT, async {
+        let mut keys = Vec::new();
+        let mut dbs = Vec::new();
+        for _ in 0..2 {
+            let db = TestDatabase::create().await.unwrap();
+            let pool = data::connect_pool(&db.config().with_default_schema("svc")).unwrap();
+            data::migrate(&pool, "svc", &[(1, PAGE_TOKEN_KEY_DDL)])
+                .await
+                .unwrap();
+            // Instances starting together: each offers a key, all read the same one.
+            let (a, b, c) = tokio::join!(
+                PageTokenKey::stored(&pool),
+                PageTokenKey::stored(&pool),
+                PageTokenKey::stored(&pool)
+            );
+            let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+            assert_eq!(a, b);
+            assert_eq!(a, c);
+            keys.push((a, pool));
+            dbs.push(db);
+        }
+        let filter = PageFilter::new("svc.List");
+        let (first_key, first_pool) = &keys[0];
+        let sealed = PageTokens::stored(first_pool.clone())
+            .seal(&filter, b"cursor")
+            .await
+            .unwrap();
+        let same_deployment = PageTokens::with_key(first_key.clone());
+        assert_eq!(
+            same_deployment.open(&filter, &sealed).await.unwrap(),
+            Ok(b"cursor".to_vec())
+        );
+        let other_deployment = PageTokens::stored(keys[1].1.clone());
+        assert!(other_deployment
+            .open(&filter, &sealed)
+            .await
+            .unwrap()
+            .is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn ensure_database_creates_a_missing_database_once() {
     bounded(TEST_TIMEOUT, async {
         let db = TestDatabase::create().await.unwrap();

@@ -103,6 +103,62 @@ async fn reflection_v1_lists_services_and_serves_descriptors_with_http_options()
     server.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn a_huge_symbol_name_is_not_echoed_whole() {
+    let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
+    config.no_register = true;
+    config.lame_duck = std::time::Duration::ZERO;
+    let bound = MeshServer::new("priority", config)
+        .add_service(
+            protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer::new(
+                Unused,
+            ),
+        )
+        .bind()
+        .await
+        .unwrap();
+    let addr = format!("http://{}", bound.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(bound.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    for size in [16 * 1024, 1024 * 1024] {
+        let symbol = format!("no.such.{}", "S".repeat(size));
+        let requests = tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+        }]);
+        let mut responses = client
+            .server_reflection_info(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        let status = responses.message().await.expect_err("an unknown symbol");
+        assert_eq!(status.code(), tonic::Code::NotFound, "{}", status.code());
+        assert!(
+            status.message().len() < 2048,
+            "{size}: a message of {} bytes",
+            status.message().len()
+        );
+        // Cut, not dropped: the caller still learns which symbol.
+        assert!(
+            status.message().starts_with("symbol 'no.such.SSS"),
+            "{:?}",
+            status.message().chars().take(64).collect::<String>()
+        );
+    }
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 struct Unused;
 
 #[tonic::async_trait]

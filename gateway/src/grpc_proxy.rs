@@ -18,6 +18,10 @@
 //! `grpcurl -plaintext GATEWAY list` lists them all and grpcurl can call any of them. The
 //! reflection service is built once per set of descriptors and kept in a [`ReflectionCache`].
 //!
+//! Every answer's `grpc-message` is capped at [`MAX_GRPC_MESSAGE`] bytes, as the services'
+//! runtime caps theirs ([`protomesh::server::message_limit`]), and the client input a message
+//! quotes is shortened ([`protomesh::status::echo`]).
+//!
 //! Errors are gRPC answers, never HTTP errors: trailers-only responses (HTTP 200, `grpc-status`
 //! and a percent-encoded `grpc-message` in the headers), made by [`status_response`]. An unknown
 //! service is `UNIMPLEMENTED` naming it; a service without a reachable instance, or an open
@@ -31,6 +35,8 @@ use axum::body::Body;
 use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use protomesh::client::{BoxError, Mesh};
+use protomesh::server::message_limit::{limit_response, MAX_GRPC_MESSAGE};
+use protomesh::status::echo;
 use tonic::service::Routes;
 use tonic::Status;
 use tower::ServiceExt;
@@ -88,6 +94,7 @@ pub fn status_response(status: &Status) -> Response {
             HeaderValue::from(status.code() as i32),
         );
     }
+    protomesh::server::message_limit::cap_grpc_message(headers, MAX_GRPC_MESSAGE);
     response
 }
 
@@ -244,7 +251,8 @@ pub async fn forward_with(
     let path = request.uri().path();
     let Some(service) = grpc_service_of(path) else {
         return status_response(&Status::unimplemented(format!(
-            "malformed method name: {path:?}"
+            "malformed method name: {:?}",
+            echo(path)
         )));
     };
     if REFLECTION_SERVICES.contains(&service) {
@@ -253,7 +261,8 @@ pub async fn forward_with(
     let Some(consul) = state.grpc_services.get(service) else {
         tracing::debug!(%service, "gateway: native gRPC call to an unknown service");
         return status_response(&Status::unimplemented(format!(
-            "unknown service {service}: no service in the mesh serves it"
+            "unknown service {}: no service in the mesh serves it",
+            echo(service)
         )));
     };
 
@@ -265,7 +274,8 @@ pub async fn forward_with(
     *upstream.headers_mut() = forwarded_headers(parts.headers);
 
     match mesh.channel(consul).oneshot(upstream).await {
-        Ok(response) => response.map(Body::new),
+        // The service's own runtime caps its messages; a service on another runtime may not.
+        Ok(response) => limit_response(response, MAX_GRPC_MESSAGE).map(Body::new),
         Err(err) => {
             let status = mesh_status(consul, err);
             tracing::debug!(%consul, %status, "gateway: native gRPC call failed");
@@ -313,7 +323,8 @@ async fn reflect(
         }
     };
     match routes.oneshot(request).await {
-        Ok(response) => response.map(Body::new),
+        // Reflection's NOT_FOUND repeats the symbol asked for, whatever its length.
+        Ok(response) => limit_response(response, MAX_GRPC_MESSAGE).map(Body::new),
         Err(never) => match never {},
     }
 }

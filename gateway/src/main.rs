@@ -26,8 +26,9 @@ struct Cli {
         default_value = "127.0.0.1:8080"
     )]
     listen: SocketAddr,
-    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/mesh`), kept off the
-    /// public port; none by default (and then no metrics are recorded).
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/mesh`, and `/routes`
+    /// with addresses and upstream errors), kept off the public port; none by default (and then
+    /// no metrics are recorded, and only the public `/routes` is served).
     #[arg(long, env = "PROTOMESH_GATEWAY_ADMIN")]
     admin: Option<SocketAddr>,
     /// Consul agent HTTP address.

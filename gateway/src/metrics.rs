@@ -1,5 +1,5 @@
 //! The gateway's Prometheus metrics, served as `/metrics` on its admin listener (`--admin`, never
-//! the public port) with `/healthz`, `/readyz` and `/mesh`:
+//! the public port) with `/healthz`, `/readyz`, `/mesh` and the detailed `/routes`:
 //! - RED per route: `gateway_http_requests_total{route,method,code}` and
 //!   `gateway_http_request_duration_seconds{route,method}` (until the response head), where
 //!   `route` is the matched route's path template (`/v1/tasks/{id}`), never the raw path, so the
@@ -253,9 +253,11 @@ pub async fn router_with_admin(
     let http = GatewayMetrics::register(&metrics, state.clone());
     let admin = AdminState::new(Some(mesh))
         .with_metrics(metrics)
+        // The detailed routes (addresses, upstream errors) are for operators only.
+        .with_routes(crate::server::admin_router(gateway.clone()))
         .with_readiness(move || state.borrow().ready);
     let handle = server.spawn(admin);
-    tracing::info!(admin = %handle.local_addr(), "admin listener: /healthz /readyz /mesh /metrics");
+    tracing::info!(admin = %handle.local_addr(), "admin listener: /healthz /readyz /mesh /metrics /routes");
     Ok((
         http.instrument(crate::server::router(gateway)),
         Some(handle),

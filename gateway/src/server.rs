@@ -1,4 +1,6 @@
-//! The gateway's HTTP side: an axum router that answers `/healthz`, `/readyz`, `/routes` and
+//! The gateway's HTTP side: an axum router that answers `/healthz`, `/readyz`, `/routes` (each
+//! route's template, HTTP method, target gRPC method and its service's coarse state; the detail
+//! with addresses and errors is on the admin listener, [`admin_router`]) and
 //! `/openapi.json`, and
 //! transcodes every other request by the live route table: route lookup (404 / 405 with `Allow`),
 //! body limit (413), JSON → request message (400 naming the field or the JSON position), a unary
@@ -204,6 +206,79 @@ async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
 }
 
+/// A route as anyone may see it on the public port: no address, no upstream error.
+#[derive(Serialize)]
+struct PublicRouteView {
+    method: String,
+    path: String,
+    grpc_method: String,
+    service: String,
+    streaming: bool,
+    /// `public`, `authenticated` or `role:a,b` (as `/openapi.json` shows it too).
+    auth: String,
+    /// The service's state: `available` or `unavailable`.
+    state: &'static str,
+}
+
+/// The public `/routes`: the routes, and the state of every service of the catalog.
+#[derive(Serialize)]
+struct PublicRoutesView {
+    routes: Vec<PublicRouteView>,
+    /// Consul service → `available` or `unavailable` (its descriptors cannot be fetched now).
+    services: std::collections::BTreeMap<String, &'static str>,
+}
+
+/// A service's coarse state for the public `/routes`.
+fn service_state(state: &GatewayState, service: &str) -> &'static str {
+    if state.unreachable.contains_key(service) {
+        "unavailable"
+    } else {
+        "available"
+    }
+}
+
+async fn routes(State(gateway): State<Gateway>) -> Json<PublicRoutesView> {
+    let state = gateway.current();
+    let mut services: std::collections::BTreeMap<String, &'static str> = state
+        .services
+        .keys()
+        .map(|name| (name.clone(), service_state(&state, name)))
+        .collect();
+    for name in state.unreachable.keys() {
+        services.insert(name.clone(), "unavailable");
+    }
+    Json(PublicRoutesView {
+        routes: state
+            .table
+            .routes()
+            .iter()
+            .map(|r| PublicRouteView {
+                method: r.http_method.to_string(),
+                path: r.template.to_string(),
+                grpc_method: r.method.full_name().to_owned(),
+                service: r.service.clone(),
+                streaming: r.method.is_server_streaming(),
+                auth: gateway
+                    .edge
+                    .policy_of(&state, &r.grpc_path())
+                    .auth
+                    .to_string(),
+                state: service_state(&state, &r.service),
+            })
+            .collect(),
+        services,
+    })
+}
+
+/// The admin listener's `/routes` (`--admin`, never the public port): every route with its
+/// policy, the route table's conflicts and errors, and why each unreachable service is
+/// (upstream errors, which may name internal addresses).
+pub fn admin_router(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/routes", get(admin_routes))
+        .with_state(gateway)
+}
+
 #[derive(Serialize)]
 struct RouteView {
     method: String,
@@ -224,7 +299,7 @@ struct RoutesView {
     unreachable: std::collections::BTreeMap<String, String>,
 }
 
-async fn routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
+async fn admin_routes(State(gateway): State<Gateway>) -> Json<RoutesView> {
     let state = gateway.current();
     Json(RoutesView {
         routes: state
@@ -359,7 +434,7 @@ async fn handle(
         &gateway.options.json,
     )
     .map_err(|err| match err.field() {
-        Some(field) => HttpError::bad_field(field, err.to_string()),
+        Some(field) => HttpError::bad_field(&field, err.to_string()),
         None if err.is_client_error() => HttpError::bad_request(err.to_string()),
         None => HttpError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -56,6 +56,7 @@ use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
     SerializeOptions, Value as ProtoValue,
 };
+use protomesh::status::{echo, shorten};
 use serde_json::{Map, Value};
 
 /// Where the request message is in the HTTP body: the `body` of a `google.api.http` rule.
@@ -113,12 +114,21 @@ pub struct RequestParts<'a> {
     pub fill_update_mask: bool,
 }
 
+/// Most characters of an error's reason in a message: reasons may quote what the client sent
+/// (serde_json's do), so they are shortened like any echoed input, with room for the longer
+/// explanations (the values of an enum).
+const MAX_REASON_CHARS: usize = 512;
+
 /// Why an HTTP request could not become a request message, or a response message could not
-/// become JSON.
+/// become JSON. Its messages shorten the client's input they quote
+/// ([`protomesh::status::echo`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranscodeError {
     /// The body is not valid JSON.
-    #[error("the request body is not valid JSON (line {line}, column {column}): {reason}")]
+    #[error(
+        "the request body is not valid JSON (line {line}, column {column}): {}",
+        shorten(reason, MAX_REASON_CHARS)
+    )]
     MalformedJson {
         /// Line of the error, from 1.
         line: usize,
@@ -128,19 +138,22 @@ pub enum TranscodeError {
         reason: String,
     },
     /// The query string cannot be decoded.
-    #[error("malformed query string: {reason}")]
+    #[error("malformed query string: {}", shorten(reason, MAX_REASON_CHARS))]
     MalformedQuery {
         /// What is wrong.
         reason: String,
     },
     /// The body as a whole does not fit the request message (it is not a JSON object, say).
-    #[error("the request body does not fit the request message: {reason}")]
+    #[error(
+        "the request body does not fit the request message: {}",
+        shorten(reason, MAX_REASON_CHARS)
+    )]
     InvalidBody {
         /// What is wrong.
         reason: String,
     },
     /// A field's value is wrong, or the field cannot be given the way it was.
-    #[error("field `{field}`: {reason}")]
+    #[error("field `{}`: {}", echo(field), shorten(reason, MAX_REASON_CHARS))]
     InvalidField {
         /// The field's dotted path in the request message (proto names, `[i]` for list elements,
         /// `["key"]` for map entries).
@@ -149,7 +162,7 @@ pub enum TranscodeError {
         reason: String,
     },
     /// The body or the query string names a field the request message does not have.
-    #[error("unknown field `{field}`")]
+    #[error("unknown field `{}`", echo(field))]
     UnknownField {
         /// The field's dotted path, as far as it could be followed.
         field: String,
@@ -158,7 +171,10 @@ pub enum TranscodeError {
     #[error("this method takes no request body, but one was sent")]
     UnexpectedBody,
     /// The response message cannot be written as JSON (a server-side problem).
-    #[error("cannot write the response as JSON: {reason}")]
+    #[error(
+        "cannot write the response as JSON: {}",
+        shorten(reason, MAX_REASON_CHARS)
+    )]
     Response {
         /// What is wrong.
         reason: String,
@@ -167,10 +183,11 @@ pub enum TranscodeError {
 
 impl TranscodeError {
     /// The dotted path of the field the error is about, if it is about one (for a
-    /// `google.rpc.BadRequest` field violation).
-    pub fn field(&self) -> Option<&str> {
+    /// `google.rpc.BadRequest` field violation); a path longer than
+    /// [`protomesh::status::MAX_ECHO_CHARS`] is shortened.
+    pub fn field(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Self::InvalidField { field, .. } | Self::UnknownField { field } => Some(field),
+            Self::InvalidField { field, .. } | Self::UnknownField { field } => Some(echo(field)),
             _ => None,
         }
     }
@@ -642,14 +659,14 @@ fn text_to_json(kind: &Kind, raw: &str, allow_unknown: bool) -> Result<Value, St
     {
         raw.parse::<T>()
             .map(Into::into)
-            .map_err(|_| format!("expected {what}, got {raw:?}"))
+            .map_err(|_| format!("expected {what}, got {:?}", echo(raw)))
     }
     match kind {
         Kind::String => Ok(Value::String(raw.to_owned())),
         Kind::Bool => match raw {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
-            _ => Err(format!("expected true or false, got {raw:?}")),
+            _ => Err(format!("expected true or false, got {:?}", echo(raw))),
         },
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => integer::<i32>(raw, "a 32-bit integer"),
         Kind::Uint32 | Kind::Fixed32 => integer::<u32>(raw, "a 32-bit unsigned integer"),
@@ -676,7 +693,8 @@ fn text_to_json(kind: &Kind, raw: &str, allow_unknown: bool) -> Result<Value, St
                 names[8] = "…".to_owned();
             }
             Err(format!(
-                "{raw:?} is not a value of enum {} (expected a number or one of {})",
+                "{:?} is not a value of enum {} (expected a number or one of {})",
+                echo(raw),
                 enumeration.full_name(),
                 names.join(", ")
             ))
@@ -707,13 +725,18 @@ fn float(raw: &str, limit: f64, what: &str) -> Result<Value, String> {
         .parse::<f64>()
         .ok()
         .filter(|_| raw.bytes().any(|b| b.is_ascii_digit()))
-        .ok_or_else(|| format!("expected {what} (or NaN, Infinity, -Infinity), got {raw:?}"))?;
+        .ok_or_else(|| {
+            format!(
+                "expected {what} (or NaN, Infinity, -Infinity), got {:?}",
+                echo(raw)
+            )
+        })?;
     if !number.is_finite() || number.abs() > limit {
-        return Err(format!("{raw} is out of range for {what}"));
+        return Err(format!("{} is out of range for {what}", echo(raw)));
     }
     serde_json::Number::from_f64(number)
         .map(Value::Number)
-        .ok_or_else(|| format!("{raw} is not a finite number"))
+        .ok_or_else(|| format!("{} is not a finite number", echo(raw)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,7 +811,7 @@ fn decode_component(raw: &str) -> Result<String, TranscodeError> {
         .decode_utf8()
         .map(std::borrow::Cow::into_owned)
         .map_err(|_| TranscodeError::MalformedQuery {
-            reason: format!("{raw:?} is not UTF-8 once percent-decoded"),
+            reason: format!("{:?} is not UTF-8 once percent-decoded", echo(raw)),
         })
 }
 
@@ -2064,7 +2087,7 @@ mod tests {
                 | (Unexpected, TranscodeError::UnexpectedBody) => {}
                 (Field(field), TranscodeError::InvalidField { .. })
                 | (Unknown(field), TranscodeError::UnknownField { .. }) => {
-                    assert_eq!(err.field(), Some(field), "{context}");
+                    assert_eq!(err.field().as_deref(), Some(field), "{context}");
                 }
                 _ => panic!("{context}: expected {want:?}"),
             }
@@ -2110,7 +2133,7 @@ mod tests {
             json.to_string(),
             "the request body is not valid JSON (line 1, column 5): EOF while parsing a value"
         );
-        assert_eq!(json.field(), None);
+        assert_eq!(json.field().as_deref(), None);
         let field = get().query("small=x").run().unwrap_err();
         assert_eq!(
             field.to_string(),
@@ -2574,6 +2597,33 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn echoed_client_input_is_shortened() {
+        let huge = "n".repeat(16 * 1024);
+        let unknown = TranscodeError::UnknownField {
+            field: huge.clone(),
+        };
+        assert!(
+            unknown.to_string().len() < 300,
+            "{}",
+            unknown.to_string().len()
+        );
+        assert!(unknown.field().unwrap().chars().count() <= protomesh::status::MAX_ECHO_CHARS + 1);
+        let invalid = TranscodeError::InvalidField {
+            field: "urgency".into(),
+            reason: format!("invalid type: string \"{huge}\", expected i32"),
+        };
+        assert!(
+            invalid.to_string().len() < 1200,
+            "{}",
+            invalid.to_string().len()
+        );
+        for kind in [Kind::Int32, Kind::Bool, Kind::Double] {
+            let reason = text_to_json(&kind, &huge, false).expect_err("not a value");
+            assert!(reason.len() < 300, "{kind:?}: {}", reason.len());
         }
     }
 }

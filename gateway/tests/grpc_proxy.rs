@@ -520,3 +520,58 @@ async fn grpc_proxy_serves_one_reflection_for_the_whole_mesh_to_grpcurl_and_v1_c
     // The services really are the fixture's.
     assert_ne!(fixture.priority_service, fixture.echo_service);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_proxy_never_echoes_a_huge_name_whole() {
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
+    let fixture = Fixture::start().await;
+
+    // The combined reflection: NOT_FOUND naming the symbol, cut.
+    let mut client = ServerReflectionClient::new(fixture.channel().await);
+    let symbol = format!("no.such.{}", "S".repeat(16 * 1024));
+    let requests = tokio_stream::iter(vec![ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol)),
+    }]);
+    let mut responses = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = responses.message().await.expect_err("an unknown symbol");
+    assert_eq!(status.code(), Code::NotFound, "{:?}", status.code());
+    assert!(
+        status.message().len() < 2048,
+        "a message of {} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().starts_with("symbol 'no.such.SSS"),
+        "{:?}",
+        status.message().chars().take(64).collect::<String>()
+    );
+
+    // An unknown service with a long name: UNIMPLEMENTED, the name cut.
+    // (A long :path, within the 16 KiB of headers a connection takes.)
+    let service = format!("no.such.{}", "S".repeat(4 * 1024));
+    let mut grpc = tonic::client::Grpc::new(fixture.channel().await);
+    grpc.ready().await.unwrap();
+    let path: http::uri::PathAndQuery = format!("/{service}/Call").parse().unwrap();
+    let status = grpc
+        .unary(
+            tonic::Request::new(note("x")),
+            path,
+            DynamicCodec::new(note_descriptor()),
+        )
+        .await
+        .expect_err("an unknown service");
+    assert_eq!(status.code(), Code::Unimplemented, "{:?}", status.code());
+    assert!(
+        status.message().len() < 300,
+        "a message of {} bytes",
+        status.message().len()
+    );
+}

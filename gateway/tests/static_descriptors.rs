@@ -42,18 +42,28 @@ async fn a_descriptor_set_file_routes_a_service_without_reflection() {
     let consul = Consul::start().await;
     let server = legacy_service(&consul).await;
 
-    // Without the file: not routed, and /routes says why.
+    // Without the file: not routed, and the admin /routes says why; the public one only that
+    // the service is unavailable, with no error text or address.
     let gateway = TestGateway::start(&consul.client, support::public_options()).await;
     let reason = eventually(
         Duration::from_secs(15),
         "legacy listed as unreachable",
         || async {
-            let routes = http("GET", &gateway.url("/routes"), &[], "").await.json();
+            let routes = http("GET", &gateway.admin_url("/routes"), &[], "")
+                .await
+                .json();
             routes["unreachable"]["legacy"].as_str().map(str::to_owned)
         },
     )
     .await;
     assert!(reason.contains("reflection"), "{reason}");
+    let public = http("GET", &gateway.url("/routes"), &[], "").await;
+    let json = public.json();
+    assert_eq!(json["services"]["legacy"], "unavailable", "{json}");
+    assert!(json.get("unreachable").is_none(), "{json}");
+    assert!(json.get("errors").is_none(), "{json}");
+    assert!(!public.body.contains("reflection"), "{}", public.body);
+    assert!(!public.body.contains("127.0.0.1"), "{}", public.body);
     let answer = http("GET", &gateway.url("/v1/items/abc"), &[], "").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 

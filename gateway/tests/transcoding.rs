@@ -581,6 +581,20 @@ async fn openapi_and_routes_follow_the_live_table() {
     wait_for_route(&gateway, "GET", "/v1/items/x", Duration::from_secs(15)).await;
 
     let routes = http("GET", &gateway.url("/routes"), &[], "").await.json();
+    // Public: the service's coarse state, no addresses, no upstream errors.
+    for route in routes["routes"].as_array().unwrap() {
+        assert_eq!(route["state"], "available", "{route}");
+    }
+    assert!(routes.get("unreachable").is_none(), "{routes}");
+    assert!(!routes.to_string().contains("127.0.0.1"), "{routes}");
+    let admin = http("GET", &gateway.admin_url("/routes"), &[], "")
+        .await
+        .json();
+    assert!(admin["unreachable"].is_object(), "{admin}");
+    assert_eq!(
+        admin["routes"].as_array().unwrap().len(),
+        routes["routes"].as_array().unwrap().len()
+    );
     let listed: Vec<(String, String, String)> = routes["routes"]
         .as_array()
         .unwrap()
@@ -620,7 +634,7 @@ async fn openapi_and_routes_follow_the_live_table() {
             "{method} {path} not in {listed:?}"
         );
     }
-    assert_eq!(routes["conflicts"], json!([]));
+    assert_eq!(admin["conflicts"], json!([]));
 
     let document = http("GET", &gateway.url("/openapi.json"), &[], "")
         .await

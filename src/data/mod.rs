@@ -10,6 +10,7 @@
 //! | [`outbox`] | the `outbox` table ([`outbox::OUTBOX_DDL`]), [`outbox::insert`] inside the write's transaction, [`outbox::OutboxRelay`] publishing to Redis Streams |
 //! | [`stream`] | [`stream::StreamConsumer`] (consumer group, ack after the handler committed, claims of a dead consumer's messages), [`stream::APPLIED_EVENTS_DDL`] and [`stream::mark_applied`] for idempotent apply |
 //! | [`cache`] | [`cache::Cache`]: JSON get/set/del with a TTL; Redis errors are misses |
+//! | [`page_token`] | [`page_token::PageTokens`]: list page tokens signed with the deployment's key (kept in the service's schema, [`page_token::PAGE_TOKEN_KEY_DDL`]) and bound to the request's filter |
 //! | [`testing`] | for tests only: a throw-away database per test, unique Redis key prefixes and their clean-up |
 //!
 //! A service's start-up, in outline:
@@ -47,6 +48,7 @@ use clap::Args;
 
 pub mod cache;
 pub mod outbox;
+pub mod page_token;
 pub mod postgres;
 pub mod redis;
 pub mod stream;

@@ -286,26 +286,29 @@ async fn create_search_path_schema(
 /// | foreign key violation (23503), inserting or updating a row that refers to a missing one | `NOT_FOUND` | `task: project_id refers to a missing row of projects (constraint tasks_project_id_fkey)` |
 /// | foreign key violation (23503), deleting a row others still refer to | `FAILED_PRECONDITION` | `project is still referenced from tasks (constraint tasks_project_id_fkey)` |
 /// | exclusion violation (23P01) | `FAILED_PRECONDITION` | `task conflicts with an existing one (constraint …)` |
-/// | check (23514), not-null (23502) violations, bad values (class 22) | `INVALID_ARGUMENT` | names the column (or the check constraint) with a `google.rpc.BadRequest` detail |
+/// | check (23514), not-null (23502) violations, bad values (class 22) | `INVALID_ARGUMENT` | names the column (or the check constraint, or `what`) with a `google.rpc.BadRequest` detail; a bad value is `is not a value the database can store`, never the database's own text |
 /// | serialization failure, deadlock (40001, 40P01), lock not available (55P03) | `ABORTED` | the caller may retry the transaction |
 /// | statement timeout or cancellation (57014) | `DEADLINE_EXCEEDED` | |
-/// | cannot connect, connection lost or closed, pool checkout timeout, pool closed, server shutting down (class 08, 57P01–57P03), too many connections (class 53), unknown database (3D000), authentication (class 28), read-only server (25006) | `UNAVAILABLE` | `database unavailable: …` |
-/// | anything else | `INTERNAL` | `task: internal database error` (the details go to the log at error level, never to the caller) |
+/// | cannot connect, connection lost or closed, pool checkout timeout, pool closed, server shutting down (class 08, 57P01–57P03), too many connections (class 53), unknown database (3D000), authentication (class 28), read-only server (25006) | `UNAVAILABLE` | `database unavailable: …` with a fixed reason (`cannot connect`, `server shutting down (57P01)`…) |
+/// | anything else | `INTERNAL` | `task: internal error` |
+///
+/// No message carries the database's own text (its error message, detail, hint or the values
+/// of a row): that text goes to the log, at error level for `INTERNAL` and warning level for
+/// `UNAVAILABLE` and bad values, with `what` and the SQLSTATE.
 pub fn status_from_pg(err: &(dyn StdError + 'static), what: &str) -> Status {
     let classified = classify(err, what);
     match classified.code {
         Code::Internal => {
             tracing::error!(what, error = %describe_any(err), "database error");
         }
-        Code::Unavailable => {
-            tracing::debug!(what, error = %describe_any(err), "database unavailable");
+        Code::Unavailable | Code::InvalidArgument | Code::Aborted | Code::DeadlineExceeded => {
+            tracing::warn!(what, code = ?classified.code, error = %describe_any(err), "database error");
         }
-        _ => {}
+        _ => {
+            tracing::debug!(what, code = ?classified.code, error = %describe_any(err), "database constraint");
+        }
     }
-    match classified.violation {
-        Some((field, description)) => crate::status::invalid_argument(field, description),
-        None => Status::new(classified.code, classified.message),
-    }
+    classified.into_status()
 }
 
 /// A database error sorted into a gRPC code and a message safe to show the caller.
@@ -331,7 +334,15 @@ impl Classified {
     }
 
     fn internal(what: &str) -> Self {
-        Self::new(Code::Internal, format!("{what}: internal database error"))
+        Self::new(Code::Internal, format!("{what}: internal error"))
+    }
+
+    /// The status the caller gets.
+    fn into_status(self) -> Status {
+        match self.violation {
+            Some((field, description)) => crate::status::invalid_argument(field, description),
+            None => Status::new(self.code, self.message),
+        }
     }
 
     fn invalid(field: String, description: String) -> Self {
@@ -379,9 +390,11 @@ pub(crate) fn classify(err: &(dyn StdError + 'static), what: &str) -> Classified
 fn classify_pool(err: &PoolError, what: &str) -> Classified {
     match err {
         PoolError::Backend(pg) => classify_pg(pg, what),
-        PoolError::Timeout(_) | PoolError::Closed | PoolError::PostCreateHook(_) => {
-            Classified::unavailable(describe_pool_error(err))
+        PoolError::Timeout(kind) => {
+            Classified::unavailable(format!("timed out waiting for a connection ({kind:?})"))
         }
+        PoolError::Closed => Classified::unavailable("connection pool closed"),
+        PoolError::PostCreateHook(_) => Classified::unavailable("cannot set up a connection"),
         PoolError::NoRuntimeSpecified => Classified::internal(what),
     }
 }
@@ -391,7 +404,12 @@ fn classify_pg(err: &tokio_postgres::Error, what: &str) -> Classified {
         return classify_db(db, what);
     }
     if is_connection_error(err) {
-        return Classified::unavailable(describe_pg_error(err));
+        let reason = if err.is_closed() {
+            "connection closed"
+        } else {
+            "cannot reach the server"
+        };
+        return Classified::unavailable(reason);
     }
     Classified::internal(what)
 }
@@ -420,11 +438,31 @@ fn is_connection_error(err: &tokio_postgres::Error) -> bool {
     )
 }
 
+/// What [`classify_facts`] reads of a database error.
+struct DbFacts<'a> {
+    code: &'a SqlState,
+    detail: &'a str,
+    column: Option<&'a str>,
+    constraint: Option<&'a str>,
+}
+
 fn classify_db(db: &DbError, what: &str) -> Classified {
-    let code = db.code();
+    classify_facts(
+        &DbFacts {
+            code: db.code(),
+            detail: db.detail().unwrap_or_default(),
+            column: db.column(),
+            constraint: db.constraint(),
+        },
+        what,
+    )
+}
+
+fn classify_facts(db: &DbFacts<'_>, what: &str) -> Classified {
+    let code = db.code;
     let sqlstate = code.code();
-    let constraint = db.constraint().unwrap_or("unnamed");
-    let detail = db.detail().unwrap_or_default();
+    let constraint = db.constraint.unwrap_or("unnamed");
+    let detail = db.detail;
     if *code == SqlState::UNIQUE_VIOLATION {
         let fields = key_columns(detail).unwrap_or(constraint);
         return Classified::new(
@@ -455,16 +493,21 @@ fn classify_db(db: &DbError, what: &str) -> Classified {
         );
     }
     if *code == SqlState::CHECK_VIOLATION {
-        let field = db.column().unwrap_or(constraint).to_owned();
+        let field = db.column.unwrap_or(constraint).to_owned();
         return Classified::invalid(field, format!("violates check constraint {constraint}"));
     }
     if *code == SqlState::NOT_NULL_VIOLATION {
-        let field = db.column().unwrap_or(what).to_owned();
+        let field = db.column.unwrap_or(what).to_owned();
         return Classified::invalid(field, "must be set".to_owned());
     }
     if sqlstate.starts_with("22") {
-        let field = db.column().unwrap_or(what).to_owned();
-        return Classified::invalid(field, db.message().to_owned());
+        // The database's message may quote the value (`invalid input syntax for type uuid:
+        // "…"`): the caller learns the field, the log gets the text.
+        let field = db.column.unwrap_or(what).to_owned();
+        return Classified::invalid(
+            field,
+            format!("is not a value the database can store ({sqlstate})"),
+        );
     }
     if *code == SqlState::T_R_SERIALIZATION_FAILURE
         || *code == SqlState::T_R_DEADLOCK_DETECTED
@@ -490,7 +533,20 @@ fn classify_db(db: &DbError, what: &str) -> Classified {
         || *code == SqlState::INVALID_CATALOG_NAME
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
     {
-        return Classified::unavailable(format!("{} ({sqlstate})", db.message()));
+        let reason = if sqlstate.starts_with("08") {
+            "connection failure"
+        } else if sqlstate.starts_with("53") {
+            "server out of resources"
+        } else if sqlstate.starts_with("28") {
+            "authentication failed"
+        } else if *code == SqlState::INVALID_CATALOG_NAME {
+            "no such database"
+        } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            "server is read-only"
+        } else {
+            "server shutting down"
+        };
+        return Classified::unavailable(format!("{reason} ({sqlstate})"));
     }
     Classified::internal(what)
 }
@@ -629,5 +685,42 @@ mod tests {
         let status = status_from_pg(&err, "task");
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("SELECT"));
+        assert_eq!(status.message(), "task: internal error");
+    }
+
+    #[test]
+    fn database_texts_never_reach_the_caller() {
+        for (code, expected) in [
+            ("22021", Code::InvalidArgument),
+            ("XX000", Code::Internal),
+            ("42P01", Code::Internal),
+            ("57P01", Code::Unavailable),
+            ("28P01", Code::Unavailable),
+            ("53300", Code::Unavailable),
+            ("40001", Code::Aborted),
+            ("23505", Code::AlreadyExists),
+        ] {
+            let facts = DbFacts {
+                code: &SqlState::from_code(code),
+                detail: "Key (name)=(SECRET) already exists.",
+                column: None,
+                constraint: None,
+            };
+            let status = classify_facts(&facts, "project").into_status();
+            assert_eq!(status.code(), expected, "{code}");
+            assert!(
+                !status.message().contains("SECRET"),
+                "{code}: {}",
+                status.message()
+            );
+            assert!(
+                !status.message().contains("UTF8"),
+                "{code}: {}",
+                status.message()
+            );
+            for violation in crate::status::field_violations(&status) {
+                assert!(!violation.description.contains("SECRET"), "{code}");
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod authenticate;
 mod cuttable;
+pub mod message_limit;
 mod registration;
 mod shutdown;
 pub mod testing;
@@ -351,6 +352,9 @@ impl BoundServer {
                 // Handlers' outgoing mesh calls inherit what is left of the incoming deadline.
                 .layer(metrics_layer)
                 .layer(crate::client::IncomingDeadlineLayer::new(method_defaults))
+                // Caps grpc-message of every answer (handlers, tonic, reflection, refusals), so
+                // neither the layers above nor the caller ever see echoed megabytes.
+                .layer(crate::server::message_limit::MessageLimitLayer::default())
                 // Innermost: no handler runs for a caller its method's policy refuses; refusals
                 // are measured and traced like any answer.
                 .layer(authentication)

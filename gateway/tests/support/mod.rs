@@ -366,10 +366,13 @@ pub fn hs256_token(subject: &str, roles: &[&str]) -> String {
     .unwrap()
 }
 
-/// An in-process gateway on a free port, stopped on drop.
+/// An in-process gateway on a free port, with its admin `/routes` on another, stopped on drop.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// Where the admin-only endpoints of the gateway answer.
+    pub admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    stop_admin: Option<oneshot::Sender<()>>,
 }
 
 impl TestGateway {
@@ -394,7 +397,8 @@ impl TestGateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = server::router(Gateway::new(mesh, state, options));
+        let gateway = Gateway::new(mesh, state, options);
+        let app = server::router(gateway.clone());
         tokio::spawn(server::serve(
             listener,
             app,
@@ -403,10 +407,27 @@ impl TestGateway {
             },
             Duration::from_secs(5),
         ));
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (stop_admin, admin_stopped) = oneshot::channel::<()>();
+        tokio::spawn(server::serve(
+            admin,
+            server::admin_router(gateway),
+            async {
+                let _ = admin_stopped.await;
+            },
+            Duration::from_secs(5),
+        ));
         Self {
             addr,
+            admin_addr,
             stop: Some(stop),
+            stop_admin: Some(stop_admin),
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -417,6 +438,9 @@ impl TestGateway {
 impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.stop_admin.take() {
             let _ = stop.send(());
         }
     }

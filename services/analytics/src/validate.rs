@@ -8,19 +8,13 @@ pub use protomesh::status::{uuid, Violations};
 /// Longest user id, in characters (the tasks service's longest assignee).
 pub const MAX_USER_ID: usize = 200;
 
-/// A user id: not empty, at most [`MAX_USER_ID`] characters.
+/// A user id: not empty, at most [`MAX_USER_ID`] characters, no NUL
+/// ([`protomesh::status::text`]).
 pub fn user_id(field: &str, text: &str) -> Result<(), FieldViolation> {
     if text.is_empty() {
         return Err(FieldViolation::new(field, "is required"));
     }
-    let count = text.chars().count();
-    if count > MAX_USER_ID {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {MAX_USER_ID} characters, got {count}"),
-        ));
-    }
-    Ok(())
+    protomesh::status::text(field, text, MAX_USER_ID)
 }
 
 #[cfg(test)]

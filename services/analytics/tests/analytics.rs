@@ -35,9 +35,11 @@ use protomesh::proto::protomesh::analytics::v1::{
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_server::{TasksService, TasksServiceServer},
-    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest,
-    GetProjectRequest, GetTaskRequest, ListProjectsRequest, ListProjectsResponse, ListTasksRequest,
-    ListTasksResponse, Project, Task, TaskStatus, UpdateTaskRequest,
+    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
+    DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectMembersRequest,
+    ListProjectMembersResponse, ListProjectsRequest, ListProjectsResponse, ListTasksRequest,
+    ListTasksResponse, Project, ProjectMember, RemoveProjectMemberRequest, Task, TaskStatus,
+    UpdateTaskRequest,
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
@@ -861,6 +863,27 @@ impl TasksService for StubTasks {
         &self,
         _: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
+        stub_only()
+    }
+
+    async fn add_project_member(
+        &self,
+        _: Request<AddProjectMemberRequest>,
+    ) -> Result<Response<ProjectMember>, Status> {
+        stub_only()
+    }
+
+    async fn remove_project_member(
+        &self,
+        _: Request<RemoveProjectMemberRequest>,
+    ) -> Result<Response<()>, Status> {
+        stub_only()
+    }
+
+    async fn list_project_members(
+        &self,
+        _: Request<ListProjectMembersRequest>,
+    ) -> Result<Response<ListProjectMembersResponse>, Status> {
         stub_only()
     }
 }

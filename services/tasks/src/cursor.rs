@@ -1,18 +1,18 @@
-//! Page tokens: opaque to callers, base64url (no padding) of a kind byte and the sort key of the
-//! last item of the page before.
+//! The cursors inside page tokens: a kind byte and the sort key of the last item of the page
+//! before. The handler seals them into tokens signed and bound to the request's filter with
+//! [`protomesh::data::page_token`], which refuses altered or foreign tokens before these bytes
+//! are read.
 //!
 //! | kind | list | sort key | bytes after the kind |
 //! |---|---|---|---|
 //! | 1 | tasks, newest first | `(created_at, id)` | microseconds since the epoch (i64, big-endian), the UUID (16) |
 //! | 2 | projects, by name | `name` | the name (UTF-8) |
 //!
-//! Anything else — bad base64, another kind, a wrong length — is malformed, which the handler
-//! answers with `INVALID_ARGUMENT` naming `page_token`.
+//! Anything else — another kind, a wrong length — is malformed, which the handler answers with
+//! `INVALID_ARGUMENT` naming `page_token`.
 
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use uuid::Uuid;
 
 const TASK_KIND: u8 = 1;
@@ -21,9 +21,6 @@ const PROJECT_KIND: u8 = 2;
 /// Why a page token was refused (shown to the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
-    /// Not base64url.
-    #[error("not a page token of this list (not base64url)")]
-    Encoding,
     /// Decodes, but is not a token of this list.
     #[error("not a page token of this list")]
     Malformed,
@@ -39,20 +36,17 @@ pub struct TaskCursor {
 }
 
 impl TaskCursor {
-    /// The opaque token.
-    pub fn encode(&self) -> String {
+    /// The cursor's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(25);
         bytes.push(TASK_KIND);
         bytes.extend_from_slice(&micros_since_epoch(self.created_at).to_be_bytes());
         bytes.extend_from_slice(self.id.as_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        bytes
     }
 
-    /// The cursor in `token`.
-    pub fn decode(token: &str) -> Result<Self, CursorError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| CursorError::Encoding)?;
+    /// The cursor in `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CursorError> {
         let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
         if kind != TASK_KIND || rest.len() != 24 {
             return Err(CursorError::Malformed);
@@ -76,19 +70,16 @@ pub struct ProjectCursor {
 }
 
 impl ProjectCursor {
-    /// The opaque token.
-    pub fn encode(&self) -> String {
+    /// The cursor's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(1 + self.name.len());
         bytes.push(PROJECT_KIND);
         bytes.extend_from_slice(self.name.as_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        bytes
     }
 
-    /// The cursor in `token`.
-    pub fn decode(token: &str) -> Result<Self, CursorError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| CursorError::Encoding)?;
+    /// The cursor in `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CursorError> {
         let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
         if kind != PROJECT_KIND || rest.is_empty() {
             return Err(CursorError::Malformed);
@@ -115,11 +106,7 @@ mod tests {
             created_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_714_557_600_123_456),
             id: Uuid::new_v4(),
         };
-        let token = cursor.encode();
-        assert!(token
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_eq!(TaskCursor::decode(&token), Ok(cursor));
+        assert_eq!(TaskCursor::from_bytes(&cursor.to_bytes()), Ok(cursor));
     }
 
     #[test]
@@ -127,30 +114,35 @@ mod tests {
         let cursor = ProjectCursor {
             name: "ünïcode name / with ? symbols".into(),
         };
-        assert_eq!(ProjectCursor::decode(&cursor.encode()), Ok(cursor));
+        assert_eq!(ProjectCursor::from_bytes(&cursor.to_bytes()), Ok(cursor));
     }
 
     #[test]
     fn malformed_tokens_are_refused() {
-        assert_eq!(TaskCursor::decode("%%%"), Err(CursorError::Encoding));
-        assert_eq!(TaskCursor::decode(""), Err(CursorError::Malformed));
+        assert_eq!(TaskCursor::from_bytes(b""), Err(CursorError::Malformed));
         assert_eq!(
-            TaskCursor::decode(&URL_SAFE_NO_PAD.encode([1u8, 2, 3])),
+            TaskCursor::from_bytes(&[1u8, 2, 3]),
             Err(CursorError::Malformed)
         );
-        let project = ProjectCursor { name: "x".into() }.encode();
-        assert_eq!(TaskCursor::decode(&project), Err(CursorError::Malformed));
+        let project = ProjectCursor { name: "x".into() }.to_bytes();
+        assert_eq!(
+            TaskCursor::from_bytes(&project),
+            Err(CursorError::Malformed)
+        );
         let task = TaskCursor {
             created_at: SystemTime::UNIX_EPOCH,
             id: Uuid::nil(),
         }
-        .encode();
-        assert_eq!(ProjectCursor::decode(&task), Err(CursorError::Malformed));
+        .to_bytes();
+        assert_eq!(
+            ProjectCursor::from_bytes(&task),
+            Err(CursorError::Malformed)
+        );
         let mut negative = vec![TASK_KIND];
         negative.extend_from_slice(&(-1i64).to_be_bytes());
         negative.extend_from_slice(&[0; 16]);
         assert_eq!(
-            TaskCursor::decode(&URL_SAFE_NO_PAD.encode(negative)),
+            TaskCursor::from_bytes(&negative),
             Err(CursorError::Malformed)
         );
     }

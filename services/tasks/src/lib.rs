@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use protomesh::client::Mesh;
 use protomesh::data::deadpool_postgres::{Object, Pool};
+use protomesh::data::page_token::{PageFilter, PageTokens};
 use protomesh::data::tokio_postgres::types::ToSql;
 use protomesh::data::{outbox, status_from_pg, Cache};
 use protomesh::identity::{self, Identity};
@@ -62,7 +63,7 @@ use protomesh::proto::protomesh::tasks::v1::{
     ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, ProjectMember, ProjectRole,
     RemoveProjectMemberRequest, Task, TaskStatus, UpdateTaskRequest,
 };
-use protomesh::status::invalid_argument;
+use protomesh::status::{echo, invalid_argument};
 use protomesh::telemetry::spans;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -190,6 +191,7 @@ pub struct TasksHandler {
     cache: Cache,
     mesh: Mesh,
     cache_ttl: Duration,
+    page_tokens: PageTokens,
 }
 
 impl std::fmt::Debug for TasksHandler {
@@ -218,13 +220,23 @@ fn limit_plus_one(page_size: usize) -> i64 {
 impl TasksHandler {
     /// A handler on `pool` (migrated with [`MIGRATIONS`]), caching tasks in `cache` for
     /// [`DEFAULT_CACHE_TTL`], asking `mesh` for priorities.
+    /// Page tokens are signed with the key stored in the pool's schema (see
+    /// [`TasksHandler::with_page_tokens`]).
     pub fn new(pool: Pool, cache: Cache, mesh: Mesh) -> Self {
         Self {
+            page_tokens: PageTokens::stored(pool.clone()),
             pool,
             cache,
             mesh,
             cache_ttl: DEFAULT_CACHE_TTL,
         }
+    }
+
+    /// The same handler signing and checking page tokens with `tokens`
+    /// ([`protomesh::data::page_token`]).
+    pub fn with_page_tokens(mut self, tokens: PageTokens) -> Self {
+        self.page_tokens = tokens;
+        self
     }
 
     /// The same handler keeping tasks in the cache for `ttl`; zero turns the read cache off
@@ -365,7 +377,8 @@ impl UpdateFields {
                     return Err(invalid_argument(
                         "update_mask",
                         format!(
-                            "unknown field {path:?} (updatable: title, description, urgency, impact, assignee, status)"
+                            "unknown field {:?} (updatable: title, description, urgency, impact, assignee, status)",
+                            echo(path)
                         ),
                     ))
                 }
@@ -531,7 +544,15 @@ impl TasksService for TasksHandler {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let after = page_token(&mut violations, &request.page_token, ProjectCursor::decode);
+        let filter = PageFilter::new("tasks.ListProjects");
+        let after = page_token(
+            &self.page_tokens,
+            &filter,
+            &mut violations,
+            &request.page_token,
+            ProjectCursor::from_bytes,
+        )
+        .await?;
         violations.into_result()?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
         let limit = limit_plus_one(page_size);
@@ -565,20 +586,18 @@ impl TasksService for TasksHandler {
         };
         let rows = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
         let mut projects: Vec<ProjectRecord> = rows.iter().map(ProjectRecord::from_row).collect();
-        let next_page_token = if projects.len() > page_size {
+        let next = if projects.len() > page_size {
             projects.truncate(page_size);
-            projects
-                .last()
-                .map(|last| {
-                    ProjectCursor {
-                        name: last.name.clone(),
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
+            projects.last().map(|last| {
+                ProjectCursor {
+                    name: last.name.clone(),
+                }
+                .to_bytes()
+            })
         } else {
-            String::new()
+            None
         };
+        let next_page_token = next_page_token(&self.page_tokens, &filter, next).await?;
         Ok(Response::new(ListProjectsResponse {
             projects: projects.iter().map(ProjectRecord::to_proto).collect(),
             next_page_token,
@@ -604,7 +623,8 @@ impl TasksService for TasksHandler {
                     "task.project_id",
                     format!(
                         "must be empty or equal project_id {:?}, got {:?}",
-                        request.project_id, task.project_id
+                        echo(&request.project_id),
+                        echo(&task.project_id)
                     ),
                 );
             }
@@ -825,8 +845,27 @@ impl TasksService for TasksHandler {
         let min_level = violations
             .check(validate::level_filter("min_level", request.min_level))
             .flatten();
+        if !request.assignee.is_empty() {
+            violations.text("assignee", &request.assignee, MAX_ASSIGNEE);
+        }
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let after = page_token(&mut violations, &request.page_token, TaskCursor::decode);
+        // The token is good only with the filters it was handed out with.
+        let filter = PageFilter::new("tasks.ListTasks")
+            .field(
+                "project_id",
+                project_id.map(|id| id.to_string()).unwrap_or_default(),
+            )
+            .field("assignee", &request.assignee)
+            .field("status", request.status.to_be_bytes())
+            .field("min_level", request.min_level.to_be_bytes());
+        let after = page_token(
+            &self.page_tokens,
+            &filter,
+            &mut violations,
+            &request.page_token,
+            TaskCursor::from_bytes,
+        )
+        .await?;
         violations.into_result()?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
         if let Some(project_id) = project_id {
@@ -857,21 +896,19 @@ impl TasksService for TasksHandler {
         };
         let rows = spans::in_span(spans::postgres("SELECT", "tasks"), select).await?;
         let mut tasks: Vec<TaskRecord> = rows.iter().map(TaskRecord::from_row).collect();
-        let next_page_token = if tasks.len() > page_size {
+        let next = if tasks.len() > page_size {
             tasks.truncate(page_size);
-            tasks
-                .last()
-                .map(|last| {
-                    TaskCursor {
-                        created_at: last.created_at,
-                        id: last.id,
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
+            tasks.last().map(|last| {
+                TaskCursor {
+                    created_at: last.created_at,
+                    id: last.id,
+                }
+                .to_bytes()
+            })
         } else {
-            String::new()
+            None
         };
+        let next_page_token = next_page_token(&self.page_tokens, &filter, next).await?;
         Ok(Response::new(ListTasksResponse {
             tasks: tasks.iter().map(TaskRecord::to_proto).collect(),
             next_page_token,
@@ -904,7 +941,7 @@ impl TasksService for TasksHandler {
             Some(row) => Ok(Response::new(member_of_row(&row))),
             None => Err(Status::already_exists(format!(
                 "user_id: {} is already a member of project {project_id}",
-                protomesh::status::truncate_input(&user_id)
+                protomesh::status::echo(&user_id)
             ))),
         }
     }
@@ -952,7 +989,7 @@ impl TasksService for TasksHandler {
             } else {
                 Status::not_found(format!(
                     "user_id: {} is not a member of project {project_id}",
-                    protomesh::status::truncate_input(&user_id)
+                    protomesh::status::echo(&user_id)
                 ))
             })
         };
@@ -1079,19 +1116,38 @@ impl TaskFilters {
     }
 }
 
-/// The cursor in a request's `page_token` (none when empty); a malformed token is a violation
-/// of `page_token`.
-fn page_token<C, E: std::fmt::Display>(
+/// The cursor in a request's `page_token` (none when empty) if this deployment signed it for
+/// `filter`; a malformed, altered or foreign token is a violation of `page_token` (whose
+/// description never repeats the token). Fails only when the key cannot be read.
+async fn page_token<C, E: std::fmt::Display>(
+    tokens: &PageTokens,
+    filter: &PageFilter,
     violations: &mut Violations,
     token: &str,
-    decode: fn(&str) -> Result<C, E>,
-) -> Option<C> {
+    decode: fn(&[u8]) -> Result<C, E>,
+) -> Result<Option<C>, Status> {
     if token.is_empty() {
-        return None;
+        return Ok(None);
     }
-    decode(token)
-        .map_err(|err| violations.add("page_token", err.to_string()))
-        .ok()
+    let cursor = match tokens.open(filter, token).await? {
+        Ok(bytes) => decode(&bytes).map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    Ok(cursor
+        .map_err(|description| violations.add("page_token", description))
+        .ok())
+}
+
+/// The token of the next page, starting after `cursor` (empty when there is none), for `filter`.
+async fn next_page_token(
+    tokens: &PageTokens,
+    filter: &PageFilter,
+    cursor: Option<Vec<u8>>,
+) -> Result<String, Status> {
+    match cursor {
+        Some(cursor) => tokens.seal(filter, &cursor).await,
+        None => Ok(String::new()),
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! that was released is never edited: add a new one.
 
 use protomesh::data::outbox::OUTBOX_DDL;
+use protomesh::data::page_token::PAGE_TOKEN_KEY_DDL;
 
 /// Projects and tasks, with the indexes the list filters and the cursor pagination use.
 ///
@@ -85,9 +86,11 @@ INSERT INTO project_members (project_id, user_id, role)
     ON CONFLICT DO NOTHING;
 ";
 
-/// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`.
+/// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`. Step 4 holds the key
+/// that signs page tokens ([`protomesh::data::page_token`]).
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, OUTBOX_DDL),
     (2, PROJECTS_AND_TASKS),
     (3, OWNERS_AND_MEMBERS),
+    (4, PAGE_TOKEN_KEY_DDL),
 ];

@@ -39,16 +39,9 @@ pub fn title(field: &str, text: &str) -> Result<(), FieldViolation> {
     max_chars(field, text, MAX_TITLE)
 }
 
-/// At most `max` characters.
+/// A string to store: at most `max` characters and no NUL ([`protomesh::status::text`]).
 pub fn max_chars(field: &str, text: &str, max: usize) -> Result<(), FieldViolation> {
-    let count = text.chars().count();
-    if count > max {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters, got {count}"),
-        ));
-    }
-    Ok(())
+    protomesh::status::text(field, text, max)
 }
 
 /// Urgency or impact: [`MIN_FACTOR`]..=[`MAX_FACTOR`].

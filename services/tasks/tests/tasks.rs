@@ -703,6 +703,261 @@ async fn bad_requests_name_the_field() {
     .await;
 }
 
+/// Whether a message carries text of Postgres's own (its error messages about encodings,
+/// syntax, relations…).
+fn has_database_text(message: &str) -> bool {
+    [
+        "UTF8",
+        "0x00",
+        "byte sequence",
+        "syntax",
+        "relation",
+        "SQLSTATE",
+        "ERROR:",
+    ]
+    .iter()
+    .any(|text| message.contains(text))
+}
+
+#[tokio::test]
+async fn text_the_database_cannot_hold_is_refused_naming_the_field() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let mut client = h.client();
+        let nul = "ship\u{0000}it".to_owned();
+
+        let mut answers = Vec::new();
+        for (project, field) in [
+            (
+                Project {
+                    name: nul.clone(),
+                    ..Default::default()
+                },
+                "project.name",
+            ),
+            (
+                Project {
+                    name: "fine".into(),
+                    description: nul.clone(),
+                    ..Default::default()
+                },
+                "project.description",
+            ),
+        ] {
+            let answer = client
+                .create_project(CreateProjectRequest {
+                    project: Some(project),
+                })
+                .await;
+            answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+            assert_invalid(answer, field);
+        }
+
+        let project = h.project("nul checks").await;
+        let valid = Task {
+            title: "ok".into(),
+            urgency: 5,
+            impact: 5,
+            ..Default::default()
+        };
+        for (task, field) in [
+            (
+                Task {
+                    title: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.title",
+            ),
+            (
+                Task {
+                    description: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.description",
+            ),
+            (
+                Task {
+                    assignee: nul.clone(),
+                    ..valid.clone()
+                },
+                "task.assignee",
+            ),
+        ] {
+            let answer = client
+                .create_task(CreateTaskRequest {
+                    project_id: project.id.clone(),
+                    task: Some(task),
+                })
+                .await;
+            answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+            assert_invalid(answer, field);
+        }
+
+        let task = h.task(&project, "to update", 5, 5).await;
+        let answer = h
+            .update(
+                Task {
+                    title: nul.clone(),
+                    ..task
+                },
+                &["title"],
+            )
+            .await;
+        answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+        assert_invalid(answer, "task.title");
+
+        let answer = client
+            .list_tasks(ListTasksRequest {
+                assignee: nul.clone(),
+                ..Default::default()
+            })
+            .await;
+        answers.push(answer.as_ref().map(|_| ()).map_err(Clone::clone));
+        assert_invalid(answer, "assignee");
+
+        for answer in answers {
+            let status = answer.expect_err("refused");
+            assert!(!has_database_text(status.message()), "{status:?}");
+            for violation in protomesh::status::field_violations(&status) {
+                assert!(!has_database_text(&violation.description), "{violation:?}");
+            }
+        }
+    })
+    .await;
+}
+
+/// `token` with one bit of its byte `index` flipped (the token's own base64url alphabet).
+fn flip_byte(token: &str, index: usize) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let mut bytes = URL_SAFE_NO_PAD.decode(token).unwrap();
+    bytes[index] ^= 0x01;
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn page_tokens_are_signed_and_bound_to_their_filter() {
+    bounded(TEST_TIMEOUT, async {
+        let h = Harness::start().await;
+        let alpha = h.project("alpha").await;
+        let beta = h.project("beta").await;
+        h.project("gamma").await;
+        for i in 0..3 {
+            h.task(&alpha, &format!("a{i}"), 5, 5).await;
+            h.task(&beta, &format!("b{i}"), 5, 5).await;
+        }
+        let mut client = h.client();
+        let first = client
+            .list_tasks(ListTasksRequest {
+                project_id: alpha.id.clone(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let token = first.next_page_token;
+        assert!(!token.is_empty());
+
+        // As handed out, with another page size: the next page.
+        let next = client
+            .list_tasks(ListTasksRequest {
+                project_id: alpha.id.clone(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(next.tasks.len(), 2);
+
+        let mut refused = Vec::new();
+        // Any flipped byte: of the cursor (its time, its id) or of the tag.
+        for index in [1, 5, 12, 20, 30] {
+            refused.push(
+                client
+                    .list_tasks(ListTasksRequest {
+                        project_id: alpha.id.clone(),
+                        page_token: flip_byte(&token, index),
+                        ..Default::default()
+                    })
+                    .await,
+            );
+        }
+        // Another project, another status, another assignee, no filter at all.
+        for request in [
+            ListTasksRequest {
+                project_id: beta.id.clone(),
+                ..Default::default()
+            },
+            ListTasksRequest {
+                project_id: alpha.id.clone(),
+                status: TaskStatus::Open as i32,
+                ..Default::default()
+            },
+            ListTasksRequest {
+                project_id: alpha.id.clone(),
+                assignee: "ada".into(),
+                ..Default::default()
+            },
+            ListTasksRequest::default(),
+        ] {
+            refused.push(
+                client
+                    .list_tasks(ListTasksRequest {
+                        page_token: token.clone(),
+                        ..request
+                    })
+                    .await,
+            );
+        }
+        for answer in refused {
+            let status = answer.as_ref().expect_err("refused").clone();
+            assert!(!status.message().contains(&token[..16]), "{status:?}");
+            assert_invalid(answer, "page_token");
+        }
+
+        // A tasks token is no projects token, and the other way round.
+        let projects = client
+            .list_projects(ListProjectsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_invalid(
+            client
+                .list_projects(ListProjectsRequest {
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await,
+            "page_token",
+        );
+        assert_invalid(
+            client
+                .list_tasks(ListTasksRequest {
+                    page_token: projects.next_page_token.clone(),
+                    ..Default::default()
+                })
+                .await,
+            "page_token",
+        );
+        assert_invalid(
+            client
+                .list_projects(ListProjectsRequest {
+                    page_token: flip_byte(&projects.next_page_token, 2),
+                    ..Default::default()
+                })
+                .await,
+            "page_token",
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pages_cover_every_existing_task_once_under_concurrent_inserts() {
     bounded(TEST_TIMEOUT, async {

@@ -1,17 +1,17 @@
-//! Page tokens of `ListEntries`: opaque to callers, base64url (no padding) of a kind byte and the
-//! sort key of the last entry of the page before.
+//! The cursor inside `ListEntries` page tokens: a kind byte and the sort key of the last entry of
+//! the page before. The handler seals it into a token signed and bound to the request's filter
+//! with [`protomesh::data::page_token`], which refuses altered or foreign tokens before these
+//! bytes are read.
 //!
 //! | kind | list | sort key | bytes after the kind |
 //! |---|---|---|---|
 //! | 1 | entries, newest first | `(started_at, id)` | microseconds since the epoch (i64, big-endian), the UUID (16) |
 //!
-//! Anything else — bad base64, another kind, a wrong length — is malformed, which the handler
-//! answers with `INVALID_ARGUMENT` naming `page_token`.
+//! Anything else — another kind, a wrong length — is malformed, which the handler answers with
+//! `INVALID_ARGUMENT` naming `page_token`.
 
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use uuid::Uuid;
 
 const ENTRY_KIND: u8 = 1;
@@ -22,9 +22,6 @@ const ENTRY_KEY_LEN: usize = 8 + 16;
 /// Why a page token was refused (shown to the caller).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CursorError {
-    /// Not base64url.
-    #[error("not a page token of this list (not base64url)")]
-    Encoding,
     /// Decodes, but is not a token of this list.
     #[error("not a page token of this list")]
     Malformed,
@@ -40,20 +37,17 @@ pub struct EntryCursor {
 }
 
 impl EntryCursor {
-    /// The opaque token.
-    pub fn encode(&self) -> String {
+    /// The cursor's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(1 + ENTRY_KEY_LEN);
         bytes.push(ENTRY_KIND);
         bytes.extend_from_slice(&micros_since_epoch(self.started_at).to_be_bytes());
         bytes.extend_from_slice(self.id.as_bytes());
-        URL_SAFE_NO_PAD.encode(bytes)
+        bytes
     }
 
-    /// The cursor in `token`.
-    pub fn decode(token: &str) -> Result<Self, CursorError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| CursorError::Encoding)?;
+    /// The cursor in `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CursorError> {
         let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
         if kind != ENTRY_KIND || rest.len() != ENTRY_KEY_LEN {
             return Err(CursorError::Malformed);
@@ -86,41 +80,35 @@ mod tests {
             started_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_714_557_600_123_456),
             id: Uuid::new_v4(),
         };
-        let token = cursor.encode();
-        assert!(token
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
-        assert_eq!(EntryCursor::decode(&token), Ok(cursor));
+        assert_eq!(EntryCursor::from_bytes(&cursor.to_bytes()), Ok(cursor));
     }
 
     #[test]
     fn malformed_tokens_are_refused() {
-        assert_eq!(EntryCursor::decode("%%%"), Err(CursorError::Encoding));
-        assert_eq!(EntryCursor::decode("!!!"), Err(CursorError::Encoding));
-        assert_eq!(EntryCursor::decode(""), Err(CursorError::Malformed));
+        assert_eq!(EntryCursor::from_bytes(b""), Err(CursorError::Malformed));
         assert_eq!(
-            EntryCursor::decode(&URL_SAFE_NO_PAD.encode([1u8, 2, 3])),
+            EntryCursor::from_bytes(&[1u8, 2, 3]),
             Err(CursorError::Malformed)
         );
         // Right length, another kind.
         let mut other_kind = vec![2u8];
         other_kind.extend_from_slice(&[0; ENTRY_KEY_LEN]);
         assert_eq!(
-            EntryCursor::decode(&URL_SAFE_NO_PAD.encode(other_kind)),
+            EntryCursor::from_bytes(&other_kind),
             Err(CursorError::Malformed)
         );
         // Right kind, one byte too many.
         let mut too_long = vec![ENTRY_KIND];
         too_long.extend_from_slice(&[0; ENTRY_KEY_LEN + 1]);
         assert_eq!(
-            EntryCursor::decode(&URL_SAFE_NO_PAD.encode(too_long)),
+            EntryCursor::from_bytes(&too_long),
             Err(CursorError::Malformed)
         );
         let mut negative = vec![ENTRY_KIND];
         negative.extend_from_slice(&(-1i64).to_be_bytes());
         negative.extend_from_slice(&[0; 16]);
         assert_eq!(
-            EntryCursor::decode(&URL_SAFE_NO_PAD.encode(negative)),
+            EntryCursor::from_bytes(&negative),
             Err(CursorError::Malformed)
         );
     }

@@ -54,6 +54,7 @@ use std::time::SystemTime;
 
 use protomesh::client::Mesh;
 use protomesh::data::deadpool_postgres::{Object, Pool, Transaction};
+use protomesh::data::page_token::{PageFilter, PageTokens};
 use protomesh::data::tokio_postgres::types::ToSql;
 use protomesh::data::{outbox, status_from_pg};
 use protomesh::identity::{self, Identity};
@@ -130,6 +131,7 @@ ORDER BY per_task DESC, micros DESC, id";
 pub struct TimetrackHandler {
     pool: Pool,
     mesh: Mesh,
+    page_tokens: PageTokens,
 }
 
 impl std::fmt::Debug for TimetrackHandler {
@@ -151,8 +153,21 @@ fn limit_plus_one(page_size: usize) -> i64 {
 impl TimetrackHandler {
     /// A handler on `pool` (migrated with [`MIGRATIONS`]), confirming tasks with the tasks
     /// service found through `mesh`.
+    /// Page tokens are signed with the key stored in the pool's schema (see
+    /// [`TimetrackHandler::with_page_tokens`]).
     pub fn new(pool: Pool, mesh: Mesh) -> Self {
-        Self { pool, mesh }
+        Self {
+            page_tokens: PageTokens::stored(pool.clone()),
+            pool,
+            mesh,
+        }
+    }
+
+    /// The same handler signing and checking page tokens with `tokens`
+    /// ([`protomesh::data::page_token`]).
+    pub fn with_page_tokens(mut self, tokens: PageTokens) -> Self {
+        self.page_tokens = tokens;
+        self
     }
 
     /// A connection from the pool (`UNAVAILABLE` within `--db-timeout` when the database is down).
@@ -300,7 +315,22 @@ impl TimetrackService for TimetrackHandler {
             .flatten();
         violations.check(validate::period_order(from, to));
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let after = page_token(&mut violations, &request.page_token);
+        // The token is good only with the filters it was handed out with.
+        let filter = PageFilter::new("timetrack.ListEntries")
+            .field("user_id", &request.user_id)
+            .field(
+                "task_id",
+                task_id.map(|id| id.to_string()).unwrap_or_default(),
+            )
+            .field("from", timestamp_bytes(request.from.as_ref()))
+            .field("to", timestamp_bytes(request.to.as_ref()));
+        let after = page_token(
+            &self.page_tokens,
+            &filter,
+            &mut violations,
+            &request.page_token,
+        )
+        .await?;
         violations.into_result()?;
         let user_id = entries_owner(&caller, &request.user_id)?;
         let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
@@ -318,20 +348,21 @@ impl TimetrackService for TimetrackHandler {
         let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
         let rows = client.query(&statement, &params).await.map_err(db_error)?;
         let mut entries: Vec<EntryRecord> = rows.iter().map(EntryRecord::from_row).collect();
-        let next_page_token = if entries.len() > page_size {
+        let next = if entries.len() > page_size {
             entries.truncate(page_size);
-            entries
-                .last()
-                .map(|last| {
-                    EntryCursor {
-                        started_at: last.started_at,
-                        id: last.id,
-                    }
-                    .encode()
-                })
-                .unwrap_or_default()
+            entries.last().map(|last| {
+                EntryCursor {
+                    started_at: last.started_at,
+                    id: last.id,
+                }
+                .to_bytes()
+            })
         } else {
-            String::new()
+            None
+        };
+        let next_page_token = match next {
+            Some(cursor) => self.page_tokens.seal(&filter, &cursor).await?,
+            None => String::new(),
         };
         Ok(Response::new(ListEntriesResponse {
             entries: entries.iter().map(EntryRecord::to_proto).collect(),
@@ -404,15 +435,32 @@ fn one_violation(violation: protomesh::status::FieldViolation) -> Status {
     protomesh::status::bad_request(vec![violation])
 }
 
-/// The cursor in a request's `page_token` (none when empty); a malformed token is a violation
-/// of `page_token`.
-fn page_token(violations: &mut Violations, token: &str) -> Option<EntryCursor> {
+/// The cursor in a request's `page_token` (none when empty) if this deployment signed it for
+/// `filter`; a malformed, altered or foreign token is a violation of `page_token` (whose
+/// description never repeats the token). Fails only when the key cannot be read.
+async fn page_token(
+    tokens: &PageTokens,
+    filter: &PageFilter,
+    violations: &mut Violations,
+    token: &str,
+) -> Result<Option<EntryCursor>, Status> {
     if token.is_empty() {
-        return None;
+        return Ok(None);
     }
-    EntryCursor::decode(token)
-        .map_err(|err| violations.add("page_token", err.to_string()))
-        .ok()
+    let cursor = match tokens.open(filter, token).await? {
+        Ok(bytes) => EntryCursor::from_bytes(&bytes).map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    Ok(cursor
+        .map_err(|description| violations.add("page_token", description))
+        .ok())
+}
+
+/// A request's timestamp as filter bytes for a page token: empty when not given.
+fn timestamp_bytes(timestamp: Option<&prost_types::Timestamp>) -> Vec<u8> {
+    timestamp
+        .map(|t| [t.seconds.to_be_bytes().as_slice(), &t.nanos.to_be_bytes()].concat())
+        .unwrap_or_default()
 }
 
 /// The checked filters of a `ListEntries` call.

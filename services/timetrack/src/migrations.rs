@@ -2,6 +2,7 @@
 //! step that was released is never edited: add a new one.
 
 use protomesh::data::outbox::OUTBOX_DDL;
+use protomesh::data::page_token::PAGE_TOKEN_KEY_DDL;
 
 /// Time entries, with the one-running-timer-per-user rule and the indexes of the listings.
 ///
@@ -29,5 +30,6 @@ CREATE INDEX entries_task_newest ON entries (task_id, started_at DESC, id DESC);
 CREATE INDEX entries_newest ON entries (started_at DESC, id DESC);
 ";
 
-/// Every step, in order: pass to `migrate(&pool, "timetrack", MIGRATIONS)`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, OUTBOX_DDL), (2, ENTRIES)];
+/// Every step, in order: pass to `migrate(&pool, "timetrack", MIGRATIONS)`. Step 3 holds the key
+/// that signs page tokens ([`protomesh::data::page_token`]).
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, OUTBOX_DDL), (2, ENTRIES), (3, PAGE_TOKEN_KEY_DDL)];

@@ -49,16 +49,9 @@ pub fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>, FieldViola
     }
 }
 
-/// At most `max` characters.
+/// A string to store: at most `max` characters and no NUL ([`protomesh::status::text`]).
 pub fn max_chars(field: &str, text: &str, max: usize) -> Result<(), FieldViolation> {
-    let count = text.chars().count();
-    if count > max {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters, got {count}"),
-        ));
-    }
-    Ok(())
+    protomesh::status::text(field, text, max)
 }
 
 /// A page size: 0 is [`DEFAULT_PAGE_SIZE`], else 1..=[`MAX_PAGE_SIZE`].

@@ -705,6 +705,56 @@ async fn entries_page_to_the_end_newest_first_and_filter_by_period() {
         let unique: HashSet<&str> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "no entry twice");
         assert_eq!(ids.len(), 130, "every entry");
+
+        // Page tokens are signed and bound to the filter they were handed out with.
+        let first = h
+            .client()
+            .list_entries(ListEntriesRequest {
+                user_id: "ada".into(),
+                page_size: 17,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .next_page_token;
+        let flipped = {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine as _;
+            let mut bytes = URL_SAFE_NO_PAD.decode(&first).unwrap();
+            bytes[3] ^= 0x01;
+            URL_SAFE_NO_PAD.encode(bytes)
+        };
+        for request in [
+            ListEntriesRequest {
+                user_id: "ada".into(),
+                page_token: flipped,
+                ..Default::default()
+            },
+            ListEntriesRequest {
+                user_id: "bob".into(),
+                page_token: first.clone(),
+                ..Default::default()
+            },
+            ListEntriesRequest {
+                user_id: "ada".into(),
+                task_id: task_a.to_string(),
+                page_token: first.clone(),
+                ..Default::default()
+            },
+            ListEntriesRequest {
+                user_id: "ada".into(),
+                from: timestamp("2024-05-01T00:00:00Z"),
+                page_token: first.clone(),
+                ..Default::default()
+            },
+        ] {
+            let answer = h.client().list_entries(request).await;
+            if let Err(status) = &answer {
+                assert!(!status.message().contains(&first), "{status:?}");
+            }
+            assert_invalid(answer, "page_token");
+        }
         assert!(seen.iter().all(|e| ada.contains(&e.id)));
         for pair in seen.windows(2) {
             let key = |e: &TimeEntry| (stamp(&e.started_at), Uuid::parse_str(&e.id).unwrap());
