@@ -13,16 +13,14 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use protomesh::data::testing::{redis_url, PrivateRedis, TestDatabase, TestKeys};
-use protomesh::devmesh::ServiceProcess;
 use sha2::{Digest, Sha256};
-use support::{binary, eventually, gateway_addr, tempdir, unique, Consul};
+use support::http::{bearer, field, field_number, http, spawn};
+use support::{eventually, gateway_addr, tempdir, unique, Consul};
 
 const PASSWORD: &str = "correct horse battery staple";
 const API_KEY: &str = "pm_test_4f1d9c2b7a8e6d5c3b2a1f0e9d8c7b6a";
@@ -30,89 +28,6 @@ const API_KEY: &str = "pm_test_4f1d9c2b7a8e6d5c3b2a1f0e9d8c7b6a";
 const PUBLIC_QUOTA: u32 = 5;
 /// The users service's failed logins per client on an account.
 const LOGIN_FAILURES: u32 = 3;
-
-/// An HTTP answer: status, headers (lower-case names) and body.
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-/// One HTTP request with curl (no shell), `-i` to read the status line and headers.
-async fn http(method: &str, url: String, headers: Vec<String>, body: Option<String>) -> Answer {
-    let method = method.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut command = Command::new("curl");
-        command.args(["-s", "-i", "--max-time", "10", "-X", &method, &url]);
-        for header in &headers {
-            command.args(["-H", header]);
-        }
-        if let Some(body) = &body {
-            command.args(["-d", body]);
-        }
-        let out = command.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
-        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("no status line from {url}: {text}"));
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Answer {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-fn bearer(token: &str) -> Vec<String> {
-    vec![format!("authorization: Bearer {token}")]
-}
-
-/// A JSON string field of an answer body.
-fn field(answer: &Answer, name: &str) -> String {
-    let json: serde_json::Value = serde_json::from_str(&answer.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
-    json[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {name} in {}", answer.body))
-        .to_owned()
-}
-
-/// A JSON number field of an answer body.
-fn field_number(answer: &Answer, name: &str) -> i64 {
-    let json: serde_json::Value = serde_json::from_str(&answer.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
-    json[name]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no number {name} in {}", answer.body))
-}
-
-/// Starts binary `name` on a free port with `env`.
-fn spawn(name: &str, env: &[(&str, String)], args: &[&str]) -> ServiceProcess {
-    let mut all_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
-    all_args.extend(args.iter().map(|a| (*a).to_owned()));
-    let log = tempdir().join(format!("{name}.log"));
-    eprintln!("{name} log: {}", log.display());
-    ServiceProcess::spawn(
-        unique(name),
-        &binary(name),
-        &all_args,
-        &env.iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect::<Vec<_>>(),
-        log,
-    )
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_login_and_call_protected_routes_through_the_gateway() {
@@ -150,7 +65,12 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
             &login_limit,
         ],
     );
-    let _tasks = spawn("tasks", &with(&[("REDIS_URL", redis_url())]), &[]);
+    // Services verify API keys themselves too: the same (hashes-only) file.
+    let _tasks = spawn(
+        "tasks",
+        &with(&[("REDIS_URL", redis_url())]),
+        &["--api-keys-file", api_keys.to_str().unwrap()],
+    );
     let _priority = spawn("priority", &with(&[]), &[]);
     for service in ["users", "tasks", "priority"] {
         eventually(Duration::from_secs(60), "passing instances", || async {
@@ -310,7 +230,24 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
         200
     );
 
-    // An API key: 200 on the protected list, a wrong one 401.
+    // An API key: the key's name is a subject like any other; once a member of the project, its
+    // list is 200 (verified again by tasks); a wrong key 401.
+    let stranger = http(
+        "GET",
+        list.clone(),
+        vec![format!("x-api-key: {API_KEY}")],
+        None,
+    )
+    .await;
+    assert_eq!(stranger.status, 404, "not a member yet: {}", stranger.body);
+    let added = http(
+        "POST",
+        url(&format!("/v1/projects/{project_id}/members")),
+        bearer(&fresh),
+        Some(r#"{"userId":"ci-bot"}"#.to_owned()),
+    )
+    .await;
+    assert_eq!(added.status, 200, "{}", added.body);
     let with_key = http(
         "GET",
         list.clone(),

@@ -24,7 +24,7 @@ use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, CompleteTaskRequest, CreateProjectRequest,
     CreateTaskRequest, Project, Task,
 };
-use support::{binary, eventually, tempdir, unique, Consul};
+use support::{binary, eventually, tempdir, test_secret_file, unique, Consul};
 use tokio::task::JoinSet;
 
 /// Tasks created while Redis is down.
@@ -60,6 +60,8 @@ fn spawn_data_service(
             ("RUST_LOG".into(), "info".into()),
             // A restarted consumer would claim the dead one's messages after this long.
             ("PROTOMESH_ANALYTICS_CLAIM_IDLE".into(), "2s".into()),
+            // Callers are verified with the test issuer's secret (no users service here).
+            ("PROTOMESH_JWT_SECRET_FILE".into(), test_secret_file()),
         ],
         log,
     )
@@ -102,8 +104,10 @@ async fn redis_down_while_500_tasks_are_created_then_analytics_counts_exactly() 
         .await;
     }
     let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
-    let tasks = TasksServiceClient::new(mesh.channel("tasks"));
-    let analytics = AnalyticsServiceClient::new(mesh.channel("analytics"));
+    // An admin: it reads every user's dashboard.
+    let admin = protomesh::auth::testing::SignedIn::as_user("root", &["admin"]);
+    let tasks = TasksServiceClient::with_interceptor(mesh.channel("tasks"), admin.clone());
+    let analytics = AnalyticsServiceClient::with_interceptor(mesh.channel("analytics"), admin);
 
     let project: Project = tasks
         .clone()

@@ -23,7 +23,7 @@ use protomesh::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceCl
 use protomesh::proto::protomesh::tasks::v1::{
     CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
 };
-use support::{binary, eventually, tempdir, tool, unique, Consul};
+use support::{binary, eventually, tempdir, test_secret_file, tool, unique, Consul};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -37,6 +37,8 @@ fn free_port() -> u16 {
 fn spawn(name: &str, consul: &Consul, args: &[&str], envs: &[(&str, &str)]) -> ServiceProcess {
     let mut all_envs = vec![
         ("CONSUL_HTTP_ADDR".to_owned(), consul.addr()),
+        // Callers are verified with the test issuer's secret (no users service here).
+        ("PROTOMESH_JWT_SECRET_FILE".to_owned(), test_secret_file()),
         ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
         ("RUST_LOG".to_owned(), "info".to_owned()),
     ];
@@ -227,7 +229,10 @@ async fn every_binary_serves_metrics_that_promtool_accepts() {
     }
     let invalid = priority.score(score(0)).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    let mut tasks = TasksServiceClient::new(mesh.channel("tasks"));
+    let mut tasks = TasksServiceClient::with_interceptor(
+        mesh.channel("tasks"),
+        protomesh::auth::testing::SignedIn::as_user("metrics", &["user"]),
+    );
     let project = tasks
         .create_project(CreateProjectRequest {
             project: Some(Project {

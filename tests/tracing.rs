@@ -27,7 +27,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
 use protomesh::devmesh::ServiceProcess;
-use support::{binary, eventually, gateway_addr, log_lines, tempdir, unique, Consul};
+use support::{
+    binary, eventually, gateway_addr, log_lines, tempdir, test_secret_file, unique, Consul,
+};
 
 /// OTLP span kinds.
 const SERVER: i32 = 2;
@@ -141,6 +143,7 @@ impl Collector {
 
 /// The environment every process of these tests gets.
 fn common_env(consul: &str, otlp: &str) -> Vec<(String, String)> {
+    let secret = test_secret_file();
     [
         ("CONSUL_HTTP_ADDR", consul),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
@@ -148,12 +151,8 @@ fn common_env(consul: &str, otlp: &str) -> Vec<(String, String)> {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("PROTOMESH_LOG_FORMAT", "json"),
         ("RUST_LOG", "info,protomesh::telemetry=debug"),
-        // The tasks routes are for authenticated callers by default; this test is about traces.
-        ("PROTOMESH_GATEWAY_DEFAULT_AUTH", "public"),
-        (
-            "PROTOMESH_GATEWAY_ROUTE_POLICIES",
-            "protomesh.tasks.v1.TasksService=public",
-        ),
+        // The gateway and the services accept the test issuer's tokens.
+        ("PROTOMESH_JWT_SECRET_FILE", secret.as_str()),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -192,7 +191,15 @@ async fn http(
     let mut request = http::Request::builder()
         .method(method)
         .uri(url)
-        .header("content-type", "application/json");
+        .header("content-type", "application/json")
+        // Signed in: the tasks routes need a caller, and this test is about traces.
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                protomesh::auth::testing::token("tracer", &["user"])
+            ),
+        );
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

@@ -3,6 +3,8 @@
 //! condition with a deadline instead of sleeping.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+pub mod http;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -123,6 +125,15 @@ pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("protomesh-test"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A file holding the test issuer's HS256 secret ([`protomesh::auth::testing::TEST_SECRET`]):
+/// processes given it as `PROTOMESH_JWT_SECRET_FILE` accept the test tokens
+/// ([`protomesh::auth::testing::token`]) and need no users service.
+pub fn test_secret_file() -> String {
+    let path = tempdir().join("jwt-secret");
+    std::fs::write(&path, protomesh::auth::testing::TEST_SECRET).unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 /// Starts the `priority` binary registered with `consul_addr`, listening on a port it picks.

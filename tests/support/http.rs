@@ -1,0 +1,92 @@
+//! HTTP helpers of the cross-process tests: requests with curl (the client a user would run),
+//! JSON fields of the answers, and service processes started with an environment.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use protomesh::devmesh::ServiceProcess;
+
+use super::{binary, tempdir, unique};
+
+/// An HTTP answer: status, headers (lower-case names) and body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// One HTTP request with curl (no shell), `-i` to read the status line and headers.
+pub async fn http(method: &str, url: String, headers: Vec<String>, body: Option<String>) -> Answer {
+    let method = method.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-i", "--max-time", "10", "-X", &method, &url]);
+        for header in &headers {
+            command.args(["-H", header]);
+        }
+        if let Some(body) = &body {
+            command.args(["-d", body]);
+        }
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+        let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status line from {url}: {text}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+pub fn bearer(token: &str) -> Vec<String> {
+    vec![format!("authorization: Bearer {token}")]
+}
+
+/// A JSON string field of an answer body.
+pub fn field(answer: &Answer, name: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
+    json[name]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {name} in {}", answer.body))
+        .to_owned()
+}
+
+/// A JSON number field of an answer body.
+pub fn field_number(answer: &Answer, name: &str) -> i64 {
+    let json: serde_json::Value = serde_json::from_str(&answer.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", answer.body));
+    json[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no number {name} in {}", answer.body))
+}
+
+/// Starts binary `name` on a free port with `env`.
+pub fn spawn(name: &str, env: &[(&str, String)], args: &[&str]) -> ServiceProcess {
+    let mut all_args = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+    all_args.extend(args.iter().map(|a| (*a).to_owned()));
+    let log = tempdir().join(format!("{name}.log"));
+    eprintln!("{name} log: {}", log.display());
+    ServiceProcess::spawn(
+        unique(name),
+        &binary(name),
+        &all_args,
+        &env.iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<Vec<_>>(),
+        log,
+    )
+    .unwrap()
+}
