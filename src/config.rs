@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use protomesh_consul::{ConsulConfig, ConsulError};
 
 use crate::auth::{AuthConfig, CredentialArgs};
+use crate::policy::DefaultAuth;
 use crate::tls::TlsConfig;
 
 /// How log lines are written.
@@ -97,6 +98,11 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub credentials: CredentialArgs,
 
+    /// Who may call methods whose protos state no policy (this runtime's services all state one;
+    /// this is for services built from protos without `protomesh.options`).
+    #[arg(long = "default-auth", env = "PROTOMESH_DEFAULT_AUTH", value_enum, default_value_t = DefaultAuth::Authenticated)]
+    pub default_auth: DefaultAuth,
+
     /// Verify credentials with this configuration instead of the one `credentials` describes
     /// (tests: [`crate::server::testing::quick_config`] accepts the test issuer's tokens).
     #[arg(skip)]
@@ -122,6 +128,7 @@ impl ServeConfig {
             log_format: LogFormat::Auto,
             tls: TlsConfig::default(),
             credentials: CredentialArgs::default(),
+            default_auth: DefaultAuth::Authenticated,
             authenticate_with: None,
         }
     }

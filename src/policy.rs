@@ -46,6 +46,27 @@ pub const SERVICE_POLICY_FIELD: u32 = 51002;
 /// The rate-limit class of methods whose policy names none.
 pub const DEFAULT_RATE_LIMIT_CLASS: &str = "default";
 
+/// The requirement of methods whose descriptors state none (`--default-auth` of the gateway and
+/// of every service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DefaultAuth {
+    /// Anyone.
+    Public,
+    /// Any verified caller.
+    #[default]
+    Authenticated,
+}
+
+impl DefaultAuth {
+    /// The requirement it stands for.
+    pub fn requirement(self) -> Requirement {
+        match self {
+            Self::Public => Requirement::Public,
+            Self::Authenticated => Requirement::Authenticated,
+        }
+    }
+}
+
 /// Who may call a method.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Requirement {

@@ -22,7 +22,7 @@ use rcgen::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use support::{eventually, score_request, spawn_priority, tempdir, Consul};
+use support::{eventually, score_request, spawn_priority, tempdir, test_secret_file, Consul};
 
 /// Certificate and key files of one identity.
 struct KeyFiles {
@@ -338,4 +338,74 @@ async fn a_missing_key_file_stops_the_process_with_exit_code_1_naming_the_flag()
     assert!(log.contains("--tls-key"), "{log}");
     assert!(log.contains("absent-key.pem"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A mesh peer is not a user: with mutual TLS on, a client holding a certificate of the mesh CA
+/// reaches the timetrack service, but without a user's valid credential (none, or identity
+/// metadata set by hand) it is refused with `UNAUTHENTICATED`; with one, it is served.
+#[tokio::test]
+async fn a_mesh_certificate_does_not_let_a_peer_act_as_a_user() {
+    use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
+    use protomesh::proto::protomesh::timetrack::v1::{
+        timetrack_service_client::TimetrackServiceClient, ListEntriesRequest,
+    };
+
+    build_binary("timetrack");
+    let pki = Pki::generate();
+    let consul = Consul::start().await;
+    let database = TestDatabase::create().await.unwrap();
+    let keys = TestKeys::new();
+    let mut args = pki.flags(&pki.server);
+    args.extend(["--jwt-hs256-secret-file".to_owned(), test_secret_file()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _timetrack = support::http::spawn(
+        "timetrack",
+        &[
+            ("CONSUL_HTTP_ADDR", consul.addr()),
+            ("DATABASE_URL", database.url().to_owned()),
+            ("REDIS_URL", redis_url()),
+            ("PROTOMESH_KEY_PREFIX", keys.prefix().to_owned()),
+        ],
+        &args,
+    );
+    let entry = eventually(
+        Duration::from_secs(30),
+        "a TLS timetrack passing",
+        || async { consul.instances("timetrack", true).await.into_iter().next() },
+    )
+    .await;
+    let peer = ClientTlsConfig::new()
+        .ca_certificate(ca_certificate(&pki.ca))
+        .identity(identity(&pki.client));
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", entry.service.port))
+        .unwrap()
+        .tls_config(peer)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = TimetrackServiceClient::new(channel);
+    let call = |metadata: &[(&'static str, String)]| {
+        let mut request = tonic::Request::new(ListEntriesRequest::default());
+        for (key, value) in metadata {
+            request.metadata_mut().insert(*key, value.parse().unwrap());
+        }
+        request
+    };
+    let refused = client.list_entries(call(&[])).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let spoofed = [
+        ("x-protomesh-subject", "alice".to_owned()),
+        ("x-protomesh-roles", "admin".to_owned()),
+        ("x-protomesh-auth", "jwt".to_owned()),
+    ];
+    let refused = client.list_entries(call(&spoofed)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let token = protomesh::auth::testing::token("alice", &["user"]);
+    let served = client
+        .list_entries(call(&[("authorization", format!("Bearer {token}"))]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(served.entries.is_empty(), "{served:?}");
 }

@@ -407,8 +407,10 @@ async fn one_call_through_the_gateway_is_one_trace_across_three_processes() {
     });
     assert_eq!(insert.parent_span_id, tasks_server.span_id);
     assert_eq!(insert.name, "INSERT tasks");
-    let check = one(&trace, "SELECT projects span", |s| {
-        s.attr("db.operation") == Some("SELECT") && s.attr("db.sql.table") == Some("projects")
+    // The caller's membership of the project, checked before the insert.
+    let check = one(&trace, "SELECT project_members span", |s| {
+        s.attr("db.operation") == Some("SELECT")
+            && s.attr("db.sql.table") == Some("project_members")
     });
     assert_eq!(check.parent_span_id, tasks_server.span_id);
     let outbox = one(&trace, "INSERT outbox span", |s| {

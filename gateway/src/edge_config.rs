@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-use protomesh::policy::Requirement;
+use clap::Args;
 
 use crate::access::{AccessConfig, RouteOverride};
 use crate::cors::CorsConfig;
@@ -14,14 +13,7 @@ use crate::edge::EdgeOptions;
 use crate::ratelimit::{default_quotas, parse_class_quota, RateLimitConfig};
 use protomesh::auth::{AuthConfigError, CredentialArgs};
 
-/// The requirement of methods whose descriptors state none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DefaultAuth {
-    /// Anyone.
-    Public,
-    /// Any verified caller.
-    Authenticated,
-}
+pub use protomesh::policy::DefaultAuth;
 
 /// Why the edge flags cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +85,7 @@ impl EdgeConfig {
         let auth = self.credentials.auth_config()?;
 
         let access = AccessConfig {
-            default_auth: match self.default_auth {
-                DefaultAuth::Public => Requirement::Public,
-                DefaultAuth::Authenticated => Requirement::Authenticated,
-            },
+            default_auth: self.default_auth.requirement(),
             overrides: self
                 .route_policies
                 .iter()
@@ -155,6 +144,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
+    use protomesh::policy::Requirement;
 
     #[derive(Parser)]
     struct Cli {

@@ -241,6 +241,8 @@ impl Fixture {
 
         let config = || {
             let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
+            // The test protos state no policy: the gateway under test decides who may call.
+            config.default_auth = protomesh::policy::DefaultAuth::Public;
             config.consul_addr = agent.http_addr();
             config.lame_duck = Duration::ZERO;
             config.drain_timeout = Duration::from_secs(1);

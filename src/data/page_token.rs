@@ -26,7 +26,7 @@
 //! let tokens = PageTokens::stored(pool);
 //! let filter = PageFilter::new("tasks.ListTasks").field("project_id", "7d0c…");
 //! let token = tokens.seal(&filter, b"cursor bytes").await?;
-//! assert_eq!(tokens.open(&filter, &token).await?, b"cursor bytes");
+//! assert_eq!(tokens.open(&filter, &token).await?.ok(), Some(b"cursor bytes".to_vec()));
 //! # Ok(()) }
 //! ```
 

@@ -13,9 +13,10 @@
 //! from every call; on a verified call the runtime sets it from the credential, so handlers read
 //! [`crate::identity::Identity::from_metadata`] and believe only what was verified here. Public
 //! methods are not verified at all (they grant nothing to anyone), so a service that is down
-//! cannot stall a public call through a JWKS fetch. Methods the descriptors do not know, outside
-//! health and reflection, need a verified caller: a service served without its descriptors fails
-//! closed.
+//! cannot stall a public call through a JWKS fetch. Methods whose descriptors state no policy, and
+//! methods the descriptors do not know (outside health and reflection), get the server's
+//! `--default-auth`: a verified caller unless it says otherwise, so a service served without its
+//! descriptors fails closed.
 //!
 //! The credential of a handled call goes on with the calls its handler makes
 //! ([`crate::auth::propagation`]).
@@ -43,15 +44,17 @@ const OPEN_SERVICES: [&str; 3] = [
 ];
 
 /// Who may call each method, by gRPC path.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct MethodRequirements {
     by_path: HashMap<String, Requirement>,
+    default: Requirement,
 }
 
 impl MethodRequirements {
-    /// The requirements of every method of the encoded descriptor `sets` (a method whose policy
-    /// cannot be read needs a verified caller).
-    pub(crate) fn from_descriptor_sets(sets: &[&[u8]]) -> Self {
+    /// The requirements of every method of the encoded descriptor `sets`, `default` where a
+    /// method states none (a method whose policy cannot be read needs a verified caller).
+    pub(crate) fn from_descriptor_sets(sets: &[&[u8]], default: Requirement) -> Self {
+        let fallback = ResolvedPolicy::with_auth(default.clone());
         let mut by_path = HashMap::new();
         for set in sets {
             let Ok(pool) = prost_reflect::DescriptorPool::decode(*set) else {
@@ -60,19 +63,18 @@ impl MethodRequirements {
             for service in pool.services() {
                 for method in service.methods() {
                     let path = format!("/{}/{}", service.full_name(), method.name());
-                    let requirement = policy::resolve(&method, &ResolvedPolicy::authenticated())
+                    let requirement = policy::resolve(&method, &fallback)
                         .map_or(Requirement::Authenticated, |resolved| resolved.auth);
                     by_path.insert(path, requirement);
                 }
             }
         }
-        Self { by_path }
+        Self { by_path, default }
     }
 
     /// The requirement of the method at `path`.
     fn of(&self, path: &str) -> &Requirement {
         static PUBLIC: Requirement = Requirement::Public;
-        static AUTHENTICATED: Requirement = Requirement::Authenticated;
         if let Some(requirement) = self.by_path.get(path) {
             return requirement;
         }
@@ -80,7 +82,7 @@ impl MethodRequirements {
         if OPEN_SERVICES.contains(&service) {
             &PUBLIC
         } else {
-            &AUTHENTICATED
+            &self.default
         }
     }
 }
@@ -240,7 +242,10 @@ mod tests {
             async { Ok::<_, std::convert::Infallible>(Status::ok("").into_http()) }
         });
         let layer = AuthenticationLayer::new(
-            MethodRequirements::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET]),
+            MethodRequirements::from_descriptor_sets(
+                &[crate::proto::FILE_DESCRIPTOR_SET],
+                Requirement::Authenticated,
+            ),
             testing::authenticator(),
         );
         let mut service = layer.layer(inner);

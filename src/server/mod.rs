@@ -305,7 +305,10 @@ impl BoundServer {
             crate::client::MethodTable::from_descriptor_sets(&descriptor_sets).unwrap_or_default(),
         );
         let authentication = authenticate::AuthenticationLayer::new(
-            authenticate::MethodRequirements::from_descriptor_sets(&descriptor_sets),
+            authenticate::MethodRequirements::from_descriptor_sets(
+                &descriptor_sets,
+                config.default_auth.requirement(),
+            ),
             authenticator.unwrap_or_else(|| {
                 crate::auth::Authenticator::without_mesh(crate::auth::AuthConfig::default())
             }),

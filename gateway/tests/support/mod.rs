@@ -272,6 +272,8 @@ impl EchoServer {
         let pool = DescriptorPool::decode(echo_descriptor_set()).unwrap();
         let log: Log = Arc::default();
         let mut config = ServeConfig::with_listen("127.0.0.1:0".parse().unwrap());
+        // The test protos state no policy: the gateway under test decides who may call.
+        config.default_auth = protomesh::policy::DefaultAuth::Public;
         config.consul_addr = consul_addr.to_owned();
         config.lame_duck = Duration::from_millis(100);
         let bound = MeshServer::new("gwtest", config)

@@ -24,7 +24,8 @@ use protomesh::data::testing::{TestDatabase, TestKeys};
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
-    CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
+    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
+    GetTaskRequest, Project, Task,
 };
 use protomesh::proto::protomesh::timetrack::v1::{
     timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
@@ -95,6 +96,23 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     request.set_timeout(Duration::from_secs(3));
     request
 }
+
+/// `message` as a call of the tasks handler by [`ADMIN`]: the identity metadata the server
+/// runtime sets on a verified call (the fixture calls the handler without a server).
+fn by_admin<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for (key, value) in [
+        (protomesh::identity::SUBJECT, ADMIN),
+        (protomesh::identity::ROLES, "admin"),
+        (protomesh::identity::AUTH_METHOD, "jwt"),
+    ] {
+        request.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    request
+}
+
+/// The users who start timers for themselves on the fixture's tasks: members of its project.
+const MEMBERS: [&str; 2] = ["alice", "bob"];
 
 /// A timetrack client whose calls carry a test token.
 type SignedClient = TimetrackServiceClient<InterceptedService<Channel, SignedIn>>;
@@ -260,7 +278,7 @@ impl Harness {
         })
         .await;
         let project = handler
-            .create_project(tonic::Request::new(CreateProjectRequest {
+            .create_project(by_admin(CreateProjectRequest {
                 project: Some(Project {
                     name: "timetrack tests".into(),
                     ..Default::default()
@@ -269,6 +287,15 @@ impl Harness {
             .await
             .unwrap()
             .into_inner();
+        for member in MEMBERS {
+            handler
+                .add_project_member(by_admin(AddProjectMemberRequest {
+                    project_id: project.id.clone(),
+                    user_id: member.into(),
+                }))
+                .await
+                .unwrap();
+        }
         TasksFixture {
             handler,
             project,
@@ -291,7 +318,7 @@ impl Harness {
         let tasks = self.tasks.as_ref().unwrap();
         tasks
             .handler
-            .create_task(tonic::Request::new(CreateTaskRequest {
+            .create_task(by_admin(CreateTaskRequest {
                 project_id: tasks.project.id.clone(),
                 task: Some(Task {
                     title: title.into(),
@@ -313,7 +340,7 @@ impl Harness {
             .as_ref()
             .unwrap()
             .handler
-            .complete_task(tonic::Request::new(CompleteTaskRequest { id: id.clone() }))
+            .complete_task(by_admin(CompleteTaskRequest { id: id.clone() }))
             .await
             .unwrap();
         id
@@ -1330,6 +1357,10 @@ async fn users_start_stop_and_read_only_their_own_timers_and_admins_act_for_anyo
         // Bob cannot touch or see Alice's timer: it does not exist for him.
         assert_not_found(bob.start_timer(start("alice", &task)).await, "user_id");
         assert_not_found(bob.stop_timer(stop("alice")).await, "user_id");
+        // A task in a project Carol is not a member of does not exist for her timer either: the
+        // tasks service decides, asked with Carol's own credential.
+        let mut carol = h.client_as(as_user("carol"));
+        assert_not_found(carol.start_timer(start("me", &task)).await, "task_id");
         assert_eq!(h.running_count("alice").await, 1, "still running");
         assert_eq!(h.running_count("bob").await, 0, "nothing started for bob");
         assert_not_found(bob.list_entries(list("alice", "")).await, "user_id");

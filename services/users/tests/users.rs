@@ -276,13 +276,14 @@ impl Harness {
             .map(tonic::Response::into_inner)
     }
 
+    /// GetMe signed in as `subject` (a test-issuer token; none: no credential).
     async fn me(&self, subject: Option<&str>) -> Result<User, tonic::Status> {
         let mut request = Request::new(GetMeRequest {});
         if let Some(subject) = subject {
-            let metadata = request.metadata_mut();
-            metadata.insert(identity::SUBJECT, subject.parse().unwrap());
-            metadata.insert(identity::ROLES, "user".parse().unwrap());
-            metadata.insert(identity::AUTH_METHOD, "jwt".parse().unwrap());
+            let token = protomesh::auth::testing::token(subject, &["user"]);
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         self.client()
             .get_me(request)
@@ -380,6 +381,16 @@ async fn register_login_refresh_and_get_me_round_trip() {
         let me = h.me(Some(&claims.sub)).await.unwrap();
         assert_eq!(me, user);
         let status = h.me(None).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        // Identity metadata set by the caller proves nothing: the runtime removes it.
+        let mut spoofed = Request::new(GetMeRequest {});
+        spoofed
+            .metadata_mut()
+            .insert(identity::SUBJECT, claims.sub.parse().unwrap());
+        spoofed
+            .metadata_mut()
+            .insert(identity::AUTH_METHOD, "jwt".parse().unwrap());
+        let status = h.client().get_me(spoofed).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         let status = h
             .me(Some(&uuid::Uuid::new_v4().to_string()))
