@@ -71,7 +71,12 @@ enum Call {
 /// A worker's client: the mesh channel to `tasks` and what to ask.
 #[derive(Clone)]
 struct TasksCaller {
-    client: TasksServiceClient<protomesh::client::MeshChannel>,
+    client: TasksServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            protomesh::client::MeshChannel,
+            protomesh::auth::testing::SignedIn,
+        >,
+    >,
     call: Call,
     project_id: String,
     task_ids: Arc<Vec<String>>,
@@ -159,11 +164,20 @@ fn spawn_tasks(
         .env("DATABASE_URL", database)
         .env("REDIS_URL", redis_url())
         .env("PROTOMESH_KEY_PREFIX", prefix)
+        // Callers sign in with the test issuer's tokens (no users service in the benchmark).
+        .env("PROTOMESH_JWT_SECRET_FILE", test_secret_file())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("tasks starts")
+}
+
+/// A file holding the test issuer's HS256 secret.
+fn test_secret_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("protomesh-bench-secret-{}", std::process::id()));
+    std::fs::write(&path, protomesh::auth::testing::TEST_SECRET).expect("secret file");
+    path
 }
 
 /// The pids of the processes named `name` (`postgres`, `redis-server`).
@@ -395,7 +409,10 @@ async fn main() {
     let cached_pid = children.0[1].id();
 
     let mesh = Mesh::from_consul(ConsulClient::new(consul.config().clone()).unwrap()).unwrap();
-    let mut client = TasksServiceClient::new(mesh.channel("tasks"));
+    let mut client = TasksServiceClient::with_interceptor(
+        mesh.channel("tasks"),
+        protomesh::auth::testing::SignedIn::as_user("bench", &["user"]),
+    );
     let project: Project = client
         .create_project(CreateProjectRequest {
             project: Some(Project {

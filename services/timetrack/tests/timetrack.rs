@@ -112,7 +112,7 @@ fn by_admin<T>(message: T) -> tonic::Request<T> {
 }
 
 /// The users who start timers for themselves on the fixture's tasks: members of its project.
-const MEMBERS: [&str; 2] = ["alice", "bob"];
+const MEMBERS: [&str; 4] = ["ada", "alice", "bob", "eve"];
 
 /// A timetrack client whose calls carry a test token.
 type SignedClient = TimetrackServiceClient<InterceptedService<Channel, SignedIn>>;
