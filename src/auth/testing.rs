@@ -67,6 +67,21 @@ fn sign(subject: &str, roles: &[&str], secret: &[u8]) -> String {
     .unwrap_or_default()
 }
 
+/// Sets on `request` the identity metadata the server runtime sets on a call it verified: for
+/// tests that call a handler directly, without a server (and so without its runtime).
+pub fn verified_as<T>(request: &mut tonic::Request<T>, subject: &str, roles: &[&str]) {
+    let metadata = request.metadata_mut();
+    for (key, value) in [
+        (crate::identity::SUBJECT, subject.to_owned()),
+        (crate::identity::ROLES, roles.join(",")),
+        (crate::identity::AUTH_METHOD, "jwt".to_owned()),
+    ] {
+        if let Ok(value) = value.parse() {
+            metadata.insert(key, value);
+        }
+    }
+}
+
 /// A tonic interceptor that adds `authorization: Bearer TOKEN` to every call.
 #[derive(Debug, Clone)]
 pub struct SignedIn {

@@ -65,18 +65,6 @@ fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
     );
 }
 
-/// The identity metadata the server runtime sets on a verified call, for tests that call the
-/// handler without a server.
-fn signed_in_as<T>(request: &mut tonic::Request<T>, subject: &str) {
-    for (key, value) in [
-        (protomesh::identity::SUBJECT, subject),
-        (protomesh::identity::ROLES, "user"),
-        (protomesh::identity::AUTH_METHOD, "jwt"),
-    ] {
-        request.metadata_mut().insert(key, value.parse().unwrap());
-    }
-}
-
 /// Everything one test needs. Field order is drop order: the server and relay go before the
 /// database is dropped.
 struct Harness {
@@ -1418,7 +1406,7 @@ async fn a_database_that_is_down_answers_unavailable() {
         let mut request = tonic::Request::new(GetTaskRequest {
             id: uuid::Uuid::new_v4().to_string(),
         });
-        signed_in_as(&mut request, "alice");
+        protomesh::auth::testing::verified_as(&mut request, "alice", &["user"]);
         let status = handler.get_task(request).await.expect_err("no database");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
@@ -1432,7 +1420,7 @@ async fn a_database_that_is_down_answers_unavailable() {
                 ..Default::default()
             }),
         });
-        signed_in_as(&mut request, "alice");
+        protomesh::auth::testing::verified_as(&mut request, "alice", &["user"]);
         let status = handler
             .create_project(request)
             .await
@@ -1452,7 +1440,7 @@ async fn handler_answers_without_a_server() {
             project_id: project.id.clone(),
             ..Default::default()
         });
-        signed_in_as(&mut request, "alice");
+        protomesh::auth::testing::verified_as(&mut request, "alice", &["user"]);
         let listed = h.handler.list_tasks(request).await.unwrap().into_inner();
         assert!(listed.tasks.is_empty());
         assert!(listed.next_page_token.is_empty());

@@ -101,13 +101,7 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
 /// runtime sets on a verified call (the fixture calls the handler without a server).
 fn by_admin<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    for (key, value) in [
-        (protomesh::identity::SUBJECT, ADMIN),
-        (protomesh::identity::ROLES, "admin"),
-        (protomesh::identity::AUTH_METHOD, "jwt"),
-    ] {
-        request.metadata_mut().insert(key, value.parse().unwrap());
-    }
+    protomesh::auth::testing::verified_as(&mut request, ADMIN, &["admin"]);
     request
 }
 

@@ -1144,12 +1144,7 @@ async fn a_database_that_is_down_answers_unavailable() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         let mut me = Request::new(GetMeRequest {});
-        me.metadata_mut().insert(
-            identity::SUBJECT,
-            uuid::Uuid::new_v4().to_string().parse().unwrap(),
-        );
-        me.metadata_mut()
-            .insert(identity::AUTH_METHOD, "jwt".parse().unwrap());
+        protomesh::auth::testing::verified_as(&mut me, &uuid::Uuid::new_v4().to_string(), &[]);
         let status = handler.get_me(me).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
