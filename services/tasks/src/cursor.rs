@@ -6,7 +6,7 @@
 //! | kind | list | sort key | bytes after the kind |
 //! |---|---|---|---|
 //! | 1 | tasks, newest first | `(created_at, id)` | microseconds since the epoch (i64, big-endian), the UUID (16) |
-//! | 2 | projects, by name | `name` | the name (UTF-8) |
+//! | 2 | projects, by name | `(name, id)` (names are unique per owner only) | the UUID (16), the name (UTF-8) |
 //!
 //! Anything else — another kind, a wrong length — is malformed, which the handler answers with
 //! `INVALID_ARGUMENT` naming `page_token`.
@@ -62,18 +62,21 @@ impl TaskCursor {
     }
 }
 
-/// Where a page of projects starts: after the project with this name.
+/// Where a page of projects starts: after the project with this `(name, id)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectCursor {
     /// Name of the last project of the page before.
     pub name: String,
+    /// Its id (two owners may name projects alike).
+    pub id: Uuid,
 }
 
 impl ProjectCursor {
     /// The cursor's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(1 + self.name.len());
+        let mut bytes = Vec::with_capacity(17 + self.name.len());
         bytes.push(PROJECT_KIND);
+        bytes.extend_from_slice(self.id.as_bytes());
         bytes.extend_from_slice(self.name.as_bytes());
         bytes
     }
@@ -81,11 +84,13 @@ impl ProjectCursor {
     /// The cursor in `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CursorError> {
         let (&kind, rest) = bytes.split_first().ok_or(CursorError::Malformed)?;
-        if kind != PROJECT_KIND || rest.is_empty() {
+        if kind != PROJECT_KIND || rest.len() <= 16 {
             return Err(CursorError::Malformed);
         }
-        let name = String::from_utf8(rest.to_vec()).map_err(|_| CursorError::Malformed)?;
-        Ok(Self { name })
+        let (id, name) = rest.split_at(16);
+        let id = Uuid::from_slice(id).map_err(|_| CursorError::Malformed)?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| CursorError::Malformed)?;
+        Ok(Self { name, id })
     }
 }
 
@@ -113,6 +118,7 @@ mod tests {
     fn project_cursors_round_trip() {
         let cursor = ProjectCursor {
             name: "ünïcode name / with ? symbols".into(),
+            id: Uuid::new_v4(),
         };
         assert_eq!(ProjectCursor::from_bytes(&cursor.to_bytes()), Ok(cursor));
     }
@@ -124,7 +130,11 @@ mod tests {
             TaskCursor::from_bytes(&[1u8, 2, 3]),
             Err(CursorError::Malformed)
         );
-        let project = ProjectCursor { name: "x".into() }.to_bytes();
+        let project = ProjectCursor {
+            name: "x".into(),
+            id: Uuid::nil(),
+        }
+        .to_bytes();
         assert_eq!(
             TaskCursor::from_bytes(&project),
             Err(CursorError::Malformed)

@@ -6,7 +6,7 @@
 //!
 //! | call | reads / writes | event (stream `tasks`) |
 //! |---|---|---|
-//! | `CreateProject` | insert (`ALREADY_EXISTS` for a taken name) | `project.created` |
+//! | `CreateProject` | insert (`ALREADY_EXISTS` for a name the caller already gave a project) | `project.created` |
 //! | `GetProject`, `ListProjects` | select (by name, cursor pages) | |
 //! | `CreateTask` | priority, insert (`NOT_FOUND` for an unknown project) | `task.created` |
 //! | `GetTask` | cache `task:{id}` (TTL 60 s), else select and fill the cache | |
@@ -106,21 +106,22 @@ const INSERT_PROJECT: &str = concat!(
     project_columns!()
 );
 
-/// `$3`: an admin's call (every project), else only the projects `$4` is a member of.
+/// `$2`: an admin's call (every project), else only the projects `$3` is a member of; by
+/// `(name, id)` (names are unique per owner only).
 const LIST_PROJECTS_FIRST: &str = concat!(
     "SELECT ",
     project_columns!(),
     " FROM projects WHERE ($2 OR id IN (SELECT project_id FROM project_members WHERE user_id = $3))
-    ORDER BY name LIMIT $1"
+    ORDER BY name, id LIMIT $1"
 );
 
-/// As [`LIST_PROJECTS_FIRST`], after the name `$1`.
+/// As [`LIST_PROJECTS_FIRST`], after the project `($1, $5)`.
 const LIST_PROJECTS_AFTER: &str = concat!(
     "SELECT ",
     project_columns!(),
-    " FROM projects WHERE name > $1
+    " FROM projects WHERE (name, id) > ($1, $5)
         AND ($3 OR id IN (SELECT project_id FROM project_members WHERE user_id = $4))
-    ORDER BY name LIMIT $2"
+    ORDER BY name, id LIMIT $2"
 );
 
 const INSERT_MEMBER: &str = "INSERT INTO project_members (project_id, user_id, role)
@@ -544,7 +545,8 @@ impl TasksService for TasksHandler {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
-        let filter = PageFilter::new("tasks.ListProjects");
+        // A token is the caller's own: the list it pages is the caller's projects.
+        let filter = PageFilter::new("tasks.ListProjects").field("caller", &caller.subject);
         let after = page_token(
             &self.page_tokens,
             &filter,
@@ -577,7 +579,13 @@ impl TasksService for TasksHandler {
                     client
                         .query(
                             &statement,
-                            &[&cursor.name, &limit, &every_project, &caller.subject],
+                            &[
+                                &cursor.name,
+                                &limit,
+                                &every_project,
+                                &caller.subject,
+                                &cursor.id,
+                            ],
                         )
                         .await
                 }
@@ -591,6 +599,7 @@ impl TasksService for TasksHandler {
             projects.last().map(|last| {
                 ProjectCursor {
                     name: last.name.clone(),
+                    id: last.id,
                 }
                 .to_bytes()
             })
@@ -851,6 +860,7 @@ impl TasksService for TasksHandler {
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
         // The token is good only with the filters it was handed out with.
         let filter = PageFilter::new("tasks.ListTasks")
+            .field("caller", &caller.subject)
             .field(
                 "project_id",
                 project_id.map(|id| id.to_string()).unwrap_or_default(),

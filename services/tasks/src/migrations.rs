@@ -86,6 +86,15 @@ INSERT INTO project_members (project_id, user_id, role)
     ON CONFLICT DO NOTHING;
 ";
 
+/// Project names unique per owner, not across the deployment: a global rule let anyone learn
+/// that a name was taken by someone else's project (`ALREADY_EXISTS`). Listing by name pages on
+/// `(name, id)`.
+pub const NAMES_PER_OWNER: &str = "
+ALTER TABLE projects DROP CONSTRAINT projects_name_key;
+ALTER TABLE projects ADD CONSTRAINT projects_owner_name_key UNIQUE (owner_id, name);
+CREATE INDEX projects_by_name ON projects (name, id);
+";
+
 /// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`. Step 4 holds the key
 /// that signs page tokens ([`protomesh::data::page_token`]).
 pub const MIGRATIONS: &[(i64, &str)] = &[
@@ -93,4 +102,5 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, PROJECTS_AND_TASKS),
     (3, OWNERS_AND_MEMBERS),
     (4, PAGE_TOKEN_KEY_DDL),
+    (5, NAMES_PER_OWNER),
 ];

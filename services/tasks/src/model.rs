@@ -135,7 +135,7 @@ impl TaskRecord {
 pub struct ProjectRecord {
     /// Its id.
     pub id: Uuid,
-    /// 1..200 characters, unique.
+    /// 1..200 characters, unique per owner.
     pub name: String,
     /// Free text.
     pub description: String,

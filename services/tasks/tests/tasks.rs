@@ -1579,6 +1579,48 @@ async fn only_members_see_and_change_a_project_and_its_tasks() {
             .unwrap()
             .into_inner();
         assert!(bobs_projects.projects.is_empty(), "{bobs_projects:?}");
+        // Names are unique per owner: Alice's names are not Bob's business (no ALREADY_EXISTS
+        // telling him one is taken), while Alice cannot repeat her own.
+        let bobs_own = bob
+            .create_project(CreateProjectRequest {
+                project: Some(Project {
+                    name: "alice-only".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(bobs_own.owner_id, "bob");
+        let again = h
+            .client()
+            .create_project(CreateProjectRequest {
+                project: Some(Project {
+                    name: "alice-only".into(),
+                    ..Default::default()
+                }),
+            })
+            .await;
+        assert_eq!(code_of(again), Code::AlreadyExists);
+        // A page token is its caller's own.
+        h.project("alice-second").await;
+        let page = h
+            .client()
+            .list_projects(ListProjectsRequest {
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!page.next_page_token.is_empty());
+        let borrowed = bob
+            .list_projects(ListProjectsRequest {
+                page_size: 1,
+                page_token: page.next_page_token.clone(),
+            })
+            .await;
+        assert_eq!(code_of(borrowed), Code::InvalidArgument);
         assert_eq!(
             h.get(&task.id).await.unwrap().status(),
             TaskStatus::Open,
@@ -1704,7 +1746,33 @@ async fn only_members_see_and_change_a_project_and_its_tasks() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(all.projects.len(), 1);
+        // Two projects named alike (Alice's and Bob's) page apart by id.
+        let names: Vec<String> = all.projects.iter().map(|p| p.name.clone()).collect();
+        assert_eq!(names, vec!["alice-only", "alice-only", "alice-second"]);
+        let mut paged = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = admin
+                .list_projects(ListProjectsRequest {
+                    page_size: 1,
+                    page_token: token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            paged.extend(page.projects.into_iter().map(|p| p.id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(
+            paged,
+            all.projects
+                .iter()
+                .map(|p| p.id.clone())
+                .collect::<Vec<_>>()
+        );
         admin
             .add_project_member(AddProjectMemberRequest {
                 project_id: project.id.clone(),

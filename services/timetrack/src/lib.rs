@@ -317,6 +317,8 @@ impl TimetrackService for TimetrackHandler {
         let page_size = violations.check(validate::page_size("page_size", request.page_size));
         // The token is good only with the filters it was handed out with.
         let filter = PageFilter::new("timetrack.ListEntries")
+            // A token is the caller's own: "me" means someone else for another caller.
+            .field("caller", &caller.subject)
             .field("user_id", &request.user_id)
             .field(
                 "task_id",
