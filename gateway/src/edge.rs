@@ -13,8 +13,10 @@
 //! 5. **Authorization**: the policy's requirement; no credentials → 401, a valid caller without
 //!    the role → 403.
 //! 6. **Rate limit** ([`crate::ratelimit`]), after authentication so the client key is known.
-//! 7. **Identity forwarded**: `x-protomesh-subject`, `-roles`, `-auth` for a verified caller and
-//!    `-client-ip` always ([`protomesh::identity`]); an API key itself is never forwarded.
+//! 7. **Credential and identity forwarded**: the credential itself (bearer token or API key) goes
+//!    on, and every service verifies it again ([`protomesh::auth`]); `x-protomesh-subject`,
+//!    `-roles`, `-auth` for a verified caller (for services not built with the protomesh runtime)
+//!    and `-client-ip` always ([`protomesh::identity`]).
 //!
 //! Refusals are the transport's own: JSON errors (`{"code", "message", "details"}`) with
 //! `WWW-Authenticate` on 401, or trailers-only gRPC statuses (`UNAUTHENTICATED`,

@@ -544,7 +544,12 @@ fn copy_metadata(
         HeaderName::from_static("traceparent"),
         HeaderName::from_static("tracestate"),
     ];
-    for name in always.iter().chain(options.forward_headers.iter()) {
+    // A `--forward-header` naming one of these is not sent twice (a doubled credential is invalid).
+    let extra = options
+        .forward_headers
+        .iter()
+        .filter(|name| !always.contains(name));
+    for name in always.iter().chain(extra) {
         for value in headers.get_all(name) {
             if let (Ok(key), Ok(value)) = (
                 tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),

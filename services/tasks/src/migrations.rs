@@ -54,17 +54,13 @@ CREATE INDEX tasks_level_newest ON tasks (priority_level, created_at DESC, id DE
 /// Owners and members: a project's creator owns it; its members (the owner included, as a
 /// `project_members` row with role 1) see it and its tasks.
 ///
-/// Projects created before owners existed get one here: the assignee of their earliest assigned
-/// task (the people working in a project are its likeliest owners), else the reserved subject
-/// `unowned` (no user has it, so only admins see such a project until they add members); every
-/// assignee of a project's tasks becomes a member.
+/// Projects created before owners existed are owned by the reserved subject `unowned` (no user
+/// has it, so only admins manage such a project until they add members). An assignee, free text
+/// that anyone could have written, is never made an owner: assignees that look like user ids
+/// (UUIDs, as the users service hands out) become plain members.
 pub const OWNERS_AND_MEMBERS: &str = "
 ALTER TABLE projects ADD COLUMN owner_id text;
-UPDATE projects SET owner_id = coalesce(
-    (SELECT assignee FROM tasks
-     WHERE tasks.project_id = projects.id AND assignee <> ''
-     ORDER BY created_at, id LIMIT 1),
-    'unowned');
+UPDATE projects SET owner_id = 'unowned';
 ALTER TABLE projects ALTER COLUMN owner_id SET NOT NULL;
 
 CREATE TABLE project_members (
@@ -82,7 +78,8 @@ CREATE INDEX project_members_by_user ON project_members (user_id, project_id);
 INSERT INTO project_members (project_id, user_id, role)
     SELECT id, owner_id, 1 FROM projects;
 INSERT INTO project_members (project_id, user_id, role)
-    SELECT DISTINCT project_id, assignee, 2 FROM tasks WHERE assignee <> ''
+    SELECT DISTINCT project_id, assignee, 2 FROM tasks
+    WHERE assignee ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
     ON CONFLICT DO NOTHING;
 ";
 

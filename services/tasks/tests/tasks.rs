@@ -1837,3 +1837,59 @@ async fn direct_calls_need_a_credential_the_service_verifies() {
     })
     .await;
 }
+
+/// Projects from before owners existed get one by migration: the reserved `unowned` (never an
+/// assignee, free text anyone could have written); assignees that are user ids become members.
+#[tokio::test]
+async fn the_migration_gives_old_projects_an_owner_and_members() {
+    bounded(TEST_TIMEOUT, async {
+        let db = TestDatabase::create().await.unwrap();
+        let config: DataConfig = db.config().with_default_schema("tasks");
+        let pool = data::connect_pool(&config).unwrap();
+        // The schema as it was before owners: steps 1 and 2.
+        data::migrate(&pool, "tasks", &MIGRATIONS[..2])
+            .await
+            .unwrap();
+        let project = uuid::Uuid::new_v4();
+        let user = uuid::Uuid::new_v4().to_string();
+        let client = pool.get().await.unwrap();
+        client
+            .execute(
+                "INSERT INTO projects (id, name) VALUES ($1, 'legacy')",
+                &[&project],
+            )
+            .await
+            .unwrap();
+        for assignee in [user.as_str(), "ada", ""] {
+            client
+                .execute(
+                    "INSERT INTO tasks (id, project_id, title, urgency, impact, assignee,
+                        priority_score, priority_level) VALUES ($1, $2, 't', 1, 1, $3, 1, 1)",
+                    &[&uuid::Uuid::new_v4(), &project, &assignee],
+                )
+                .await
+                .unwrap();
+        }
+        drop(client);
+        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
+        let client = pool.get().await.unwrap();
+        let owner: String = client
+            .query_one("SELECT owner_id FROM projects WHERE id = $1", &[&project])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(owner, "unowned");
+        let members: Vec<(String, i16)> = client
+            .query(
+                "SELECT user_id, role FROM project_members WHERE project_id = $1 ORDER BY role",
+                &[&project],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        assert_eq!(members, vec![("unowned".to_owned(), 1), (user, 2)]);
+    })
+    .await;
+}
