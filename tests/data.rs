@@ -328,6 +328,38 @@ async fn instances_of_a_deployment_share_one_page_token_key() {
     .await;
 }
 
+/// Instances of every service start together against a server without their database: each
+/// sees none and creates it. All must succeed (one creates it) and migrate their own schemas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_create_the_database_once() {
+    bounded(TEST_TIMEOUT, async {
+        let db = TestDatabase::not_created().await.unwrap();
+        let starts = (0..12).map(|i| {
+            let config = DataConfig::with_database_url(db.url())
+                .with_default_schema(&format!("svc{}", i % 4));
+            async move {
+                let created = data::ensure_database(&config).await?;
+                let pool = data::connect_pool(&config).unwrap();
+                data::migrate(
+                    &pool,
+                    &format!("svc{}", i % 4),
+                    &[(1, "CREATE TABLE t (x int)")],
+                )
+                .await?;
+                Ok::<_, data::DataError>(created)
+            }
+        });
+        let outcomes = futures::future::join_all(starts).await;
+        let created = outcomes
+            .iter()
+            .map(|outcome| *outcome.as_ref().unwrap_or_else(|err| panic!("{err}")))
+            .filter(|created| *created)
+            .count();
+        assert_eq!(created, 1, "{outcomes:?}");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn ensure_database_creates_a_missing_database_once() {
     bounded(TEST_TIMEOUT, async {

@@ -16,6 +16,31 @@ use protomesh::consul::{ConsulClient, ConsulConfig, QueryOptions};
 use protomesh::data::testing::{TestDatabase, TestKeys};
 use support::{binary, eventually, spawn_priority, tempdir, tool, Consul};
 
+/// The live child processes of `parent` (zombies excluded): process ID and command name.
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after its closing paren.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let command = head.split_once('(').map_or("", |(_, c)| c).to_owned();
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == parent && state != "Z" {
+            children.push((pid, command));
+        }
+    }
+    children
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -77,7 +102,9 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     for name in ["users", "tasks", "timetrack", "analytics", "gateway"] {
         binary(name);
     }
-    let database = TestDatabase::create().await.unwrap();
+    // A database name the server does not have yet: the services create it (racing) on the
+    // first run, as on a fresh machine.
+    let database = TestDatabase::not_created().await.unwrap();
     let keys = TestKeys::new();
     let gateway_addr = format!("127.0.0.1:{}", free_port());
     let mut mesh = Command::new(env!("CARGO_BIN_EXE_mesh"))
@@ -257,6 +284,44 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         .iter()
         .map(|e| format!("{}:{}", e.service.address, e.service.port))
         .collect();
+
+    // The dev agent dies: `mesh up` reaps it (no zombie left) and starts it again at the same
+    // address, where the services register themselves again.
+    let agent = children_of(mesh.id())
+        .into_iter()
+        .find(|(_, command)| command == "consul")
+        .unwrap_or_else(|| panic!("no consul child of mesh up"))
+        .0;
+    kill(Pid::from_raw(agent as i32), Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(10), "the dead agent reaped", || async {
+        (!std::path::Path::new(&format!("/proc/{agent}")).exists()).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(60),
+        "the agent back with 3 priority instances",
+        || async {
+            let entries = client
+                .health_service(
+                    "priority",
+                    &QueryOptions {
+                        passing: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()?
+                .value;
+            (entries.len() == 3).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        children_of(mesh.id())
+            .iter()
+            .any(|(pid, command)| command == "consul" && *pid != agent),
+        "a new agent runs"
+    );
 
     kill(Pid::from_raw(mesh.id() as i32), Signal::SIGINT).unwrap();
     let status = tokio::task::spawn_blocking(move || mesh.wait())

@@ -1,5 +1,7 @@
 //! [`DevAgent`]: launches a throw-away `consul agent -dev` bound to loopback on free ports, for
-//! `mesh up` and for tests; many can run side by side.
+//! `mesh up` and for tests; many can run side by side. A free port can be taken by another
+//! process between the moment it is picked and the moment the agent binds it: an agent that
+//! exits before it is ready is started again on newly picked ports (a few times at most).
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -15,6 +17,10 @@ use crate::error::ConsulError;
 
 /// Time between two readiness polls.
 const READY_POLL: Duration = Duration::from_millis(100);
+
+/// How many times [`DevAgent::wait_ready`] starts an agent that exited before it was ready again
+/// on new ports (its ports may have been taken between picking and binding them).
+const PORT_RETRIES: u32 = 4;
 
 /// Distinguishes node names of agents started by one process.
 static AGENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -138,9 +144,15 @@ pub struct DevAgentPorts {
 #[derive(Debug)]
 pub struct DevAgent {
     options: DevAgentOptions,
-    ports: DevAgentPorts,
     node_name: String,
-    child: Mutex<Option<Child>>,
+    process: Mutex<Process>,
+}
+
+/// The agent's ports and process, replaced together when it is started again on new ports.
+#[derive(Debug)]
+struct Process {
+    ports: DevAgentPorts,
+    child: Option<Child>,
 }
 
 impl DevAgent {
@@ -166,20 +178,28 @@ impl DevAgent {
         );
         Ok(Self {
             options,
-            ports,
             node_name,
-            child: Mutex::new(Some(child)),
+            process: Mutex::new(Process {
+                ports,
+                child: Some(child),
+            }),
         })
     }
 
-    /// The agent's HTTP address, `127.0.0.1:port`.
-    pub fn http_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.http)
+    fn process(&self) -> std::sync::MutexGuard<'_, Process> {
+        self.process
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The ports the agent listens on.
+    /// The agent's HTTP address, `127.0.0.1:port` (final once [`DevAgent::wait_ready`] returned).
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports().http)
+    }
+
+    /// The ports the agent listens on (final once [`DevAgent::wait_ready`] returned).
     pub fn ports(&self) -> DevAgentPorts {
-        self.ports
+        self.process().ports
     }
 
     /// The agent's node name.
@@ -194,7 +214,7 @@ impl DevAgent {
 
     /// The command-line arguments the agent is started with (after the binary).
     pub fn args(&self) -> Vec<String> {
-        agent_args(&self.options, &self.ports, &self.node_name)
+        agent_args(&self.options, &self.ports(), &self.node_name)
     }
 
     /// A client for this agent (default request timeout).
@@ -202,9 +222,39 @@ impl DevAgent {
         ConsulClient::new(ConsulConfig::new(&self.http_addr())?)
     }
 
-    /// Polls `GET /v1/status/leader` until the agent has elected itself leader, failing early
-    /// when the process exits and after `timeout`.
+    /// Polls the agent (`GET /v1/agent/self`: is it this agent?) until it has elected itself
+    /// leader (`GET /v1/status/leader`), failing after
+    /// `timeout`. An agent that exits before it is ready is started again on newly picked ports
+    /// (those not fixed by [`DevAgentOptions::http_port`]), at most a few times; then its exit is
+    /// the error.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ConsulError> {
+        let started = Instant::now();
+        let mut retries = 0;
+        loop {
+            let left = timeout.saturating_sub(started.elapsed());
+            match self.poll_ready(left, timeout).await {
+                Err(exited @ ConsulError::AgentExited { .. }) if retries < PORT_RETRIES => {
+                    retries += 1;
+                    let ports = pick_ports(self.options.http_port)?;
+                    tracing::warn!(
+                        error = %exited,
+                        http = ports.http,
+                        "consul dev agent exited before it was ready; starting it on new ports"
+                    );
+                    let child = spawn(&self.options, &ports, &self.node_name)?;
+                    *self.process() = Process {
+                        ports,
+                        child: Some(child),
+                    };
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One readiness wait of at most `left` for the agent as it runs now; `timeout` is the
+    /// whole wait, for the error.
+    async fn poll_ready(&self, left: Duration, timeout: Duration) -> Result<(), ConsulError> {
         let poll_timeout = timeout.clamp(Duration::from_millis(200), Duration::from_secs(2));
         let client = ConsulClient::new(
             ConsulConfig::new(&self.http_addr())?.with_request_timeout(poll_timeout),
@@ -212,12 +262,21 @@ impl DevAgent {
         let started = Instant::now();
         loop {
             self.check_running()?;
-            let last_error = match client.status_leader().await {
-                Ok(leader) if !leader.is_empty() => return Ok(()),
-                Ok(_) => "no leader elected yet".to_owned(),
+            // Ours, not another process on a port taken from under it, and a leader elected.
+            let last_error = match client.agent_self().await {
+                Ok(agent) if agent.node_name != self.node_name => {
+                    format!("another agent ({}) answers there", agent.node_name)
+                }
+                Ok(_) => match client.status_leader().await {
+                    Ok(leader) if !leader.is_empty() => return Ok(()),
+                    Ok(_) => "no leader elected yet".to_owned(),
+                    Err(err) => err.to_string(),
+                },
                 Err(err) => err.to_string(),
             };
-            if started.elapsed() >= timeout {
+            // Exited while we polled: say so rather than time out.
+            self.check_running()?;
+            if started.elapsed() >= left {
                 return Err(ConsulError::NotReady {
                     address: self.http_addr(),
                     after: timeout,
@@ -231,9 +290,10 @@ impl DevAgent {
     /// Kills the agent and waits for it to exit. Does nothing when it is not running.
     pub async fn stop(&mut self) {
         let child = self
-            .child
+            .process
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .child
             .take();
         if let Some(mut child) = child {
             // Errors mean the process is already gone, which is what we want.
@@ -243,29 +303,30 @@ impl DevAgent {
 
     /// Stops the agent and starts it again on the same ports with the same node name (a dev
     /// agent keeps no state, so it comes back empty), then waits up to `timeout` for it to be
-    /// ready.
+    /// ready (on the same ports: those are its address).
     pub async fn restart(&mut self, timeout: Duration) -> Result<(), ConsulError> {
         self.stop().await;
-        let child = spawn(&self.options, &self.ports, &self.node_name)?;
-        *self
-            .child
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(child);
-        self.wait_ready(timeout).await
+        let ports = self.ports();
+        let child = spawn(&self.options, &ports, &self.node_name)?;
+        self.process().child = Some(child);
+        self.poll_ready(timeout, timeout).await
+    }
+
+    /// `None` while the agent runs; once it has exited, why (the exit is reaped: no zombie is
+    /// left behind).
+    pub fn exited(&self) -> Option<ConsulError> {
+        self.check_running().err()
     }
 
     /// Fails with [`ConsulError::AgentExited`] when the process is no longer running.
     fn check_running(&self) -> Result<(), ConsulError> {
-        let mut guard = self
-            .child
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.process();
         let exited = |status: String| ConsulError::AgentExited {
             binary: self.options.binary.clone(),
             status,
             log_file: self.options.log_file.clone(),
         };
-        match guard.as_mut() {
+        match guard.child.as_mut() {
             None => Err(exited("stopped".to_owned())),
             Some(child) => match child.try_wait() {
                 Ok(None) => Ok(()),
@@ -438,5 +499,36 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent/consul"), "{msg}");
         assert!(msg.contains("scripts/setup.sh"), "{msg}");
+    }
+
+    /// The race the retry is for: the ports picked for an agent are taken before it binds them
+    /// (here by a running agent holding the very same ports). It must come up on new ones.
+    #[tokio::test]
+    async fn an_agent_whose_ports_were_taken_starts_on_new_ones() {
+        let Ok(options) = DevAgentOptions::discover() else {
+            eprintln!("skipped: no consul binary (run scripts/setup.sh)");
+            return;
+        };
+        let first = DevAgent::start(options.clone()).unwrap();
+        first.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let taken = first.ports();
+
+        let second = DevAgent::start(options).unwrap();
+        // The second agent's first run gets the first agent's ports: it cannot bind them.
+        {
+            let mut process = second.process();
+            let child = spawn(&second.options, &taken, &second.node_name).unwrap();
+            *process = Process {
+                ports: taken,
+                child: Some(child),
+            };
+        }
+        second.wait_ready(Duration::from_secs(30)).await.unwrap();
+        assert_ne!(second.ports(), taken);
+        let leader = second.client().unwrap().status_leader().await.unwrap();
+        assert!(!leader.is_empty());
+        // And the first agent is still the one on its own address.
+        assert_eq!(first.ports(), taken);
+        first.client().unwrap().status_leader().await.unwrap();
     }
 }

@@ -19,6 +19,10 @@ use super::{DataConfig, DataError};
 /// database (`"protomsh"` in ASCII).
 const MIGRATION_LOCK: i64 = 0x7072_6f74_6f6d_7368;
 
+/// First key of the session-level advisory lock [`ensure_database`] holds while it creates a
+/// database (the second is the database name's hash).
+const CREATE_DATABASE_LOCK_CLASS: i32 = 0x7072_6d31;
+
 /// The bookkeeping table of [`migrate`]: one row per applied step.
 pub const SCHEMA_MIGRATIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     service text NOT NULL,
@@ -137,6 +141,15 @@ pub async fn ensure_database(config: &DataConfig) -> Result<bool, DataError> {
     // The schema option is meaningless for the maintenance database; keep the rest.
     admin.options("");
     let client = connect_once(&admin, config.db_timeout).await?;
+    // Instances starting together each see no database and race to create it; `CREATE
+    // DATABASE` cannot run in a transaction, so a session-level advisory lock (per database
+    // name, released when this connection closes) makes them take turns.
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&CREATE_DATABASE_LOCK_CLASS, &name],
+        )
+        .await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -152,8 +165,14 @@ pub async fn ensure_database(config: &DataConfig) -> Result<bool, DataError> {
             tracing::info!(database = %name, "database created");
             Ok(true)
         }
-        // Another instance created it in the meantime.
-        Err(err) if err.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(false),
+        // Another process that does not take the lock created it in the meantime: `42P04`, or
+        // `23505` on `pg_database`'s unique index when both creations ran at once.
+        Err(err)
+            if err.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || err.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(false)
+        }
         Err(err) => Err(err.into()),
     }
 }

@@ -85,6 +85,22 @@ impl TestDatabase {
     /// Creates a fresh, empty database. Databases left behind by test processes that no longer
     /// run are dropped first.
     pub async fn create() -> Result<Self, DataError> {
+        let database = Self::not_created().await?;
+        let admin = connect_once(
+            &pg_config(&DataConfig::with_database_url(&database.admin_url))?,
+            ADMIN_TIMEOUT,
+        )
+        .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&database.name)))
+            .await?;
+        Ok(database)
+    }
+
+    /// A name and URL of its own for a database that does not exist yet (for tests of whatever
+    /// creates it); dropped like the others if it exists by then. Databases left behind by test
+    /// processes that no longer run are dropped first.
+    pub async fn not_created() -> Result<Self, DataError> {
         let server = server_url();
         let admin_url = with_database_name(&server, "postgres");
         let admin = connect_once(
@@ -98,12 +114,11 @@ impl TestDatabase {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let quoted = quote_ident(&name);
         admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
-            .await?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {quoted}"))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&name)
+            ))
             .await?;
         Ok(Self {
             url: with_database_name(&server, &name),

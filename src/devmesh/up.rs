@@ -141,7 +141,7 @@ pub async fn up(
         let _ = write!(out, "{report}");
         let _ = writeln!(out, "{}", try_lines(&client, &report, &options, gateway));
         let _ = out.flush();
-        supervise(&mut processes, shutdown).await;
+        supervise(&mut processes, agent.as_mut(), shutdown).await;
         Ok(())
     }
     .await;
@@ -310,6 +310,7 @@ async fn wait_for_gateway(
 /// Runs until `shutdown`, reporting processes that exit on their own.
 async fn supervise(
     processes: &mut [ServiceProcess],
+    mut agent: Option<&mut DevAgent>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -326,6 +327,16 @@ async fn supervise(
                     if let Some(status) = process.try_exit_status() {
                         *reported = true;
                         tracing::warn!(process = process.name(), %status, log = %process.log_path().display(), "service process exited");
+                    }
+                }
+                // The dev agent this run started: reaped when it exits (no zombie), and started
+                // again on its address; the services register themselves again.
+                if let Some(agent) = agent.as_deref_mut() {
+                    if let Some(exited) = agent.exited() {
+                        tracing::warn!(error = %exited, "the Consul dev agent exited; starting it again");
+                        if let Err(err) = agent.restart(Duration::from_secs(30)).await {
+                            tracing::warn!(error = %err, "the Consul dev agent did not come back");
+                        }
                     }
                 }
             }
