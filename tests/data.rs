@@ -336,7 +336,7 @@ async fn instances_starting_together_create_the_database_once() {
         let db = TestDatabase::not_created().await.unwrap();
         let starts = (0..12).map(|i| {
             let config = DataConfig::with_database_url(db.url())
-                .with_default_schema(&format!("svc{}", i % 4));
+                .with_default_schema(format!("svc{}", i % 4));
             async move {
                 let created = data::ensure_database(&config).await?;
                 let pool = data::connect_pool(&config).unwrap();

@@ -110,6 +110,15 @@ impl HttpError {
         )
     }
 
+    /// The request body did not arrive within `limit`.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            tonic::Code::DeadlineExceeded,
+            format!("request body not received within {limit:?}"),
+        )
+    }
+
     /// The request cannot be turned into the method's request message.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(

@@ -3,6 +3,8 @@
 //! gRPC by path).
 //!
 //! The pieces, in the order a request meets them:
+//! - [`listener`]: connections accepted and served (HTTP/1.1, h2c) under the edge's connection
+//!   limits (cap, head and idle timeouts, URI and header sizes, HTTP/2 limits);
 //! - [`template`]: `google.api.http` path templates, parsed and matched against request paths;
 //! - [`reflection`]: a service's descriptors, fetched over server reflection (v1, then v1alpha);
 //! - [`transcode`]: an HTTP request (path bindings, query string, body) into a request message,
@@ -25,6 +27,7 @@ pub mod edge;
 pub mod edge_config;
 pub mod errors;
 pub mod grpc_proxy;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;

@@ -12,7 +12,7 @@ use protomesh::config::LogFormat;
 use protomesh::consul::{ConsulClient, ConsulConfig};
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
 use protomesh_gateway::reflection::ServiceDescriptors;
-use protomesh_gateway::server::{self, Gateway, GatewayOptions};
+use protomesh_gateway::server::{Gateway, GatewayOptions};
 use protomesh_gateway::transcode::JsonOptions;
 
 /// JSON/HTTP to gRPC for every service in the mesh.
@@ -92,6 +92,9 @@ struct Cli {
     /// Authentication, authorization, rate limits and CORS.
     #[command(flatten)]
     edge: protomesh_gateway::edge_config::EdgeConfig,
+    /// Connection limits: open connections, head, idle and body timeouts, URI length, HTTP/2.
+    #[command(flatten)]
+    limits: protomesh_gateway::listener::ConnectionLimits,
     /// Mutual TLS to the services (the gateway's own HTTP side stays plain).
     #[command(flatten)]
     tls: protomesh::tls::TlsConfig,
@@ -172,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let options = GatewayOptions {
         body_limit: cli.body_limit,
+        body_timeout: cli.limits.body_timeout,
         default_timeout: cli.default_timeout,
         json: JsonOptions {
             use_proto_names: cli.proto_names,
@@ -193,9 +197,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         protomesh_gateway::metrics::router_with_admin(cli.admin, gateway, mesh, state)
             .await
             .context("--admin / PROTOMESH_GATEWAY_ADMIN")?;
-    server::serve(
+    protomesh_gateway::listener::serve(
         listener,
         app,
+        &cli.limits,
         protomesh::server::shutdown_signal(),
         Duration::from_secs(10),
     )

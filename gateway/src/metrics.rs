@@ -7,6 +7,8 @@
 //!   gRPC requests are `grpc`, anything no route matched is `unmatched`; `method` is the HTTP
 //!   method (`other` for non-standard ones);
 //! - the gateway's mesh client state (`mesh_client_*`, as in every service) and `process_*`;
+//! - the listener's connections: `gateway_connections_open`, `gateway_connections_refused_total`
+//!   (over the cap), `gateway_connections_timed_out_total` (head or idle timeout);
 //! - rate-limit rejections per class, `gateway_rate_limited_total{class}`, from the edge's rate
 //!   limiter ([`Gateway::rate_limit_rejections`], through [`watch_rate_limits`]).
 //!
@@ -231,6 +233,38 @@ pub fn watch_rate_limits(
     });
 }
 
+/// The listener's connection counters ([`crate::listener::COUNTERS`]) at each scrape.
+#[derive(Debug)]
+struct ConnectionCollector;
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counters = &crate::listener::COUNTERS;
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(
+            i64::try_from(counters.open()).unwrap_or(i64::MAX),
+        );
+        gauge.encode(encoder.encode_descriptor(
+            "gateway_connections_open",
+            "Client connections open now.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(counters.refused()).encode(encoder.encode_descriptor(
+            "gateway_connections_refused",
+            "Client connections closed at once because the open-connection cap was reached.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(counters.timed_out()).encode(encoder.encode_descriptor(
+            "gateway_connections_timed_out",
+            "Client connections closed by the request-head or idle timeout.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
 /// The gateway's router for `gateway` and, when `admin` is set, its admin listener there: the
 /// router then records the `gateway_http_*` metrics, and the listener serves `/metrics` (with
 /// `mesh`'s client state and the rate-limit rejections), `/healthz`, `/readyz` (ready once the
@@ -250,6 +284,7 @@ pub async fn router_with_admin(
     metrics.watch_mesh(mesh.clone());
     let limits = gateway.clone();
     watch_rate_limits(&metrics, move || limits.rate_limit_rejections());
+    metrics.register_collector(ConnectionCollector);
     let http = GatewayMetrics::register(&metrics, state.clone());
     let admin = AdminState::new(Some(mesh))
         .with_metrics(metrics)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::handler::Handler;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -37,73 +37,16 @@ use crate::errors::HttpError;
 use crate::routes::{Lookup, Route};
 use crate::transcode::{self, JsonOptions, RequestParts};
 
-/// Largest request head (request line and headers) a connection buffers; larger ones get 431.
-/// It is also the connection's read buffer, so it bounds the memory of idle keep-alive
-/// connections (hyper's default lets the buffer grow to 16 KiB after the first request).
-pub const MAX_REQUEST_HEAD: usize = 8192;
-
-/// Serves `app` on `listener` (HTTP/1.1 and h2c) until `shutdown` completes, then lets open
-/// connections finish (at most `drain`).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
-) {
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().max_buf_size(MAX_REQUEST_HEAD);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of file descriptors, say: wait a little instead of spinning.
-                        tracing::warn!(error = %err, "gateway: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                // The peer address, for the edge policies (`x-protomesh-client-ip`, rate limits).
-                let with_peer = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), app.clone());
-                let service = hyper_util::service::TowerToHyperService::new(with_peer);
-                let connection = builder
-                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, "gateway: connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?drain,
-            "gateway: connections still open after the drain time; closing"
-        );
-    }
-}
-
 /// `X-Request-Id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How the gateway handles requests.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
-    /// Largest request body accepted, in bytes.
+    /// Largest request body accepted, in bytes (413 above it, before any of it is read).
     pub body_limit: usize,
+    /// Time a request body has to arrive whole (408 after it).
+    pub body_timeout: Duration,
     /// Deadline of a call when the request sets none (`Grpc-Timeout`).
     pub default_timeout: Duration,
     /// Longest deadline a request may ask for.
@@ -123,6 +66,7 @@ impl Default for GatewayOptions {
     fn default() -> Self {
         Self {
             body_limit: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(300),
             json: JsonOptions::default(),
@@ -406,17 +350,7 @@ async fn handle(
         .map(|s| s.pool.clone())
         .unwrap_or_else(|| route.method.parent_pool().clone());
 
-    let body = Limited::new(body, gateway.options.body_limit)
-        .collect()
-        .await
-        .map_err(|err| {
-            if err.is::<http_body_util::LengthLimitError>() {
-                HttpError::payload_too_large(gateway.options.body_limit)
-            } else {
-                HttpError::bad_request(format!("cannot read the request body: {err}"))
-            }
-        })?
-        .to_bytes();
+    let body = read_body(body, &parts.headers, &gateway.options).await?;
 
     let path_bindings: Vec<(Vec<String>, String)> = bindings
         .into_iter()
@@ -528,6 +462,38 @@ async fn handle(
         .into_response();
     copy_response_metadata(&metadata, &gateway.options, response.headers_mut());
     Ok(response)
+}
+
+/// The request body, whole: 413 when its `Content-Length` is over the limit (before any of it is
+/// read, so an `Expect: 100-continue` client gets no `100 Continue`) or when it grows past it,
+/// 408 when it has not arrived within the body timeout.
+async fn read_body(
+    body: Body,
+    headers: &http::HeaderMap,
+    options: &GatewayOptions,
+) -> Result<Bytes, HttpError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|length| length > options.body_limit as u64) {
+        return Err(HttpError::payload_too_large(options.body_limit));
+    }
+    let collected = tokio::time::timeout(
+        options.body_timeout,
+        Limited::new(body, options.body_limit).collect(),
+    )
+    .await
+    .map_err(|_| HttpError::request_timeout(options.body_timeout))?;
+    Ok(collected
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                HttpError::payload_too_large(options.body_limit)
+            } else {
+                HttpError::bad_request(format!("cannot read the request body: {err}"))
+            }
+        })?
+        .to_bytes())
 }
 
 /// Request headers the service sees as metadata.

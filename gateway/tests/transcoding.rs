@@ -439,7 +439,7 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
     assert!(echo.take().is_empty(), "no bad request reached the service");
 
     // A request head over the limit is refused before any routing.
-    let big = "x".repeat(protomesh_gateway::server::MAX_REQUEST_HEAD + 1);
+    let big = "x".repeat(protomesh_gateway::listener::MAX_REQUEST_HEAD + 1);
     let answer = http(
         "GET",
         &gateway.url("/v1/items/a"),

@@ -134,7 +134,9 @@ where
                 // tonic's channel enforces the `grpc-timeout` we send too; when its timer wins
                 // the race with ours, its "timeout expired" is this same deadline.
                 Err(_) => Err(exceeded()),
-                Ok(Err(_)) if deadline.remaining().is_zero() => Err(exceeded()),
+                // An answer that comes after the deadline is too late, even when the timer (which
+                // rounds up to the millisecond) has not fired yet: a `1n` budget always expires.
+                Ok(_) if deadline.remaining().is_zero() => Err(exceeded()),
                 Ok(result) => result,
             }
         })

@@ -22,6 +22,7 @@ use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions};
 use protomesh::server::MeshServer;
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
+use protomesh_gateway::listener::{self, ConnectionLimits};
 use protomesh_gateway::server::{self, Gateway, GatewayOptions};
 use tokio::sync::oneshot;
 
@@ -387,6 +388,21 @@ impl TestGateway {
         options: GatewayOptions,
         discovery_options: DiscoveryOptions,
     ) -> Self {
+        Self::start_with_limits(
+            consul,
+            options,
+            discovery_options,
+            ConnectionLimits::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with_limits(
+        consul: &ConsulClient,
+        options: GatewayOptions,
+        discovery_options: DiscoveryOptions,
+        limits: ConnectionLimits,
+    ) -> Self {
         let mesh = Mesh::from_consul(consul.clone()).unwrap();
         let state = discovery::spawn(
             consul.clone(),
@@ -401,25 +417,34 @@ impl TestGateway {
         let (stop, stopped) = oneshot::channel::<()>();
         let gateway = Gateway::new(mesh, state, options);
         let app = server::router(gateway.clone());
-        tokio::spawn(server::serve(
-            listener,
-            app,
-            async {
-                let _ = stopped.await;
-            },
-            Duration::from_secs(5),
-        ));
+        let serve_limits = limits.clone();
+        tokio::spawn(async move {
+            listener::serve(
+                listener,
+                app,
+                &serve_limits,
+                async {
+                    let _ = stopped.await;
+                },
+                Duration::from_secs(5),
+            )
+            .await
+        });
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (stop_admin, admin_stopped) = oneshot::channel::<()>();
-        tokio::spawn(server::serve(
-            admin,
-            server::admin_router(gateway),
-            async {
-                let _ = admin_stopped.await;
-            },
-            Duration::from_secs(5),
-        ));
+        tokio::spawn(async move {
+            listener::serve(
+                admin,
+                server::admin_router(gateway),
+                &ConnectionLimits::default(),
+                async {
+                    let _ = admin_stopped.await;
+                },
+                Duration::from_secs(5),
+            )
+            .await
+        });
         Self {
             addr,
             admin_addr,
