@@ -357,6 +357,46 @@ async fn smaller_edge_cases() {
     assert!(echo.take().is_empty(), "nothing reached the service");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_and_header_lists_are_capped() {
+    let consul = Consul::start().await;
+    let _echo = EchoServer::start(&consul.addr()).await;
+    let gateway = gateway(
+        &consul,
+        ConnectionLimits {
+            h2_max_concurrent_streams: 7,
+            ..ConnectionLimits::default()
+        },
+    )
+    .await;
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let ask = |client: h2::client::SendRequest<Bytes>, header: usize| async move {
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get(format!("http://{}/v1/items/a", gateway.addr))
+            .header("x-padding", "p".repeat(header))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        response.await.map(|r| r.status())
+    };
+    let small = tokio::select! {
+        answer = ask(client.clone(), 10) => answer.unwrap(),
+        _ = &mut connection => panic!("connection ended"),
+    };
+    assert_eq!(small, StatusCode::OK);
+    assert_eq!(connection.max_concurrent_send_streams(), 7);
+    // A header list over 16 KiB is refused (431 or a reset stream), never served.
+    let large = tokio::select! {
+        answer = ask(client, 20 * 1024) => answer,
+        _ = &mut connection => panic!("connection ended"),
+    };
+    assert!(
+        !matches!(large, Ok(StatusCode::OK)),
+        "a 20 KiB header list was served: {large:?}"
+    );
+}
+
 /// Sends a native gRPC call to the echo service whose only frame announces 4 GiB - 1 and never
 /// comes; returns the answer's `grpc-status` (headers or trailers), within 5 s.
 async fn oversized_frame(addr: SocketAddr) -> Option<String> {
