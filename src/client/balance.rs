@@ -357,6 +357,11 @@ impl Balancer {
             .collect()
     }
 
+    /// The discovery states behind this balancer, from the next change on.
+    pub fn instance_updates(&self) -> tokio::sync::watch::Receiver<WatchState> {
+        self.shared.watch.subscribe()
+    }
+
     /// The discovery state behind this balancer.
     pub fn discovery(&self) -> WatchState {
         self.shared.watch.current()

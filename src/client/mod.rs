@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions};
+use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions, WatchState};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -197,6 +197,15 @@ impl Mesh {
             service: service.to_owned(),
             inner: BoxCloneSyncService::new(stack),
         }
+    }
+
+    /// The healthy instances of `service` as Consul reports them, from the same watcher its
+    /// channels balance over (started if this process has no channel to it yet). `changed()`
+    /// resolves at the next change of the set.
+    pub fn instance_updates(&self, service: &str) -> tokio::sync::watch::Receiver<WatchState> {
+        self.target(service, &ChannelOptions::default())
+            .balancer
+            .instance_updates()
     }
 
     /// The balancers of every service this process calls.
