@@ -567,8 +567,11 @@ impl Drop for PendingGuard {
         self.endpoint.stats.pending.fetch_sub(1, Ordering::Relaxed);
         self.connection.pending.fetch_sub(1, Ordering::Relaxed);
         if !self.finished && self.attempts.as_ref().is_some_and(Attempts::take_abandoned) {
-            self.shared
-                .record(&self.endpoint, false, "no answer within the attempt timeout");
+            self.shared.record(
+                &self.endpoint,
+                false,
+                "no answer within the attempt timeout",
+            );
         }
     }
 }

@@ -353,7 +353,10 @@ mod tests {
         );
         // Not when it would not leave room for the attempts left, nor for the last attempt.
         assert_eq!(attempt_timeout(&policy, &slow, two_s, 6), None);
-        assert_eq!(attempt_timeout(&policy, &latency, Duration::from_millis(50), 3), None);
+        assert_eq!(
+            attempt_timeout(&policy, &latency, Duration::from_millis(50), 3),
+            None
+        );
         assert_eq!(attempt_timeout(&policy, &latency, two_s, 1), None);
         let off = RetryPolicy {
             attempt_timeout_floor: Duration::MAX,
