@@ -207,10 +207,11 @@ where
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
                     Attempt::Done(result) => {
-                        if matches!(&result, Ok(response) if !is_unavailable(response)) {
+                        let failed = should_retry(&result);
+                        if !failed && result.is_ok() {
                             latency.observe(started.elapsed());
                         }
-                        if attempt >= max_attempts || !should_retry(&result) {
+                        if attempt >= max_attempts || !failed {
                             return result;
                         }
                         let backoff = backoff(&layer.policy, attempt);
