@@ -1,6 +1,8 @@
 //! What the retry layer and the balancer share about the attempts of one call (a request
 //! extension, set by [`super::retry::RetryLayer`] on calls it may retry): which endpoints the
-//! call already tried, so that a retry goes to another one, and whether the attempt in flight was
+//! call already tried, so that an attempt with a timeout goes to another one (the last attempt,
+//! which has all the time left, goes where the balancer thinks best: the endpoints tried may only
+//! have been slow, and an untried one may be the hung one), and whether the attempt in flight was
 //! abandoned at its attempt timeout, so that the balancer counts it as that endpoint's failure.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +21,8 @@ struct Log {
     tried: [AtomicUsize; REMEMBERED],
     count: AtomicUsize,
     abandoned: AtomicBool,
+    /// The attempt in flight prefers endpoints not tried yet.
+    prefer_untried: AtomicBool,
 }
 
 impl Attempts {
@@ -26,6 +30,17 @@ impl Attempts {
     pub(crate) fn tried(&self, id: usize) {
         let n = self.0.count.fetch_add(1, Ordering::Relaxed);
         self.0.tried[n % REMEMBERED].store(id, Ordering::Relaxed);
+    }
+
+    /// Sets whether the next attempt prefers endpoints not tried yet.
+    pub(crate) fn set_prefer_untried(&self, prefer: bool) {
+        self.0.prefer_untried.store(prefer, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt in flight should avoid the endpoint `id`: it prefers untried
+    /// endpoints and an attempt of this call went to `id`.
+    pub(crate) fn avoids(&self, id: usize) -> bool {
+        self.0.prefer_untried.load(Ordering::Relaxed) && self.has_tried(id)
     }
 
     /// Whether an attempt of this call went to the endpoint `id`.
@@ -62,6 +77,12 @@ mod tests {
         }
         assert!(!attempts.has_tried(7), "forgotten after {REMEMBERED} more");
         assert!(attempts.has_tried(13));
+        assert!(
+            !attempts.avoids(13),
+            "only when asked to prefer untried ones"
+        );
+        attempts.set_prefer_untried(true);
+        assert!(attempts.avoids(13) && !attempts.avoids(99));
         let clone = attempts.clone();
         clone.abandon();
         assert!(attempts.take_abandoned());

@@ -500,7 +500,7 @@ impl Shared {
                 &all[n]
             }
         };
-        let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.has_tried(e.identity()));
+        let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
         let chosen = match (self.policy, count) {
             (_, 1) => nth(0),
             (BalancePolicy::RoundRobin, n) => {
@@ -534,12 +534,14 @@ impl Shared {
 
 /// Counts a call in flight on its endpoint and connection until it ends, however it ends; an
 /// attempt dropped unfinished because the retry layer abandoned it at its attempt timeout counts
-/// as a failure of the endpoint.
+/// as a failure of the endpoint, and its time so far as a latency sample (a lower bound), so the
+/// balancer sees a hung endpoint as slow even before it is ejected.
 struct PendingGuard {
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
     connection: Arc<Connection>,
     attempts: Option<Attempts>,
+    started: Instant,
     finished: bool,
 }
 
@@ -557,6 +559,7 @@ impl PendingGuard {
             endpoint,
             connection,
             attempts,
+            started: Instant::now(),
             finished: false,
         }
     }
@@ -567,6 +570,7 @@ impl Drop for PendingGuard {
         self.endpoint.stats.pending.fetch_sub(1, Ordering::Relaxed);
         self.connection.pending.fetch_sub(1, Ordering::Relaxed);
         if !self.finished && self.attempts.as_ref().is_some_and(Attempts::take_abandoned) {
+            self.endpoint.stats.observe_rtt(self.started.elapsed());
             self.shared.record(
                 &self.endpoint,
                 false,
@@ -653,7 +657,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 connection,
                 attempts,
             );
-            let started = Instant::now();
+            let started = pending.started;
             let result = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
                 channel.call(request).await

@@ -204,6 +204,8 @@ where
                         max_attempts - attempt + 1,
                     )
                 });
+                // Only an attempt that may be abandoned steers clear of endpoints already tried.
+                attempts.set_prefer_untried(limit.is_some());
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
                     Attempt::Done(result) => {
@@ -246,7 +248,8 @@ enum Attempt {
 
 /// Sends one attempt; past `limit`, abandons it if the budget allows a retry (marking it in
 /// `attempts` while it is dropped, so the balancer counts it against its endpoint), else keeps
-/// waiting for it.
+/// waiting for it. A timer that fires more than half a period late (this process was stalled)
+/// is given one more period first.
 async fn run_attempt<S>(
     inner: &mut S,
     request: Req,
@@ -263,15 +266,26 @@ where
     };
     let outcome = {
         tokio::pin!(call);
-        tokio::select! {
-            biased;
-            result = &mut call => Attempt::Done(result),
-            () = tokio::time::sleep(limit) => {
-                if budget.withdraw() {
-                    attempts.abandon();
-                    Attempt::Abandoned
-                } else {
-                    Attempt::Done(call.await)
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(timer);
+        let mut rearmed = false;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut call => break Attempt::Done(result),
+                () = &mut timer => {
+                    // A timer that fired well past its time says this process was stalled (CPU
+                    // starved), not the endpoint: the attempt gets one more period.
+                    if !rearmed && timer.deadline().elapsed() > limit / 2 {
+                        rearmed = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                        continue;
+                    }
+                    if budget.withdraw() {
+                        attempts.abandon();
+                        break Attempt::Abandoned;
+                    }
+                    break Attempt::Done(call.await);
                 }
             }
         }
