@@ -14,7 +14,8 @@
 //! on free loopback ports, servers as separate processes). Settings from the environment:
 //! `BENCH_SECS` (measured window per cell, default 3), `BENCH_WARMUP_SECS` (default 1),
 //! `BENCH_CONCURRENCY` (default `1,64,512`), `BENCH_SLOW_MS` (delay of the slow endpoint,
-//! default 20), `BENCH_ONLY` (one scenario: `a`, `b`, `c` or `s`, for profiling). Quick smoke run: `BENCH_SECS=0.3 BENCH_WARMUP_SECS=0.2 cargo bench --bench
+//! default 20), `BENCH_ONLY` (one scenario: `a`, `b`, `c` or `s`, for profiling),
+//! `BENCH_H2_KEEPALIVE_MS` (HTTP/2 keep-alive ping interval of the mesh channels, default 0: off). Quick smoke run: `BENCH_SECS=0.3 BENCH_WARMUP_SECS=0.2 cargo bench --bench
 //! mesh_client`.
 //!
 //! Targets: b/a throughput ≥ 0.95 and added p99 ≤ 50 µs at concurrency 64; server CPU ≤ 15 µs
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use protomesh::client::Mesh;
+use protomesh::client::{ChannelOptions, Mesh};
 use protomesh::consul::{CheckRegistration, ConsulClient, ServiceRegistration};
 use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,6 +58,19 @@ const MAX_PROXY_CONNECTIONS: usize = 100_000;
 const MAX_PROXY_CONNECTION_LIFE: Duration = Duration::from_secs(3_600);
 /// Chunks queued in the delay pipe before its reader waits.
 const PIPE_CHUNKS: usize = 4_096;
+
+/// The mesh channels' options: the defaults, with `BENCH_H2_KEEPALIVE_MS` pings if set.
+fn channel_options() -> ChannelOptions {
+    let keep_alive = env_u64(
+        "BENCH_H2_KEEPALIVE_MS",
+        0,
+        "BENCH_H2_KEEPALIVE_MS is milliseconds",
+    );
+    ChannelOptions {
+        http2_keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive)),
+        ..ChannelOptions::default()
+    }
+}
 
 /// What the run is told by the environment.
 #[derive(Debug, Clone)]
@@ -420,19 +434,25 @@ async fn run(binary: PathBuf, settings: Settings) {
 
         if wanted("b") {
             let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
-            let one = Client::Mesh(PriorityServiceClient::new(mesh.channel(ONE)));
+            let one = Client::Mesh(PriorityServiceClient::new(
+                mesh.channel_with(ONE, channel_options()),
+            ));
             cells.push(run_cell("b mesh x1", one, concurrency, &settings, &pids).await);
         }
 
         if wanted("c") {
             let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
-            let three = Client::Mesh(PriorityServiceClient::new(mesh.channel(THREE)));
+            let three = Client::Mesh(PriorityServiceClient::new(
+                mesh.channel_with(THREE, channel_options()),
+            ));
             cells.push(run_cell("c mesh x3", three, concurrency, &settings, &pids).await);
         }
 
         if concurrency == reference && wanted("s") {
             let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
-            let slow = Client::Mesh(PriorityServiceClient::new(mesh.channel(SLOW)));
+            let slow = Client::Mesh(PriorityServiceClient::new(
+                mesh.channel_with(SLOW, channel_options()),
+            ));
             cells.push(run_cell("s 1 slow", slow, concurrency, &settings, &pids).await);
             let slow_port = proxy.addr.port().to_string();
             let snapshot = mesh

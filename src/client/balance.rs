@@ -1,7 +1,9 @@
 //! Client-side load balancing over the instances Consul reports: power of two choices over
 //! peak-EWMA latency × (pending + 1) by default, round robin as an option, with passive outlier
-//! ejection (an endpoint failing N times in a row sits out a growing backoff) and a panic threshold
-//! (when ejection would leave too few endpoints, balance over all of them).
+//! ejection (an endpoint failing N times in a row — connection errors, `UNAVAILABLE`, or attempts
+//! abandoned at their attempt timeout — sits out a growing backoff, and its connections are
+//! dropped) and a panic threshold (when ejection would leave too few endpoints, balance over all
+//! of them). A retry goes to an endpoint the call has not tried yet when there is one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +19,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tower::Service;
 
+use super::attempt::Attempts;
 use super::deadline::Deadline;
+use super::latency::PeakEwma;
 use super::{BoxError, ChannelOptions};
 
 /// How the next endpoint is chosen.
@@ -33,7 +37,8 @@ pub enum BalancePolicy {
 /// When an endpoint is taken out of rotation before Consul notices it is unwell.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutlierPolicy {
-    /// Failures in a row (connection errors or `UNAVAILABLE`) that eject an endpoint.
+    /// Failures in a row (connection errors, `UNAVAILABLE`, attempts abandoned at their attempt
+    /// timeout) that eject an endpoint.
     pub consecutive_failures: u32,
     /// First ejection time; doubles with each ejection of the same endpoint.
     pub base_ejection: Duration,
@@ -72,12 +77,13 @@ impl Default for ConnectionPolicy {
     }
 }
 
+/// Between TCP keep-alive probes of an idle connection.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered TCP keep-alive probes before the kernel drops the connection.
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
 /// Latency assumed for an endpoint before it answered anything.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
-/// Time constant of the latency EWMA when a sample is above it: it rises fast…
-const EWMA_RISE: Duration = Duration::from_millis(50);
-/// …and when a sample is below it: it falls ten times slower, so it leans to the peaks.
-const EWMA_FALL: Duration = Duration::from_millis(500);
 
 /// What is known about one endpoint's calls.
 #[derive(Debug)]
@@ -87,11 +93,8 @@ pub struct EndpointStats {
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
-    /// Peak-EWMA latency in nanoseconds, as `f64` bits (updates race benignly: a lost update
-    /// only loses one sample).
-    ewma_bits: AtomicU64,
-    /// When the EWMA was last updated, in nanoseconds since `created`.
-    ewma_updated: AtomicU64,
+    /// Peak-EWMA latency (see [`PeakEwma`]).
+    latency: PeakEwma,
     created: Instant,
     /// End of the current ejection in nanoseconds since `created` (0: never ejected).
     ejected_until: AtomicU64,
@@ -105,8 +108,7 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
-            ewma_bits: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
-            ewma_updated: AtomicU64::new(0),
+            latency: PeakEwma::new(DEFAULT_RTT),
             created: Instant::now(),
             ejected_until: AtomicU64::new(0),
         }
@@ -114,7 +116,7 @@ impl EndpointStats {
 
     /// Peak-EWMA latency in nanoseconds.
     fn ewma_nanos(&self) -> f64 {
-        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+        self.latency.nanos()
     }
 
     /// The balancing cost: latency × (pending + 1).
@@ -122,26 +124,9 @@ impl EndpointStats {
         self.ewma_nanos() * (self.pending.load(Ordering::Relaxed) as f64 + 1.0)
     }
 
-    /// Folds one latency sample in. The EWMA is weighted by time, not by sample: a sample moves
-    /// it by `1 - e^(-Δt/τ)`, with τ short for samples above it and ten times longer for samples
-    /// below. So one slow answer does not stamp a busy endpoint's latency for seconds (a pure
-    /// peak would: with thousands of calls a second, the recent maximum is always high, which
-    /// makes busy fast endpoints look as costly as a slow one), while an endpoint that turns
-    /// slow is seen as slow within a few of its calls. The first sample is taken as is.
+    /// Folds one latency sample in.
     fn observe_rtt(&self, rtt: Duration) {
-        let now = self.offset(Instant::now()).max(1);
-        let last = self.ewma_updated.swap(now, Ordering::Relaxed);
-        let current = self.ewma_nanos();
-        let rtt = rtt.as_nanos() as f64;
-        let next = if last == 0 {
-            rtt
-        } else {
-            let elapsed = now.saturating_sub(last) as f64 / 1e9;
-            let tau = if rtt > current { EWMA_RISE } else { EWMA_FALL };
-            let weight = 1.0 - (-elapsed / tau.as_secs_f64()).exp();
-            current + (rtt - current) * weight
-        };
-        self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
+        self.latency.observe(rtt);
     }
 
     /// Nanoseconds from `created` to `at`.
@@ -240,6 +225,25 @@ impl Endpoint {
         connection
     }
 
+    /// Drops the endpoint's connections (calls in flight keep theirs until they end) and starts
+    /// over with one lazy connection: after an ejection, a peer that went silent without a reset
+    /// is not trusted with the old connections again.
+    fn reset_connections(&self) {
+        let fresh = Arc::new(Connection {
+            channel: self.target.connect_lazy(),
+            pending: AtomicUsize::new(0),
+        });
+        match self.connections.write() {
+            Ok(mut connections) => *connections = vec![fresh],
+            Err(poisoned) => *poisoned.into_inner() = vec![fresh],
+        }
+    }
+
+    /// An identity for [`Attempts`]: the endpoint's address in memory (never zero).
+    fn identity(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
     fn connection_count(&self) -> usize {
         self.connections.read().map(|c| c.len()).unwrap_or(0)
     }
@@ -283,6 +287,8 @@ struct Shared {
     connect_timeout: Duration,
     empty_set_grace: Duration,
     http2_keep_alive: Option<Duration>,
+    http2_keep_alive_timeout: Duration,
+    tcp_keepalive: Option<Duration>,
     /// Mutual TLS of the endpoints' connections; plaintext when `None`.
     tls: Option<ClientTlsConfig>,
     /// Since when Consul reports an empty set while endpoints are kept; also the lock that makes
@@ -316,6 +322,8 @@ impl Balancer {
             connect_timeout: options.connect_timeout,
             empty_set_grace: options.empty_set_grace,
             http2_keep_alive: options.http2_keep_alive,
+            http2_keep_alive_timeout: options.http2_keep_alive_timeout,
+            tcp_keepalive: options.tcp_keepalive,
             tls: tls.map(crate::tls::MeshTls::client_config),
             empty_since: Mutex::new(None),
             keeping_empty: AtomicBool::new(false),
@@ -357,6 +365,11 @@ impl Balancer {
             .collect()
     }
 
+    /// The discovery states behind this balancer, from the next change on.
+    pub fn instance_updates(&self) -> tokio::sync::watch::Receiver<WatchState> {
+        self.shared.watch.subscribe()
+    }
+
     /// The discovery state behind this balancer.
     pub fn discovery(&self) -> WatchState {
         self.shared.watch.current()
@@ -364,6 +377,14 @@ impl Balancer {
 }
 
 impl Shared {
+    /// Records a call's outcome on `endpoint`; an ejection also drops its connections.
+    fn record(&self, endpoint: &Endpoint, ok: bool, why: &'static str) {
+        if let Some(ejection) = endpoint.stats.record(ok, &self.outliers) {
+            tracing::warn!(service = %self.service, instance = %endpoint.instance.id, ?ejection, last_failure = why, "endpoint ejected after consecutive failures");
+            endpoint.reset_connections();
+        }
+    }
+
     fn current(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints
             .read()
@@ -428,7 +449,10 @@ impl Shared {
             instance.socket_addr_text()
         ))?
         .connect_timeout(self.connect_timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .tcp_keepalive(self.tcp_keepalive)
+        .tcp_keepalive_interval(self.tcp_keepalive.map(|_| TCP_KEEPALIVE_INTERVAL))
+        .tcp_keepalive_retries(self.tcp_keepalive.map(|_| TCP_KEEPALIVE_RETRIES));
         if let Some(tls) = &self.tls {
             // The server name checked is the instance's address (an IP SAN) unless overridden.
             target = target.tls_config(tls.clone())?;
@@ -436,7 +460,8 @@ impl Shared {
         if let Some(interval) = self.http2_keep_alive {
             target = target
                 .http2_keep_alive_interval(interval)
-                .keep_alive_while_idle(false);
+                .keep_alive_timeout(self.http2_keep_alive_timeout)
+                .keep_alive_while_idle(true);
         }
         let first = Arc::new(Connection {
             channel: target.connect_lazy(),
@@ -450,9 +475,10 @@ impl Shared {
         })
     }
 
-    /// Picks an endpoint, skipping ejected ones unless too few would be left. Allocates nothing:
-    /// the candidates are the endpoints in rotation, or all of them under the panic threshold.
-    fn pick(&self) -> Option<Arc<Endpoint>> {
+    /// Picks an endpoint, skipping ejected ones unless too few would be left, and, when there is
+    /// a choice, ones this call already tried. Allocates nothing: the candidates are the
+    /// endpoints in rotation, or all of them under the panic threshold.
+    fn pick(&self, attempts: Option<&Attempts>) -> Option<Arc<Endpoint>> {
         let all = self.current();
         if all.is_empty() {
             return None;
@@ -474,9 +500,18 @@ impl Shared {
                 &all[n]
             }
         };
+        let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
         let chosen = match (self.policy, count) {
             (_, 1) => nth(0),
-            (BalancePolicy::RoundRobin, n) => nth(self.next.fetch_add(1, Ordering::Relaxed) % n),
+            (BalancePolicy::RoundRobin, n) => {
+                let first = self.next.fetch_add(1, Ordering::Relaxed);
+                let picked = nth(first % n);
+                if tried(picked) {
+                    nth(first.wrapping_add(1) % n)
+                } else {
+                    picked
+                }
+            }
             (BalancePolicy::PeakEwma, n) => {
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
@@ -485,10 +520,11 @@ impl Shared {
                     b += 1;
                 }
                 let (ea, eb) = (nth(a), nth(b));
-                if ea.stats.load() <= eb.stats.load() {
-                    ea
-                } else {
-                    eb
+                match (tried(ea), tried(eb)) {
+                    (true, false) => eb,
+                    (false, true) => ea,
+                    _ if ea.stats.load() <= eb.stats.load() => ea,
+                    _ => eb,
                 }
             }
         };
@@ -496,21 +532,51 @@ impl Shared {
     }
 }
 
-/// Counts a call in flight on its endpoint and connection until it ends, however it ends.
-struct PendingGuard(Arc<Endpoint>, Arc<Connection>);
+/// Counts a call in flight on its endpoint and connection until it ends, however it ends; an
+/// attempt dropped unfinished because the retry layer abandoned it at its attempt timeout counts
+/// as a failure of the endpoint, and its time so far as a latency sample (a lower bound), so the
+/// balancer sees a hung endpoint as slow even before it is ejected.
+struct PendingGuard {
+    shared: Arc<Shared>,
+    endpoint: Arc<Endpoint>,
+    connection: Arc<Connection>,
+    attempts: Option<Attempts>,
+    started: Instant,
+    finished: bool,
+}
 
 impl PendingGuard {
-    fn new(endpoint: Arc<Endpoint>, connection: Arc<Connection>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        endpoint: Arc<Endpoint>,
+        connection: Arc<Connection>,
+        attempts: Option<Attempts>,
+    ) -> Self {
         endpoint.stats.pending.fetch_add(1, Ordering::Relaxed);
         connection.pending.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint, connection)
+        Self {
+            shared,
+            endpoint,
+            connection,
+            attempts,
+            started: Instant::now(),
+            finished: false,
+        }
     }
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.0.stats.pending.fetch_sub(1, Ordering::Relaxed);
-        self.1.pending.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.stats.pending.fetch_sub(1, Ordering::Relaxed);
+        self.connection.pending.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished && self.attempts.as_ref().is_some_and(Attempts::take_abandoned) {
+            self.endpoint.stats.observe_rtt(self.started.elapsed());
+            self.shared.record(
+                &self.endpoint,
+                false,
+                "no answer within the attempt timeout",
+            );
+        }
     }
 }
 
@@ -565,10 +631,11 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
             {
                 shared.apply();
             }
+            let attempts = request.extensions().get::<Attempts>().cloned();
             // An empty pick may only mean the update task is behind the watch: catch up once.
-            let picked = shared.pick().or_else(|| {
+            let picked = shared.pick(attempts.as_ref()).or_else(|| {
                 shared.apply();
-                shared.pick()
+                shared.pick(attempts.as_ref())
             });
             let Some(endpoint) = picked else {
                 return Err(Box::new(tonic::Status::unavailable(format!(
@@ -577,17 +644,26 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 ))) as BoxError);
             };
             endpoint.stats.requests.fetch_add(1, Ordering::Relaxed);
+            if let Some(attempts) = &attempts {
+                attempts.tried(endpoint.identity());
+            }
             record_server_address(&endpoint.instance);
             let connection = endpoint.connection(&shared.connections);
             let mut channel = connection.channel.clone();
             let deadline = request.extensions().get::<Deadline>().copied();
-            let _pending = PendingGuard::new(Arc::clone(&endpoint), connection);
-            let started = Instant::now();
+            let mut pending = PendingGuard::new(
+                Arc::clone(&shared),
+                Arc::clone(&endpoint),
+                connection,
+                attempts,
+            );
+            let started = pending.started;
             let result = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
                 channel.call(request).await
             }
             .await;
+            pending.finished = true;
             let ok = match &result {
                 Ok(response) => {
                     endpoint.stats.observe_rtt(started.elapsed());
@@ -599,9 +675,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 }
                 Err(_) => false,
             };
-            if let Some(ejection) = endpoint.stats.record(ok, &shared.outliers) {
-                tracing::warn!(service = %shared.service, instance = %endpoint.instance.id, ?ejection, "endpoint ejected after consecutive failures");
-            }
+            shared.record(&endpoint, ok, "connection error or UNAVAILABLE");
             result.map_err(|err| Box::new(err) as BoxError)
         })
     }
@@ -610,23 +684,6 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ewma_takes_the_first_sample_then_rises_faster_than_it_falls() {
-        let stats = EndpointStats::new();
-        stats.observe_rtt(Duration::from_millis(10));
-        assert!((stats.ewma_nanos() - 10_000_000.0).abs() < 1.0);
-        // 50 ms later a 1 ms sample: it falls by 1 - e^(-0.1), about 10%.
-        std::thread::sleep(Duration::from_millis(50));
-        stats.observe_rtt(Duration::from_millis(1));
-        let fallen = stats.ewma_nanos();
-        assert!((8_000_000.0..10_000_000.0).contains(&fallen), "{fallen}");
-        // 50 ms later a 20 ms sample: it rises by 1 - e^(-1), about 63%.
-        std::thread::sleep(Duration::from_millis(50));
-        stats.observe_rtt(Duration::from_millis(20));
-        let risen = stats.ewma_nanos();
-        assert!((14_000_000.0..20_000_000.0).contains(&risen), "{risen}");
-    }
 
     #[test]
     fn load_grows_with_pending_calls() {

@@ -1,9 +1,10 @@
 //! What the mesh client knows of each method from its descriptors, looked up by gRPC path
 //! (`/pkg.Svc/Method`): whether it may be retried (its proto says `idempotency_level =
 //! NO_SIDE_EFFECTS` or `IDEMPOTENT`) and its default deadline (the `default_timeout` of its
-//! `(protomesh.options.v1.policy)`, see [`crate::policy`]). A table can learn more descriptor sets
-//! while in use (the gateway learns every service's over reflection); clones share what they
-//! learn.
+//! `(protomesh.options.v1.policy)`, see [`crate::policy`]), and, for retryable methods, the
+//! observed latency the retry layer derives attempt timeouts from. A table can learn more
+//! descriptor sets while in use (the gateway learns every service's over reflection); clones
+//! share what they learn.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,16 +13,20 @@ use std::time::Duration;
 use prost::Message;
 use prost_types::{method_options::IdempotencyLevel, FileDescriptorSet};
 
+use super::latency::PeakEwma;
+
 /// Error reading a descriptor set.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid encoded FileDescriptorSet: {0}")]
 pub struct DescriptorError(#[from] prost::DecodeError);
 
 /// What is known of one method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct MethodInfo {
     level: IdempotencyLevel,
     default_timeout: Option<Duration>,
+    /// Latency of its successful attempts (all endpoints together).
+    latency: Arc<PeakEwma>,
 }
 
 /// Idempotency and default deadline of every method in some descriptor sets; clones share one
@@ -63,6 +68,7 @@ impl MethodTable {
                             MethodInfo {
                                 level,
                                 default_timeout: None,
+                                latency: Arc::new(PeakEwma::new(Duration::ZERO)),
                             },
                         );
                     }
@@ -86,9 +92,16 @@ impl MethodTable {
                 }
             }
         }
-        match self.methods.write() {
-            Ok(mut table) => table.extend(methods),
-            Err(poisoned) => poisoned.into_inner().extend(methods),
+        let mut table = match self.methods.write() {
+            Ok(table) => table,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (path, mut info) in methods {
+            // What was observed of a method learned again is kept.
+            if let Some(known) = table.get(&path) {
+                info.latency = Arc::clone(&known.latency);
+            }
+            table.insert(path, info);
         }
         Ok(())
     }
@@ -101,6 +114,18 @@ impl MethodTable {
                 Some(IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent)
             )
         })
+    }
+
+    /// The latency estimate of `path` when a call to it may be sent again (see
+    /// [`MethodTable::is_retryable`]); `None` otherwise. One lookup for the retry layer.
+    pub(crate) fn retry_latency(&self, path: &str) -> Option<Arc<PeakEwma>> {
+        let methods = self.methods.read().ok()?;
+        let info = methods.get(path)?;
+        matches!(
+            info.level,
+            IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
+        )
+        .then(|| Arc::clone(&info.latency))
     }
 
     /// The deadline a call to `path` gets when its caller sets none, if its policy names one.

@@ -14,14 +14,23 @@
 //! 3. [`limit::LimitLayer`]: caps calls in flight to the service, so a slow target cannot make this
 //!    process pile up unbounded work; waiting for a slot counts against the deadline;
 //! 4. [`retry::RetryLayer`]: retries safe methods on connection errors and `UNAVAILABLE`, within
-//!    a budget; each retry goes back through the balancer, which usually picks another endpoint;
-//! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers,
-//!    and spreads calls over as many connections per endpoint as the load needs.
+//!    a budget; gives each of their attempts but the last a timeout derived from the method's
+//!    observed latency and the budget left (an attempt stalled on a hung endpoint is abandoned
+//!    and sent elsewhere); each retry goes back through the balancer, which picks an endpoint the
+//!    call has not tried yet when there is one. Inside the limit, so attempts share the call's
+//!    slot; outside the balancer, so every attempt is balanced anew;
+//! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers
+//!    (failures in a row, abandoned attempts included; an ejection also drops the endpoint's
+//!    connections), and spreads calls over as many connections per endpoint as the load needs.
+//!    Its connections find a silent peer by TCP keep-alive while idle and, when
+//!    [`ChannelOptions::http2_keep_alive`] is set, by HTTP/2 pings.
 
+mod attempt;
 pub mod balance;
 pub mod breaker;
 pub mod deadline;
 pub mod grpc_timeout;
+pub mod latency;
 pub mod limit;
 pub mod methods;
 pub mod retry;
@@ -32,7 +41,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions};
+use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions, WatchState};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -66,10 +75,15 @@ pub struct ChannelOptions {
     pub breaker: BreakerPolicy,
     /// TCP connect timeout to an endpoint.
     pub connect_timeout: Duration,
-    /// HTTP/2 keep-alive ping interval on endpoint connections (none by default: hyper's ping
-    /// bookkeeping takes a lock on every frame, which costs throughput, and dead instances are
-    /// already taken out by Consul's checks and by outlier ejection).
+    /// HTTP/2 keep-alive ping interval on endpoint connections, idle or not: a peer that does
+    /// not answer a ping within [`ChannelOptions::http2_keep_alive_timeout`] has its connection
+    /// closed, failing (and so retrying) the calls on it. `None` turns pings off.
     pub http2_keep_alive: Option<Duration>,
+    /// How long a keep-alive ping may go unanswered.
+    pub http2_keep_alive_timeout: Duration,
+    /// TCP keep-alive on endpoint connections (the kernel probes an idle connection after this
+    /// long and drops it when the peer stays silent); free on the call path.
+    pub tcp_keepalive: Option<Duration>,
     /// How long known endpoints are kept when Consul suddenly reports none (an agent that
     /// restarted answers empty until services register again).
     pub empty_set_grace: Duration,
@@ -88,6 +102,8 @@ impl Default for ChannelOptions {
             connect_timeout: Duration::from_secs(1),
             empty_set_grace: Duration::from_secs(10),
             http2_keep_alive: None,
+            http2_keep_alive_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -197,6 +213,15 @@ impl Mesh {
             service: service.to_owned(),
             inner: BoxCloneSyncService::new(stack),
         }
+    }
+
+    /// The healthy instances of `service` as Consul reports them, from the same watcher its
+    /// channels balance over (started if this process has no channel to it yet). `changed()`
+    /// resolves at the next change of the set.
+    pub fn instance_updates(&self, service: &str) -> tokio::sync::watch::Receiver<WatchState> {
+        self.target(service, &ChannelOptions::default())
+            .balancer
+            .instance_updates()
     }
 
     /// The balancers of every service this process calls.

@@ -1,6 +1,15 @@
 //! Retries: a call that failed with a connection error or `UNAVAILABLE` is sent again, but only for
 //! methods the proto marks `NO_SIDE_EFFECTS` or `IDEMPOTENT`, only while a retry budget (a share of
 //! recent calls) allows, with jittered exponential backoff, and never past the call's deadline.
+//!
+//! Such a call's attempts also have a timeout of their own, so that one stalled on an endpoint
+//! that accepts and never answers (a hung process, a host gone silent without a reset) is sent
+//! to another endpoint within the call's deadline: `max(floor, k × the method's observed
+//! latency)` (a peak EWMA of its successful attempts, [`PeakEwma`]), used only when it fits the
+//! remaining budget shared by the attempts left (`remaining / attempts left`), so a retry always
+//! fits; the last attempt has all that is left. When the attempt timeout fires and the budget
+//! allows a retry, the attempt is abandoned (its stream reset) and counted as a failure of its
+//! endpoint, which feeds outlier ejection; otherwise the call keeps waiting for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,8 +23,10 @@ use rand::Rng;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 
+use super::attempt::Attempts;
 use super::balance::is_unavailable;
 use super::deadline::{set_remaining, Deadline};
+use super::latency::PeakEwma;
 use super::methods::MethodTable;
 use super::BoxError;
 
@@ -32,6 +43,11 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// Shortest attempt timeout (`Duration::MAX` turns attempt timeouts off).
+    pub attempt_timeout_floor: Duration,
+    /// Attempt timeout as a multiple of the method's observed latency (its peak EWMA), when
+    /// that is above the floor.
+    pub attempt_timeout_latency_multiple: f64,
 }
 
 impl Default for RetryPolicy {
@@ -42,6 +58,8 @@ impl Default for RetryPolicy {
             min_retries_per_second: 10,
             base_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(200),
+            attempt_timeout_floor: Duration::from_millis(100),
+            attempt_timeout_latency_multiple: 10.0,
         }
     }
 }
@@ -157,9 +175,9 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = self.layer.clone();
         layer.budget.deposit();
-        if !layer.methods.is_retryable(request.uri().path()) {
+        let Some(latency) = layer.methods.retry_latency(request.uri().path()) else {
             return Box::pin(self.inner.call(request));
-        }
+        };
         // Take the service that was made ready; keep a clone for the retries.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -172,24 +190,130 @@ where
                 .to_bytes();
             let replay = Replayable::new(&parts, body);
             let deadline = replay.deadline;
+            let attempts = Attempts::default();
+            let mut request = http::Request::from_parts(parts, replay.body());
+            let max_attempts = layer.policy.max_attempts.max(1);
             let mut attempt = 1;
-            let mut result = inner
-                .call(http::Request::from_parts(parts, replay.body()))
-                .await;
-            while attempt < layer.policy.max_attempts && should_retry(&result) {
-                let backoff = backoff(&layer.policy, attempt);
-                if deadline.is_some_and(|d| d.remaining() <= backoff) || !layer.budget.withdraw() {
-                    break;
+            loop {
+                request.extensions_mut().insert(attempts.clone());
+                let limit = deadline.and_then(|d| {
+                    attempt_timeout(
+                        &layer.policy,
+                        &latency,
+                        d.remaining(),
+                        max_attempts - attempt + 1,
+                    )
+                });
+                // Only an attempt that may be abandoned steers clear of endpoints already tried.
+                attempts.set_prefer_untried(limit.is_some());
+                let started = tokio::time::Instant::now();
+                match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
+                    Attempt::Done(result) => {
+                        let failed = should_retry(&result);
+                        if !failed && result.is_ok() {
+                            latency.observe(started.elapsed());
+                        }
+                        if attempt >= max_attempts || !failed {
+                            return result;
+                        }
+                        let backoff = backoff(&layer.policy, attempt);
+                        if deadline.is_some_and(|d| d.remaining() <= backoff)
+                            || !layer.budget.withdraw()
+                        {
+                            return result;
+                        }
+                        tokio::time::sleep(backoff).await;
+                    }
+                    // The budget was drawn on already, and the wait was the attempt timeout.
+                    Attempt::Abandoned => {
+                        tracing::debug!(path = %replay.uri.path(), attempt, ?limit, "attempt timed out; trying another endpoint");
+                    }
                 }
-                tokio::time::sleep(backoff).await;
                 attempt += 1;
                 std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
                 tracing::debug!(path = %replay.uri.path(), attempt, "retrying");
-                result = inner.call(replay.request()).await;
+                request = replay.request();
             }
-            result
         })
     }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// It answered or failed.
+    Done(Result<Resp, BoxError>),
+    /// It was abandoned at its timeout, a retry drawn from the budget.
+    Abandoned,
+}
+
+/// Sends one attempt; past `limit`, abandons it if the budget allows a retry (marking it in
+/// `attempts` while it is dropped, so the balancer counts it against its endpoint), else keeps
+/// waiting for it. A timer that fires more than half a period late (this process was stalled)
+/// is given one more period first.
+async fn run_attempt<S>(
+    inner: &mut S,
+    request: Req,
+    limit: Option<Duration>,
+    budget: &TpsBudget,
+    attempts: &Attempts,
+) -> Attempt
+where
+    S: Service<Req, Response = Resp, Error = BoxError>,
+{
+    let call = inner.call(request);
+    let Some(limit) = limit else {
+        return Attempt::Done(call.await);
+    };
+    let outcome = {
+        tokio::pin!(call);
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(timer);
+        let mut rearmed = false;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut call => break Attempt::Done(result),
+                () = &mut timer => {
+                    // A timer that fired well past its time says this process was stalled (CPU
+                    // starved), not the endpoint: the attempt gets one more period.
+                    if !rearmed && timer.deadline().elapsed() > limit / 2 {
+                        rearmed = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                        continue;
+                    }
+                    if budget.withdraw() {
+                        attempts.abandon();
+                        break Attempt::Abandoned;
+                    }
+                    break Attempt::Done(call.await);
+                }
+            }
+        }
+        // The attempt is dropped here: its endpoint's guard reads the mark.
+    };
+    // Cleared in case the attempt had not reached an endpoint yet.
+    attempts.take_abandoned();
+    outcome
+}
+
+/// The timeout of an attempt when `attempts_left` attempts (this one included) share
+/// `remaining`: `max(floor, multiple × observed latency)` if that fits `remaining /
+/// attempts_left`, else none (the attempt may use all that is left, as the last one always does).
+fn attempt_timeout(
+    policy: &RetryPolicy,
+    latency: &PeakEwma,
+    remaining: Duration,
+    attempts_left: u32,
+) -> Option<Duration> {
+    if attempts_left < 2 {
+        return None;
+    }
+    let observed = Duration::try_from_secs_f64(
+        latency.get().as_secs_f64() * policy.attempt_timeout_latency_multiple,
+    )
+    .unwrap_or(Duration::MAX);
+    let wanted = observed.max(policy.attempt_timeout_floor);
+    (!wanted.is_zero() && wanted <= remaining / attempts_left).then_some(wanted)
 }
 
 /// Full-jitter exponential backoff before retry number `attempt` (1-based).
@@ -218,6 +342,42 @@ mod tests {
                 assert!(backoff(&policy, attempt) <= ceiling);
             }
         }
+    }
+
+    #[test]
+    fn attempt_timeouts_follow_the_latency_above_the_floor_and_leave_room_for_retries() {
+        let policy = RetryPolicy::default();
+        let latency = PeakEwma::new(Duration::ZERO);
+        let two_s = Duration::from_secs(2);
+        // Unobserved or fast: the floor.
+        assert_eq!(
+            attempt_timeout(&policy, &latency, two_s, 3),
+            Some(policy.attempt_timeout_floor)
+        );
+        latency.observe(Duration::from_millis(1));
+        assert_eq!(
+            attempt_timeout(&policy, &latency, two_s, 3),
+            Some(Duration::from_millis(100))
+        );
+        // A slower method: k × its latency.
+        let slow = PeakEwma::new(Duration::ZERO);
+        slow.observe(Duration::from_millis(40));
+        assert_eq!(
+            attempt_timeout(&policy, &slow, two_s, 3),
+            Some(Duration::from_millis(400))
+        );
+        // Not when it would not leave room for the attempts left, nor for the last attempt.
+        assert_eq!(attempt_timeout(&policy, &slow, two_s, 6), None);
+        assert_eq!(
+            attempt_timeout(&policy, &latency, Duration::from_millis(50), 3),
+            None
+        );
+        assert_eq!(attempt_timeout(&policy, &latency, two_s, 1), None);
+        let off = RetryPolicy {
+            attempt_timeout_floor: Duration::MAX,
+            ..policy
+        };
+        assert_eq!(attempt_timeout(&off, &latency, two_s, 3), None);
     }
 
     #[test]

@@ -1,0 +1,91 @@
+//! What the retry layer and the balancer share about the attempts of one call (a request
+//! extension, set by [`super::retry::RetryLayer`] on calls it may retry): which endpoints the
+//! call already tried, so that an attempt with a timeout goes to another one (the last attempt,
+//! which has all the time left, goes where the balancer thinks best: the endpoints tried may only
+//! have been slow, and an untried one may be the hung one), and whether the attempt in flight was
+//! abandoned at its attempt timeout, so that the balancer counts it as that endpoint's failure.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Endpoints remembered per call (more attempts than this forget the earliest).
+const REMEMBERED: usize = 4;
+
+/// The attempts of one call; clones share them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempts(Arc<Log>);
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Identities of the endpoints tried ([`Attempts::tried`]), in a ring.
+    tried: [AtomicUsize; REMEMBERED],
+    count: AtomicUsize,
+    abandoned: AtomicBool,
+    /// The attempt in flight prefers endpoints not tried yet.
+    prefer_untried: AtomicBool,
+}
+
+impl Attempts {
+    /// Notes that an attempt goes to the endpoint `id` (non-zero, e.g. its address in memory).
+    pub(crate) fn tried(&self, id: usize) {
+        let n = self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.tried[n % REMEMBERED].store(id, Ordering::Relaxed);
+    }
+
+    /// Sets whether the next attempt prefers endpoints not tried yet.
+    pub(crate) fn set_prefer_untried(&self, prefer: bool) {
+        self.0.prefer_untried.store(prefer, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt in flight should avoid the endpoint `id`: it prefers untried
+    /// endpoints and an attempt of this call went to `id`.
+    pub(crate) fn avoids(&self, id: usize) -> bool {
+        self.0.prefer_untried.load(Ordering::Relaxed) && self.has_tried(id)
+    }
+
+    /// Whether an attempt of this call went to the endpoint `id`.
+    pub(crate) fn has_tried(&self, id: usize) -> bool {
+        let n = self.0.count.load(Ordering::Relaxed).min(REMEMBERED);
+        self.0.tried[..n]
+            .iter()
+            .any(|t| t.load(Ordering::Relaxed) == id)
+    }
+
+    /// Marks the attempt in flight as abandoned at its timeout (just before it is dropped).
+    pub(crate) fn abandon(&self) {
+        self.0.abandoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt in flight was abandoned; clears the mark for the next attempt.
+    pub(crate) fn take_abandoned(&self) -> bool {
+        self.0.abandoned.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_the_last_endpoints_tried_and_one_abandonment_at_a_time() {
+        let attempts = Attempts::default();
+        assert!(!attempts.has_tried(7));
+        attempts.tried(7);
+        assert!(attempts.has_tried(7) && !attempts.has_tried(8));
+        for id in 10..14 {
+            attempts.tried(id);
+        }
+        assert!(!attempts.has_tried(7), "forgotten after {REMEMBERED} more");
+        assert!(attempts.has_tried(13));
+        assert!(
+            !attempts.avoids(13),
+            "only when asked to prefer untried ones"
+        );
+        attempts.set_prefer_untried(true);
+        assert!(attempts.avoids(13) && !attempts.avoids(99));
+        let clone = attempts.clone();
+        clone.abandon();
+        assert!(attempts.take_abandoned());
+        assert!(!attempts.take_abandoned(), "cleared once read");
+    }
+}
