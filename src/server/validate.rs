@@ -1,0 +1,156 @@
+//! The request rules declared in the proto ([`crate::rules`]) enforced by the runtime, before the
+//! handler runs: [`ValidationLayer`] decodes the request of each method that has rules, checks
+//! it, and answers `INVALID_ARGUMENT` with every violation in one `google.rpc.BadRequest`
+//! ([`crate::status::bad_request`]). Calls to methods without rules pass untouched (one map
+//! lookup).
+//!
+//! The request body of a method with rules is read whole first (at most tonic's default limit on
+//! a decoded message, 4 MiB, plus the frame header; more is `RESOURCE_EXHAUSTED`), then handed to
+//! the handler as it came. A body that is not one uncompressed gRPC frame holding a message that
+//! decodes is handed on unchecked: tonic refuses it as it would without this layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::Either;
+use http_body_util::{BodyExt, Full, Limited};
+use prost_reflect::DynamicMessage;
+use tonic::body::Body;
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::rules::MethodRules;
+
+/// Largest request message read for checking: tonic's default decoding limit.
+const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// A gRPC frame's header: the compressed flag and the length.
+const FRAME_HEADER: usize = 5;
+
+/// Server layer: checks each request against its method's rules (module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct ValidationLayer {
+    rules: Arc<MethodRules>,
+}
+
+impl ValidationLayer {
+    /// Checks calls against `rules`.
+    pub(crate) fn new(rules: MethodRules) -> Self {
+        Self {
+            rules: Arc::new(rules),
+        }
+    }
+}
+
+impl<S> Layer<S> for ValidationLayer {
+    type Service = Validation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Validation {
+            inner,
+            rules: Arc::clone(&self.rules),
+        }
+    }
+}
+
+/// See [`ValidationLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Validation<S> {
+    inner: S,
+    rules: Arc<MethodRules>,
+}
+
+type Checked<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+
+impl<S> Service<http::Request<Body>> for Validation<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Checked<S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let Some(rules) = self.rules.of(request.uri().path()).cloned() else {
+            return Either::Left(self.inner.call(request));
+        };
+        // The service that was polled ready handles this call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match Limited::new(body, MAX_MESSAGE + FRAME_HEADER)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(Status::resource_exhausted(format!(
+                        "the request message is larger than {MAX_MESSAGE} bytes"
+                    ))
+                    .into_http());
+                }
+                Err(err) => {
+                    return Ok(Status::cancelled(format!(
+                        "the request body could not be read: {}",
+                        crate::status::echo(&err.to_string())
+                    ))
+                    .into_http());
+                }
+            };
+            if let Some(message) = sole_frame(&bytes) {
+                if let Ok(decoded) = DynamicMessage::decode(rules.descriptor().clone(), message) {
+                    let violations = rules.check(&decoded);
+                    if !violations.is_empty() {
+                        return Ok(crate::status::bad_request(violations).into_http());
+                    }
+                }
+            }
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(Full::new(bytes)),
+                ))
+                .await
+        }))
+    }
+}
+
+/// The message of a body that is exactly one uncompressed gRPC frame.
+fn sole_frame(body: &Bytes) -> Option<Bytes> {
+    let mut header = body.get(..FRAME_HEADER)?;
+    let compressed = header.get_u8();
+    let length = usize::try_from(header.get_u32()).ok()?;
+    (compressed == 0 && body.len() == FRAME_HEADER + length).then(|| body.slice(FRAME_HEADER..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_whole_uncompressed_frame_is_checked() {
+        let frame = |flag: u8, len: u32, payload: &[u8]| {
+            let mut body = vec![flag];
+            body.extend_from_slice(&len.to_be_bytes());
+            body.extend_from_slice(payload);
+            Bytes::from(body)
+        };
+        assert_eq!(
+            sole_frame(&frame(0, 3, b"abc")),
+            Some(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(sole_frame(&frame(0, 0, b"")), Some(Bytes::new()));
+        assert_eq!(sole_frame(&frame(1, 3, b"abc")), None);
+        assert_eq!(sole_frame(&frame(0, 4, b"abc")), None);
+        assert_eq!(sole_frame(&frame(0, 2, b"abc")), None);
+        assert_eq!(sole_frame(&Bytes::from_static(b"\0\0")), None);
+    }
+}
