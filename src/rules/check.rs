@@ -213,6 +213,30 @@ impl CompiledField {
     }
 }
 
+impl FieldRules {
+    /// Whether a request must carry `field` (these being its rules): its zero value (unset: `""`,
+    /// `0`, an absent message, an empty list) breaks them.
+    pub fn refuses_zero(&self, field: &FieldDescriptor) -> bool {
+        if self.required {
+            return true;
+        }
+        if self.ignore_zero || field.is_map() || (field.supports_presence() && !field.is_list()) {
+            return false;
+        }
+        if field.is_list() {
+            return matches!(&self.value, ValueRules::Repeated(rules) if rules.min_items.is_some_and(|min| min > 0));
+        }
+        let mut violations = Vec::new();
+        check_value(
+            &self.value,
+            &Value::default_value_for_field(field),
+            "",
+            &mut violations,
+        );
+        !violations.is_empty()
+    }
+}
+
 fn is_zero(value: &Value) -> bool {
     match value {
         Value::Bool(b) => !b,

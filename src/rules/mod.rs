@@ -554,6 +554,32 @@ impl fmt::Display for StringFormat {
     }
 }
 
+/// Full name of the field option stating a field's behaviour (`OUTPUT_ONLY`, …).
+pub const FIELD_BEHAVIOR_EXTENSION: &str = "google.api.field_behavior";
+/// `google.api.FieldBehavior.OUTPUT_ONLY`.
+const OUTPUT_ONLY: i32 = 3;
+
+/// Whether `field` is output only (`(google.api.field_behavior) = OUTPUT_ONLY`): set by the
+/// server, ignored in requests (a document marks it `readOnly`; an update does not name it).
+pub fn is_output_only(field: &FieldDescriptor) -> bool {
+    let Some(extension) = field
+        .parent_pool()
+        .get_extension_by_name(FIELD_BEHAVIOR_EXTENSION)
+    else {
+        return false;
+    };
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return false;
+    }
+    match options.get_extension(&extension).as_ref() {
+        Value::List(behaviors) => behaviors
+            .iter()
+            .any(|b| b.as_enum_number() == Some(OUTPUT_ONLY)),
+        _ => false,
+    }
+}
+
 /// Whether `message` (a `google.protobuf.*Options`) carries the extension `name` (known to its
 /// pool) with any field set.
 pub(crate) fn declares(message: &DynamicMessage, name: &str) -> bool {

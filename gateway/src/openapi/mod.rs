@@ -76,6 +76,8 @@ use prost_reflect::{
 use prost_types::FileDescriptorProto;
 use serde_json::{json, Map, Value};
 
+mod rules;
+
 use crate::routes::{Route, RouteTable};
 use crate::template::PathTemplate;
 use crate::transcode::{has_text_form, BodyRule, JsonOptions};
@@ -500,7 +502,14 @@ fn render_path(template: &PathTemplate) -> RenderedPath {
                 .next()
                 .map(<[String]>::to_vec)
                 .unwrap_or_else(|| name.split('.').map(str::to_owned).collect());
-            let name = field_path.join(".");
+            // `{task.id}` is not a name OpenAPI tools read: `{task_id}` (the gateway matches
+            // by position, so the name is the document's alone).
+            let mut name = field_path.join("_");
+            while parameters.iter().any(|p: &PathParameter| p.name == name)
+                || (field_path.len() > 1 && variable_names.contains(&name))
+            {
+                name.push('_');
+            }
             path.push('{');
             path.push_str(&name);
             path.push('}');
@@ -731,6 +740,7 @@ impl<'o> Builder<'o> {
                 &QueryWalk {
                     bound: &bound,
                     body_field,
+                    filled_mask: filled_mask(route).then_some("update_mask"),
                 },
                 &mut Vec::new(),
                 &mut Vec::new(),
@@ -746,33 +756,60 @@ impl<'o> Builder<'o> {
         // Request body.
         let request_schema = match &route.body {
             BodyRule::None => None,
-            BodyRule::Whole => Some((
-                self.message_schema(&input),
-                if path.parameters.iter().any(|p| p.field_path.is_some()) {
-                    "The request message. The fields bound by the URL path are taken from the \
-                     path, whatever the body says."
-                        .to_owned()
+            BodyRule::Whole => {
+                // The fields the path binds are the path's: the body's schema leaves them out.
+                let path_fields: Vec<&str> = path
+                    .parameters
+                    .iter()
+                    .filter_map(|p| p.field_path.as_ref())
+                    .filter(|f| f.len() == 1)
+                    .map(|f| f[0].as_str())
+                    .collect();
+                let schema = if path_fields.is_empty() {
+                    self.message_schema(&input)
                 } else {
-                    "The request message.".to_owned()
-                },
-            )),
+                    self.message_definition(&input, &Variant::Body(&path_fields))
+                };
+                let required = if path_fields.is_empty() {
+                    input
+                        .fields()
+                        .any(|f| f.is_required() || rules::must_carry(&f))
+                } else {
+                    schema.get("required").is_some()
+                };
+                Some((
+                    schema,
+                    "The request message, less the fields the URL path binds.".to_owned(),
+                    required,
+                ))
+            }
             BodyRule::Field(name) => input.get_field_by_name(name).map(|field| {
-                (
-                    self.field_schema(&field),
-                    format!(
-                        "The `{}` field of the request message ({}).",
-                        self.property_name(&field),
-                        input.full_name()
-                    ),
-                )
+                let schema = match field.kind() {
+                    Kind::Message(resource) if filled_mask(route) && !field.is_list() => {
+                        self.update_schema(&resource)
+                    }
+                    _ => self.field_schema(&field),
+                };
+                let mut description = format!(
+                    "The `{}` field of the request message ({}).",
+                    self.property_name(&field),
+                    input.full_name()
+                );
+                if filled_mask(route) {
+                    description.push_str(
+                        " The fields it holds are the ones updated (the update mask); \
+                         output-only fields are ignored.",
+                    );
+                }
+                (schema, description, rules::must_carry(&field))
             }),
         };
-        if let Some((schema, description)) = request_schema {
+        if let Some((schema, description, required)) = request_schema {
             operation.insert(
                 "requestBody".to_owned(),
                 json!({
                     "description": description,
-                    "required": false,
+                    "required": required,
                     "content": { "application/json": { "schema": schema } },
                 }),
             );
@@ -841,7 +878,10 @@ impl<'o> Builder<'o> {
             .as_ref()
             .and_then(|path| resolve_field(input, path));
         let mut schema = match &field {
-            Some(field) => self.kind_schema(&field.kind()),
+            Some(field) => {
+                let schema = self.kind_schema(&field.kind());
+                rules::constrain(schema, field)
+            }
             None => json!({ "type": "string" }),
         };
         let mut notes = Vec::new();
@@ -903,7 +943,9 @@ impl<'o> Builder<'o> {
         out: &mut Vec<Value>,
     ) {
         for field in message.fields() {
-            if proto_path.is_empty() && walk.body_field == Some(field.name()) {
+            if proto_path.is_empty()
+                && (walk.body_field == Some(field.name()) || walk.filled_mask == Some(field.name()))
+            {
                 continue;
             }
             proto_path.push(field.name().to_owned());
@@ -951,6 +993,9 @@ impl<'o> Builder<'o> {
         if is_deprecated(&field.options()) {
             object.insert("deprecated".to_owned(), Value::Bool(true));
         }
+        if names.len() == 1 && rules::must_carry(field) {
+            object.insert("required".to_owned(), Value::Bool(true));
+        }
         let item = self.kind_schema(&field.kind());
         let schema = if field.is_list() {
             object.insert("style".to_owned(), Value::String("form".to_owned()));
@@ -959,7 +1004,7 @@ impl<'o> Builder<'o> {
         } else {
             item
         };
-        object.insert("schema".to_owned(), schema);
+        object.insert("schema".to_owned(), rules::constrain(schema, field));
         Value::Object(object)
     }
 
@@ -973,19 +1018,39 @@ impl<'o> Builder<'o> {
         if !self.schemas.contains_key(&name) {
             // A placeholder first, so that a recursive message refers to itself and stops.
             self.schemas.insert(name.clone(), Value::Null);
-            let schema = self.message_definition(message);
+            let schema = self.message_definition(message, &Variant::Full);
             self.schemas.insert(name.clone(), schema);
         }
         json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
     }
 
-    /// The component schema of `message`.
-    fn message_definition(&mut self, message: &MessageDescriptor) -> Value {
+    /// The schema of `resource` as the body of an update whose mask the gateway fills from the
+    /// body's keys: a `$ref` to `<full name>-update`, whose fields are all optional (and at least
+    /// one is given).
+    fn update_schema(&mut self, resource: &MessageDescriptor) -> Value {
+        if let Some(schema) = well_known_schema(resource) {
+            return schema;
+        }
+        let name = format!("{}-update", resource.full_name());
+        if !self.schemas.contains_key(&name) {
+            self.schemas.insert(name.clone(), Value::Null);
+            let schema = self.message_definition(resource, &Variant::Update);
+            self.schemas.insert(name.clone(), schema);
+        }
+        json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
+    }
+
+    /// The schema of `message`, as `variant` says.
+    fn message_definition(&mut self, message: &MessageDescriptor, variant: &Variant<'_>) -> Value {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
+            if matches!(variant, Variant::Body(bound) if bound.contains(&field.name())) {
+                continue;
+            }
             let name = self.property_name(&field).to_owned();
             let schema = self.field_schema(&field);
+            let schema = rules::constrain(schema, &field);
             let mut notes = Vec::new();
             if let Some(comment) = self.comments.of(&field.parent_file(), field.path()) {
                 notes.push(comment);
@@ -1002,8 +1067,12 @@ impl<'o> Builder<'o> {
                 ));
             }
             let description = (!notes.is_empty()).then(|| notes.join("\n\n"));
-            let schema = annotate(schema, description, is_deprecated(&field.options()));
-            if field.is_required() {
+            let mut schema = annotate(schema, description, is_deprecated(&field.options()));
+            if protomesh::rules::is_output_only(&field) {
+                schema = read_only(schema);
+            }
+            let carried = field.is_required() || rules::must_carry(&field);
+            if carried && !matches!(variant, Variant::Update) {
                 required.push(Value::String(name.clone()));
             }
             properties.insert(name, schema);
@@ -1018,6 +1087,13 @@ impl<'o> Builder<'o> {
         }
         if !required.is_empty() {
             object.insert("required".to_owned(), Value::Array(required));
+        }
+        if matches!(variant, Variant::Update) {
+            object.insert("minProperties".to_owned(), json!(1));
+        }
+        if !self.options.allow_unknown_fields {
+            // The gateway refuses a field the message does not have.
+            object.insert("additionalProperties".to_owned(), Value::Bool(false));
         }
         if is_deprecated(&message.options()) {
             object.insert("deprecated".to_owned(), Value::Bool(true));
@@ -1114,6 +1190,9 @@ struct QueryWalk<'a> {
     bound: &'a [Vec<String>],
     /// The top-level field that is the body, if any.
     body_field: Option<&'a str>,
+    /// The top-level `update_mask` the gateway fills from the body's keys, if any: not a
+    /// parameter of the operation.
+    filled_mask: Option<&'a str>,
 }
 
 /// A reference to no schema (a full name has no `!`), standing for the error schema's until its
@@ -1160,6 +1239,48 @@ fn annotate(schema: Value, description: Option<String>, deprecated: bool) -> Val
         object.insert("deprecated".to_owned(), Value::Bool(true));
     }
     Value::Object(object)
+}
+
+/// `schema` marked `readOnly` (a `$ref` wrapped in `allOf` first).
+fn read_only(schema: Value) -> Value {
+    let mut object = match schema {
+        Value::Object(object) if !object.contains_key("$ref") => object,
+        other => {
+            let mut object = Map::new();
+            object.insert("allOf".to_owned(), Value::Array(vec![other]));
+            object
+        }
+    };
+    object.insert("readOnly".to_owned(), Value::Bool(true));
+    Value::Object(object)
+}
+
+/// Which schema of a message [`Builder::message_definition`] writes.
+enum Variant<'a> {
+    /// The message as it is (a component).
+    Full,
+    /// A request message as a body, less these top-level fields (bound by the URL path).
+    Body(&'a [&'a str]),
+    /// A resource as an update's body: every field optional, at least one given.
+    Update,
+}
+
+/// Whether the gateway fills the `update_mask` of `route`'s requests from the body's keys: a
+/// PATCH whose body is a message field of a request with a `google.protobuf.FieldMask
+/// update_mask` (see [`crate::transcode`]).
+fn filled_mask(route: &Route) -> bool {
+    let BodyRule::Field(body) = &route.body else {
+        return false;
+    };
+    let input = route.method.input();
+    route.http_method == Method::PATCH
+        && input.get_field_by_name(body).is_some_and(|field| {
+            !field.is_list() && matches!(field.kind(), Kind::Message(ref m) if !is_well_known(m))
+        })
+        && input.get_field_by_name("update_mask").is_some_and(|field| {
+            !field.is_list()
+                && matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+        })
 }
 
 /// The field at the end of `path` (proto names) from `message`.
