@@ -1050,7 +1050,10 @@ impl<'o> Builder<'o> {
             }
             let name = self.property_name(&field).to_owned();
             let schema = self.field_schema(&field);
-            let schema = rules::constrain(schema, &field);
+            let schema = match variant {
+                Variant::Update => rules::constrain_update(schema, &field),
+                _ => rules::constrain(schema, &field),
+            };
             let mut notes = Vec::new();
             if let Some(comment) = self.comments.of(&field.parent_file(), field.path()) {
                 notes.push(comment);
@@ -1628,6 +1631,122 @@ mod tests {
         assert_refs_resolve(&doc);
     }
 
+    /// The document of the tasks, timetrack and users routes.
+    fn rules_document(options: &JsonOptions) -> Value {
+        let pool = mesh_pool();
+        let table = RouteTable::build([
+            ("tasks", methods(&pool, "protomesh.tasks.v1.TasksService")),
+            ("users", methods(&pool, "protomesh.users.v1.UsersService")),
+            (
+                "priority",
+                methods(&pool, "protomesh.priority.v1.PriorityService"),
+            ),
+        ]);
+        document(&table, options, "protomesh", "0.1.0")
+    }
+
+    #[test]
+    fn the_declared_rules_are_in_the_document() {
+        let doc = rules_document(&JsonOptions::default());
+        assert_refs_resolve(&doc);
+        let schemas = &doc["components"]["schemas"];
+
+        let score = &schemas["protomesh.priority.v1.ScoreRequest"];
+        assert_eq!(score["required"], json!(["urgency", "impact"]));
+        assert_eq!(score["additionalProperties"], false);
+        assert_eq!(
+            score["properties"]["urgency"],
+            json!({ "type": "integer", "format": "int32", "minimum": 1, "maximum": 10 })
+        );
+        let batch = &schemas["protomesh.priority.v1.PrioritizeRequest"];
+        assert_eq!(batch["properties"]["tasks"]["maxItems"], 10000);
+
+        let task = &schemas["protomesh.tasks.v1.Task"];
+        assert_eq!(task["required"], json!(["title", "urgency", "impact"]));
+        let title = &task["properties"]["title"];
+        assert_eq!(
+            (&title["minLength"], &title["maxLength"]),
+            (&json!(1), &json!(200))
+        );
+        assert!(title["pattern"].as_str().unwrap().starts_with("^[^\\x00]*"));
+        assert_eq!(task["properties"]["id"]["readOnly"], true);
+        assert_eq!(task["properties"]["createdAt"]["readOnly"], true);
+        // Unset on create means open, so the zero joins the allowed names.
+        assert_eq!(
+            task["properties"]["status"]["enum"],
+            json!([
+                "TASK_STATUS_UNSPECIFIED",
+                "TASK_STATUS_OPEN",
+                "TASK_STATUS_IN_PROGRESS",
+                "TASK_STATUS_DONE"
+            ]),
+        );
+
+        // The update: its path parameter renamed, the body every field optional.
+        let update = &doc["paths"]["/v1/tasks/{task_id}"]["patch"];
+        assert_eq!(update["parameters"][0]["name"], "task_id");
+        assert!(update["parameters"][0]["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .ends_with(rules::UUID_PATTERN_FOR_TESTS));
+        assert_eq!(update["requestBody"]["required"], true);
+        let body = deref(
+            &doc,
+            &update["requestBody"]["content"]["application/json"]["schema"],
+        );
+        assert!(body.get("required").is_none());
+        assert_eq!(body["properties"]["urgency"]["minimum"], 1);
+        assert_eq!(
+            body["properties"]["status"]["enum"],
+            json!([
+                "TASK_STATUS_OPEN",
+                "TASK_STATUS_IN_PROGRESS",
+                "TASK_STATUS_DONE"
+            ])
+        );
+
+        // Query parameters: an optional UUID may be empty; bounds; enums.
+        let list = &doc["paths"]["/v1/tasks"]["get"];
+        let parameter = |name: &str| {
+            list["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .clone()
+        };
+        assert!(parameter("projectId")["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .starts_with("^$|"));
+        assert_eq!(parameter("pageSize")["schema"]["maximum"], 1000);
+        assert!(parameter("pageSize").get("required").is_none());
+
+        // A body "*" with a path-bound field leaves it out of the body.
+        let complete = &doc["paths"]["/v1/tasks/{id}:complete"]["post"];
+        let body = &complete["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body["properties"].get("id").is_none(), "{body}");
+        assert_eq!(complete["requestBody"]["required"], false);
+
+        let register = &schemas["protomesh.users.v1.RegisterRequest"];
+        assert_eq!(register["properties"]["email"]["format"], "email");
+        assert_eq!(register["properties"]["password"]["minLength"], 12);
+        assert_eq!(
+            register["required"],
+            json!(["email", "displayName", "password"])
+        );
+
+        // Unknown fields allowed: no additionalProperties: false.
+        let lenient = rules_document(&JsonOptions {
+            allow_unknown_fields: true,
+            ..JsonOptions::default()
+        });
+        assert!(lenient["components"]["schemas"]["protomesh.tasks.v1.Task"]
+            .get("additionalProperties")
+            .is_none());
+    }
+
     #[test]
     fn operation_ids_are_unique() {
         let doc = mesh_document(&JsonOptions::default());
@@ -1986,13 +2105,18 @@ mod tests {
             "LibraryService_GetBook3"
         );
 
-        // body: "book", the rest from the path and the query.
-        let update = &doc["paths"]["/v1/{book.name}"]["patch"];
-        assert_eq!(parameter_names(update), ["book.name", "updateMask"]);
+        // body: "book", the rest from the path and the query; a PATCH whose update mask the
+        // gateway fills from the body's keys has no `updateMask` parameter, and its body is the
+        // update schema (every field optional, at least one).
+        let update = &doc["paths"]["/v1/{book_name}"]["patch"];
+        assert_eq!(parameter_names(update), ["book_name"]);
         assert_eq!(
             update["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/test.library.v1.Book"
+            "#/components/schemas/test.library.v1.Book-update"
         );
+        let book_update = &doc["components"]["schemas"]["test.library.v1.Book-update"];
+        assert_eq!(book_update["minProperties"], 1);
+        assert!(book_update.get("required").is_none(), "{book_update}");
 
         // response_body: "books".
         let list = &doc["paths"]["/v1/books"]["get"];
@@ -2118,8 +2242,13 @@ mod tests {
         );
         assert!(rendered.parameters[0].multi_segment());
 
+        // A dotted variable gets a name OpenAPI tools read, unless another variable has it.
         let rendered = render("/v1/{task.id}/tags/{tag=*}");
-        assert_eq!(rendered.path, "/v1/{task.id}/tags/{tag}");
+        assert_eq!(rendered.path, "/v1/{task_id}/tags/{tag}");
+        assert_eq!(
+            render("/v1/{task.id}/{task_id}").path,
+            "/v1/{task_id_}/{task_id}"
+        );
         assert_eq!(
             rendered.parameters[0].field_path,
             Some(vec!["task".to_owned(), "id".to_owned()])

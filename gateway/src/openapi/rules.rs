@@ -27,6 +27,9 @@ use serde_json::{json, Map, Value};
 const UUID_PATTERN: &str =
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
+#[cfg(test)]
+pub(super) const UUID_PATTERN_FOR_TESTS: &str = UUID_PATTERN;
+
 /// The rules `field` declares, if it declares any that the service can enforce.
 pub(super) fn declared(field: &FieldDescriptor) -> Option<FieldRules> {
     FieldRules::declared(field).ok().flatten()
@@ -40,9 +43,21 @@ pub(super) fn must_carry(field: &FieldDescriptor) -> bool {
 /// `schema` (of `field`'s value, an array for a repeated field) with the keywords of the field's
 /// rules.
 pub(super) fn constrain(schema: Value, field: &FieldDescriptor) -> Value {
-    let Some(rules) = declared(field) else {
+    constrain_as(schema, field, true)
+}
+
+/// As [`constrain`], for a field an update names (in an update's body): the zero value is
+/// described as refused even under `IGNORE_IF_ZERO_VALUE`, since the service refuses to update
+/// a field to nothing (a task's status, say).
+pub(super) fn constrain_update(schema: Value, field: &FieldDescriptor) -> Value {
+    constrain_as(schema, field, false)
+}
+
+fn constrain_as(schema: Value, field: &FieldDescriptor, zero_exempt: bool) -> Value {
+    let Some(mut rules) = declared(field) else {
         return schema;
     };
+    rules.ignore_zero &= zero_exempt;
     let kind = field.kind();
     match (&rules.value, schema) {
         (ValueRules::Repeated(repeated), Value::Object(mut array)) if field.is_list() => {
