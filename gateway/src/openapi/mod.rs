@@ -6,8 +6,11 @@
 //!
 //! Each path template becomes an OpenAPI path:
 //!
-//! - `{field}` and `{a.b}` become path parameters of the same name (`a.b`), typed by the bound
-//!   field;
+//! - `{field}` becomes the path parameter `{field}`, typed (and constrained by the rules) of the
+//!   bound field; `{a.b}`, a name OpenAPI tools cannot read, becomes `{b}` (`{a_b}` if another
+//!   variable of the template ends in `b`), so `PATCH /v1/tasks/{task.id}` is documented under
+//!   the same path as `GET /v1/tasks/{id}`. The gateway matches paths by position, so the names
+//!   are the document's alone;
 //! - a variable with its own template, `{name=shelves/*}`, becomes the single parameter `{name}`,
 //!   whose description (and `pattern`) gives the template. OpenAPI path parameters cannot hold a
 //!   `/`, while such a value does: the description says to send its `/` unescaped (a `%2F` would not
@@ -502,9 +505,22 @@ fn render_path(template: &PathTemplate) -> RenderedPath {
                 .next()
                 .map(<[String]>::to_vec)
                 .unwrap_or_else(|| name.split('.').map(str::to_owned).collect());
-            // `{task.id}` is not a name OpenAPI tools read: `{task_id}` (the gateway matches
-            // by position, so the name is the document's alone).
-            let mut name = field_path.join("_");
+            // `{task.id}` is not a name OpenAPI tools read: it is named by its last field,
+            // `{id}` (so `/v1/tasks/{task.id}` is the same path as `/v1/tasks/{id}`, as OpenAPI
+            // requires of paths that match the same URLs), or `{task_id}` when another variable
+            // ends with the same name. The gateway matches by position: the name is the
+            // document's alone.
+            let last = field_path.last().cloned().unwrap_or_default();
+            let shared = variable_names
+                .iter()
+                .filter(|v| v.rsplit('.').next() == Some(last.as_str()))
+                .count()
+                > 1;
+            let mut name = if field_path.len() > 1 && shared {
+                field_path.join("_")
+            } else {
+                last
+            };
             while parameters.iter().any(|p: &PathParameter| p.name == name)
                 || (field_path.len() > 1 && variable_names.contains(&name))
             {
@@ -1683,8 +1699,8 @@ mod tests {
         );
 
         // The update: its path parameter renamed, the body every field optional.
-        let update = &doc["paths"]["/v1/tasks/{task_id}"]["patch"];
-        assert_eq!(update["parameters"][0]["name"], "task_id");
+        let update = &doc["paths"]["/v1/tasks/{id}"]["patch"];
+        assert_eq!(update["parameters"][0]["name"], "id");
         assert!(update["parameters"][0]["schema"]["pattern"]
             .as_str()
             .unwrap()
@@ -2108,8 +2124,8 @@ mod tests {
         // body: "book", the rest from the path and the query; a PATCH whose update mask the
         // gateway fills from the body's keys has no `updateMask` parameter, and its body is the
         // update schema (every field optional, at least one).
-        let update = &doc["paths"]["/v1/{book_name}"]["patch"];
-        assert_eq!(parameter_names(update), ["book_name"]);
+        let update = &doc["paths"]["/v1/{name}"]["patch"];
+        assert_eq!(parameter_names(update), ["name"]);
         assert_eq!(
             update["requestBody"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/test.library.v1.Book-update"
@@ -2242,12 +2258,18 @@ mod tests {
         );
         assert!(rendered.parameters[0].multi_segment());
 
-        // A dotted variable gets a name OpenAPI tools read, unless another variable has it.
+        // A dotted variable is named by its last field, unless another variable ends so.
         let rendered = render("/v1/{task.id}/tags/{tag=*}");
-        assert_eq!(rendered.path, "/v1/{task_id}/tags/{tag}");
+        assert_eq!(rendered.path, "/v1/{id}/tags/{tag}");
+        assert_eq!(render("/v1/{task.id}/{id}").path, "/v1/{task_id}/{id}");
         assert_eq!(
-            render("/v1/{task.id}/{task_id}").path,
-            "/v1/{task_id_}/{task_id}"
+            render("/v1/{task.id}/{user.id}").path,
+            "/v1/{task_id}/{user_id}"
+        );
+        assert_eq!(render("/v1/{task.id}/{task_id}").path, "/v1/{id}/{task_id}");
+        assert_eq!(
+            render("/v1/{task.id}/{task_id}/{id}").path,
+            "/v1/{task_id_}/{task_id}/{id}"
         );
         assert_eq!(
             rendered.parameters[0].field_path,

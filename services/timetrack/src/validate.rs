@@ -79,12 +79,17 @@ pub fn period_order(
             "to",
             format!(
                 "must be later than from ({} is not after {})",
-                humantime::format_rfc3339_micros(to),
-                humantime::format_rfc3339_micros(from)
+                rfc3339(to),
+                rfc3339(from)
             ),
         )),
         _ => Ok(()),
     }
+}
+
+/// `time` in RFC 3339, before 1970 too (`humantime` panics on those).
+fn rfc3339(time: SystemTime) -> String {
+    prost_types::Timestamp::from(time).to_string()
 }
 
 /// The period of a `GetTotals`: `from` before `to`, at most [`MAX_TOTALS_DAYS`] days long.
@@ -178,6 +183,10 @@ mod tests {
             "to"
         );
         assert!(period_order(Some(t(6)), Some(t(5))).is_err());
+        // Before the epoch too (a panic once).
+        let before = |s: u64| SystemTime::UNIX_EPOCH - Duration::from_secs(s);
+        let err = period_order(Some(t(5)), Some(before(86_400 * 365 * 1834))).expect_err("order");
+        assert!(err.description.contains("(0137-03-21T00:00:00Z is not after"), "{}", err.description);
         let day = 86_400;
         assert!(totals_period(t(0), t(366 * day)).is_ok());
         let err = totals_period(t(0), t(366 * day + 1)).expect_err("too long");
