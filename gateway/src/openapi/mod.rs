@@ -793,11 +793,12 @@ impl<'o> Builder<'o> {
                 } else {
                     schema.get("required").is_some()
                 };
-                Some((
-                    schema,
-                    "The request message, less the fields the URL path binds.".to_owned(),
-                    required,
-                ))
+                let description = if path_fields.is_empty() {
+                    "The request message."
+                } else {
+                    "The request message, less the fields the URL path binds."
+                };
+                Some((schema, description.to_owned(), required))
             }
             BodyRule::Field(name) => input.get_field_by_name(name).map(|field| {
                 let schema = match field.kind() {
@@ -1091,7 +1092,11 @@ impl<'o> Builder<'o> {
                 schema = read_only(schema);
             }
             let carried = field.is_required() || rules::must_carry(&field);
-            if carried && !matches!(variant, Variant::Update) {
+            if !carried {
+                // `null` is the field's default (the proto3 JSON mapping), unless that breaks
+                // its rules.
+                schema = nullable(schema);
+            } else if !matches!(variant, Variant::Update) {
                 required.push(Value::String(name.clone()));
             }
             properties.insert(name, schema);
@@ -1257,6 +1262,20 @@ fn annotate(schema: Value, description: Option<String>, deprecated: bool) -> Val
     if deprecated {
         object.insert("deprecated".to_owned(), Value::Bool(true));
     }
+    Value::Object(object)
+}
+
+/// `schema` allowing `null` too (a `$ref` wrapped in `allOf` first).
+fn nullable(schema: Value) -> Value {
+    let mut object = match schema {
+        Value::Object(object) if !object.contains_key("$ref") => object,
+        other => {
+            let mut object = Map::new();
+            object.insert("allOf".to_owned(), Value::Array(vec![other]));
+            object
+        }
+    };
+    object.insert("nullable".to_owned(), Value::Bool(true));
     Value::Object(object)
 }
 
@@ -1468,6 +1487,23 @@ mod tests {
         document(&mesh_table(), options, "protomesh", "0.1.0")
     }
 
+    /// `properties` (an object of property schemas) without the `nullable` every optional
+    /// field has (a `$ref` unwrapped from its `allOf` again), for comparing types.
+    fn plain(properties: &Value) -> Value {
+        let mut out = properties.clone();
+        for schema in out.as_object_mut().unwrap().values_mut() {
+            let object = schema.as_object_mut().unwrap();
+            if object.remove("nullable").is_some() && object.len() == 1 {
+                if let Some(Value::Array(all)) = object.get("allOf") {
+                    if all.len() == 1 {
+                        *schema = all[0].clone();
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The component schema `$ref` points to.
     fn deref<'d>(document: &'d Value, reference: &Value) -> &'d Value {
         let name = reference["$ref"]
@@ -1550,7 +1586,8 @@ mod tests {
             request["description"],
             "One task to score. Urgency and impact are each 1..10."
         );
-        let properties = &request["properties"];
+        assert_eq!(request["properties"]["title"]["nullable"], true);
+        let properties = &plain(&request["properties"]);
         assert_eq!(properties["title"], json!({ "type": "string" }));
         assert_eq!(properties["urgency"]["type"], "integer");
         assert_eq!(properties["urgency"]["format"], "int32");
@@ -1558,7 +1595,7 @@ mod tests {
 
         let ok = &score["responses"]["200"]["content"]["application/json"]["schema"];
         let response = deref(&doc, ok);
-        let level = deref(&doc, &response["properties"]["level"]);
+        let level = deref(&doc, &plain(&response["properties"])["level"]);
         assert_eq!(level["type"], "string");
         assert_eq!(
             level["enum"],
@@ -1597,7 +1634,7 @@ mod tests {
             "#/components/schemas/protomesh.probe.v1.GetStatsResponse"
         );
         let stats_schema = deref(&doc, schema);
-        let calls = &stats_schema["properties"]["calls"];
+        let calls = &plain(&stats_schema["properties"])["calls"];
         assert_eq!(calls["type"], "object");
         assert_eq!(
             calls["additionalProperties"],
@@ -2188,7 +2225,7 @@ mod tests {
     #[test]
     fn schemas_follow_the_json_mapping() {
         let doc = library_document(&JsonOptions::default());
-        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        let book = &plain(&doc["components"]["schemas"]["test.library.v1.Book"]["properties"]);
         assert_eq!(book["displayName"], json!({ "type": "string" }));
         assert_eq!(
             book["tags"],
@@ -2196,9 +2233,10 @@ mod tests {
         );
         assert_eq!(book["published"]["type"], "string");
         assert_eq!(book["published"]["format"], "date-time");
+        // A wrapper: its schema is nullable by itself.
         assert_eq!(
             book["rating"],
-            json!({ "type": "number", "format": "double", "nullable": true })
+            json!({ "type": "number", "format": "double" })
         );
         assert_eq!(
             book["attributes"],
@@ -2234,7 +2272,7 @@ mod tests {
             use_proto_names: true,
             ..JsonOptions::default()
         });
-        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        let book = &plain(&doc["components"]["schemas"]["test.library.v1.Book"]["properties"]);
         assert!(book["display_name"].is_object());
         let get = &doc["paths"]["/v1/{name}"]["get"];
         assert!(parameter_names(get).contains(&"read_mask"));

@@ -70,15 +70,62 @@ fn constrain_as(schema: Value, field: &FieldDescriptor, zero_exempt: bool) -> Va
             if repeated.unique {
                 array.insert("uniqueItems".to_owned(), Value::Bool(true));
             }
-            if let (Some(items), Some(item_schema)) = (&repeated.items, array.remove("items")) {
-                let item_schema =
-                    value_keywords(item_schema, &items.value, items.ignore_zero, &kind);
-                array.insert("items".to_owned(), item_schema);
+            if let Some(items) = &repeated.items {
+                if let Some(item_schema) = array.remove("items") {
+                    let item_schema =
+                        value_keywords(item_schema, &items.value, items.ignore_zero, &kind);
+                    array.insert("items".to_owned(), item_schema);
+                }
             }
             Value::Object(array)
         }
         (value, schema) if !field.is_list() => {
-            value_keywords(schema, value, rules.ignore_zero, &kind)
+            let schema = value_keywords(schema, value, rules.ignore_zero, &kind);
+            if rules.required && !field.supports_presence() {
+                non_zero(schema, &kind)
+            } else {
+                schema
+            }
+        }
+        (_, schema) => schema,
+    }
+}
+
+/// `schema` refusing the zero value of `kind` (a `required` scalar): `""`, `0`, the enum's
+/// zero name.
+fn non_zero(schema: Value, kind: &Kind) -> Value {
+    match (kind, schema) {
+        (Kind::String | Kind::Bytes, Value::Object(mut object)) => {
+            if !object.contains_key("minLength") {
+                object.insert("minLength".to_owned(), json!(1));
+            }
+            Value::Object(object)
+        }
+        (Kind::Enum(enumeration), schema) => {
+            let names: Vec<Value> = match schema.get("enum").and_then(Value::as_array) {
+                Some(names) => names.clone(),
+                None => enumeration
+                    .values()
+                    .map(|v| Value::String(v.name().to_owned()))
+                    .collect(),
+            };
+            let zero = enumeration.get_value(0).map(|v| v.name().to_owned());
+            let names: Vec<Value> = names
+                .into_iter()
+                .filter(|name| name.as_str() != zero.as_deref())
+                .collect();
+            json!({ "type": "string", "enum": names })
+        }
+        (_, Value::Object(mut object))
+            if matches!(
+                object.get("type").and_then(Value::as_str),
+                Some("integer" | "number")
+            ) =>
+        {
+            if !object.contains_key("not") {
+                object.insert("not".to_owned(), json!({ "enum": [0] }));
+            }
+            Value::Object(object)
         }
         (_, schema) => schema,
     }

@@ -186,7 +186,12 @@ mod tests {
         // Before the epoch too (a panic once).
         let before = |s: u64| SystemTime::UNIX_EPOCH - Duration::from_secs(s);
         let err = period_order(Some(t(5)), Some(before(86_400 * 365 * 1834))).expect_err("order");
-        assert!(err.description.contains("(0137-03-21T00:00:00Z is not after"), "{}", err.description);
+        assert!(
+            err.description
+                .contains("(0137-03-21T00:00:00Z is not after"),
+            "{}",
+            err.description
+        );
         let day = 86_400;
         assert!(totals_period(t(0), t(366 * day)).is_ok());
         let err = totals_period(t(0), t(366 * day + 1)).expect_err("too long");
