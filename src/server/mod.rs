@@ -16,7 +16,7 @@ pub mod message_limit;
 mod registration;
 mod shutdown;
 pub mod testing;
-mod validate;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -31,13 +31,13 @@ const FRAME_HEADER: usize = 5;
 
 /// Server layer: checks each request against its method's rules (module docs).
 #[derive(Debug, Clone)]
-pub(crate) struct ValidationLayer {
+pub struct ValidationLayer {
     rules: Arc<MethodRules>,
 }
 
 impl ValidationLayer {
     /// Checks calls against `rules`.
-    pub(crate) fn new(rules: MethodRules) -> Self {
+    pub fn new(rules: MethodRules) -> Self {
         Self {
             rules: Arc::new(rules),
         }
@@ -57,7 +57,7 @@ impl<S> Layer<S> for ValidationLayer {
 
 /// See [`ValidationLayer`].
 #[derive(Debug, Clone)]
-pub(crate) struct Validation<S> {
+pub struct Validation<S> {
     inner: S,
     rules: Arc<MethodRules>,
 }
