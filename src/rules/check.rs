@@ -1,6 +1,7 @@
 //! The rules of request messages compiled once ([`MessageRules::compile`], [`MethodRules`]) and
 //! checked against decoded messages ([`MessageRules::check`]), every violation collected.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -130,6 +131,7 @@ impl MessageRules {
             if only.is_some_and(|names| !names.contains(compiled.field.name())) {
                 continue;
             }
+            // No allocation for a top-level field (the common case on a hot path).
             let path = join(prefix, compiled.field.name());
             let field_only = match &masked {
                 Some((number, paths)) if *number == compiled.field.number() => {
@@ -154,11 +156,11 @@ fn mask_paths(mask: &DynamicMessage) -> Vec<String> {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
+fn join<'n>(prefix: &str, name: &'n str) -> Cow<'n, str> {
     if prefix.is_empty() {
-        name.to_owned()
+        Cow::Borrowed(name)
     } else {
-        format!("{prefix}.{name}")
+        Cow::Owned(format!("{prefix}.{name}"))
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! The request body of a method with rules is read whole first (at most tonic's default limit on
 //! a decoded message, 4 MiB, plus the frame header; more is `RESOURCE_EXHAUSTED`), then handed to
-//! the handler as it came. A body that is not one uncompressed gRPC frame holding a message that
+//! the handler as it came (a body that came in one piece is not copied). A body that is not one uncompressed gRPC frame holding a message that
 //! decodes is handed on unchecked: tonic refuses it as it would without this layer.
 
 use std::future::Future;
@@ -14,9 +14,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::Either;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use prost_reflect::DynamicMessage;
 use tonic::body::Body;
 use tonic::Status;
@@ -86,18 +86,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let bytes = match Limited::new(body, MAX_MESSAGE + FRAME_HEADER)
-                .collect()
-                .await
-            {
-                Ok(collected) => collected.to_bytes(),
-                Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            let bytes = match read_body(body, MAX_MESSAGE + FRAME_HEADER).await {
+                Ok(bytes) => bytes,
+                Err(ReadError::TooLarge) => {
                     return Ok(Status::resource_exhausted(format!(
                         "the request message is larger than {MAX_MESSAGE} bytes"
                     ))
                     .into_http());
                 }
-                Err(err) => {
+                Err(ReadError::Body(err)) => {
                     return Ok(Status::cancelled(format!(
                         "the request body could not be read: {}",
                         crate::status::echo(&err.to_string())
@@ -123,6 +120,46 @@ where
     }
 }
 
+/// Why a request body could not be read.
+enum ReadError {
+    /// It holds more than the limit.
+    TooLarge,
+    /// The stream failed (the caller went away, say).
+    Body(tonic::Status),
+}
+
+/// The whole of `body`, at most `limit` bytes: the one data frame as it came (no copy) when it
+/// came in one, as a unary request usually does.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, ReadError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(ReadError::Body)?.into_data() else {
+            continue;
+        };
+        let total = first.as_ref().map_or(0, Bytes::len)
+            + joined.as_ref().map_or(0, BytesMut::len)
+            + data.len();
+        if total > limit {
+            return Err(ReadError::TooLarge);
+        }
+        match (&mut joined, first.take()) {
+            (Some(buffer), _) => buffer.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut buffer = BytesMut::with_capacity(total);
+                buffer.extend_from_slice(&earlier);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
+    }
+    Ok(match joined {
+        Some(buffer) => buffer.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
 /// The message of a body that is exactly one uncompressed gRPC frame.
 fn sole_frame(body: &Bytes) -> Option<Bytes> {
     let mut header = body.get(..FRAME_HEADER)?;
@@ -134,6 +171,33 @@ fn sole_frame(body: &Bytes) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_and_bounded() {
+        let chunks = |parts: &[&'static [u8]]| {
+            let frames: Vec<Result<http_body::Frame<Bytes>, tonic::Status>> = parts
+                .iter()
+                .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p))))
+                .collect();
+            Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+                frames,
+            )))
+        };
+        let read = |body| async move { read_body(body, 6).await.ok() };
+        assert_eq!(
+            read(chunks(&[b"abc"])).await,
+            Some(Bytes::from_static(b"abc"))
+        );
+        assert_eq!(
+            read(chunks(&[b"ab", b"", b"cd", b"ef"])).await,
+            Some(Bytes::from_static(b"abcdef"))
+        );
+        assert_eq!(read(chunks(&[])).await, Some(Bytes::new()));
+        assert!(matches!(
+            read_body(chunks(&[b"abcd", b"efg"]), 6).await,
+            Err(ReadError::TooLarge)
+        ));
+    }
 
     #[test]
     fn only_one_whole_uncompressed_frame_is_checked() {
