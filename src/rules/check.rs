@@ -308,22 +308,20 @@ fn check_value(rules: &ValueRules, value: &Value, path: &str, out: &mut Vec<Fiel
             };
             check_number(rules, number, path, out);
         }
-        (ValueRules::Enum(rules), Value::EnumNumber(number)) => {
-            if !rules.allows(*number) {
-                let allowed: Vec<_> = rules
-                    .allowed_values()
-                    .iter()
-                    .map(|v| v.name().to_owned())
-                    .collect();
-                let got = match rules.enumeration.get_value(*number) {
-                    Some(value) => value.name().to_owned(),
-                    None => number.to_string(),
-                };
-                out.push(FieldViolation::new(
-                    path,
-                    format!("must be one of {}, got {got}", allowed.join(", ")),
-                ));
-            }
+        (ValueRules::Enum(rules), Value::EnumNumber(number)) if !rules.allows(*number) => {
+            let allowed: Vec<_> = rules
+                .allowed_values()
+                .iter()
+                .map(|v| v.name().to_owned())
+                .collect();
+            let got = match rules.enumeration.get_value(*number) {
+                Some(value) => value.name().to_owned(),
+                None => number.to_string(),
+            };
+            out.push(FieldViolation::new(
+                path,
+                format!("must be one of {}, got {got}", allowed.join(", ")),
+            ));
         }
         _ => {}
     }
