@@ -172,6 +172,69 @@ fn sole_frame(body: &Bytes) -> Option<Bytes> {
 mod tests {
     use super::*;
 
+    /// A tonic-like service named `t.Bad` that answers every call with an empty 200.
+    #[derive(Clone)]
+    struct Bad;
+
+    impl tonic::server::NamedService for Bad {
+        const NAME: &'static str = "t.Bad";
+    }
+
+    impl Service<http::Request<Body>> for Bad {
+        type Response = http::Response<Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rule_the_runtime_cannot_enforce_stops_the_start_naming_it() {
+        let dir = std::env::temp_dir().join(format!("protomesh-bad-rule-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("bad.proto"),
+            r#"syntax = "proto3";
+package t;
+import "buf/validate/validate.proto";
+service Bad { rpc Call(Req) returns (Req); }
+message Req { string a = 1 [(buf.validate.field).string.contains = "x"]; }
+"#,
+        )
+        .unwrap();
+        let mut compiler =
+            protox::Compiler::new([dir.as_path(), std::path::Path::new("proto")]).unwrap();
+        compiler.include_imports(true);
+        compiler.open_file("bad.proto").unwrap();
+        let set: &'static [u8] =
+            Box::leak(compiler.encode_file_descriptor_set().into_boxed_slice());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let server =
+            crate::server::MeshServer::new("bad", crate::server::testing::quick_config(None))
+                .descriptor_set(set)
+                .add_service(Bad);
+        let bound = server.bind().await.unwrap();
+        let err = bound
+            .run_until(std::future::pending())
+            .await
+            .expect_err("a rule it cannot enforce");
+        assert!(
+            matches!(err, crate::server::ServeError::Rules(_)),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "unsupported request rule: t.Req.a: rule `string.contains` is not supported"
+        );
+    }
+
     #[tokio::test]
     async fn bodies_are_read_whole_and_bounded() {
         let chunks = |parts: &[&'static [u8]]| {

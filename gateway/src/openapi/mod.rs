@@ -34,14 +34,18 @@
 //!   descriptors carry source info; otherwise the summary is the method's full name.
 //! - `tags`: the gRPC service's full name (described by its comment in the top-level `tags`).
 //! - `parameters`: the path parameters (required), then, unless the rule's `body` is `*`, one query
-//!   parameter for every field the path and the body leave unbound that a query parameter can set:
+//!   parameter for every field the path and the body leave unbound that a query parameter can set
+//!   (but `update_mask` where the gateway fills it from the body, below):
 //!   scalars, enums, the well-known types with a text form (`Timestamp`, `Duration`, `FieldMask`,
 //!   `Value`, wrappers), and repeated ones of those (`?tag=a&tag=b`); the fields of a nested
 //!   message get dotted names (`filter.state`), down to [`MAX_QUERY_DEPTH`] levels and never
 //!   through a message already being expanded. Maps and repeated messages cannot be query
 //!   parameters and are left out.
-//! - `requestBody` (`application/json`): the request message for `body: "*"`, the field's schema
-//!   for `body: "<field>"`, none otherwise.
+//! - `requestBody` (`application/json`): for `body: "*"` the request message — less the fields the
+//!   path binds, inline, when it binds any; for `body: "<field>"` the field's schema, and for a
+//!   PATCH whose `update_mask` the gateway fills from the body's keys the resource's update
+//!   schema `<full name>-update` (the same properties, none required, at least one given);
+//!   none otherwise. `required` when the body must carry something.
 //! - `responses`: `200` with the response message (or its `response_body` field); for a
 //!   server-streaming method, `application/x-ndjson` and `text/event-stream`, each item being one
 //!   message. `default` is the gateway's error body, the schema `Error`.
@@ -60,6 +64,13 @@
 //! inline in their JSON forms: `Timestamp` a `date-time` string, `Duration` and `FieldMask`
 //! strings, `Struct` an object, `Value` anything, `ListValue` an array, wrappers their (nullable)
 //! scalar, `Empty` an object, `Any` an object with `@type`. Comments become descriptions.
+//!
+//! What the services enforce is in the schemas too (`openapi/rules.rs` maps each field's declared
+//! request rules, `(buf.validate.field)`, to keywords): a field whose zero value its rules refuse
+//! is `required`; every other property is `nullable` (`null` is the field's default in the
+//! proto3 JSON mapping); output-only fields (`(google.api.field_behavior) = OUTPUT_ONLY`) are
+//! `readOnly`; and unless [`JsonOptions::allow_unknown_fields`], every message schema has
+//! `additionalProperties: false`, as the gateway refuses unknown fields.
 //!
 //! If two services' descriptors define different messages under one full name, the first route
 //! (in the order of the document) decides the schema.
