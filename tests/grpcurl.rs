@@ -84,7 +84,11 @@ async fn grpcurl_lists_describes_and_invokes_score() {
         "describe",
         "protomesh.priority.v1.ScoreRequest",
     ]);
-    assert!(message.contains("int32 urgency = 2;"), "{message}");
+    // The declared request rules travel with the descriptors.
+    assert!(
+        message.contains("int32 urgency = 2 [(.buf.validate.field) = { int32:<lte:10 gte:1> }];"),
+        "{message}"
+    );
 
     let scored = stdout_of(&[
         "-plaintext",

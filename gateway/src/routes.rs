@@ -2,7 +2,8 @@
 //! every service the gateway knows, as HTTP method + path template → gRPC method. Built from the
 //! descriptors each service serves over reflection; conflicting routes (same method, same template
 //! shape) are reported when the table is built, and the first one (by service name, then method)
-//! keeps the route. Lookups try the most specific matching template first.
+//! keeps the route. Lookups try the most specific matching template first; a path whose verb some
+//! template has belongs to the routes with that verb alone.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -154,11 +155,21 @@ impl RouteTable {
         self.routes.push(Arc::new(route));
     }
 
-    /// The route for `method` and `path` (the raw, percent-encoded request path).
+    /// The route for `method` and `path` (the raw, percent-encoded request path). A path whose
+    /// verb (an unescaped `:` in its last segment) a route's template has calls that custom
+    /// method: only the routes with that verb are its routes (`GET /v1/tasks/1:complete` is 405
+    /// when only `POST …:complete` has the verb, not `GetTask` of the id `1:complete`; a value's
+    /// own `:` is sent as `%3A`).
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let mut allowed = Vec::new();
+        let mut verb_matched = false;
         for route in &self.routes {
+            // Most specific first: every template with a verb comes before those without.
+            if verb_matched && route.template.verb().is_none() {
+                break;
+            }
             if let Some(bindings) = route.template.matches(path) {
+                verb_matched |= route.template.verb().is_some();
                 if route.http_method == *method {
                     return Lookup::Found(route, bindings);
                 }
@@ -364,6 +375,30 @@ mod tests {
         assert!(matches!(
             table.lookup(&Method::GET, "/v1/nothing"),
             Lookup::NotFound
+        ));
+    }
+
+    #[test]
+    fn a_path_with_a_routed_verb_belongs_to_that_verb_alone() {
+        let table = RouteTable::build([("tasks", methods("protomesh.tasks.v1.TasksService"))]);
+        let id = "0b6c3b2e-6e51-4a5e-9a47-0e0d2f0b8a11";
+        match table.lookup(&Method::GET, &format!("/v1/tasks/{id}:complete")) {
+            Lookup::MethodNotAllowed(allowed) => assert_eq!(allowed, vec![Method::POST]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            table.lookup(&Method::POST, &format!("/v1/tasks/{id}:complete")),
+            Lookup::Found(route, _) if route.method.name() == "CompleteTask"
+        ));
+        // A `:` sent escaped is part of the value.
+        assert!(matches!(
+            table.lookup(&Method::GET, &format!("/v1/tasks/{id}%3Acomplete")),
+            Lookup::Found(route, _) if route.method.name() == "GetTask"
+        ));
+        // A verb no route has: the `:` is ordinary text.
+        assert!(matches!(
+            table.lookup(&Method::GET, &format!("/v1/tasks/{id}:other")),
+            Lookup::Found(route, _) if route.method.name() == "GetTask"
         ));
     }
 

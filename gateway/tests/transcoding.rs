@@ -345,6 +345,14 @@ async fn the_gateways_own_errors_name_what_is_wrong() {
             &["big"],
         ),
         (
+            "a repeated JSON key (never read as its last value)",
+            "POST",
+            "/v1/items",
+            r#"{"id":"a","id":"b"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            &["repeats the key `id`"],
+        ),
+        (
             "unknown query parameter",
             "GET",
             "/v1/items/a?nope=1",
@@ -655,12 +663,18 @@ async fn openapi_and_routes_follow_the_live_table() {
             );
             continue;
         }
-        // OpenAPI names a variable only: `{name=libraries/*/books/*}` → `{name}`.
+        // OpenAPI names a variable only, by its last field: `{name=libraries/*/books/*}` →
+        // `{name}`, `{detail.label}` → `{label}`.
         let mut rendered = String::new();
         let mut skipping = false;
         for c in path.chars() {
+            let in_variable = rendered.rfind('{') > rendered.rfind('}');
             match c {
-                '=' if !skipping && rendered.rfind('{') > rendered.rfind('}') => skipping = true,
+                '=' if !skipping && in_variable => skipping = true,
+                '.' if !skipping && in_variable => {
+                    let open = rendered.rfind('{').unwrap_or(0);
+                    rendered.truncate(open + 1);
+                }
                 '}' => {
                     skipping = false;
                     rendered.push(c);

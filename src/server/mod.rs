@@ -16,6 +16,7 @@ pub mod message_limit;
 mod registration;
 mod shutdown;
 pub mod testing;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -81,6 +82,9 @@ pub enum ServeError {
     /// The mesh client's descriptors do not decode.
     #[error(transparent)]
     Descriptors(#[from] crate::client::methods::DescriptorError),
+    /// A request rule declared in the descriptors is not supported (see [`crate::rules`]).
+    #[error("unsupported request rule: {0}")]
+    Rules(#[from] crate::rules::RuleError),
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -313,6 +317,11 @@ impl BoundServer {
                 crate::auth::Authenticator::without_mesh(crate::auth::AuthConfig::default())
             }),
         );
+        // The request rules of the served methods, compiled once; one not supported stops the
+        // start, so no declared rule is silently left unenforced.
+        let validation = validate::ValidationLayer::new(
+            crate::rules::MethodRules::from_descriptor_sets(&descriptor_sets, &grpc_services)?,
+        );
         let admin_state = AdminState::new(mesh).with_metrics(metrics);
         let stop_admin = CancellationToken::new();
         if let Some(admin) = admin {
@@ -358,9 +367,12 @@ impl BoundServer {
                 // Caps grpc-message of every answer (handlers, tonic, reflection, refusals), so
                 // neither the layers above nor the caller ever see echoed megabytes.
                 .layer(crate::server::message_limit::MessageLimitLayer::default())
-                // Innermost: no handler runs for a caller its method's policy refuses; refusals
-                // are measured and traced like any answer.
+                // No handler runs for a caller its method's policy refuses; refusals are
+                // measured and traced like any answer.
                 .layer(authentication)
+                // After authentication (a caller it refuses learns nothing of the rules): no
+                // handler runs for a request that breaks its method's declared rules.
+                .layer(validation)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_accepting_rx.await;

@@ -10,15 +10,12 @@ use protomesh::proto::protomesh::priority::v1::{
     priority_service_server::PriorityService, PrioritizeRequest, PrioritizeResponse,
     PrioritizedTask, ScoreRequest, ScoreResponse,
 };
-use protomesh::status::{bad_request, invalid_argument, FieldViolation};
+use protomesh::status::{bad_request, FieldViolation};
 use tonic::{Request, Response, Status};
 
 use scoring::{Scored, ScoringError};
 
 pub use protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer;
-
-/// Most tasks one `Prioritize` call may carry.
-pub const MAX_BATCH: usize = 10_000;
 
 /// The gRPC handler of `protomesh.priority.v1.PriorityService`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -52,12 +49,6 @@ impl PriorityService for PriorityHandler {
         request: Request<PrioritizeRequest>,
     ) -> Result<Response<PrioritizeResponse>, Status> {
         let tasks = request.into_inner().tasks;
-        if tasks.len() > MAX_BATCH {
-            return Err(invalid_argument(
-                "tasks",
-                format!("at most {MAX_BATCH} tasks per call, got {}", tasks.len()),
-            ));
-        }
         let mut violations = Vec::new();
         let mut scored = Vec::with_capacity(tasks.len());
         for (index, task) in tasks.into_iter().enumerate() {
@@ -70,7 +61,7 @@ impl PriorityService for PriorityHandler {
                     title: task.title,
                     urgency: task.urgency,
                     impact: task.impact,
-                    // Bounded by MAX_BATCH above, so it fits.
+                    // At most 10,000 tasks (the request's declared `max_items`), so it fits.
                     input_index: u32::try_from(index).unwrap_or(u32::MAX),
                 }),
                 Err(errors) => violations.extend(errors.into_iter().map(|e| {
@@ -200,22 +191,6 @@ mod tests {
             .map(|v| v.field)
             .collect();
         assert_eq!(fields, vec!["tasks[1].impact"]);
-    }
-
-    #[tokio::test]
-    async fn prioritize_rejects_oversized_batches() {
-        let tasks = (0..=MAX_BATCH)
-            .map(|i| task(&i.to_string(), 1, 1))
-            .collect();
-        let status = PriorityHandler
-            .prioritize(Request::new(PrioritizeRequest { tasks }))
-            .await
-            .expect_err("too many");
-        assert!(
-            status.message().starts_with("tasks:"),
-            "{}",
-            status.message()
-        );
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ use uuid::Uuid;
 
 use cursor::EntryCursor;
 use model::{duration_from_micros, entry_columns, EntryRecord};
-use validate::{Violations, MAX_NOTE};
+use validate::Violations;
 
 pub use migrations::MIGRATIONS;
 pub use protomesh::proto::protomesh::timetrack::v1::timetrack_service_server::TimetrackServiceServer;
@@ -227,14 +227,8 @@ impl TimetrackService for TimetrackHandler {
     ) -> Result<Response<StartTimerResponse>, Status> {
         let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
-        let mut violations = Violations::new();
-        violations.check(validate::user_id("user_id", &request.user_id));
-        let task_id = violations.check(validate::uuid("task_id", &request.task_id));
-        violations.check(validate::max_chars("note", &request.note, MAX_NOTE));
-        violations.into_result()?;
-        let Some(task_id) = task_id else {
-            return Err(Status::internal("request check incomplete"));
-        };
+        // user_id and note were checked against their declared rules already.
+        let task_id = validate::uuid("task_id", &request.task_id).map_err(one_violation)?;
         let user_id = caller.resolve_user("user_id", &request.user_id)?;
 
         // Before any lock is taken: the call to tasks may take a while.
@@ -276,7 +270,6 @@ impl TimetrackService for TimetrackHandler {
     ) -> Result<Response<TimeEntry>, Status> {
         let caller = identity::caller(request.metadata())?;
         let requested = request.into_inner().user_id;
-        validate::user_id("user_id", &requested).map_err(one_violation)?;
         let user_id = caller.resolve_user("user_id", &requested)?;
 
         let mut client = self.connection().await?;
@@ -299,7 +292,6 @@ impl TimetrackService for TimetrackHandler {
         let caller = identity::caller(request.metadata())?;
         let request = request.into_inner();
         let mut violations = Violations::new();
-        violations.check(validate::optional_user_id("user_id", &request.user_id));
         let task_id = violations
             .check(validate::optional_uuid("task_id", &request.task_id))
             .flatten();
@@ -314,7 +306,7 @@ impl TimetrackService for TimetrackHandler {
             .check(validate::optional_timestamp("to", request.to.as_ref()))
             .flatten();
         violations.check(validate::period_order(from, to));
-        let page_size = violations.check(validate::page_size("page_size", request.page_size));
+        let page_size = validate::page_size(request.page_size);
         // The token is good only with the filters it was handed out with.
         let filter = PageFilter::new("timetrack.ListEntries")
             // A token is the caller's own: "me" means someone else for another caller.
@@ -335,7 +327,6 @@ impl TimetrackService for TimetrackHandler {
         .await?;
         violations.into_result()?;
         let user_id = entries_owner(&caller, &request.user_id)?;
-        let page_size = page_size.unwrap_or(validate::DEFAULT_PAGE_SIZE);
 
         let filters = EntryFilters {
             user_id,
@@ -384,7 +375,6 @@ impl TimetrackService for TimetrackHandler {
         if let (Some(from), Some(to)) = (from, to) {
             violations.check(validate::totals_period(from, to));
         }
-        violations.check(validate::optional_user_id("user_id", &request.user_id));
         let task_id = violations
             .check(validate::optional_uuid("task_id", &request.task_id))
             .flatten();

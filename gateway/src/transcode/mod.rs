@@ -15,7 +15,8 @@
 //! - [`BodyRule::None`] (no `body`): a non-empty body is an error
 //!   ([`TranscodeError::UnexpectedBody`]); the fields come from the path and the query string.
 //!
-//! A body of only JSON whitespace counts as empty.
+//! A body of only JSON whitespace counts as empty. A body whose objects repeat a key is refused
+//! ([`TranscodeError::DuplicateKey`], naming the key's path), never read as one of its values.
 //!
 //! Query parameters name fields by their paths in the request message (`revision=2`,
 //! `sub.subfield=foo`; each segment by its proto name or its lowerCamelCase JSON name); a repeated
@@ -40,7 +41,9 @@
 //! message, and a request message with a top-level `google.protobuf.FieldMask update_mask` that the
 //! query string left empty, `update_mask` is filled with the paths of the keys present in the body
 //! object (proto names, sorted; nested objects give dotted paths, except that maps, repeated
-//! fields, well-known types and `null` or empty objects are leaves).
+//! fields, well-known types and `null` or empty objects are leaves). Output-only fields
+//! (`(google.api.field_behavior) = OUTPUT_ONLY`) are left out: sent back as read, they are
+//! ignored.
 //!
 //! [`response_json`] writes a response message (or its `response_body` field alone) as compact
 //! JSON: 64-bit integers as strings, enums by name, bytes in standard base64.
@@ -58,6 +61,8 @@ use prost_reflect::{
 };
 use protomesh::status::{echo, shorten};
 use serde_json::{Map, Value};
+
+mod strict_json;
 
 /// Where the request message is in the HTTP body: the `body` of a `google.api.http` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -137,6 +142,13 @@ pub enum TranscodeError {
         /// What is wrong.
         reason: String,
     },
+    /// An object in the body repeats a key.
+    #[error("the request body repeats the key `{}`", echo(field))]
+    DuplicateKey {
+        /// The key's dotted path in the request message (the body field first, `[i]` for array
+        /// elements).
+        field: String,
+    },
     /// The query string cannot be decoded.
     #[error("malformed query string: {}", shorten(reason, MAX_REASON_CHARS))]
     MalformedQuery {
@@ -187,7 +199,9 @@ impl TranscodeError {
     /// [`protomesh::status::MAX_ECHO_CHARS`] is shortened.
     pub fn field(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Self::InvalidField { field, .. } | Self::UnknownField { field } => Some(echo(field)),
+            Self::InvalidField { field, .. }
+            | Self::UnknownField { field }
+            | Self::DuplicateKey { field } => Some(echo(field)),
             _ => None,
         }
     }
@@ -235,7 +249,7 @@ pub fn request_message(
         }
         BodyRule::Whole => {
             if !blank {
-                root = parse_body(parts.body)?;
+                root = parse_body(parts.body, "")?;
                 if !root.is_object() && !is_well_known(input) {
                     return Err(TranscodeError::InvalidBody {
                         reason: format!(
@@ -256,7 +270,7 @@ pub fn request_message(
                 ),
             })?;
             if !blank {
-                let value = parse_body(parts.body)?;
+                let value = parse_body(parts.body, name)?;
                 if parts.fill_update_mask {
                     mask = update_mask_paths(input, &field, &value, options)?;
                 }
@@ -818,8 +832,15 @@ fn decode_component(raw: &str) -> Result<String, TranscodeError> {
 // ---------------------------------------------------------------------------------------------
 // Building the JSON request
 
-fn parse_body(body: &[u8]) -> Result<Value, TranscodeError> {
-    serde_json::from_slice(body).map_err(|err| {
+/// The body as JSON, refusing repeated keys (their paths start with `prefix`).
+fn parse_body(body: &[u8], prefix: &str) -> Result<Value, TranscodeError> {
+    strict_json::from_slice(body, prefix).map_err(|err| {
+        let err = match err {
+            strict_json::StrictJsonError::DuplicateKey(field) => {
+                return TranscodeError::DuplicateKey { field }
+            }
+            strict_json::StrictJsonError::Syntax(err) => err,
+        };
         let (line, column) = (err.line(), err.column());
         let text = err.to_string();
         let reason = text
@@ -1145,6 +1166,11 @@ fn collect_mask_paths(
                 field: join(error_prefix, key),
             });
         };
+        // An output-only field (the resource's id, its timestamps) cannot be updated: sent back
+        // as it was read, it is ignored (AIP-203), not named in the mask.
+        if protomesh::rules::is_output_only(&field) {
+            continue;
+        }
         let path = join(prefix, field.name());
         match (field.kind(), value) {
             (Kind::Message(inner), Value::Object(nested))
@@ -1789,6 +1815,7 @@ mod tests {
         Body,
         Field(&'static str),
         Unknown(&'static str),
+        Duplicate(&'static str),
         Unexpected,
     }
 
@@ -1809,6 +1836,22 @@ mod tests {
                 body_field(UPDATE, "resource", "[1,"),
                 Json(1, 3),
                 "EOF while parsing",
+            ),
+            // Repeated keys, by their paths (proto or JSON names, as sent).
+            (
+                star(r#"{"name":"a","name":"b"}"#),
+                Duplicate("name"),
+                "repeats the key `name`",
+            ),
+            (
+                star(r#"{"items":[{},{"level":1,"level":2}]}"#),
+                Duplicate("items[1].level"),
+                "",
+            ),
+            (
+                body_field(UPDATE, "resource", r#"{"name":"a","name":"a"}"#),
+                Duplicate("resource.name"),
+                "",
             ),
             // The body as a whole.
             (
@@ -2086,7 +2129,8 @@ mod tests {
                 | (Body, TranscodeError::InvalidBody { .. })
                 | (Unexpected, TranscodeError::UnexpectedBody) => {}
                 (Field(field), TranscodeError::InvalidField { .. })
-                | (Unknown(field), TranscodeError::UnknownField { .. }) => {
+                | (Unknown(field), TranscodeError::UnknownField { .. })
+                | (Duplicate(field), TranscodeError::DuplicateKey { .. }) => {
                     assert_eq!(err.field().as_deref(), Some(field), "{context}");
                 }
                 _ => panic!("{context}: expected {want:?}"),

@@ -6,8 +6,11 @@
 //!
 //! Each path template becomes an OpenAPI path:
 //!
-//! - `{field}` and `{a.b}` become path parameters of the same name (`a.b`), typed by the bound
-//!   field;
+//! - `{field}` becomes the path parameter `{field}`, typed (and constrained by the rules) of the
+//!   bound field; `{a.b}`, a name OpenAPI tools cannot read, becomes `{b}` (`{a_b}` if another
+//!   variable of the template ends in `b`), so `PATCH /v1/tasks/{task.id}` is documented under
+//!   the same path as `GET /v1/tasks/{id}`. The gateway matches paths by position, so the names
+//!   are the document's alone;
 //! - a variable with its own template, `{name=shelves/*}`, becomes the single parameter `{name}`,
 //!   whose description (and `pattern`) gives the template. OpenAPI path parameters cannot hold a
 //!   `/`, while such a value does: the description says to send its `/` unescaped (a `%2F` would not
@@ -31,14 +34,18 @@
 //!   descriptors carry source info; otherwise the summary is the method's full name.
 //! - `tags`: the gRPC service's full name (described by its comment in the top-level `tags`).
 //! - `parameters`: the path parameters (required), then, unless the rule's `body` is `*`, one query
-//!   parameter for every field the path and the body leave unbound that a query parameter can set:
+//!   parameter for every field the path and the body leave unbound that a query parameter can set
+//!   (but `update_mask` where the gateway fills it from the body, below):
 //!   scalars, enums, the well-known types with a text form (`Timestamp`, `Duration`, `FieldMask`,
 //!   `Value`, wrappers), and repeated ones of those (`?tag=a&tag=b`); the fields of a nested
 //!   message get dotted names (`filter.state`), down to [`MAX_QUERY_DEPTH`] levels and never
 //!   through a message already being expanded. Maps and repeated messages cannot be query
 //!   parameters and are left out.
-//! - `requestBody` (`application/json`): the request message for `body: "*"`, the field's schema
-//!   for `body: "<field>"`, none otherwise.
+//! - `requestBody` (`application/json`): for `body: "*"` the request message — less the fields the
+//!   path binds, inline, when it binds any; for `body: "<field>"` the field's schema, and for a
+//!   PATCH whose `update_mask` the gateway fills from the body's keys the resource's update
+//!   schema `<full name>-update` (the same properties, none required, at least one given);
+//!   none otherwise. `required` when the body must carry something.
 //! - `responses`: `200` with the response message (or its `response_body` field); for a
 //!   server-streaming method, `application/x-ndjson` and `text/event-stream`, each item being one
 //!   message. `default` is the gateway's error body, the schema `Error`.
@@ -58,6 +65,13 @@
 //! strings, `Struct` an object, `Value` anything, `ListValue` an array, wrappers their (nullable)
 //! scalar, `Empty` an object, `Any` an object with `@type`. Comments become descriptions.
 //!
+//! What the services enforce is in the schemas too (`openapi/rules.rs` maps each field's declared
+//! request rules, `(buf.validate.field)`, to keywords): a field whose zero value its rules refuse
+//! is `required`; every other property is `nullable` (`null` is the field's default in the
+//! proto3 JSON mapping); output-only fields (`(google.api.field_behavior) = OUTPUT_ONLY`) are
+//! `readOnly`; and unless [`JsonOptions::allow_unknown_fields`], every message schema has
+//! `additionalProperties: false`, as the gateway refuses unknown fields.
+//!
 //! If two services' descriptors define different messages under one full name, the first route
 //! (in the order of the document) decides the schema.
 //!
@@ -75,6 +89,8 @@ use prost_reflect::{
 };
 use prost_types::FileDescriptorProto;
 use serde_json::{json, Map, Value};
+
+mod rules;
 
 use crate::routes::{Route, RouteTable};
 use crate::template::PathTemplate;
@@ -500,7 +516,27 @@ fn render_path(template: &PathTemplate) -> RenderedPath {
                 .next()
                 .map(<[String]>::to_vec)
                 .unwrap_or_else(|| name.split('.').map(str::to_owned).collect());
-            let name = field_path.join(".");
+            // `{task.id}` is not a name OpenAPI tools read: it is named by its last field,
+            // `{id}` (so `/v1/tasks/{task.id}` is the same path as `/v1/tasks/{id}`, as OpenAPI
+            // requires of paths that match the same URLs), or `{task_id}` when another variable
+            // ends with the same name. The gateway matches by position: the name is the
+            // document's alone.
+            let last = field_path.last().cloned().unwrap_or_default();
+            let shared = variable_names
+                .iter()
+                .filter(|v| v.rsplit('.').next() == Some(last.as_str()))
+                .count()
+                > 1;
+            let mut name = if field_path.len() > 1 && shared {
+                field_path.join("_")
+            } else {
+                last
+            };
+            while parameters.iter().any(|p: &PathParameter| p.name == name)
+                || (field_path.len() > 1 && variable_names.contains(&name))
+            {
+                name.push('_');
+            }
             path.push('{');
             path.push_str(&name);
             path.push('}');
@@ -731,6 +767,7 @@ impl<'o> Builder<'o> {
                 &QueryWalk {
                     bound: &bound,
                     body_field,
+                    filled_mask: filled_mask(route).then_some("update_mask"),
                 },
                 &mut Vec::new(),
                 &mut Vec::new(),
@@ -746,33 +783,61 @@ impl<'o> Builder<'o> {
         // Request body.
         let request_schema = match &route.body {
             BodyRule::None => None,
-            BodyRule::Whole => Some((
-                self.message_schema(&input),
-                if path.parameters.iter().any(|p| p.field_path.is_some()) {
-                    "The request message. The fields bound by the URL path are taken from the \
-                     path, whatever the body says."
-                        .to_owned()
+            BodyRule::Whole => {
+                // The fields the path binds are the path's: the body's schema leaves them out.
+                let path_fields: Vec<&str> = path
+                    .parameters
+                    .iter()
+                    .filter_map(|p| p.field_path.as_ref())
+                    .filter(|f| f.len() == 1)
+                    .map(|f| f[0].as_str())
+                    .collect();
+                let schema = if path_fields.is_empty() {
+                    self.message_schema(&input)
                 } else {
-                    "The request message.".to_owned()
-                },
-            )),
+                    self.message_definition(&input, &Variant::Body(&path_fields))
+                };
+                let required = if path_fields.is_empty() {
+                    input
+                        .fields()
+                        .any(|f| f.is_required() || rules::must_carry(&f))
+                } else {
+                    schema.get("required").is_some()
+                };
+                let description = if path_fields.is_empty() {
+                    "The request message."
+                } else {
+                    "The request message, less the fields the URL path binds."
+                };
+                Some((schema, description.to_owned(), required))
+            }
             BodyRule::Field(name) => input.get_field_by_name(name).map(|field| {
-                (
-                    self.field_schema(&field),
-                    format!(
-                        "The `{}` field of the request message ({}).",
-                        self.property_name(&field),
-                        input.full_name()
-                    ),
-                )
+                let schema = match field.kind() {
+                    Kind::Message(resource) if filled_mask(route) && !field.is_list() => {
+                        self.update_schema(&resource)
+                    }
+                    _ => self.field_schema(&field),
+                };
+                let mut description = format!(
+                    "The `{}` field of the request message ({}).",
+                    self.property_name(&field),
+                    input.full_name()
+                );
+                if filled_mask(route) {
+                    description.push_str(
+                        " The fields it holds are the ones updated (the update mask); \
+                         output-only fields are ignored.",
+                    );
+                }
+                (schema, description, rules::must_carry(&field))
             }),
         };
-        if let Some((schema, description)) = request_schema {
+        if let Some((schema, description, required)) = request_schema {
             operation.insert(
                 "requestBody".to_owned(),
                 json!({
                     "description": description,
-                    "required": false,
+                    "required": required,
                     "content": { "application/json": { "schema": schema } },
                 }),
             );
@@ -841,7 +906,10 @@ impl<'o> Builder<'o> {
             .as_ref()
             .and_then(|path| resolve_field(input, path));
         let mut schema = match &field {
-            Some(field) => self.kind_schema(&field.kind()),
+            Some(field) => {
+                let schema = self.kind_schema(&field.kind());
+                rules::constrain(schema, field)
+            }
             None => json!({ "type": "string" }),
         };
         let mut notes = Vec::new();
@@ -903,7 +971,9 @@ impl<'o> Builder<'o> {
         out: &mut Vec<Value>,
     ) {
         for field in message.fields() {
-            if proto_path.is_empty() && walk.body_field == Some(field.name()) {
+            if proto_path.is_empty()
+                && (walk.body_field == Some(field.name()) || walk.filled_mask == Some(field.name()))
+            {
                 continue;
             }
             proto_path.push(field.name().to_owned());
@@ -951,6 +1021,9 @@ impl<'o> Builder<'o> {
         if is_deprecated(&field.options()) {
             object.insert("deprecated".to_owned(), Value::Bool(true));
         }
+        if names.len() == 1 && rules::must_carry(field) {
+            object.insert("required".to_owned(), Value::Bool(true));
+        }
         let item = self.kind_schema(&field.kind());
         let schema = if field.is_list() {
             object.insert("style".to_owned(), Value::String("form".to_owned()));
@@ -959,7 +1032,7 @@ impl<'o> Builder<'o> {
         } else {
             item
         };
-        object.insert("schema".to_owned(), schema);
+        object.insert("schema".to_owned(), rules::constrain(schema, field));
         Value::Object(object)
     }
 
@@ -973,19 +1046,42 @@ impl<'o> Builder<'o> {
         if !self.schemas.contains_key(&name) {
             // A placeholder first, so that a recursive message refers to itself and stops.
             self.schemas.insert(name.clone(), Value::Null);
-            let schema = self.message_definition(message);
+            let schema = self.message_definition(message, &Variant::Full);
             self.schemas.insert(name.clone(), schema);
         }
         json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
     }
 
-    /// The component schema of `message`.
-    fn message_definition(&mut self, message: &MessageDescriptor) -> Value {
+    /// The schema of `resource` as the body of an update whose mask the gateway fills from the
+    /// body's keys: a `$ref` to `<full name>-update`, whose fields are all optional (and at least
+    /// one is given).
+    fn update_schema(&mut self, resource: &MessageDescriptor) -> Value {
+        if let Some(schema) = well_known_schema(resource) {
+            return schema;
+        }
+        let name = format!("{}-update", resource.full_name());
+        if !self.schemas.contains_key(&name) {
+            self.schemas.insert(name.clone(), Value::Null);
+            let schema = self.message_definition(resource, &Variant::Update);
+            self.schemas.insert(name.clone(), schema);
+        }
+        json!({ "$ref": format!("{SCHEMA_PREFIX}{name}") })
+    }
+
+    /// The schema of `message`, as `variant` says.
+    fn message_definition(&mut self, message: &MessageDescriptor, variant: &Variant<'_>) -> Value {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
+            if matches!(variant, Variant::Body(bound) if bound.contains(&field.name())) {
+                continue;
+            }
             let name = self.property_name(&field).to_owned();
             let schema = self.field_schema(&field);
+            let schema = match variant {
+                Variant::Update => rules::constrain_update(schema, &field),
+                _ => rules::constrain(schema, &field),
+            };
             let mut notes = Vec::new();
             if let Some(comment) = self.comments.of(&field.parent_file(), field.path()) {
                 notes.push(comment);
@@ -1002,8 +1098,16 @@ impl<'o> Builder<'o> {
                 ));
             }
             let description = (!notes.is_empty()).then(|| notes.join("\n\n"));
-            let schema = annotate(schema, description, is_deprecated(&field.options()));
-            if field.is_required() {
+            let mut schema = annotate(schema, description, is_deprecated(&field.options()));
+            if protomesh::rules::is_output_only(&field) {
+                schema = read_only(schema);
+            }
+            let carried = field.is_required() || rules::must_carry(&field);
+            if !carried {
+                // `null` is the field's default (the proto3 JSON mapping), unless that breaks
+                // its rules.
+                schema = nullable(schema);
+            } else if !matches!(variant, Variant::Update) {
                 required.push(Value::String(name.clone()));
             }
             properties.insert(name, schema);
@@ -1018,6 +1122,13 @@ impl<'o> Builder<'o> {
         }
         if !required.is_empty() {
             object.insert("required".to_owned(), Value::Array(required));
+        }
+        if matches!(variant, Variant::Update) {
+            object.insert("minProperties".to_owned(), json!(1));
+        }
+        if !self.options.allow_unknown_fields {
+            // The gateway refuses a field the message does not have.
+            object.insert("additionalProperties".to_owned(), Value::Bool(false));
         }
         if is_deprecated(&message.options()) {
             object.insert("deprecated".to_owned(), Value::Bool(true));
@@ -1114,6 +1225,9 @@ struct QueryWalk<'a> {
     bound: &'a [Vec<String>],
     /// The top-level field that is the body, if any.
     body_field: Option<&'a str>,
+    /// The top-level `update_mask` the gateway fills from the body's keys, if any: not a
+    /// parameter of the operation.
+    filled_mask: Option<&'a str>,
 }
 
 /// A reference to no schema (a full name has no `!`), standing for the error schema's until its
@@ -1160,6 +1274,62 @@ fn annotate(schema: Value, description: Option<String>, deprecated: bool) -> Val
         object.insert("deprecated".to_owned(), Value::Bool(true));
     }
     Value::Object(object)
+}
+
+/// `schema` allowing `null` too (a `$ref` wrapped in `allOf` first).
+fn nullable(schema: Value) -> Value {
+    let mut object = match schema {
+        Value::Object(object) if !object.contains_key("$ref") => object,
+        other => {
+            let mut object = Map::new();
+            object.insert("allOf".to_owned(), Value::Array(vec![other]));
+            object
+        }
+    };
+    object.insert("nullable".to_owned(), Value::Bool(true));
+    Value::Object(object)
+}
+
+/// `schema` marked `readOnly` (a `$ref` wrapped in `allOf` first).
+fn read_only(schema: Value) -> Value {
+    let mut object = match schema {
+        Value::Object(object) if !object.contains_key("$ref") => object,
+        other => {
+            let mut object = Map::new();
+            object.insert("allOf".to_owned(), Value::Array(vec![other]));
+            object
+        }
+    };
+    object.insert("readOnly".to_owned(), Value::Bool(true));
+    Value::Object(object)
+}
+
+/// Which schema of a message [`Builder::message_definition`] writes.
+enum Variant<'a> {
+    /// The message as it is (a component).
+    Full,
+    /// A request message as a body, less these top-level fields (bound by the URL path).
+    Body(&'a [&'a str]),
+    /// A resource as an update's body: every field optional, at least one given.
+    Update,
+}
+
+/// Whether the gateway fills the `update_mask` of `route`'s requests from the body's keys: a
+/// PATCH whose body is a message field of a request with a `google.protobuf.FieldMask
+/// update_mask` (see [`crate::transcode`]).
+fn filled_mask(route: &Route) -> bool {
+    let BodyRule::Field(body) = &route.body else {
+        return false;
+    };
+    let input = route.method.input();
+    route.http_method == Method::PATCH
+        && input.get_field_by_name(body).is_some_and(|field| {
+            !field.is_list() && matches!(field.kind(), Kind::Message(ref m) if !is_well_known(m))
+        })
+        && input.get_field_by_name("update_mask").is_some_and(|field| {
+            !field.is_list()
+                && matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+        })
 }
 
 /// The field at the end of `path` (proto names) from `message`.
@@ -1328,6 +1498,23 @@ mod tests {
         document(&mesh_table(), options, "protomesh", "0.1.0")
     }
 
+    /// `properties` (an object of property schemas) without the `nullable` every optional
+    /// field has (a `$ref` unwrapped from its `allOf` again), for comparing types.
+    fn plain(properties: &Value) -> Value {
+        let mut out = properties.clone();
+        for schema in out.as_object_mut().unwrap().values_mut() {
+            let object = schema.as_object_mut().unwrap();
+            if object.remove("nullable").is_some() && object.len() == 1 {
+                if let Some(Value::Array(all)) = object.get("allOf") {
+                    if all.len() == 1 {
+                        *schema = all[0].clone();
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The component schema `$ref` points to.
     fn deref<'d>(document: &'d Value, reference: &Value) -> &'d Value {
         let name = reference["$ref"]
@@ -1410,7 +1597,8 @@ mod tests {
             request["description"],
             "One task to score. Urgency and impact are each 1..10."
         );
-        let properties = &request["properties"];
+        assert_eq!(request["properties"]["title"]["nullable"], true);
+        let properties = &plain(&request["properties"]);
         assert_eq!(properties["title"], json!({ "type": "string" }));
         assert_eq!(properties["urgency"]["type"], "integer");
         assert_eq!(properties["urgency"]["format"], "int32");
@@ -1418,7 +1606,7 @@ mod tests {
 
         let ok = &score["responses"]["200"]["content"]["application/json"]["schema"];
         let response = deref(&doc, ok);
-        let level = deref(&doc, &response["properties"]["level"]);
+        let level = deref(&doc, &plain(&response["properties"])["level"]);
         assert_eq!(level["type"], "string");
         assert_eq!(
             level["enum"],
@@ -1457,7 +1645,7 @@ mod tests {
             "#/components/schemas/protomesh.probe.v1.GetStatsResponse"
         );
         let stats_schema = deref(&doc, schema);
-        let calls = &stats_schema["properties"]["calls"];
+        let calls = &plain(&stats_schema["properties"])["calls"];
         assert_eq!(calls["type"], "object");
         assert_eq!(
             calls["additionalProperties"],
@@ -1505,6 +1693,122 @@ mod tests {
         assert!(doc.get("x-custom-methods").is_none());
         assert!(doc.get("x-path-collisions").is_none());
         assert_refs_resolve(&doc);
+    }
+
+    /// The document of the tasks, timetrack and users routes.
+    fn rules_document(options: &JsonOptions) -> Value {
+        let pool = mesh_pool();
+        let table = RouteTable::build([
+            ("tasks", methods(&pool, "protomesh.tasks.v1.TasksService")),
+            ("users", methods(&pool, "protomesh.users.v1.UsersService")),
+            (
+                "priority",
+                methods(&pool, "protomesh.priority.v1.PriorityService"),
+            ),
+        ]);
+        document(&table, options, "protomesh", "0.1.0")
+    }
+
+    #[test]
+    fn the_declared_rules_are_in_the_document() {
+        let doc = rules_document(&JsonOptions::default());
+        assert_refs_resolve(&doc);
+        let schemas = &doc["components"]["schemas"];
+
+        let score = &schemas["protomesh.priority.v1.ScoreRequest"];
+        assert_eq!(score["required"], json!(["urgency", "impact"]));
+        assert_eq!(score["additionalProperties"], false);
+        assert_eq!(
+            score["properties"]["urgency"],
+            json!({ "type": "integer", "format": "int32", "minimum": 1, "maximum": 10 })
+        );
+        let batch = &schemas["protomesh.priority.v1.PrioritizeRequest"];
+        assert_eq!(batch["properties"]["tasks"]["maxItems"], 10000);
+
+        let task = &schemas["protomesh.tasks.v1.Task"];
+        assert_eq!(task["required"], json!(["title", "urgency", "impact"]));
+        let title = &task["properties"]["title"];
+        assert_eq!(
+            (&title["minLength"], &title["maxLength"]),
+            (&json!(1), &json!(200))
+        );
+        assert!(title["pattern"].as_str().unwrap().starts_with("^[^\\x00]*"));
+        assert_eq!(task["properties"]["id"]["readOnly"], true);
+        assert_eq!(task["properties"]["createdAt"]["readOnly"], true);
+        // Unset on create means open, so the zero joins the allowed names.
+        assert_eq!(
+            task["properties"]["status"]["enum"],
+            json!([
+                "TASK_STATUS_UNSPECIFIED",
+                "TASK_STATUS_OPEN",
+                "TASK_STATUS_IN_PROGRESS",
+                "TASK_STATUS_DONE"
+            ]),
+        );
+
+        // The update: its path parameter renamed, the body every field optional.
+        let update = &doc["paths"]["/v1/tasks/{id}"]["patch"];
+        assert_eq!(update["parameters"][0]["name"], "id");
+        assert!(update["parameters"][0]["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .ends_with(rules::UUID_PATTERN_FOR_TESTS));
+        assert_eq!(update["requestBody"]["required"], true);
+        let body = deref(
+            &doc,
+            &update["requestBody"]["content"]["application/json"]["schema"],
+        );
+        assert!(body.get("required").is_none());
+        assert_eq!(body["properties"]["urgency"]["minimum"], 1);
+        assert_eq!(
+            body["properties"]["status"]["enum"],
+            json!([
+                "TASK_STATUS_OPEN",
+                "TASK_STATUS_IN_PROGRESS",
+                "TASK_STATUS_DONE"
+            ])
+        );
+
+        // Query parameters: an optional UUID may be empty; bounds; enums.
+        let list = &doc["paths"]["/v1/tasks"]["get"];
+        let parameter = |name: &str| {
+            list["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .clone()
+        };
+        assert!(parameter("projectId")["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .starts_with("^$|"));
+        assert_eq!(parameter("pageSize")["schema"]["maximum"], 1000);
+        assert!(parameter("pageSize").get("required").is_none());
+
+        // A body "*" with a path-bound field leaves it out of the body.
+        let complete = &doc["paths"]["/v1/tasks/{id}:complete"]["post"];
+        let body = &complete["requestBody"]["content"]["application/json"]["schema"];
+        assert!(body["properties"].get("id").is_none(), "{body}");
+        assert_eq!(complete["requestBody"]["required"], false);
+
+        let register = &schemas["protomesh.users.v1.RegisterRequest"];
+        assert_eq!(register["properties"]["email"]["format"], "email");
+        assert_eq!(register["properties"]["password"]["minLength"], 12);
+        assert_eq!(
+            register["required"],
+            json!(["email", "displayName", "password"])
+        );
+
+        // Unknown fields allowed: no additionalProperties: false.
+        let lenient = rules_document(&JsonOptions {
+            allow_unknown_fields: true,
+            ..JsonOptions::default()
+        });
+        assert!(lenient["components"]["schemas"]["protomesh.tasks.v1.Task"]
+            .get("additionalProperties")
+            .is_none());
     }
 
     #[test]
@@ -1865,13 +2169,18 @@ mod tests {
             "LibraryService_GetBook3"
         );
 
-        // body: "book", the rest from the path and the query.
-        let update = &doc["paths"]["/v1/{book.name}"]["patch"];
-        assert_eq!(parameter_names(update), ["book.name", "updateMask"]);
+        // body: "book", the rest from the path and the query; a PATCH whose update mask the
+        // gateway fills from the body's keys has no `updateMask` parameter, and its body is the
+        // update schema (every field optional, at least one).
+        let update = &doc["paths"]["/v1/{name}"]["patch"];
+        assert_eq!(parameter_names(update), ["name"]);
         assert_eq!(
             update["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/test.library.v1.Book"
+            "#/components/schemas/test.library.v1.Book-update"
         );
+        let book_update = &doc["components"]["schemas"]["test.library.v1.Book-update"];
+        assert_eq!(book_update["minProperties"], 1);
+        assert!(book_update.get("required").is_none(), "{book_update}");
 
         // response_body: "books".
         let list = &doc["paths"]["/v1/books"]["get"];
@@ -1927,7 +2236,7 @@ mod tests {
     #[test]
     fn schemas_follow_the_json_mapping() {
         let doc = library_document(&JsonOptions::default());
-        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        let book = &plain(&doc["components"]["schemas"]["test.library.v1.Book"]["properties"]);
         assert_eq!(book["displayName"], json!({ "type": "string" }));
         assert_eq!(
             book["tags"],
@@ -1935,9 +2244,10 @@ mod tests {
         );
         assert_eq!(book["published"]["type"], "string");
         assert_eq!(book["published"]["format"], "date-time");
+        // A wrapper: its schema is nullable by itself.
         assert_eq!(
             book["rating"],
-            json!({ "type": "number", "format": "double", "nullable": true })
+            json!({ "type": "number", "format": "double" })
         );
         assert_eq!(
             book["attributes"],
@@ -1973,7 +2283,7 @@ mod tests {
             use_proto_names: true,
             ..JsonOptions::default()
         });
-        let book = &doc["components"]["schemas"]["test.library.v1.Book"]["properties"];
+        let book = &plain(&doc["components"]["schemas"]["test.library.v1.Book"]["properties"]);
         assert!(book["display_name"].is_object());
         let get = &doc["paths"]["/v1/{name}"]["get"];
         assert!(parameter_names(get).contains(&"read_mask"));
@@ -1997,8 +2307,19 @@ mod tests {
         );
         assert!(rendered.parameters[0].multi_segment());
 
+        // A dotted variable is named by its last field, unless another variable ends so.
         let rendered = render("/v1/{task.id}/tags/{tag=*}");
-        assert_eq!(rendered.path, "/v1/{task.id}/tags/{tag}");
+        assert_eq!(rendered.path, "/v1/{id}/tags/{tag}");
+        assert_eq!(render("/v1/{task.id}/{id}").path, "/v1/{task_id}/{id}");
+        assert_eq!(
+            render("/v1/{task.id}/{user.id}").path,
+            "/v1/{task_id}/{user_id}"
+        );
+        assert_eq!(render("/v1/{task.id}/{task_id}").path, "/v1/{id}/{task_id}");
+        assert_eq!(
+            render("/v1/{task.id}/{task_id}/{id}").path,
+            "/v1/{task_id_}/{task_id}/{id}"
+        );
         assert_eq!(
             rendered.parameters[0].field_path,
             Some(vec!["task".to_owned(), "id".to_owned()])

@@ -1,0 +1,593 @@
+//! The rules of request messages compiled once ([`MessageRules::compile`], [`MethodRules`]) and
+//! checked against decoded messages ([`MessageRules::check`]), every violation collected.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value,
+};
+
+use super::{
+    declares, is_email, is_uuid, FieldRules, NumberRules, RuleError, StringFormat, StringRules,
+    ValueRules, MESSAGE_RULES_EXTENSION, ONEOF_RULES_EXTENSION,
+};
+use crate::status::{echo, FieldViolation};
+
+/// The compiled rules of one message type: only the fields that have rules, or lead to ones.
+#[derive(Debug)]
+pub struct MessageRules {
+    descriptor: MessageDescriptor,
+    fields: Vec<CompiledField>,
+    /// AIP-134: the resource field's rules apply to the fields the mask names.
+    mask: Option<MaskBinding>,
+}
+
+#[derive(Debug)]
+struct MaskBinding {
+    mask: FieldDescriptor,
+    resource: FieldDescriptor,
+}
+
+#[derive(Debug)]
+struct CompiledField {
+    field: FieldDescriptor,
+    rules: FieldRules,
+    /// The rules of the field's message type (of each item for a list), if it has any.
+    nested: Option<Arc<MessageRules>>,
+}
+
+/// The rules of the request messages of a server's methods, by gRPC path (`/pkg.Service/Method`);
+/// methods whose request has no rules are not listed.
+#[derive(Debug, Default)]
+pub struct MethodRules {
+    by_path: HashMap<String, Arc<MessageRules>>,
+}
+
+impl MethodRules {
+    /// The rules of the methods of `services` (full names) in the encoded descriptor `sets`.
+    ///
+    /// # Errors
+    ///
+    /// The first rule that is not supported (naming the field and the rule), or a set that does
+    /// not decode.
+    pub fn from_descriptor_sets(sets: &[&[u8]], services: &[&str]) -> Result<Self, RuleError> {
+        let mut by_path = HashMap::new();
+        let mut compiler = Compiler::default();
+        for set in sets {
+            let pool = DescriptorPool::decode(*set)
+                .map_err(|err| RuleError::new("descriptor set", err.to_string()))?;
+            for service in pool.services() {
+                if !services.contains(&service.full_name()) {
+                    continue;
+                }
+                for method in service.methods() {
+                    let Some(rules) = compiler.message(&method.input())? else {
+                        continue;
+                    };
+                    if method.is_client_streaming() {
+                        return Err(RuleError::new(
+                            method.full_name(),
+                            "rules on the request of a client-streaming method are not supported",
+                        ));
+                    }
+                    by_path.insert(format!("/{}/{}", service.full_name(), method.name()), rules);
+                }
+            }
+        }
+        Ok(Self { by_path })
+    }
+
+    /// The rules of the method at `path`, if its request has any.
+    pub fn of(&self, path: &str) -> Option<&Arc<MessageRules>> {
+        self.by_path.get(path)
+    }
+
+    /// Whether no method has rules.
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty()
+    }
+}
+
+impl MessageRules {
+    /// The rules of `message` and of the messages it holds, `None` when neither it nor they
+    /// declare any.
+    ///
+    /// # Errors
+    ///
+    /// The first rule that is not supported, naming the field and the rule.
+    pub fn compile(message: &MessageDescriptor) -> Result<Option<Arc<Self>>, RuleError> {
+        Compiler::default().message(message)
+    }
+
+    /// The message type these rules are for.
+    pub fn descriptor(&self) -> &MessageDescriptor {
+        &self.descriptor
+    }
+
+    /// Every violation of `message` (empty when it passes), field paths as in the request.
+    pub fn check(&self, message: &DynamicMessage) -> Vec<FieldViolation> {
+        let mut violations = Vec::new();
+        self.check_into(message, "", None, &mut violations);
+        violations
+    }
+
+    fn check_into(
+        &self,
+        message: &DynamicMessage,
+        prefix: &str,
+        only: Option<&HashSet<&str>>,
+        out: &mut Vec<FieldViolation>,
+    ) {
+        let masked = self.mask.as_ref().and_then(|binding| {
+            let paths = match message.get_field(&binding.mask).as_ref() {
+                Value::Message(mask) => mask_paths(mask),
+                _ => Vec::new(),
+            };
+            (!paths.is_empty()).then_some((binding.resource.number(), paths))
+        });
+        for compiled in &self.fields {
+            if only.is_some_and(|names| !names.contains(compiled.field.name())) {
+                continue;
+            }
+            // No allocation for a top-level field (the common case on a hot path).
+            let path = join(prefix, compiled.field.name());
+            let field_only = match &masked {
+                Some((number, paths)) if *number == compiled.field.number() => {
+                    Some(paths.iter().map(String::as_str).collect::<HashSet<_>>())
+                }
+                _ => None,
+            };
+            compiled.check(message, &path, field_only.as_ref(), out);
+        }
+    }
+}
+
+/// The first segments of a `google.protobuf.FieldMask`'s paths.
+fn mask_paths(mask: &DynamicMessage) -> Vec<String> {
+    match mask.get_field_by_name("paths").as_deref() {
+        Some(Value::List(paths)) => paths
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|p| p.split('.').next().unwrap_or(p).to_owned())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn join<'n>(prefix: &str, name: &'n str) -> Cow<'n, str> {
+    if prefix.is_empty() {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(format!("{prefix}.{name}"))
+    }
+}
+
+impl CompiledField {
+    fn check(
+        &self,
+        message: &DynamicMessage,
+        path: &str,
+        only: Option<&HashSet<&str>>,
+        out: &mut Vec<FieldViolation>,
+    ) {
+        let field = &self.field;
+        let value = message.get_field(field);
+        let present = if field.supports_presence() {
+            message.has_field(field)
+        } else {
+            !is_zero(&value)
+        };
+        if self.rules.required && !present {
+            out.push(FieldViolation::new(path, "is required"));
+            return;
+        }
+        if !present && (field.supports_presence() || self.rules.ignore_zero) {
+            return;
+        }
+        match value.as_ref() {
+            Value::List(items) => {
+                if let ValueRules::Repeated(rules) = &self.rules.value {
+                    check_list(rules, items, path, out);
+                }
+                for (index, item) in items.iter().enumerate() {
+                    let item_path = format!("{path}[{index}]");
+                    if let ValueRules::Repeated(rules) = &self.rules.value {
+                        if let Some(item_rules) = &rules.items {
+                            if !(item_rules.ignore_zero && is_zero(item)) {
+                                check_value(&item_rules.value, item, &item_path, out);
+                            }
+                        }
+                    }
+                    if let (Some(nested), Value::Message(item)) = (&self.nested, item) {
+                        nested.check_into(item, &item_path, None, out);
+                    }
+                }
+            }
+            Value::Message(nested_message) => {
+                if let Some(nested) = &self.nested {
+                    nested.check_into(nested_message, path, only, out);
+                }
+            }
+            other => check_value(&self.rules.value, other, path, out),
+        }
+    }
+}
+
+impl FieldRules {
+    /// Whether a request must carry `field` (these being its rules): its zero value (unset: `""`,
+    /// `0`, an absent message, an empty list) breaks them.
+    pub fn refuses_zero(&self, field: &FieldDescriptor) -> bool {
+        if self.required {
+            return true;
+        }
+        if self.ignore_zero || field.is_map() || (field.supports_presence() && !field.is_list()) {
+            return false;
+        }
+        if field.is_list() {
+            return matches!(&self.value, ValueRules::Repeated(rules) if rules.min_items.is_some_and(|min| min > 0));
+        }
+        let mut violations = Vec::new();
+        check_value(
+            &self.value,
+            &Value::default_value_for_field(field),
+            "",
+            &mut violations,
+        );
+        !violations.is_empty()
+    }
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::I32(n) | Value::EnumNumber(n) => *n == 0,
+        Value::I64(n) => *n == 0,
+        Value::U32(n) => *n == 0,
+        Value::U64(n) => *n == 0,
+        Value::F32(n) => *n == 0.0,
+        Value::F64(n) => *n == 0.0,
+        Value::String(s) => s.is_empty(),
+        Value::Bytes(b) => b.is_empty(),
+        Value::List(items) => items.is_empty(),
+        Value::Map(entries) => entries.is_empty(),
+        Value::Message(_) => false,
+    }
+}
+
+fn check_list(
+    rules: &super::RepeatedRules,
+    items: &[Value],
+    path: &str,
+    out: &mut Vec<FieldViolation>,
+) {
+    let count = items.len() as u64;
+    if let Some(min) = rules.min_items.filter(|min| count < *min) {
+        out.push(FieldViolation::new(
+            path,
+            format!("must have at least {min} items, got {count}"),
+        ));
+    }
+    if let Some(max) = rules.max_items.filter(|max| count > *max) {
+        out.push(FieldViolation::new(
+            path,
+            format!("must have at most {max} items, got {count}"),
+        ));
+    }
+    if rules.unique {
+        for (index, item) in items.iter().enumerate() {
+            if let Some(first) = items[..index].iter().position(|earlier| earlier == item) {
+                out.push(FieldViolation::new(
+                    format!("{path}[{index}]"),
+                    format!("must be unique (repeats {path}[{first}])"),
+                ));
+            }
+        }
+    }
+}
+
+fn check_value(rules: &ValueRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+    match (rules, value) {
+        (ValueRules::String(rules), Value::String(text)) => check_string(rules, text, path, out),
+        (ValueRules::Integer(rules), value) => {
+            let number = match value {
+                Value::I32(n) => i128::from(*n),
+                Value::I64(n) => i128::from(*n),
+                Value::U32(n) => i128::from(*n),
+                Value::U64(n) => i128::from(*n),
+                _ => return,
+            };
+            check_number(rules, number, path, out);
+        }
+        (ValueRules::Float(rules), value) => {
+            let number = match value {
+                Value::F32(n) => f64::from(*n),
+                Value::F64(n) => *n,
+                _ => return,
+            };
+            check_number(rules, number, path, out);
+        }
+        (ValueRules::Enum(rules), Value::EnumNumber(number)) if !rules.allows(*number) => {
+            let allowed: Vec<_> = rules
+                .allowed_values()
+                .iter()
+                .map(|v| v.name().to_owned())
+                .collect();
+            let got = match rules.enumeration.get_value(*number) {
+                Some(value) => value.name().to_owned(),
+                None => number.to_string(),
+            };
+            out.push(FieldViolation::new(
+                path,
+                format!("must be one of {}, got {got}", allowed.join(", ")),
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// The first violation of `text` (length, pattern, format, sets), if any, into `out`.
+fn check_string(rules: &StringRules, text: &str, path: &str, out: &mut Vec<FieldViolation>) {
+    let before = out.len();
+    check_length(rules, text, path, out);
+    if out.len() > before {
+        return;
+    }
+    if let Some(pattern) = &rules.pattern {
+        if !pattern.is_match(text) {
+            out.push(FieldViolation::new(
+                path,
+                format!("must match the pattern {:?}", pattern.source),
+            ));
+            return;
+        }
+    }
+    check_format_and_sets(rules, text, path, out);
+}
+
+fn check_length(rules: &StringRules, text: &str, path: &str, out: &mut Vec<FieldViolation>) {
+    let count = text.chars().count() as u64;
+    match (rules.min_len, rules.max_len) {
+        (Some(min), Some(max)) if count < min || count > max => {
+            let description = if min == max {
+                format!("must be exactly {min} characters, got {count}")
+            } else if count > max {
+                format!("must be at most {max} characters, got {count}")
+            } else if min == 1 {
+                "must not be empty".to_owned()
+            } else {
+                format!("must be at least {min} characters, got {count}")
+            };
+            out.push(FieldViolation::new(path, description));
+        }
+        (Some(1), None) if count < 1 => out.push(FieldViolation::new(path, "must not be empty")),
+        (Some(min), None) if count < min => out.push(FieldViolation::new(
+            path,
+            format!("must be at least {min} characters, got {count}"),
+        )),
+        (None, Some(max)) if count > max => out.push(FieldViolation::new(
+            path,
+            format!("must be at most {max} characters, got {count}"),
+        )),
+        _ => {}
+    }
+}
+
+fn check_format_and_sets(
+    rules: &StringRules,
+    text: &str,
+    path: &str,
+    out: &mut Vec<FieldViolation>,
+) {
+    match rules.format {
+        Some(StringFormat::Uuid) if !is_uuid(text) => out.push(FieldViolation::new(
+            path,
+            format!("must be a UUID, got {:?}", echo(text)),
+        )),
+        Some(StringFormat::Email) if !is_email(text) => out.push(FieldViolation::new(
+            path,
+            "must be an email address (name@example.org)",
+        )),
+        _ => {}
+    }
+    if !rules.one_of.is_empty() && !rules.one_of.iter().any(|allowed| allowed == text) {
+        out.push(FieldViolation::new(
+            path,
+            format!("must be one of {}", quoted(&rules.one_of)),
+        ));
+    }
+    if rules.none_of.iter().any(|refused| refused == text) {
+        out.push(FieldViolation::new(
+            path,
+            format!("must not be {:?}", echo(text)),
+        ));
+    }
+}
+
+fn quoted(values: &[String]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_number<T>(rules: &NumberRules<T>, number: T, path: &str, out: &mut Vec<FieldViolation>)
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let low_ok = rules.gt.is_none_or(|gt| number > gt) && rules.gte.is_none_or(|gte| number >= gte);
+    let high_ok =
+        rules.lt.is_none_or(|lt| number < lt) && rules.lte.is_none_or(|lte| number <= lte);
+    if !(low_ok && high_ok) {
+        out.push(FieldViolation::new(path, range_text(rules, number)));
+    }
+    if !rules.one_of.is_empty() && !rules.one_of.contains(&number) {
+        let allowed: Vec<_> = rules.one_of.iter().map(ToString::to_string).collect();
+        out.push(FieldViolation::new(
+            path,
+            format!("must be one of {}, got {number}", allowed.join(", ")),
+        ));
+    }
+    if rules.none_of.contains(&number) {
+        out.push(FieldViolation::new(path, format!("must not be {number}")));
+    }
+}
+
+/// `must be between 1 and 10, got 11`, `must be greater than 0, got 0`, ….
+fn range_text<T: std::fmt::Display + Copy>(rules: &NumberRules<T>, number: T) -> String {
+    if let (None, Some(gte), None, Some(lte)) = (rules.gt, rules.gte, rules.lt, rules.lte) {
+        return format!("must be between {gte} and {lte}, got {number}");
+    }
+    let low = match (rules.gt, rules.gte) {
+        (Some(gt), _) => Some(format!("greater than {gt}")),
+        (None, Some(gte)) => Some(format!("at least {gte}")),
+        (None, None) => None,
+    };
+    let high = match (rules.lt, rules.lte) {
+        (Some(lt), _) => Some(format!("less than {lt}")),
+        (None, Some(lte)) => Some(format!("at most {lte}")),
+        (None, None) => None,
+    };
+    let bounds: Vec<String> = low.into_iter().chain(high).collect();
+    format!("must be {}, got {number}", bounds.join(" and "))
+}
+
+/// Compiles message rules, each message type once.
+#[derive(Default)]
+struct Compiler {
+    done: HashMap<String, Option<Arc<MessageRules>>>,
+    /// Messages being compiled (a message that holds itself).
+    visiting: HashSet<String>,
+}
+
+impl Compiler {
+    fn message(
+        &mut self,
+        message: &MessageDescriptor,
+    ) -> Result<Option<Arc<MessageRules>>, RuleError> {
+        let name = message.full_name().to_owned();
+        if let Some(done) = self.done.get(&name) {
+            return Ok(done.clone());
+        }
+        // The well-known types declare no rules.
+        if message.package_name() == "google.protobuf" {
+            return Ok(None);
+        }
+        if declares(&message.options(), MESSAGE_RULES_EXTENSION) {
+            return Err(RuleError::new(
+                name,
+                "message rules ((buf.validate.message)) are not supported",
+            ));
+        }
+        for oneof in message.oneofs() {
+            if declares(&oneof.options(), ONEOF_RULES_EXTENSION) {
+                return Err(RuleError::new(
+                    oneof.full_name(),
+                    "oneof rules ((buf.validate.oneof)) are not supported",
+                ));
+            }
+        }
+        if !self.visiting.insert(name.clone()) {
+            // A message that holds itself: its rules are checked where the outer one is; a
+            // recursion with rules is refused below when the outer one finishes.
+            return Ok(None);
+        }
+        let mut fields = Vec::new();
+        for field in message.fields() {
+            let rules = FieldRules::declared(&field)?;
+            let nested = match field.kind() {
+                Kind::Message(inner) if field.is_map() => {
+                    if map_has_rules(self, &inner)? {
+                        return Err(RuleError::new(
+                            field.full_name(),
+                            "rules inside map values are not supported",
+                        ));
+                    }
+                    None
+                }
+                Kind::Message(inner) => self.message(&inner)?,
+                _ => None,
+            };
+            if rules.is_some() || nested.is_some() {
+                fields.push(CompiledField {
+                    field,
+                    rules: rules.unwrap_or_default(),
+                    nested,
+                });
+            }
+        }
+        self.visiting.remove(&name);
+        let mask = mask_binding(message);
+        let compiled = (!fields.is_empty()).then(|| {
+            Arc::new(MessageRules {
+                descriptor: message.clone(),
+                fields,
+                mask,
+            })
+        });
+        if compiled.is_some() && holds_itself(message) {
+            return Err(RuleError::new(
+                name,
+                "rules in a message that holds itself are not supported",
+            ));
+        }
+        self.done.insert(name, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+/// Whether a map's value message (its entry's `value` field) has rules.
+fn map_has_rules(compiler: &mut Compiler, entry: &MessageDescriptor) -> Result<bool, RuleError> {
+    for field in entry.fields() {
+        if FieldRules::declared(&field)?.is_some() {
+            return Ok(true);
+        }
+        if let Kind::Message(value) = field.kind() {
+            if compiler.message(&value)?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `message` holds itself through its message fields.
+fn holds_itself(message: &MessageDescriptor) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<MessageDescriptor> = vec![message.clone()];
+    while let Some(current) = stack.pop() {
+        for field in current.fields() {
+            if let Kind::Message(inner) = field.kind() {
+                if inner.full_name() == message.full_name() {
+                    return true;
+                }
+                if seen.insert(inner.full_name().to_owned()) {
+                    stack.push(inner);
+                }
+            }
+        }
+    }
+    false
+}
+
+/// AIP-134: `update_mask` (a `google.protobuf.FieldMask`) and exactly one other singular message
+/// field, the resource.
+fn mask_binding(message: &MessageDescriptor) -> Option<MaskBinding> {
+    let mask = message.get_field_by_name("update_mask").filter(|field| {
+        !field.is_list()
+            && matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+    })?;
+    let mut resources = message.fields().filter(|field| {
+        field.number() != mask.number()
+            && !field.is_list()
+            && !field.is_map()
+            && matches!(field.kind(), Kind::Message(m) if m.package_name() != "google.protobuf")
+    });
+    let resource = resources.next()?;
+    if resources.next().is_some() {
+        return None;
+    }
+    Some(MaskBinding { mask, resource })
+}
