@@ -222,8 +222,8 @@ impl DevAgent {
         ConsulClient::new(ConsulConfig::new(&self.http_addr())?)
     }
 
-    /// Polls the agent (`GET /v1/agent/self`: is it this agent?) until it has elected itself
-    /// leader (`GET /v1/status/leader`), failing after
+    /// Polls `GET /v1/status/leader` until the agent has elected itself leader (its own server
+    /// address, so another agent on its port does not count), failing after
     /// `timeout`. An agent that exits before it is ready is started again on newly picked ports
     /// (those not fixed by [`DevAgentOptions::http_port`]), at most a few times; then its exit is
     /// the error.
@@ -262,16 +262,13 @@ impl DevAgent {
         let started = Instant::now();
         loop {
             self.check_running()?;
-            // Ours, not another process on a port taken from under it, and a leader elected.
-            let last_error = match client.agent_self().await {
-                Ok(agent) if agent.node_name != self.node_name => {
-                    format!("another agent ({}) answers there", agent.node_name)
-                }
-                Ok(_) => match client.status_leader().await {
-                    Ok(leader) if !leader.is_empty() => return Ok(()),
-                    Ok(_) => "no leader elected yet".to_owned(),
-                    Err(err) => err.to_string(),
-                },
+            // A dev agent elects itself: the leader is its own server address, which tells it
+            // from another agent on a port taken from under it (no ACL token needed).
+            let ours = format!("127.0.0.1:{}", self.ports().server);
+            let last_error = match client.status_leader().await {
+                Ok(leader) if leader == ours => return Ok(()),
+                Ok(leader) if leader.is_empty() => "no leader elected yet".to_owned(),
+                Ok(leader) => format!("another agent (leader {leader}) answers there"),
                 Err(err) => err.to_string(),
             };
             // Exited while we polled: say so rather than time out.
@@ -511,10 +508,14 @@ mod tests {
         };
         let first = DevAgent::start(options.clone()).unwrap();
         first.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let taken = first.ports();
+        // The second agent's first run gets the first agent's HTTP port (where the first agent
+        // answers, as a stranger would): it cannot bind it.
+        let taken = DevAgentPorts {
+            http: first.ports().http,
+            ..pick_ports(None).unwrap()
+        };
 
         let second = DevAgent::start(options).unwrap();
-        // The second agent's first run gets the first agent's ports: it cannot bind them.
         {
             let mut process = second.process();
             let child = spawn(&second.options, &taken, &second.node_name).unwrap();
@@ -524,11 +525,11 @@ mod tests {
             };
         }
         second.wait_ready(Duration::from_secs(30)).await.unwrap();
-        assert_ne!(second.ports(), taken);
+        assert_ne!(second.ports().http, taken.http);
         let leader = second.client().unwrap().status_leader().await.unwrap();
         assert!(!leader.is_empty());
         // And the first agent is still the one on its own address.
-        assert_eq!(first.ports(), taken);
+        assert_eq!(first.ports().http, taken.http);
         first.client().unwrap().status_leader().await.unwrap();
     }
 }
