@@ -286,8 +286,12 @@ fn record(
     match outcome.result {
         Ok(fresh) => {
             let same = followed.descriptors.as_ref().is_some_and(|old| {
+                // Every file compared whole: a redeploy may add methods to a file it had.
                 old.services == fresh.services
-                    && old.pool.files().count() == fresh.pool.files().count()
+                    && old
+                        .pool
+                        .file_descriptor_protos()
+                        .eq(fresh.pool.file_descriptor_protos())
             });
             let was_unreachable = followed.unreachable.take().is_some();
             if !same {

@@ -87,7 +87,7 @@ impl ConnectionCounters {
 }
 
 /// This process's connection counters.
-pub static COUNTERS: ConnectionCounters = ConnectionCounters {
+pub(crate) static COUNTERS: ConnectionCounters = ConnectionCounters {
     open: AtomicUsize::new(0),
     refused: AtomicU64::new(0),
     timed_out: AtomicU64::new(0),
@@ -302,6 +302,7 @@ async fn watch_connection<C>(
     tokio::pin!(connection);
     // When the connection, asked to close, is dropped if it has not closed by itself.
     let mut drop_at: Option<Instant> = None;
+    let mut shutting_down = false;
     loop {
         let wake_at = drop_at.or_else(|| activity.expires_at(&limits));
         tokio::select! {
@@ -311,9 +312,11 @@ async fn watch_connection<C>(
                 }
                 return;
             }
-            changed = stopping.changed(), if drop_at.is_none() && !*stopping.borrow() => {
+            changed = stopping.changed(), if drop_at.is_none() && !shutting_down => {
+                // Shutting down (or `serve` gone): finish what is in flight; `serve` bounds the
+                // wait. Either way this branch is done, so it cannot spin.
+                shutting_down = true;
                 if changed.is_ok() {
-                    // Shutting down: finish what is in flight; `serve` bounds the wait.
                     shut_down(connection.as_mut());
                 }
             }

@@ -20,7 +20,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tower::Service;
 
 use super::attempt::Attempts;
-use super::deadline::Deadline;
+use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::latency::PeakEwma;
 use super::{BoxError, ChannelOptions};
 
@@ -533,9 +533,11 @@ impl Shared {
 }
 
 /// Counts a call in flight on its endpoint and connection until it ends, however it ends; an
-/// attempt dropped unfinished because the retry layer abandoned it at its attempt timeout counts
-/// as a failure of the endpoint, and its time so far as a latency sample (a lower bound), so the
-/// balancer sees a hung endpoint as slow even before it is ejected.
+/// attempt dropped unfinished because the retry layer abandoned it at its attempt timeout, or
+/// because the call's deadline ran out after it waited at least [`DEADLINE_FAILURE_FLOOR`],
+/// counts as a failure of the endpoint, and its time so far as a latency sample (a lower bound),
+/// so the balancer sees a hung endpoint as slow even before it is ejected (non-idempotent calls
+/// included).
 struct PendingGuard {
     shared: Arc<Shared>,
     endpoint: Arc<Endpoint>,
@@ -543,6 +545,9 @@ struct PendingGuard {
     attempts: Option<Attempts>,
     started: Instant,
     finished: bool,
+    /// The call's deadline: a call dropped unfinished at it, after waiting at least
+    /// [`DEADLINE_FAILURE_FLOOR`] on this endpoint, counts as a failure of the endpoint.
+    deadline: Option<Deadline>,
 }
 
 impl PendingGuard {
@@ -561,6 +566,7 @@ impl PendingGuard {
             attempts,
             started: Instant::now(),
             finished: false,
+            deadline: None,
         }
     }
 }
@@ -569,12 +575,24 @@ impl Drop for PendingGuard {
     fn drop(&mut self) {
         self.endpoint.stats.pending.fetch_sub(1, Ordering::Relaxed);
         self.connection.pending.fetch_sub(1, Ordering::Relaxed);
-        if !self.finished && self.attempts.as_ref().is_some_and(Attempts::take_abandoned) {
+        if self.finished {
+            return;
+        }
+        if self.attempts.as_ref().is_some_and(Attempts::take_abandoned) {
             self.endpoint.stats.observe_rtt(self.started.elapsed());
             self.shared.record(
                 &self.endpoint,
                 false,
                 "no answer within the attempt timeout",
+            );
+        } else if self.deadline.is_some_and(|d| d.remaining().is_zero())
+            && self.started.elapsed() >= DEADLINE_FAILURE_FLOOR
+        {
+            self.endpoint.stats.observe_rtt(self.started.elapsed());
+            self.shared.record(
+                &self.endpoint,
+                false,
+                "no answer before the call's deadline",
             );
         }
     }
@@ -657,6 +675,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 connection,
                 attempts,
             );
+            pending.deadline = deadline;
             let started = pending.started;
             let result = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
@@ -669,8 +688,13 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                     endpoint.stats.observe_rtt(started.elapsed());
                     !is_unavailable(response)
                 }
-                // A call cut by its own deadline says nothing about the endpoint.
+                // A call cut by its own deadline says nothing about the endpoint, unless it
+                // waited long enough on it (see `DEADLINE_FAILURE_FLOOR`).
                 Err(_) if deadline.is_some_and(|d| d.remaining().is_zero()) => {
+                    if started.elapsed() >= DEADLINE_FAILURE_FLOOR {
+                        endpoint.stats.observe_rtt(started.elapsed());
+                        shared.record(&endpoint, false, "no answer before the call's deadline");
+                    }
                     return result.map_err(|err| Box::new(err) as BoxError);
                 }
                 Err(_) => false,

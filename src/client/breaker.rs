@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::deadline::Deadline;
+use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::BoxError;
 
 /// Metadata key set on the status of a call the open breaker refused.
@@ -130,20 +130,33 @@ pub enum Outcome {
 
 /// A call let through by the breaker; records its outcome when it ends. Dropped without an
 /// outcome, it counts as a failure if the call's deadline had passed (the deadline layer gave
-/// up on it), and as nothing otherwise (the caller went away).
+/// up on it) after it waited at least [`DEADLINE_FAILURE_FLOOR`], and as nothing otherwise (the
+/// caller went away, or chose a deadline too short to say anything about the service).
 #[derive(Debug)]
 pub struct Permit {
     breaker: CircuitBreaker,
     probe: bool,
     deadline: Option<Deadline>,
+    admitted: Instant,
     done: bool,
 }
 
 impl Permit {
-    /// Records the call's outcome.
+    /// Records the call's outcome. A failure that comes with the call's deadline passed, before
+    /// [`DEADLINE_FAILURE_FLOOR`], counts as nothing: the caller's deadline was too short.
     pub fn record(mut self, outcome: Outcome) {
         self.done = true;
-        self.breaker.record(self.probe, Some(outcome));
+        let outcome = match outcome {
+            Outcome::Failure if self.cut_short() => None,
+            outcome => Some(outcome),
+        };
+        self.breaker.record(self.probe, outcome);
+    }
+
+    /// The call's deadline passed before it had waited [`DEADLINE_FAILURE_FLOOR`].
+    fn cut_short(&self) -> bool {
+        self.deadline.is_some_and(|d| d.remaining().is_zero())
+            && self.admitted.elapsed() < DEADLINE_FAILURE_FLOOR
     }
 }
 
@@ -151,8 +164,9 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if !self.done {
             let timed_out = self.deadline.is_some_and(|d| d.remaining().is_zero());
+            let failed = timed_out && !self.cut_short();
             self.breaker
-                .record(self.probe, timed_out.then_some(Outcome::Failure));
+                .record(self.probe, failed.then_some(Outcome::Failure));
         }
     }
 }
@@ -213,6 +227,7 @@ impl CircuitBreaker {
                 breaker: self.clone(),
                 probe: false,
                 deadline,
+                admitted: Instant::now(),
                 done: false,
             });
         }
@@ -242,6 +257,7 @@ impl CircuitBreaker {
             breaker: self.clone(),
             probe,
             deadline,
+            admitted: Instant::now(),
             done: false,
         })
     }
@@ -535,7 +551,7 @@ mod tests {
         assert_eq!(breaker.times_opened(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_permit_dropped_after_its_deadline_is_a_failure_and_before_it_nothing() {
         let breaker = CircuitBreaker::new("priority", policy());
         for _ in 0..5 {
@@ -546,9 +562,28 @@ mod tests {
             BreakerState::Closed,
             "cancelled calls do not count"
         );
-        for _ in 0..3 {
+        // Deadlines too short to say anything about the service (`grpc-timeout: 1n`): nothing,
+        // dropped or answered DEADLINE_EXCEEDED.
+        for _ in 0..5 {
             drop(breaker.admit(Some(Deadline(Instant::now()))));
+            let permit = breaker.admit(Some(Deadline(Instant::now()))).unwrap();
+            permit.record(Outcome::Failure);
         }
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "caller's short deadlines"
+        );
+        // Calls that waited past the floor for their deadline: failures.
+        let permits: Vec<_> = (0..3)
+            .map(|_| {
+                breaker
+                    .admit(Some(Deadline(Instant::now() + DEADLINE_FAILURE_FLOOR)))
+                    .unwrap()
+            })
+            .collect();
+        tokio::time::advance(DEADLINE_FAILURE_FLOOR).await;
+        drop(permits);
         assert!(matches!(breaker.state(), BreakerState::Open { .. }));
     }
 

@@ -30,6 +30,12 @@ pub fn incoming_deadline() -> Option<Instant> {
     INCOMING_DEADLINE.try_with(|d| *d).ok()
 }
 
+/// Least time a call must have waited for its deadline running out to count as a failure of
+/// the service (its circuit breaker) or of the endpoint (outlier ejection): shorter deadlines are
+/// the caller's choice — a caller sending `grpc-timeout: 1n` must not open a breaker or get
+/// healthy endpoints ejected — while longer waits say the service did not answer.
+pub(crate) const DEADLINE_FAILURE_FLOOR: Duration = Duration::from_secs(1);
+
 /// The deadline a request carries to the inner layers (set by [`DeadlineLayer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline(pub Instant);

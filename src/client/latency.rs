@@ -49,7 +49,8 @@ impl PeakEwma {
     }
 
     /// Whether it has had a sample yet.
-    pub fn is_sampled(&self) -> bool {
+    #[cfg(test)]
+    fn is_sampled(&self) -> bool {
         self.updated.load(Ordering::Relaxed) != 0
     }
 
@@ -77,20 +78,20 @@ impl PeakEwma {
 mod tests {
     use super::*;
 
-    #[test]
-    fn takes_the_first_sample_then_rises_faster_than_it_falls() {
+    #[tokio::test(start_paused = true)]
+    async fn takes_the_first_sample_then_rises_faster_than_it_falls() {
         let ewma = PeakEwma::new(Duration::from_millis(1));
         assert!(!ewma.is_sampled());
         ewma.observe(Duration::from_millis(10));
         assert!(ewma.is_sampled());
         assert!((ewma.nanos() - 10_000_000.0).abs() < 1.0);
         // 50 ms later a 1 ms sample: it falls by 1 - e^(-0.1), about 10%.
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(50)).await;
         ewma.observe(Duration::from_millis(1));
         let fallen = ewma.nanos();
         assert!((8_000_000.0..10_000_000.0).contains(&fallen), "{fallen}");
         // 50 ms later a 20 ms sample: it rises by 1 - e^(-1), about 63%.
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(50)).await;
         ewma.observe(Duration::from_millis(20));
         let risen = ewma.nanos();
         assert!((14_000_000.0..20_000_000.0).contains(&risen), "{risen}");

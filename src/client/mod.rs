@@ -30,7 +30,7 @@ pub mod balance;
 pub mod breaker;
 pub mod deadline;
 pub mod grpc_timeout;
-pub mod latency;
+pub(crate) mod latency;
 pub mod limit;
 pub mod methods;
 pub mod retry;

@@ -30,6 +30,10 @@ use super::latency::PeakEwma;
 use super::methods::MethodTable;
 use super::BoxError;
 
+/// Largest request body a retryable call keeps to send again: a message at tonic's default
+/// decoding limit (4 MiB) and its frame header. A server would refuse a larger one anyway.
+const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024 + 5;
+
 /// How retries are allowed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -183,10 +187,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let body = body
+            // Kept whole to be sent again: bounded, so a caller cannot make this process buffer
+            // more than one request message may hold.
+            let body = http_body_util::Limited::new(body, MAX_REPLAYED_BODY)
                 .collect()
                 .await
-                .map_err(|err| Box::new(err) as BoxError)?
+                .map_err(|err| {
+                    if err.is::<http_body_util::LengthLimitError>() {
+                        Box::new(tonic::Status::resource_exhausted(format!(
+                            "the request is larger than {MAX_REPLAYED_BODY} bytes"
+                        ))) as BoxError
+                    } else {
+                        err
+                    }
+                })?
                 .to_bytes();
             let replay = Replayable::new(&parts, body);
             let deadline = replay.deadline;

@@ -23,6 +23,9 @@ const MIGRATION_LOCK: i64 = 0x7072_6f74_6f6d_7368;
 /// database (the second is the database name's hash).
 const CREATE_DATABASE_LOCK_CLASS: i32 = 0x7072_6d31;
 
+/// Longest wait for that lock (another instance is creating the database).
+const CREATE_DATABASE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// The bookkeeping table of [`migrate`]: one row per applied step.
 pub const SCHEMA_MIGRATIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     service text NOT NULL,
@@ -144,12 +147,16 @@ pub async fn ensure_database(config: &DataConfig) -> Result<bool, DataError> {
     // Instances starting together each see no database and race to create it; `CREATE
     // DATABASE` cannot run in a transaction, so a session-level advisory lock (per database
     // name, released when this connection closes) makes them take turns.
-    client
-        .execute(
-            "SELECT pg_advisory_lock($1, hashtext($2))",
-            &[&CREATE_DATABASE_LOCK_CLASS, &name],
-        )
-        .await?;
+    // Bounded: an instance that hangs while holding it must not hold every other start-up.
+    let lock_key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&CREATE_DATABASE_LOCK_CLASS, &name];
+    let locking = client.execute("SELECT pg_advisory_lock($1, hashtext($2))", &lock_key);
+    tokio::time::timeout(CREATE_DATABASE_LOCK_WAIT, locking)
+        .await
+        .map_err(|_| DataError::Timeout {
+            what: "waiting for another instance creating the database",
+            after: CREATE_DATABASE_LOCK_WAIT,
+        })??;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?

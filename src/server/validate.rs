@@ -6,8 +6,10 @@
 //!
 //! The request body of a method with rules is read whole first (at most tonic's default limit on
 //! a decoded message, 4 MiB, plus the frame header; more is `RESOURCE_EXHAUSTED`), then handed to
-//! the handler as it came (a body that came in one piece is not copied). A body that is not one uncompressed gRPC frame holding a message that
-//! decodes is handed on unchecked: tonic refuses it as it would without this layer.
+//! the handler as it came (a body that came in one piece is not copied). A body that is not
+//! exactly one uncompressed gRPC frame holding a message that decodes is `INVALID_ARGUMENT`: what
+//! cannot be checked never reaches the handler (tonic would take the first of several messages
+//! of a unary call and drop the rest).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -102,13 +104,27 @@ where
                     .into_http());
                 }
             };
-            if let Some(message) = sole_frame(&bytes) {
-                if let Ok(decoded) = DynamicMessage::decode(rules.descriptor().clone(), message) {
-                    let violations = rules.check(&decoded);
-                    if !violations.is_empty() {
-                        return Ok(crate::status::bad_request(violations).into_http());
-                    }
+            // Fail closed: what cannot be checked is not handed on. (tonic would take the first
+            // of several messages of a unary call and drop the rest unchecked.)
+            let Some(message) = sole_frame(&bytes) else {
+                return Ok(Status::invalid_argument(
+                    "the request must be exactly one uncompressed gRPC message",
+                )
+                .into_http());
+            };
+            let decoded = match DynamicMessage::decode(rules.descriptor().clone(), message) {
+                Ok(decoded) => decoded,
+                Err(err) => {
+                    return Ok(Status::invalid_argument(format!(
+                        "the request message cannot be decoded: {}",
+                        crate::status::echo(&err.to_string())
+                    ))
+                    .into_http());
                 }
+            };
+            let violations = rules.check(&decoded);
+            if !violations.is_empty() {
+                return Ok(crate::status::bad_request(violations).into_http());
             }
             inner
                 .call(http::Request::from_parts(
@@ -279,5 +295,76 @@ message Req { string a = 1 [(buf.validate.field).string.contains = "x"]; }
         assert_eq!(sole_frame(&frame(0, 4, b"abc")), None);
         assert_eq!(sole_frame(&frame(0, 2, b"abc")), None);
         assert_eq!(sole_frame(&Bytes::from_static(b"\0\0")), None);
+    }
+
+    /// A `Score` call through the layer with `body`; the answer's gRPC status code.
+    async fn score_through_layer(body: Bytes) -> tonic::Code {
+        let rules = MethodRules::from_descriptor_sets(
+            &[crate::proto::FILE_DESCRIPTOR_SET],
+            &["protomesh.priority.v1.PriorityService"],
+        )
+        .unwrap();
+        let mut service = ValidationLayer::new(rules).layer(Bad);
+        let request = http::Request::post("/protomesh.priority.v1.PriorityService/Score")
+            .body(Body::new(Full::new(body)))
+            .unwrap();
+        let response = service.call(request).await.unwrap();
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map_or(tonic::Code::Ok, tonic::Code::from)
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut body = vec![0];
+        body.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(message);
+        body
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_checked_never_reaches_the_handler() {
+        use prost::Message;
+        let request = |urgency| crate::proto::protomesh::priority::v1::ScoreRequest {
+            title: "ship it".to_owned(),
+            urgency,
+            impact: 5,
+        };
+        let good = framed(&request(5).encode_to_vec());
+        let bad = framed(&request(11).encode_to_vec());
+        assert_eq!(
+            score_through_layer(Bytes::from(good.clone())).await,
+            tonic::Code::Ok
+        );
+        assert_eq!(
+            score_through_layer(Bytes::from(bad.clone())).await,
+            tonic::Code::InvalidArgument
+        );
+        // A bad message followed by another frame: refused, not handed on unchecked.
+        let mut two = bad.clone();
+        two.extend_from_slice(&framed(b""));
+        assert_eq!(
+            score_through_layer(Bytes::from(two)).await,
+            tonic::Code::InvalidArgument
+        );
+        let mut two = good;
+        two.extend_from_slice(&bad);
+        assert_eq!(
+            score_through_layer(Bytes::from(two)).await,
+            tonic::Code::InvalidArgument
+        );
+        // Compressed, or not a message of that type at all.
+        let mut compressed = bad;
+        compressed[0] = 1;
+        assert_eq!(
+            score_through_layer(Bytes::from(compressed)).await,
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            score_through_layer(Bytes::from(framed(&[0xff, 0xff, 0xff]))).await,
+            tonic::Code::InvalidArgument
+        );
     }
 }

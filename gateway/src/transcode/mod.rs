@@ -250,6 +250,7 @@ pub fn request_message(
         BodyRule::Whole => {
             if !blank {
                 root = parse_body(parts.body, "")?;
+                check_field_names(input, &root, "")?;
                 if !root.is_object() && !is_well_known(input) {
                     return Err(TranscodeError::InvalidBody {
                         reason: format!(
@@ -271,6 +272,11 @@ pub fn request_message(
             })?;
             if !blank {
                 let value = parse_body(parts.body, name)?;
+                if let prost_reflect::Kind::Message(message) = field.kind() {
+                    if !field.is_list() && !field.is_map() {
+                        check_field_names(&message, &value, name)?;
+                    }
+                }
                 if parts.fill_update_mask {
                     mask = update_mask_paths(input, &field, &value, options)?;
                 }
@@ -853,6 +859,66 @@ fn parse_body(body: &[u8], prefix: &str) -> Result<Value, TranscodeError> {
             reason,
         }
     })
+}
+
+/// Refuses an object that names one field twice, under its JSON and its proto name
+/// (`{"projectId": "a", "project_id": "b"}`): the JSON mapping accepts both, and would keep the
+/// last. Nested messages (and lists and maps of them) are checked too; key paths start with
+/// `prefix`.
+fn check_field_names(
+    message: &MessageDescriptor,
+    value: &Value,
+    prefix: &str,
+) -> Result<(), TranscodeError> {
+    // Free-form well-known types (`Struct`, `Value`, `Any`…) have keys of their own.
+    if message.full_name().starts_with("google.protobuf.") {
+        return Ok(());
+    }
+    let Value::Object(object) = value else {
+        return Ok(());
+    };
+    let join = |key: &str| {
+        if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in object {
+        let Some(field) = message
+            .get_field_by_json_name(key)
+            .or_else(|| message.get_field_by_name(key))
+        else {
+            continue;
+        };
+        if !seen.insert(field.number()) {
+            return Err(TranscodeError::DuplicateKey { field: join(key) });
+        }
+        let prost_reflect::Kind::Message(nested) = field.kind() else {
+            continue;
+        };
+        match value {
+            Value::Array(items) if field.is_list() => {
+                for (i, item) in items.iter().enumerate() {
+                    check_field_names(&nested, item, &format!("{}[{i}]", join(key)))?;
+                }
+            }
+            Value::Object(entries) if field.is_map() => {
+                let map_value = nested.map_entry_value_field();
+                if let prost_reflect::Kind::Message(values) = map_value.kind() {
+                    for (entry, item) in entries {
+                        check_field_names(&values, item, &format!("{}.{entry}", join(key)))?;
+                    }
+                }
+            }
+            _ if !field.is_list() && !field.is_map() => {
+                check_field_names(&nested, value, &join(key))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -1853,6 +1919,18 @@ mod tests {
                 Duplicate("resource.name"),
                 "",
             ),
+            // One field under its JSON and its proto name, at the top and inside a body field
+            // (the key named is the later in key order).
+            (
+                star(r#"{"byId":{},"by_id":{}}"#),
+                Duplicate("by_id"),
+                "repeats the key `by_id`",
+            ),
+            (
+                body_field(UPDATE, "resource", r#"{"by_id":{},"byId":{}}"#),
+                Duplicate("resource.by_id"),
+                "",
+            ),
             // The body as a whole.
             (
                 star("[1]"),
@@ -2220,11 +2298,6 @@ mod tests {
                 Some(vec!["name", "nested", "when"]),
             ),
             (
-                "both names of one field give one path",
-                patch(r#"{"display_name":"a","displayName":"b"}"#),
-                Some(vec!["display_name"]),
-            ),
-            (
                 "path-bound fields come in as body keys only if in the body",
                 patch(r#"{"small":1}"#).bind("resource.name", "x"),
                 Some(vec!["small"]),
@@ -2281,6 +2354,22 @@ mod tests {
                 expected.map(|paths| paths.into_iter().map(str::to_owned).collect());
             assert_eq!(mask, expected, "{name}");
         }
+    }
+
+    #[test]
+    fn transcode_update_mask_one_field_under_both_names_is_an_error() {
+        let err = body_field(
+            UPDATE,
+            "resource",
+            r#"{"display_name":"a","displayName":"b"}"#,
+        )
+        .patch()
+        .run()
+        .unwrap_err();
+        assert!(
+            matches!(err, TranscodeError::DuplicateKey { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
