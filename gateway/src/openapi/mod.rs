@@ -1278,20 +1278,17 @@ fn annotate(schema: Value, description: Option<String>, deprecated: bool) -> Val
 
 /// `schema` allowing `null` too (a `$ref` wrapped in `allOf` first).
 fn nullable(schema: Value) -> Value {
-    let mut object = match schema {
-        Value::Object(object) if !object.contains_key("$ref") => object,
-        other => {
-            let mut object = Map::new();
-            object.insert("allOf".to_owned(), Value::Array(vec![other]));
-            object
-        }
-    };
-    object.insert("nullable".to_owned(), Value::Bool(true));
-    Value::Object(object)
+    with_flag(schema, "nullable")
 }
 
 /// `schema` marked `readOnly` (a `$ref` wrapped in `allOf` first).
 fn read_only(schema: Value) -> Value {
+    with_flag(schema, "readOnly")
+}
+
+/// `schema` with `flag: true`; a `$ref` cannot carry siblings in OpenAPI 3.0, so it is wrapped in
+/// `allOf` first.
+fn with_flag(schema: Value, flag: &str) -> Value {
     let mut object = match schema {
         Value::Object(object) if !object.contains_key("$ref") => object,
         other => {
@@ -1300,7 +1297,7 @@ fn read_only(schema: Value) -> Value {
             object
         }
     };
-    object.insert("readOnly".to_owned(), Value::Bool(true));
+    object.insert(flag.to_owned(), Value::Bool(true));
     Value::Object(object)
 }
 
