@@ -4,6 +4,9 @@
 //! which has all the time left, goes where the balancer thinks best: the endpoints tried may only
 //! have been slow, and an untried one may be the hung one), and whether the attempt in flight was
 //! abandoned at its attempt timeout, so that the balancer counts it as that endpoint's failure.
+//! The balancer also notes whether the attempt in flight had another endpoint to go to: one that
+//! had none is never abandoned (sent again to the same busy endpoint it would only add load, and
+//! each abandonment resets a stream the server may still be accepting).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +26,8 @@ struct Log {
     abandoned: AtomicBool,
     /// The attempt in flight prefers endpoints not tried yet.
     prefer_untried: AtomicBool,
+    /// The attempt in flight was picked among more than one endpoint.
+    had_choice: AtomicBool,
 }
 
 impl Attempts {
@@ -49,6 +54,17 @@ impl Attempts {
         self.0.tried[..n]
             .iter()
             .any(|t| t.load(Ordering::Relaxed) == id)
+    }
+
+    /// Notes whether the attempt in flight was picked among more than one endpoint.
+    pub(crate) fn set_had_choice(&self, had_choice: bool) {
+        self.0.had_choice.store(had_choice, Ordering::Relaxed);
+    }
+
+    /// Whether a retry of the attempt in flight could go to another endpoint (false until the
+    /// balancer has picked one for it).
+    pub(crate) fn has_other_endpoint(&self) -> bool {
+        self.0.had_choice.load(Ordering::Relaxed)
     }
 
     /// Marks the attempt in flight as abandoned at its timeout (just before it is dropped).
@@ -87,5 +103,8 @@ mod tests {
         clone.abandon();
         assert!(attempts.take_abandoned());
         assert!(!attempts.take_abandoned(), "cleared once read");
+        assert!(!attempts.has_other_endpoint(), "not before a pick");
+        attempts.set_had_choice(true);
+        assert!(clone.has_other_endpoint());
     }
 }

@@ -501,6 +501,9 @@ impl Shared {
             }
         };
         let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
+        if let Some(attempts) = attempts {
+            attempts.set_had_choice(count > 1);
+        }
         let chosen = match (self.policy, count) {
             (_, 1) => nth(0),
             (BalancePolicy::RoundRobin, n) => {

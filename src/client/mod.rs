@@ -16,7 +16,7 @@
 //! 4. [`retry::RetryLayer`]: retries safe methods on connection errors and `UNAVAILABLE`, within
 //!    a budget; gives each of their attempts but the last a timeout derived from the method's
 //!    observed latency and the budget left (an attempt stalled on a hung endpoint is abandoned
-//!    and sent elsewhere); each retry goes back through the balancer, which picks an endpoint the
+//!    and sent elsewhere, when there is an elsewhere); each retry goes back through the balancer, which picks an endpoint the
 //!    call has not tried yet when there is one. Inside the limit, so attempts share the call's
 //!    slot; outside the balancer, so every attempt is balanced anew;
 //! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers

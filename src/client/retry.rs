@@ -7,9 +7,12 @@
 //! to another endpoint within the call's deadline: `max(floor, k × the method's observed
 //! latency)` (a peak EWMA of its successful attempts, [`PeakEwma`]), used only when it fits the
 //! remaining budget shared by the attempts left (`remaining / attempts left`), so a retry always
-//! fits; the last attempt has all that is left. When the attempt timeout fires and the budget
-//! allows a retry, the attempt is abandoned (its stream reset) and counted as a failure of its
-//! endpoint, which feeds outlier ejection; otherwise the call keeps waiting for it.
+//! fits; the last attempt has all that is left. When the attempt timeout fires, the attempt had
+//! another endpoint to go to, and the budget allows a retry, the attempt is abandoned (its stream
+//! reset) and counted as a failure of its endpoint, which feeds outlier ejection; otherwise the
+//! call keeps waiting for it. (With one endpoint a retry would only queue the call again on the
+//! same busy server, and a burst of resets of streams it has not accepted yet makes hyper's
+//! server close the whole connection, `ENHANCE_YOUR_CALM`, failing every call on it.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -260,9 +263,9 @@ enum Attempt {
     Abandoned,
 }
 
-/// Sends one attempt; past `limit`, abandons it if the budget allows a retry (marking it in
-/// `attempts` while it is dropped, so the balancer counts it against its endpoint), else keeps
-/// waiting for it. A timer that fires more than half a period late (this process was stalled)
+/// Sends one attempt; past `limit`, abandons it if another endpoint could take it and the budget
+/// allows a retry (marking it in `attempts` while it is dropped, so the balancer counts it
+/// against its endpoint), else keeps waiting for it. A timer that fires more than half a period late (this process was stalled)
 /// is given one more period first.
 async fn run_attempt<S>(
     inner: &mut S,
@@ -295,7 +298,7 @@ where
                         timer.as_mut().reset(tokio::time::Instant::now() + limit);
                         continue;
                     }
-                    if budget.withdraw() {
+                    if attempts.has_other_endpoint() && budget.withdraw() {
                         attempts.abandon();
                         break Attempt::Abandoned;
                     }

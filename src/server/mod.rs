@@ -40,6 +40,13 @@ pub use registration::instance_registration;
 pub use shutdown::shutdown_signal;
 
 /// Name of the standard gRPC health service.
+/// Streams a connection may reset before this server has accepted them, before it closes the
+/// connection (`GOAWAY ENHANCE_YOUR_CALM`). hyper's default, 20, bounds the memory a rapid-reset
+/// flood holds; but a CPU-starved server with hundreds of calls in flight sees a caller's
+/// deadline expiries (each a reset) arrive in one burst, and closing the connection then fails
+/// every other call on it. Each such stream is a few hundred bytes.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// Why a mesh server could not start or stopped with an error.
@@ -352,7 +359,8 @@ impl BoundServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
-        let mut builder = tonic::transport::Server::builder();
+        let mut builder = tonic::transport::Server::builder()
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
         if let Some(tls) = &tls {
             // TLS only, client certificates signed by the mesh CA required.
             builder = builder.tls_config(tls.server_config())?;
