@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use protomesh::client::Mesh;
 use protomesh::consul::ConsulClient;
-use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
 use protomesh::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
 use protomesh::proto::protomesh::tasks::v1::{
     CreateProjectRequest, CreateTaskRequest, GetTaskRequest, ListTasksRequest, Project, Task,
 };
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use tokio::time::Instant;
 
 mod support;

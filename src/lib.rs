@@ -35,17 +35,15 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
-pub mod data;
-pub mod devmesh;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod proto;
-pub mod ratelimit;
 pub mod rules;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod tls;
 

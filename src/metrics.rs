@@ -12,14 +12,13 @@
 //!   every endpoint's counters — collected at scrape time from [`Mesh::status`] ([`mesh`]);
 //! - whatever the binary adds: its own metrics ([`Metrics::register`]), collectors
 //!   ([`Metrics::register_collector`]), and values read asynchronously when scraped
-//!   ([`Metrics::on_scrape`]), such as the outbox lag ([`Metrics::watch_outbox`]) and the lag of
-//!   stream consumer groups ([`Metrics::watch_stream_groups`]) ([`lag`]).
+//!   ([`Metrics::on_scrape`]), such as the outbox and stream-consumer lag that the data layer
+//!   adds (`protomesh_data::lag`).
 //!
 //! [`Metrics::render`] answers in the Prometheus text format 0.0.4 (what `promtool check metrics`
 //! reads) or in OpenMetrics text, as the scraper's `Accept` header asks ([`Format::negotiate`]).
 
 pub mod grpc;
-pub mod lag;
 pub mod mesh;
 pub mod process;
 

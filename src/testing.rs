@@ -1,6 +1,7 @@
 //! Helpers for tests that wait on real processes: bound a whole test in time, and poll for a
 //! condition with a deadline instead of sleeping. For servers run in-process see
-//! [`crate::server::testing`]; for databases and Redis key prefixes, [`crate::data::testing`].
+//! [`crate::server::testing`]; for databases and Redis key prefixes, `protomesh_data::testing`. Built with the
+//! `test-util` feature (dev-dependencies only).
 
 use std::future::Future;
 use std::time::Duration;

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use protomesh::data::testing::{redis_url, PrivateRedis, TestDatabase, TestKeys};
+use protomesh_data::testing::{redis_url, PrivateRedis, TestDatabase, TestKeys};
 use sha2::{Digest, Sha256};
 use support::http::{bearer, field, field_number, http, spawn};
 use support::{eventually, gateway_addr, tempdir, unique, Consul};
@@ -382,9 +382,9 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
     }
 }
 
-async fn tokio_postgres_client(url: &str) -> protomesh::data::tokio_postgres::Client {
+async fn tokio_postgres_client(url: &str) -> protomesh_data::tokio_postgres::Client {
     let (client, connection) =
-        protomesh::data::tokio_postgres::connect(url, protomesh::data::tokio_postgres::NoTls)
+        protomesh_data::tokio_postgres::connect(url, protomesh_data::tokio_postgres::NoTls)
             .await
             .unwrap();
     tokio::spawn(connection);

@@ -15,7 +15,6 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, GetProjectReportRequest,
     GetUserDashboardRequest,
@@ -29,6 +28,7 @@ use protomesh::proto::protomesh::timetrack::v1::{
 use protomesh::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, GetMeRequest,
 };
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use support::http::{bearer, field, http, spawn, Answer};
 use support::{eventually, gateway_addr, unique, Consul};
 use tonic::transport::Channel;

@@ -17,8 +17,8 @@ use protomesh::consul::{
     ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, HealthWatcher, QueryOptions,
     WatchOptions,
 };
-use protomesh::devmesh::ServiceProcess;
 use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_mesh::ServiceProcess;
 
 use support::{binary, eventually, score_request, tempdir, tool, unique};
 

@@ -13,8 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protomesh::client::Mesh;
-use protomesh::data::testing::{PrivateRedis, TestDatabase, TestKeys};
-use protomesh::devmesh::ServiceProcess;
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport,
@@ -24,6 +22,8 @@ use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, CompleteTaskRequest, CreateProjectRequest,
     CreateTaskRequest, Project, Task,
 };
+use protomesh_data::testing::{PrivateRedis, TestDatabase, TestKeys};
+use protomesh_mesh::ServiceProcess;
 use support::{binary, eventually, tempdir, test_secret_file, unique, Consul};
 use tokio::task::JoinSet;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::{eventually, grpcurl, spawn_priority, Consul};
 
 /// Starts Consul and one priority instance; returns them with the address Consul advertises.
-async fn registered_priority() -> (Consul, protomesh::devmesh::ServiceProcess, String) {
+async fn registered_priority() -> (Consul, protomesh_mesh::ServiceProcess, String) {
     let consul = Consul::start().await;
     let priority = spawn_priority(&consul.addr(), &[]);
     let entry = eventually(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protomesh::consul::{ConsulClient, ConsulConfig, QueryOptions};
-use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh_data::testing::{TestDatabase, TestKeys};
 use support::{binary, eventually, spawn_priority, tempdir, tool, Consul};
 
 /// The live child processes of `parent` (zombies excluded): process ID and command name.
@@ -57,7 +57,7 @@ async fn mesh_status_lists_instances_with_addresses_and_check_states() {
         (!consul.instances("priority", true).await.is_empty()).then_some(())
     })
     .await;
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let out = Command::new(binary("mesh"))
         .arg("status")
         .env("CONSUL_HTTP_ADDR", consul.addr())
         .output()
@@ -83,7 +83,7 @@ async fn mesh_status_lists_instances_with_addresses_and_check_states() {
 #[tokio::test]
 async fn mesh_status_against_no_agent_is_a_clear_error() {
     let port = free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let out = Command::new(binary("mesh"))
         .arg("status")
         .env("CONSUL_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .output()
@@ -107,7 +107,7 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     let database = TestDatabase::not_created().await.unwrap();
     let keys = TestKeys::new();
     let gateway_addr = format!("127.0.0.1:{}", free_port());
-    let mut mesh = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let mut mesh = Command::new(binary("mesh"))
         .args(["up", "--gateway", &gateway_addr, "--log-dir"])
         .arg(tempdir())
         .arg("--bin-dir")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use protomesh::client::{Balancer, EndpointSnapshot, Mesh};
 use protomesh::consul::{DevAgent, DevAgentOptions, ServiceRegistration};
-use protomesh::devmesh::ServiceProcess;
+use protomesh_mesh::ServiceProcess;
 use support::{binary, eventually, spawn_priority, tempdir, tool, unique, Consul, Load};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;

@@ -16,7 +16,7 @@ use protomesh::proto::protomesh::priority::v1::priority_service_client::Priority
 use protomesh::proto::protomesh::probe::v1::{
     probe_service_client::ProbeServiceClient, EchoRequest, GetStatsRequest,
 };
-use support::{eventually, spawn_priority, spawn_service, Consul, Load};
+use support::{binary, eventually, spawn_priority, spawn_service, Consul, Load};
 
 fn echo(delay_ms: u32, fail_code: i32) -> EchoRequest {
     EchoRequest {
@@ -277,7 +277,7 @@ async fn mesh_status_client_shows_endpoints_health_ejection_in_flight_and_latenc
     let serving = tokio::spawn(admin.serve(AdminState::new(Some(mesh.clone())), stop.clone()));
 
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_mesh"))
+        Command::new(binary("mesh"))
             .args(["status", "--client", &admin_addr])
             .output()
             .unwrap()
@@ -324,7 +324,7 @@ async fn mesh_status_client_names_an_admin_address_that_does_not_answer() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let output = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let output = Command::new(binary("mesh"))
         .args(["status", "--client", &addr])
         .output()
         .unwrap();

@@ -15,14 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use protomesh::client::Mesh;
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::devmesh::ServiceProcess;
 use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use protomesh::proto::protomesh::priority::v1::ScoreRequest;
 use protomesh::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
 use protomesh::proto::protomesh::tasks::v1::{
     CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
 };
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_mesh::ServiceProcess;
 use support::{binary, eventually, tempdir, test_secret_file, tool, unique, Consul};
 
 fn free_port() -> u16 {

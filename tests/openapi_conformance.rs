@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use support::http::{field, http, spawn};
 use support::{eventually, gateway_addr, repo_root, tempdir, tool, unique, Consul};
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use protomesh::devmesh::ServiceProcess;
+use protomesh_mesh::ServiceProcess;
 use support::{binary, eventually, spawn_priority, tempdir, Consul};
 
 #[tokio::test]

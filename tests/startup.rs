@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use support::http::spawn;
 use support::{eventually, Consul};
 

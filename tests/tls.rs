@@ -277,7 +277,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_mesh_ca() {
     let gateway_addr = format!("127.0.0.1:{}", free_port());
     let mut gateway_args = vec!["--listen".to_owned(), gateway_addr.clone()];
     gateway_args.extend(pki.flags(&pki.client));
-    let gateway = protomesh::devmesh::ServiceProcess::spawn(
+    let gateway = protomesh_mesh::ServiceProcess::spawn(
         "gateway",
         &support::binary("gateway"),
         &gateway_args,
@@ -345,10 +345,10 @@ async fn a_missing_key_file_stops_the_process_with_exit_code_1_naming_the_flag()
 /// metadata set by hand) it is refused with `UNAUTHENTICATED`; with one, it is served.
 #[tokio::test]
 async fn a_mesh_certificate_does_not_let_a_peer_act_as_a_user() {
-    use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
     use protomesh::proto::protomesh::timetrack::v1::{
         timetrack_service_client::TimetrackServiceClient, ListEntriesRequest,
     };
+    use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 
     build_binary("timetrack");
     let pki = Pki::generate();

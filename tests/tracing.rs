@@ -25,8 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
-use protomesh::data::testing::{redis_url, TestDatabase, TestKeys};
-use protomesh::devmesh::ServiceProcess;
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
+use protomesh_mesh::ServiceProcess;
 use support::{
     binary, eventually, gateway_addr, log_lines, tempdir, test_secret_file, unique, Consul,
 };

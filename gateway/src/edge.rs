@@ -36,7 +36,7 @@ use protomesh::client::Mesh;
 use protomesh::identity::{self, AuthMethod, Identity};
 use protomesh::policy::{self, Requirement, ResolvedPolicy};
 use protomesh::proto::protomesh::options::v1::{AuthRequirement, MethodPolicy};
-use protomesh::ratelimit::Decision;
+use protomesh_data::ratelimit::Decision;
 use tonic::Status;
 
 use crate::access::{AccessConfig, AccessPolicy};

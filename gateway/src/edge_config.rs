@@ -102,12 +102,12 @@ impl EdgeConfig {
         }
         let redis = match self.redis_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => {
-                let config = protomesh::data::DataConfig::with_database_url(
-                    protomesh::data::DEFAULT_DATABASE_URL,
+                let config = protomesh_data::DataConfig::with_database_url(
+                    protomesh_data::DEFAULT_DATABASE_URL,
                 )
                 .with_redis_url(url);
                 Some(
-                    protomesh::data::connect_redis(&config)
+                    protomesh_data::connect_redis(&config)
                         .map_err(|err| invalid("--redis-url")(err.to_string()))?,
                 )
             }

@@ -1,4 +1,4 @@
-//! Rate limits at the edge, on [`protomesh::ratelimit`]: every call counts against the quota of
+//! Rate limits at the edge, on [`protomesh_data::ratelimit`]: every call counts against the quota of
 //! its method's rate-limit class (the policy's `rate_limit_class`, `default` when empty), per
 //! client — the API key's name (`key:`), else the JWT subject (`sub:`), else the client address
 //! (`ip:`). Requests with bad credentials count per address in their own class,
@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use protomesh::data::fred::prelude::Client;
 use protomesh::policy::DEFAULT_RATE_LIMIT_CLASS;
-use protomesh::ratelimit::{Decision, Quota, RateLimiter};
+use protomesh_data::fred::prelude::Client;
+use protomesh_data::ratelimit::{Decision, Quota, RateLimiter};
 
 /// The class counting requests with bad credentials, per client address.
 pub const INVALID_CREDENTIALS_CLASS: &str = "invalid-credentials";
@@ -279,7 +279,7 @@ mod tests {
             remaining: 17,
             retry_after: std::time::Duration::ZERO,
             reset_after: std::time::Duration::from_secs(9),
-            backend: protomesh::ratelimit::Backend::Local,
+            backend: protomesh_data::ratelimit::Backend::Local,
         };
         let mut upstream = HeaderMap::new();
         upstream.insert(RATELIMIT_LIMIT, HeaderValue::from(5));

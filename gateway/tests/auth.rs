@@ -17,8 +17,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 use protomesh::auth::{ApiKeys, AuthConfig, JwksSource};
 use protomesh::config::ServeConfig;
-use protomesh::data::testing::{redis_url, PrivateRedis, TestKeys};
-use protomesh::data::{connect_redis, DataConfig};
 use protomesh::policy::Requirement;
 use protomesh::proto::protomesh::users::v1::{
     users_service_server::{UsersService, UsersServiceServer},
@@ -26,6 +24,8 @@ use protomesh::proto::protomesh::users::v1::{
     TokenPair, User,
 };
 use protomesh::server::MeshServer;
+use protomesh_data::testing::{redis_url, PrivateRedis, TestKeys};
+use protomesh_data::{connect_redis, DataConfig};
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::cors::CorsConfig;
 use protomesh_gateway::server::GatewayOptions;
@@ -258,7 +258,7 @@ async fn credentials_are_verified_and_routes_authorized() {
     );
     assert_eq!(metadata(&received[0], "x-protomesh-subject"), None);
     assert_eq!(
-        metadata(&received[0], "x-protomesh-client-ip"),
+        metadata(&received[0], "x-protomesh-meshent-ip"),
         Some("127.0.0.1")
     );
 
@@ -455,7 +455,7 @@ async fn credentials_are_verified_and_routes_authorized() {
         &[
             ("authorization", &bearer(&user)),
             ("x-protomesh-subject", "root"),
-            ("x-protomesh-client-ip", "10.0.0.1"),
+            ("x-protomesh-meshent-ip", "10.0.0.1"),
         ],
     )
     .await;
@@ -467,7 +467,7 @@ async fn credentials_are_verified_and_routes_authorized() {
         Some(bearer(&user).as_str())
     );
     assert_eq!(
-        metadata(&received[0], "x-protomesh-client-ip"),
+        metadata(&received[0], "x-protomesh-meshent-ip"),
         Some("127.0.0.1")
     );
 
@@ -674,18 +674,18 @@ fn assert_limited(answer: &Answer, limit: u32) {
     assert!(answer.headers.contains_key("ratelimit-reset"));
 }
 
-async fn connected_redis(url: &str) -> protomesh::data::fred::prelude::Client {
+async fn connected_redis(url: &str) -> protomesh_data::fred::prelude::Client {
     let config =
-        DataConfig::with_database_url(protomesh::data::DEFAULT_DATABASE_URL).with_redis_url(url);
+        DataConfig::with_database_url(protomesh_data::DEFAULT_DATABASE_URL).with_redis_url(url);
     let client = connect_redis(&config).unwrap();
     support::eventually(Duration::from_secs(10), "Redis connected", || async {
-        protomesh::data::fred::prelude::ClientLike::is_connected(&client).then_some(())
+        protomesh_data::fred::prelude::ClientLike::is_connected(&client).then_some(())
     })
     .await;
     client
 }
 
-fn limited_options(redis: protomesh::data::fred::prelude::Client, prefix: &str) -> GatewayOptions {
+fn limited_options(redis: protomesh_data::fred::prelude::Client, prefix: &str) -> GatewayOptions {
     let mut options = support::public_options();
     options
         .edge
@@ -800,7 +800,7 @@ async fn rate_limits_apply_per_client_key_in_redis() {
 
     // The state is in Redis, under the configured prefix.
     let redis = connected_redis(&redis_url()).await;
-    let stored: Option<String> = protomesh::data::fred::prelude::KeysInterface::get(
+    let stored: Option<String> = protomesh_data::fred::prelude::KeysInterface::get(
         &redis,
         format!("{}ratelimit:default:sub:dave", keys.prefix()),
     )

@@ -23,6 +23,7 @@ mod api_keys;
 mod args;
 pub mod jwks;
 pub mod propagation;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 use std::fmt;

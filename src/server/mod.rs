@@ -15,6 +15,7 @@ mod cuttable;
 pub mod message_limit;
 mod registration;
 mod shutdown;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod validate;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use protomesh::devmesh::ServiceProcess;
+use protomesh_mesh::ServiceProcess;
 
 use super::{binary, tempdir, unique};
 

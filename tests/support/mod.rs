@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use protomesh::client::MeshChannel;
 use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
-use protomesh::devmesh::ServiceProcess;
 use protomesh::proto::protomesh::priority::v1::{
     priority_service_client::PriorityServiceClient, ScoreRequest,
 };
+use protomesh_mesh::ServiceProcess;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

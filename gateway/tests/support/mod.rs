@@ -555,13 +555,13 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// Starts the service binary `name` registered with `consul_addr` (killed on drop).
-pub fn spawn_service(name: &str, consul_addr: &str) -> protomesh::devmesh::ServiceProcess {
+pub fn spawn_service(name: &str, consul_addr: &str) -> protomesh_mesh::ServiceProcess {
     let log = std::env::temp_dir().join(format!(
         "protomesh-gateway-test-{}-{name}-{}.log",
         std::process::id(),
         rand_suffix()
     ));
-    protomesh::devmesh::ServiceProcess::spawn(
+    protomesh_mesh::ServiceProcess::spawn(
         name,
         &binary(name),
         &["--listen".to_owned(), "127.0.0.1:0".to_owned()],

@@ -15,12 +15,12 @@
 
 use std::time::SystemTime;
 
-use protomesh::data::deadpool_postgres::{Pool, Transaction};
-use protomesh::data::stream::{self, Event};
-use protomesh::data::tokio_postgres;
-use protomesh::data::DataError;
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use protomesh_data::deadpool_postgres::{Pool, Transaction};
+use protomesh_data::stream::{self, Event};
+use protomesh_data::tokio_postgres;
+use protomesh_data::DataError;
 use serde::Deserialize;
 use uuid::Uuid;
 

@@ -16,7 +16,7 @@
 //! | `GetProjectReport` | projects they are a member of; others are `NOT_FOUND` ([`membership`]: the tasks service decides, asked with the caller's credential) | every project (the tasks service shows admins every project) |
 //!
 //! Events are applied by [`events::apply_event`] (idempotent, order-tolerant; see [`events`]);
-//! the binary runs a [`StreamConsumer`](protomesh::data::stream::StreamConsumer) with
+//! the binary runs a [`StreamConsumer`](protomesh_data::stream::StreamConsumer) with
 //! [`consumer_options`] next to the gRPC server. The figures are as fresh as the events applied:
 //! a task or entry whose event has not arrived yet is not counted yet.
 //!
@@ -35,10 +35,6 @@ pub mod validate;
 use std::time::{Duration, SystemTime};
 
 use protomesh::client::Mesh;
-use protomesh::data::deadpool_postgres::{Object, Pool};
-use protomesh::data::status_from_pg;
-use protomesh::data::stream::ConsumerOptions;
-use protomesh::data::tokio_postgres::IsolationLevel;
 use protomesh::identity;
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_server::AnalyticsService, AssigneeTime, GetProjectReportRequest,
@@ -46,6 +42,10 @@ use protomesh::proto::protomesh::analytics::v1::{
 };
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use protomesh_data::deadpool_postgres::{Object, Pool};
+use protomesh_data::status_from_pg;
+use protomesh_data::stream::ConsumerOptions;
+use protomesh_data::tokio_postgres::IsolationLevel;
 use tonic::{Request, Response, Status};
 
 pub use events::{apply_event, Applied};

@@ -13,12 +13,13 @@ use clap::Parser;
 use protomesh::client::Mesh;
 use protomesh::config::ServeConfig;
 use protomesh::consul::ConsulClient;
-use protomesh::data::stream::StreamConsumer;
-use protomesh::data::{self, DataConfig, DataError};
 use protomesh::server::{shutdown_signal, MeshServer};
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, MIGRATIONS, SERVICE,
 };
+use protomesh_data::lag::LagMetrics;
+use protomesh_data::stream::StreamConsumer;
+use protomesh_data::{self as data, DataConfig, DataError};
 
 /// Dashboards and project reports over gRPC, built from the task and time events, registered in
 /// Consul.

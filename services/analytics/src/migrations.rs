@@ -1,7 +1,7 @@
-//! The schema of the analytics service, as migration steps for [`protomesh::data::migrate`]. A
+//! The schema of the analytics service, as migration steps for [`protomesh_data::migrate`]. A
 //! step that was released is never edited: add a new one.
 
-use protomesh::data::stream::APPLIED_EVENTS_DDL;
+use protomesh_data::stream::APPLIED_EVENTS_DDL;
 
 /// The read model: what the events said about projects, tasks and time entries.
 ///

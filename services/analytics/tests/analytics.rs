@@ -23,11 +23,6 @@ use nix::unistd::Pid;
 use protomesh::auth::testing::{token, SignedIn, TEST_SECRET};
 use protomesh::client::Mesh;
 use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
-use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::data::{self, DataConfig};
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, AssigneeTime, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport, StatusCount, UserDashboard,
@@ -47,6 +42,11 @@ use protomesh::testing::{bounded, eventually};
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
 };
+use protomesh_data::deadpool_postgres::Pool;
+use protomesh_data::fred::prelude::{Client, ClientLike, StreamsInterface};
+use protomesh_data::stream::{ConsumerHandle, Event, StreamConsumer};
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::{self as data, DataConfig};
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -1460,7 +1460,7 @@ impl AnalyticsProcess {
                 "--database-url",
                 db.url(),
                 "--redis-url",
-                &protomesh::data::testing::redis_url(),
+                &protomesh_data::testing::redis_url(),
                 "--key-prefix",
                 prefix,
             ])

@@ -1,6 +1,6 @@
 //! The cursors inside page tokens: a kind byte and the sort key of the last item of the page
 //! before. The handler seals them into tokens signed and bound to the request's filter with
-//! [`protomesh::data::page_token`], which refuses altered or foreign tokens before these bytes
+//! [`protomesh_data::page_token`], which refuses altered or foreign tokens before these bytes
 //! are read.
 //!
 //! | kind | list | sort key | bytes after the kind |

@@ -51,10 +51,6 @@ pub mod validate;
 use std::time::Duration;
 
 use protomesh::client::Mesh;
-use protomesh::data::deadpool_postgres::{Object, Pool};
-use protomesh::data::page_token::{PageFilter, PageTokens};
-use protomesh::data::tokio_postgres::types::ToSql;
-use protomesh::data::{outbox, status_from_pg, Cache};
 use protomesh::identity::{self, Identity};
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_server::TasksService, AddProjectMemberRequest, CompleteTaskRequest,
@@ -65,6 +61,10 @@ use protomesh::proto::protomesh::tasks::v1::{
 };
 use protomesh::status::{echo, invalid_argument};
 use protomesh::telemetry::spans;
+use protomesh_data::deadpool_postgres::{Object, Pool};
+use protomesh_data::page_token::{PageFilter, PageTokens};
+use protomesh_data::tokio_postgres::types::ToSql;
+use protomesh_data::{outbox, status_from_pg, Cache};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -234,7 +234,7 @@ impl TasksHandler {
     }
 
     /// The same handler signing and checking page tokens with `tokens`
-    /// ([`protomesh::data::page_token`]).
+    /// ([`protomesh_data::page_token`]).
     pub fn with_page_tokens(mut self, tokens: PageTokens) -> Self {
         self.page_tokens = tokens;
         self
@@ -991,7 +991,7 @@ fn member_target(project: &str, user: &str) -> Result<(Uuid, String), Status> {
 
 /// A member as selected by [`INSERT_MEMBER`] and [`LIST_MEMBERS`]: `project_id, user_id, role,
 /// added_at`.
-fn member_of_row(row: &protomesh::data::tokio_postgres::Row) -> ProjectMember {
+fn member_of_row(row: &protomesh_data::tokio_postgres::Row) -> ProjectMember {
     let added_at: std::time::SystemTime = row.get(3);
     ProjectMember {
         project_id: row.get::<_, Uuid>(0).to_string(),

@@ -9,10 +9,11 @@ use clap::Parser;
 use protomesh::client::Mesh;
 use protomesh::config::ServeConfig;
 use protomesh::consul::ConsulClient;
-use protomesh::data::outbox::{OutboxRelay, RelayOptions};
-use protomesh::data::page_token::{PageTokenConfig, PageTokenKeyError};
-use protomesh::data::{self, Cache, DataConfig, DataError};
 use protomesh::server::MeshServer;
+use protomesh_data::lag::LagMetrics;
+use protomesh_data::outbox::{OutboxRelay, RelayOptions};
+use protomesh_data::page_token::{PageTokenConfig, PageTokenKeyError};
+use protomesh_data::{self as data, Cache, DataConfig, DataError};
 use protomesh_tasks::{TasksHandler, TasksServiceServer, MIGRATIONS, SERVICE};
 
 /// Projects and tasks over gRPC (Postgres, Redis cache and events), registered in Consul.

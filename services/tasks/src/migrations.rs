@@ -1,8 +1,8 @@
-//! The schema of the tasks service, as migration steps for [`protomesh::data::migrate`]. A step
+//! The schema of the tasks service, as migration steps for [`protomesh_data::migrate`]. A step
 //! that was released is never edited: add a new one.
 
-use protomesh::data::outbox::OUTBOX_DDL;
-use protomesh::data::page_token::PAGE_TOKEN_KEY_DDL;
+use protomesh_data::outbox::OUTBOX_DDL;
+use protomesh_data::page_token::PAGE_TOKEN_KEY_DDL;
 
 /// Projects and tasks, with the indexes the list filters and the cursor pagination use.
 ///
@@ -93,7 +93,7 @@ CREATE INDEX projects_by_name ON projects (name, id);
 ";
 
 /// Every step, in order: pass to `migrate(&pool, "tasks", MIGRATIONS)`. Step 4 holds the key
-/// that signs page tokens ([`protomesh::data::page_token`]).
+/// that signs page tokens ([`protomesh_data::page_token`]).
 pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, OUTBOX_DDL),
     (2, PROJECTS_AND_TASKS),

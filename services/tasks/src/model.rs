@@ -13,9 +13,9 @@
 
 use std::time::SystemTime;
 
-use protomesh::data::tokio_postgres::Row;
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{Project, Task, TaskStatus};
+use protomesh_data::tokio_postgres::Row;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

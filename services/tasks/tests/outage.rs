@@ -16,14 +16,6 @@ use std::time::{Duration, Instant};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh::data::outbox::{self, OutboxRelay, RelayHandle, RelayOptions};
-use protomesh::data::testing::{
-    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, TestDatabase,
-    TestKeys,
-};
-use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, CreateProjectRequest, CreateTaskRequest,
@@ -32,6 +24,14 @@ use protomesh::proto::protomesh::tasks::v1::{
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
+use protomesh_data::deadpool_postgres::Pool;
+use protomesh_data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
+use protomesh_data::outbox::{self, OutboxRelay, RelayHandle, RelayOptions};
+use protomesh_data::testing::{
+    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, TestDatabase,
+    TestKeys,
+};
+use protomesh_data::{self as data, Cache, DataConfig};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;

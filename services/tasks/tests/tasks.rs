@@ -11,11 +11,6 @@ use std::time::{Duration, Instant};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
@@ -27,6 +22,11 @@ use protomesh::proto::protomesh::tasks::v1::{
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
+use protomesh_data::deadpool_postgres::Pool;
+use protomesh_data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
+use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::{self as data, Cache, DataConfig};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;

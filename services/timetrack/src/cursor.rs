@@ -1,6 +1,6 @@
 //! The cursor inside `ListEntries` page tokens: a kind byte and the sort key of the last entry of
 //! the page before. The handler seals it into a token signed and bound to the request's filter
-//! with [`protomesh::data::page_token`], which refuses altered or foreign tokens before these
+//! with [`protomesh_data::page_token`], which refuses altered or foreign tokens before these
 //! bytes are read.
 //!
 //! | kind | list | sort key | bytes after the kind |

@@ -53,16 +53,16 @@ pub mod validate;
 use std::time::SystemTime;
 
 use protomesh::client::Mesh;
-use protomesh::data::deadpool_postgres::{Object, Pool, Transaction};
-use protomesh::data::page_token::{PageFilter, PageTokens};
-use protomesh::data::tokio_postgres::types::ToSql;
-use protomesh::data::{outbox, status_from_pg};
 use protomesh::identity::{self, Identity};
 use protomesh::proto::protomesh::timetrack::v1::{
     timetrack_service_server::TimetrackService, GetTotalsRequest, GetTotalsResponse,
     ListEntriesRequest, ListEntriesResponse, StartTimerRequest, StartTimerResponse,
     StopTimerRequest, TimeEntry, Total,
 };
+use protomesh_data::deadpool_postgres::{Object, Pool, Transaction};
+use protomesh_data::page_token::{PageFilter, PageTokens};
+use protomesh_data::tokio_postgres::types::ToSql;
+use protomesh_data::{outbox, status_from_pg};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -164,7 +164,7 @@ impl TimetrackHandler {
     }
 
     /// The same handler signing and checking page tokens with `tokens`
-    /// ([`protomesh::data::page_token`]).
+    /// ([`protomesh_data::page_token`]).
     pub fn with_page_tokens(mut self, tokens: PageTokens) -> Self {
         self.page_tokens = tokens;
         self

@@ -8,10 +8,11 @@ use clap::Parser;
 use protomesh::client::Mesh;
 use protomesh::config::ServeConfig;
 use protomesh::consul::ConsulClient;
-use protomesh::data::outbox::{OutboxRelay, RelayOptions};
-use protomesh::data::page_token::{PageTokenConfig, PageTokenKeyError};
-use protomesh::data::{self, DataConfig, DataError};
 use protomesh::server::MeshServer;
+use protomesh_data::lag::LagMetrics;
+use protomesh_data::outbox::{OutboxRelay, RelayOptions};
+use protomesh_data::page_token::{PageTokenConfig, PageTokenKeyError};
+use protomesh_data::{self as data, DataConfig, DataError};
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, MIGRATIONS, SERVICE};
 
 /// Timers of users on tasks over gRPC (Postgres, events through Redis), registered in Consul.

@@ -1,8 +1,8 @@
-//! The schema of the timetrack service, as migration steps for [`protomesh::data::migrate`]. A
+//! The schema of the timetrack service, as migration steps for [`protomesh_data::migrate`]. A
 //! step that was released is never edited: add a new one.
 
-use protomesh::data::outbox::OUTBOX_DDL;
-use protomesh::data::page_token::PAGE_TOKEN_KEY_DDL;
+use protomesh_data::outbox::OUTBOX_DDL;
+use protomesh_data::page_token::PAGE_TOKEN_KEY_DDL;
 
 /// Time entries, with the one-running-timer-per-user rule and the indexes of the listings.
 ///
@@ -31,5 +31,5 @@ CREATE INDEX entries_newest ON entries (started_at DESC, id DESC);
 ";
 
 /// Every step, in order: pass to `migrate(&pool, "timetrack", MIGRATIONS)`. Step 3 holds the key
-/// that signs page tokens ([`protomesh::data::page_token`]).
+/// that signs page tokens ([`protomesh_data::page_token`]).
 pub const MIGRATIONS: &[(i64, &str)] = &[(1, OUTBOX_DDL), (2, ENTRIES), (3, PAGE_TOKEN_KEY_DDL)];

@@ -12,8 +12,8 @@
 
 use std::time::SystemTime;
 
-use protomesh::data::tokio_postgres::Row;
 use protomesh::proto::protomesh::timetrack::v1::TimeEntry;
+use protomesh_data::tokio_postgres::Row;
 use serde::Serialize;
 use uuid::Uuid;
 

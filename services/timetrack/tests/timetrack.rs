@@ -17,11 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
-use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
     AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
@@ -34,6 +29,11 @@ use protomesh::proto::protomesh::timetrack::v1::{
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
+use protomesh_data::deadpool_postgres::Pool;
+use protomesh_data::fred::prelude::{Client, ClientLike, StreamsInterface};
+use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::{self as data, Cache, DataConfig};
 use protomesh_tasks::TasksHandler;
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::service::interceptor::InterceptedService;
@@ -1212,7 +1212,7 @@ async fn the_database_enforces_one_running_timer_per_user() {
             .expect_err("a second running timer");
         assert_eq!(
             second.code(),
-            Some(&protomesh::data::tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            Some(&protomesh_data::tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
         );
         let backwards = client
             .execute(
@@ -1229,7 +1229,7 @@ async fn the_database_enforces_one_running_timer_per_user() {
             .expect_err("stopped before started");
         assert_eq!(
             backwards.code(),
-            Some(&protomesh::data::tokio_postgres::error::SqlState::CHECK_VIOLATION)
+            Some(&protomesh_data::tokio_postgres::error::SqlState::CHECK_VIOLATION)
         );
     })
     .await;

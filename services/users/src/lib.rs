@@ -39,13 +39,13 @@ pub mod validate;
 
 use std::time::Duration;
 
-use protomesh::data::deadpool_postgres::{Object, Pool};
-use protomesh::data::status_from_pg;
 use protomesh::identity::Identity;
 use protomesh::proto::protomesh::users::v1::{
     users_service_server::UsersService, GetJwksRequest, GetMeRequest, Jwks, LoginRequest,
     RefreshRequest, RegisterRequest, TokenPair, User,
 };
+use protomesh_data::deadpool_postgres::{Object, Pool};
+use protomesh_data::status_from_pg;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -199,7 +199,7 @@ impl UsersHandler {
     /// An access token for `user` with `roles` and a new refresh token, stored through `tx`.
     async fn issue_pair(
         &self,
-        tx: &protomesh::data::deadpool_postgres::Transaction<'_>,
+        tx: &protomesh_data::deadpool_postgres::Transaction<'_>,
         user: Uuid,
         roles: &[String],
     ) -> Result<TokenPair, Status> {

@@ -1,4 +1,4 @@
-//! Login rate limits, shared by every instance through [`protomesh::ratelimit`] (GCRA in Redis,
+//! Login rate limits, shared by every instance through [`protomesh_data::ratelimit`] (GCRA in Redis,
 //! in-process when Redis is down), after OWASP's "device cookie" scheme: a stranger's failures
 //! must not lock the account's owner out.
 //!
@@ -21,7 +21,7 @@
 //! attempts use no failure share; the address quota is counted first, so calls refused for
 //! their address use no account quota either.
 //!
-//! The address is the one the gateway passed on (`x-protomesh-client-ip`), else the gRPC peer's.
+//! The address is the one the gateway passed on (`x-protomesh-meshent-ip`), else the gRPC peer's.
 //! A caller that reaches the service without the gateway can set that header itself, so behind
 //! the gateway only does the address limit really hold; the per-account ceiling holds either way.
 //!
@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use prost::Message;
 use protomesh::proto::google::rpc;
-use protomesh::ratelimit::{Decision, Quota, RateLimiter};
+use protomesh_data::ratelimit::{Decision, Quota, RateLimiter};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 
@@ -78,7 +78,7 @@ pub fn account_key(email: &str) -> String {
     format!("login:account:{email}")
 }
 
-/// The caller's address: the gateway's `x-protomesh-client-ip` when it is an IP address, else
+/// The caller's address: the gateway's `x-protomesh-meshent-ip` when it is an IP address, else
 /// the gRPC peer's, else `unknown`.
 pub fn client_address(metadata: &MetadataMap, peer: Option<IpAddr>) -> String {
     protomesh::identity::client_ip(metadata)
@@ -288,7 +288,7 @@ pub fn retry_delay(status: &Status) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use protomesh::ratelimit::Backend;
+    use protomesh_data::ratelimit::Backend;
 
     use super::*;
 

@@ -11,9 +11,9 @@ use clap::{Parser, ValueEnum};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use protomesh::auth::{AuthConfig, Authenticator};
 use protomesh::config::ServeConfig;
-use protomesh::data::{self, DataConfig, DataError};
-use protomesh::ratelimit::{Quota, RateLimiter};
 use protomesh::server::MeshServer;
+use protomesh_data::ratelimit::{Quota, RateLimiter};
+use protomesh_data::{self as data, DataConfig, DataError};
 use protomesh_users::keys::{KeyError, KeySource, SigningKeys};
 use protomesh_users::limits::{
     LoginLimits, LoginQuotas, DEFAULT_ACCOUNT_QUOTA, DEFAULT_ACCOUNT_TOTAL_QUOTA, DEFAULT_IP_QUOTA,

@@ -1,4 +1,4 @@
-//! The schema of the users service, as migration steps for [`protomesh::data::migrate`]. A step
+//! The schema of the users service, as migration steps for [`protomesh_data::migrate`]. A step
 //! that was released is never edited: add a new one.
 
 /// Accounts, refresh tokens and the RSA keys access tokens are signed with.

@@ -4,8 +4,8 @@
 
 use std::time::SystemTime;
 
-use protomesh::data::tokio_postgres::Row;
 use protomesh::proto::protomesh::users::v1::User;
+use protomesh_data::tokio_postgres::Row;
 use uuid::Uuid;
 
 /// The columns of `users` in the order [`UserRecord::from_row`] reads them, as a literal for

@@ -9,19 +9,19 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
-use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::ClientLike;
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::data::{self, DataConfig};
 use protomesh::identity;
 use protomesh::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, users_service_server::UsersService, GetJwksRequest,
     GetMeRequest, Jwks, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, User,
 };
-use protomesh::ratelimit::RateLimiter;
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::bounded;
+use protomesh_data::deadpool_postgres::Pool;
+use protomesh_data::fred::prelude::ClientLike;
+use protomesh_data::ratelimit::RateLimiter;
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::{self as data, DataConfig};
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
 use protomesh_users::limits::{
     retry_delay, LoginLimits, LoginQuotas, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,

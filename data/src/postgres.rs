@@ -366,7 +366,7 @@ impl Classified {
     /// The status the caller gets.
     fn into_status(self) -> Status {
         match self.violation {
-            Some((field, description)) => crate::status::invalid_argument(field, description),
+            Some((field, description)) => protomesh::status::invalid_argument(field, description),
             None => Status::new(self.code, self.message),
         }
     }
@@ -652,7 +652,7 @@ mod tests {
     #[test]
     fn socket_and_tcp_urls_parse() {
         for url in [
-            crate::data::DEFAULT_DATABASE_URL,
+            crate::DEFAULT_DATABASE_URL,
             "postgresql://postgres@127.0.0.1:5432/protomesh",
             "host=/var/run/postgresql user=postgres dbname=x",
         ] {
@@ -744,7 +744,7 @@ mod tests {
                 "{code}: {}",
                 status.message()
             );
-            for violation in crate::status::field_violations(&status) {
+            for violation in protomesh::status::field_violations(&status) {
                 assert!(!violation.description.contains("SECRET"), "{code}");
             }
         }

@@ -14,7 +14,7 @@
 //! and says whether it was new:
 //!
 //! ```no_run
-//! # use protomesh::data::stream::{self, Event, StreamConsumer, ConsumerOptions};
+//! # use protomesh_data::stream::{self, Event, StreamConsumer, ConsumerOptions};
 //! # async fn run(pool: deadpool_postgres::Pool, redis: fred::prelude::Client) {
 //! let options = ConsumerOptions::new("analytics", "analytics-1", ["task", "time"]);
 //! let consumer = StreamConsumer::new(&redis, "", options);
@@ -27,7 +27,7 @@
 //!             // … update the read model from event.payload …
 //!         }
 //!         tx.commit().await?;
-//!         Ok::<_, protomesh::data::DataError>(())
+//!         Ok::<_, protomesh_data::DataError>(())
 //!     }
 //! });
 //! # drop(handle); }
@@ -51,7 +51,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{prefixed, Backoff, DataError};
-use crate::telemetry::spans;
+use protomesh::telemetry::spans;
 
 /// The `applied_events` table of [`mark_applied`]: a migration step for every service that
 /// consumes events.

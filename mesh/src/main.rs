@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use protomesh::config::LogFormat;
 use protomesh::consul::{ConsulClient, ConsulConfig};
-use protomesh::devmesh::{self, ServiceSpec, UpOptions};
+use protomesh_mesh::{self as devmesh, ServiceSpec, UpOptions};
 
 /// protomesh: a Rust gRPC service mesh on Consul.
 #[derive(Debug, Parser)]

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use fred::prelude::{Client, ClientLike, StreamsInterface};
-use protomesh::data::outbox::{self, OutboxRelay, RelayOptions};
-use protomesh::data::stream::{self, ConsumerOptions, Event, StreamConsumer, APPLIED_EVENTS_DDL};
-use protomesh::data::testing::{TestDatabase, TestKeys};
-use protomesh::data::{self, Cache, DataConfig};
 use protomesh::testing::{bounded, eventually};
+use protomesh_data::outbox::{self, OutboxRelay, RelayOptions};
+use protomesh_data::stream::{self, ConsumerOptions, Event, StreamConsumer, APPLIED_EVENTS_DDL};
+use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::{self as data, Cache, DataConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -285,7 +285,7 @@ async fn database_texts_never_reach_the_caller() {
 
 #[tokio::test]
 async fn instances_of_a_deployment_share_one_page_token_key() {
-    use protomesh::data::page_token::{PageFilter, PageTokenKey, PageTokens, PAGE_TOKEN_KEY_DDL};
+    use protomesh_data::page_token::{PageFilter, PageTokenKey, PageTokens, PAGE_TOKEN_KEY_DDL};
     bounded(TEST_TIMEOUT, async {
         let mut keys = Vec::new();
         let mut dbs = Vec::new();
@@ -890,7 +890,7 @@ async fn the_cache_stores_reads_expires_and_deletes_json() {
     bounded(TEST_TIMEOUT, async {
         let keys = TestKeys::new();
         let config = DataConfig::with_database_url(data::DEFAULT_DATABASE_URL)
-            .with_redis_url(protomesh::data::testing::redis_url())
+            .with_redis_url(protomesh_data::testing::redis_url())
             .with_key_prefix(keys.prefix());
         let redis = redis_for(&config).await;
         let cache = Cache::new(redis.clone(), keys.prefix());

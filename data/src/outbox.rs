@@ -33,7 +33,7 @@ use uuid::Uuid;
 use super::postgres::describe_pg_error;
 use super::stream::CONNECT_GRACE;
 use super::{prefixed, Backoff, DataError};
-use crate::telemetry::spans;
+use protomesh::telemetry::spans;
 
 /// The `outbox` table and its index of unsent rows: a migration step for every service that
 /// publishes events (`(1, OUTBOX_DDL)` among its steps). Tables are created in the schema of the

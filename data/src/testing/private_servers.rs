@@ -3,7 +3,7 @@
 //! only.
 //!
 //! ```no_run
-//! # use protomesh::data::{self, DataConfig, testing::{PrivatePostgres, PrivateRedis, PrivateServerError}};
+//! # use protomesh_data::{self as data, DataConfig, testing::{PrivatePostgres, PrivateRedis, PrivateServerError}};
 //! # async fn test() -> Result<(), PrivateServerError> {
 //! let mut redis = PrivateRedis::start().await?;   // redis-server on a free loopback port
 //! let mut pg = PrivatePostgres::start().await?;   // initdb + pg_ctl start, trust auth
@@ -427,8 +427,8 @@ impl PrivatePostgres {
     }
 
     /// Its URL, `postgresql://postgres@127.0.0.1:<port>/postgres`, which
-    /// [`DataConfig::with_database_url`](crate::data::DataConfig::with_database_url) and
-    /// [`ensure_database`](crate::data::ensure_database) take; another database of the cluster
+    /// [`DataConfig::with_database_url`](crate::DataConfig::with_database_url) and
+    /// [`ensure_database`](crate::ensure_database) take; another database of the cluster
     /// is [`with_database_name`](super::with_database_name)`(&pg.url(), name)`.
     pub fn url(&self) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)

@@ -16,7 +16,7 @@
 //!
 //! ```no_run
 //! # async fn run(redis: fred::prelude::Client) {
-//! use protomesh::ratelimit::{Quota, RateLimiter};
+//! use protomesh_data::ratelimit::{Quota, RateLimiter};
 //! let limiter = RateLimiter::new(redis, "gw:");
 //! let quota: Quota = "5/1m".parse().expect("a quota");
 //! let decision = limiter.check("login:ada@example.com", quota).await;

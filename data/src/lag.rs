@@ -1,11 +1,11 @@
 //! How far a process's event plumbing is behind, read when scraped (these reads are `async`, so
-//! they are [scrape-time refreshers](super::Metrics::on_scrape) updating gauges):
+//! they are [scrape-time refreshers](Metrics::on_scrape) updating gauges):
 //! - the outbox of a publishing service: `outbox_unsent_events` and
-//!   `outbox_oldest_unsent_age_seconds` ([`Metrics::watch_outbox`]);
+//!   `outbox_oldest_unsent_age_seconds` ([`LagMetrics::watch_outbox`]);
 //! - the consumer groups of a consuming service: `stream_consumer_lag_events{stream,group}` (the
 //!   group's `lag` in `XINFO GROUPS`, Redis 7: entries not yet delivered to the group) and
 //!   `stream_consumer_pending_events{stream,group}` (delivered, not acknowledged)
-//!   ([`Metrics::watch_stream_groups`]).
+//!   ([`LagMetrics::watch_stream_groups`]).
 //!
 //! When a read fails the gauges keep their last values and a warning is logged.
 
@@ -20,8 +20,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::Metrics;
-use crate::data::{outbox, prefixed, DataError};
+use crate::{outbox, prefixed, DataError};
+use protomesh::metrics::Metrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamGroupLabels {
@@ -55,10 +55,20 @@ pub async fn stream_group_lag(
         }))
 }
 
-impl Metrics {
+/// The data layer's scrape-time gauges, added to a process's [`Metrics`] registry.
+pub trait LagMetrics {
     /// Adds `outbox_unsent_events` and `outbox_oldest_unsent_age_seconds`, the lag of the outbox
     /// of `pool`'s schema, read at every scrape.
-    pub fn watch_outbox(&self, pool: Pool) {
+    fn watch_outbox(&self, pool: Pool);
+
+    /// Adds `stream_consumer_lag_events` and `stream_consumer_pending_events` of consumer `group`
+    /// on each of `streams` (names without `key_prefix`, the `stream` label), read through `redis`
+    /// at every scrape.
+    fn watch_stream_groups(&self, redis: Client, key_prefix: &str, group: &str, streams: &[String]);
+}
+
+impl LagMetrics for Metrics {
+    fn watch_outbox(&self, pool: Pool) {
         let unsent = Gauge::<i64>::default();
         let oldest_age = Gauge::<f64, AtomicU64>::default();
         self.register(
@@ -85,10 +95,7 @@ impl Metrics {
         });
     }
 
-    /// Adds `stream_consumer_lag_events` and `stream_consumer_pending_events` of consumer `group`
-    /// on each of `streams` (names without `key_prefix`, the `stream` label), read through `redis`
-    /// at every scrape.
-    pub fn watch_stream_groups(
+    fn watch_stream_groups(
         &self,
         redis: Client,
         key_prefix: &str,

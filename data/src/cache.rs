@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::prefixed;
-use crate::telemetry::spans;
+use protomesh::telemetry::spans;
 
 /// Bound on each cache command: a slow or dead Redis costs a request at most this much.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(200);

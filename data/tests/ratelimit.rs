@@ -5,18 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use protomesh::data::testing::{redis_url, PrivateRedis, TestKeys};
-use protomesh::data::{connect_redis, DataConfig};
-use protomesh::ratelimit::{Backend, Quota, RateLimiter};
+use protomesh_data::ratelimit::{Backend, Quota, RateLimiter};
+use protomesh_data::testing::{redis_url, PrivateRedis, TestKeys};
+use protomesh_data::{connect_redis, DataConfig};
 
 fn config(redis: &str) -> DataConfig {
-    DataConfig::with_database_url(protomesh::data::DEFAULT_DATABASE_URL).with_redis_url(redis)
+    DataConfig::with_database_url(protomesh_data::DEFAULT_DATABASE_URL).with_redis_url(redis)
 }
 
-async fn connected(redis: &str) -> protomesh::data::fred::prelude::Client {
+async fn connected(redis: &str) -> protomesh_data::fred::prelude::Client {
     let client = connect_redis(&config(redis)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !protomesh::data::fred::prelude::ClientLike::is_connected(&client) {
+    while !protomesh_data::fred::prelude::ClientLike::is_connected(&client) {
         assert!(Instant::now() < deadline, "Redis at {redis} not connected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

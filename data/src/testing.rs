@@ -4,7 +4,7 @@
 //! for production code.
 //!
 //! ```no_run
-//! # use protomesh::data::{self, testing::{TestDatabase, TestKeys}};
+//! # use protomesh_data::{self as data, testing::{TestDatabase, TestKeys}};
 //! # async fn test() -> Result<(), data::DataError> {
 //! let db = TestDatabase::create().await?;          // dropped (WITH (FORCE)) when `db` goes
 //! let keys = TestKeys::new();                      // keys deleted when `keys` goes

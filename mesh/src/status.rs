@@ -141,7 +141,7 @@ pub(crate) async fn http_get(addr: &str, path: &str) -> Result<(http::StatusCode
     let response = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
         .await
         .map_err(|_| "no answer within 5s".to_owned())?
-        .map_err(|err| crate::telemetry::error_chain(&err))?;
+        .map_err(|err| protomesh::telemetry::error_chain(&err))?;
     let status = response.status();
     let body = response
         .into_body()

@@ -66,7 +66,7 @@ mod tests {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("addr").port()
         };
-        let config = DataConfig::with_database_url(crate::data::DEFAULT_DATABASE_URL)
+        let config = DataConfig::with_database_url(crate::DEFAULT_DATABASE_URL)
             .with_redis_url(format!("redis://127.0.0.1:{port}"));
         let started = std::time::Instant::now();
         let client = connect_redis(&config).expect("client");

@@ -21,8 +21,8 @@
 //! output, log line or message.
 //!
 //! ```no_run
-//! # use protomesh::data::page_token::{PageFilter, PageTokens};
-//! # async fn run(pool: protomesh::data::deadpool_postgres::Pool) -> Result<(), tonic::Status> {
+//! # use protomesh_data::page_token::{PageFilter, PageTokens};
+//! # async fn run(pool: protomesh_data::deadpool_postgres::Pool) -> Result<(), tonic::Status> {
 //! let tokens = PageTokens::stored(pool);
 //! let filter = PageFilter::new("tasks.ListTasks").field("project_id", "7d0c…");
 //! let token = tokens.seal(&filter, b"cursor bytes").await?;

@@ -1,4 +1,4 @@
-//! The development mesh behind the `mesh` command: `up` starts a Consul dev agent when none answers,
+//! protomesh-mesh: the development mesh behind the `mesh` command: `up` starts a Consul dev agent when none answers,
 //! starts service processes, waits until Consul says they pass, and stops it all on Ctrl-C;
 //! `status` reads services, instances, addresses and check states from Consul, or with `--client`
 //! what one process's mesh client knows (from its admin listener).

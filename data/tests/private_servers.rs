@@ -1,4 +1,4 @@
-//! The private servers of `protomesh::data::testing` ([`PrivateRedis`], [`PrivatePostgres`]):
+//! The private servers of `protomesh_data::testing` ([`PrivateRedis`], [`PrivatePostgres`]):
 //! they start on a free loopback port, clients of the data layer use them, a stop makes
 //! connections fail, and starting again on the same port makes them work again (Postgres with
 //! its data, Redis empty); dropping a guard removes its server and its directory.
@@ -7,9 +7,9 @@
 use std::time::{Duration, Instant};
 
 use fred::prelude::{Client, ClientLike, KeysInterface, Options};
-use protomesh::data::testing::{with_database_name, PrivatePostgres, PrivateRedis};
-use protomesh::data::{self, DataConfig};
 use protomesh::testing::{bounded, eventually};
+use protomesh_data::testing::{with_database_name, PrivatePostgres, PrivateRedis};
+use protomesh_data::{self as data, DataConfig};
 use tokio::net::TcpStream;
 use tonic::Code;
 

@@ -1,22 +1,26 @@
-//! The data layer shared by the stateful services (`tasks`, `timetrack`, `analytics`): Postgres
+//! protomesh-data: the data layer shared by the stateful services (`tasks`, `timetrack`,
+//! `analytics`, `users`) and the gateway's shared rate limits, on top of the runtime
+//! (`protomesh`): Postgres
 //! through a `deadpool-postgres` pool, schema migrations run at start-up, a transactional outbox
 //! relayed to Redis Streams, consumer-group readers of those streams with idempotent apply, and a
 //! Redis read cache that steps aside when Redis is down.
 //!
 //! | piece | what it gives a service |
 //! |---|---|
-//! | [`DataConfig`] | `--database-url`, `--redis-url`, `--db-pool-size`, `--db-schema`, `--db-timeout`, `--key-prefix` (flatten it into the binary's parser next to [`ServeConfig`](crate::config::ServeConfig)) |
+//! | [`DataConfig`] | `--database-url`, `--redis-url`, `--db-pool-size`, `--db-schema`, `--db-timeout`, `--key-prefix` (flatten it into the binary's parser next to [`ServeConfig`](protomesh::config::ServeConfig)) |
 //! | [`postgres`] | [`connect_pool`] (never fails because the database is down), [`ensure_database`], [`migrate`], [`status_from_pg`] (database errors → gRPC codes) |
 //! | [`outbox`] | the `outbox` table ([`outbox::OUTBOX_DDL`]), [`outbox::insert`] inside the write's transaction, [`outbox::OutboxRelay`] publishing to Redis Streams |
 //! | [`stream`] | [`stream::StreamConsumer`] (consumer group, ack after the handler committed, claims of a dead consumer's messages), [`stream::APPLIED_EVENTS_DDL`] and [`stream::mark_applied`] for idempotent apply |
 //! | [`cache`] | [`cache::Cache`]: JSON get/set/del with a TTL; Redis errors are misses |
 //! | [`page_token`] | [`page_token::PageTokens`]: list page tokens signed with the deployment's key (kept in the service's schema, [`page_token::PAGE_TOKEN_KEY_DDL`]) and bound to the request's filter |
-//! | [`testing`] | for tests only: a throw-away database per test, unique Redis key prefixes and their clean-up |
+//! | [`ratelimit`] | [`ratelimit::RateLimiter`]: quotas shared by every instance through Redis (GCRA), per instance while Redis is down |
+//! | [`lag`] | [`lag::LagMetrics`]: the outbox's and stream consumers' lag as scrape-time gauges on the runtime's `/metrics` |
+//! | `testing` | for tests only (feature `test-util`): a throw-away database per test, unique Redis key prefixes and their clean-up |
 //!
 //! A service's start-up, in outline:
 //!
 //! ```no_run
-//! # use protomesh::data::{self, outbox::{OutboxRelay, RelayOptions}};
+//! # use protomesh_data::{self as data, outbox::{OutboxRelay, RelayOptions}};
 //! # async fn run(config: data::DataConfig) -> Result<(), data::DataError> {
 //! // Tables of different services sharing one database stay apart in one schema per service.
 //! let config = config.with_default_schema("tasks");
@@ -47,11 +51,14 @@ use std::time::Duration;
 use clap::Args;
 
 pub mod cache;
+pub mod lag;
 pub mod outbox;
 pub mod page_token;
 pub mod postgres;
+pub mod ratelimit;
 pub mod redis;
 pub mod stream;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use cache::Cache;
@@ -74,7 +81,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Where a service keeps its data: the options every stateful service binary accepts
 /// (`#[command(flatten)]` it into the binary's parser, next to
-/// [`ServeConfig`](crate::config::ServeConfig)).
+/// [`ServeConfig`](protomesh::config::ServeConfig)).
 #[derive(Debug, Clone, Args)]
 pub struct DataConfig {
     /// Postgres connection URL (`postgresql://user@host:port/db` or, for a Unix socket,
