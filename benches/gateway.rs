@@ -41,7 +41,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use protomesh::client::{ChannelOptions, Mesh};
 use protomesh::consul::{CheckRegistration, ConsulClient, ServiceRegistration};
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
@@ -433,7 +433,7 @@ async fn run(binary: PathBuf, settings: Settings) {
         }
 
         if wanted("b") {
-            let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
+            let mesh = Mesh::from_consul(consul.clone(), support::DESCRIPTORS).expect("mesh");
             let one = Client::Mesh(PriorityServiceClient::new(
                 mesh.channel_with(ONE, channel_options()),
             ));
@@ -441,7 +441,7 @@ async fn run(binary: PathBuf, settings: Settings) {
         }
 
         if wanted("c") {
-            let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
+            let mesh = Mesh::from_consul(consul.clone(), support::DESCRIPTORS).expect("mesh");
             let three = Client::Mesh(PriorityServiceClient::new(
                 mesh.channel_with(THREE, channel_options()),
             ));
@@ -449,7 +449,7 @@ async fn run(binary: PathBuf, settings: Settings) {
         }
 
         if concurrency == reference && wanted("s") {
-            let mesh = Mesh::from_consul(consul.clone()).expect("mesh");
+            let mesh = Mesh::from_consul(consul.clone(), support::DESCRIPTORS).expect("mesh");
             let slow = Client::Mesh(PriorityServiceClient::new(
                 mesh.channel_with(SLOW, channel_options()),
             ));

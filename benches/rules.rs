@@ -19,14 +19,14 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use prost::Message;
-use protomesh::proto::protomesh::priority::v1::priority_service_server::{
-    PriorityService, PriorityServiceServer,
-};
-use protomesh::proto::protomesh::priority::v1::{
-    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
-};
 use protomesh::rules::MethodRules;
 use protomesh::server::validate::ValidationLayer;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_server::{
+    PriorityService, PriorityServiceServer,
+};
+use protomesh_priority::proto::protomesh::priority::v1::{
+    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
+};
 use tonic::body::Body;
 use tower::{Layer, Service, ServiceExt};
 
@@ -130,7 +130,7 @@ fn main() {
         .unwrap();
     let frame = score_frame();
     let rules = MethodRules::from_descriptor_sets(
-        &[protomesh::proto::FILE_DESCRIPTOR_SET],
+        &[protomesh_priority::proto::FILE_DESCRIPTOR_SET],
         &["protomesh.priority.v1.PriorityService"],
     )
     .unwrap();

@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use protomesh::client::Mesh;
 use protomesh::consul::ConsulClient;
-use protomesh::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
-use protomesh::proto::protomesh::tasks::v1::{
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
+use protomesh_tasks::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
+use protomesh_tasks::proto::protomesh::tasks::v1::{
     CreateProjectRequest, CreateTaskRequest, GetTaskRequest, ListTasksRequest, Project, Task,
 };
-use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use tokio::time::Instant;
 
 mod support;
@@ -408,7 +408,11 @@ async fn main() {
     wait_passing(&consul, "tasks", 1).await;
     let cached_pid = children.0[1].id();
 
-    let mesh = Mesh::from_consul(ConsulClient::new(consul.config().clone()).unwrap()).unwrap();
+    let mesh = Mesh::from_consul(
+        ConsulClient::new(consul.config().clone()).unwrap(),
+        support::DESCRIPTORS,
+    )
+    .unwrap();
     let mut client = TasksServiceClient::with_interceptor(
         mesh.channel("tasks"),
         protomesh::auth::testing::SignedIn::as_user("bench", &["user"]),

@@ -43,6 +43,8 @@ pub mod rules;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+#[cfg(test)]
+mod test_protos;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod tls;

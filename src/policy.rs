@@ -19,7 +19,7 @@
 //! ```
 //! use prost_reflect::DescriptorPool;
 //! use protomesh::policy::{self, Requirement, ResolvedPolicy};
-//! let pool = DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).expect("pool");
+//! let pool = DescriptorPool::decode(protomesh_users::proto::FILE_DESCRIPTOR_SET).expect("pool");
 //! let get_me = pool
 //!     .get_service_by_name("protomesh.users.v1.UsersService")
 //!     .and_then(|s| s.methods().find(|m| m.name() == "GetMe"))
@@ -465,7 +465,7 @@ service Bare {
 
     #[test]
     fn the_reference_protos_state_their_policies() {
-        let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = crate::test_protos::pool();
         let users = |name: &str| {
             pool.get_service_by_name("protomesh.users.v1.UsersService")
                 .and_then(|s| s.methods().find(|m| m.name() == name))

@@ -15,20 +15,20 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protomesh::proto::protomesh::analytics::v1::{
+use protomesh_analytics::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, GetProjectReportRequest,
     GetUserDashboardRequest,
 };
-use protomesh::proto::protomesh::tasks::v1::{
+use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
+use protomesh_tasks::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, GetProjectRequest, GetTaskRequest,
 };
-use protomesh::proto::protomesh::timetrack::v1::{
+use protomesh_timetrack::proto::protomesh::timetrack::v1::{
     timetrack_service_client::TimetrackServiceClient, ListEntriesRequest, StartTimerRequest,
 };
-use protomesh::proto::protomesh::users::v1::{
+use protomesh_users::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, GetMeRequest,
 };
-use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use support::http::{bearer, field, http, spawn, Answer};
 use support::{eventually, gateway_addr, unique, Consul};
 use tonic::transport::Channel;

@@ -17,8 +17,8 @@ use protomesh::consul::{
     ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, HealthWatcher, QueryOptions,
     WatchOptions,
 };
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use protomesh_mesh::ServiceProcess;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 
 use support::{binary, eventually, score_request, tempdir, tool, unique};
 
@@ -149,7 +149,7 @@ async fn a_service_with_a_token_registers_and_is_discovered_with_it() {
     assert!(found.last_error.is_none(), "{:?}", found.last_error);
 
     // A mesh client discovering with the token calls it.
-    let mesh = Mesh::from_consul(consul.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.clone(), support::DESCRIPTORS).unwrap();
     let client = PriorityServiceClient::new(mesh.channel("priority"));
     let scored = eventually(
         Duration::from_secs(15),

@@ -13,17 +13,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protomesh::client::Mesh;
-use protomesh::proto::protomesh::analytics::v1::{
+use protomesh_analytics::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport,
 };
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::{
+use protomesh_data::testing::{PrivateRedis, TestDatabase, TestKeys};
+use protomesh_mesh::ServiceProcess;
+use protomesh_priority::proto::protomesh::priority::v1::Level;
+use protomesh_tasks::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, CompleteTaskRequest, CreateProjectRequest,
     CreateTaskRequest, Project, Task,
 };
-use protomesh_data::testing::{PrivateRedis, TestDatabase, TestKeys};
-use protomesh_mesh::ServiceProcess;
 use support::{binary, eventually, tempdir, test_secret_file, unique, Consul};
 use tokio::task::JoinSet;
 
@@ -103,7 +103,7 @@ async fn redis_down_while_500_tasks_are_created_then_analytics_counts_exactly() 
         })
         .await;
     }
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     // An admin: it reads every user's dashboard.
     let admin = protomesh::auth::testing::SignedIn::as_user("root", &["admin"]);
     let tasks = TasksServiceClient::with_interceptor(mesh.channel("tasks"), admin.clone());
@@ -187,7 +187,7 @@ async fn redis_down_while_500_tasks_are_created_then_analytics_counts_exactly() 
     assert_eq!(created.len(), TASKS, "every call succeeded with Redis down");
 
     // What analytics must reach, from the answers.
-    let done = i32::from(protomesh::proto::protomesh::tasks::v1::TaskStatus::Done);
+    let done = i32::from(protomesh_tasks::proto::protomesh::tasks::v1::TaskStatus::Done);
     let mut by_level: BTreeMap<i32, i64> = BTreeMap::new();
     let mut open_by_user: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
     let mut done_by_user: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();

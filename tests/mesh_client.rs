@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protomesh::client::Mesh;
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use support::{eventually, score_request, spawn_priority, Consul, Load};
 
 async fn mesh_with_instances(consul: &Consul, n: usize) -> Mesh {
@@ -17,7 +17,7 @@ async fn mesh_with_instances(consul: &Consul, n: usize) -> Mesh {
         (consul.instances("priority", true).await.len() == n).then_some(())
     })
     .await;
-    Mesh::from_consul(consul.client.clone()).unwrap()
+    Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap()
 }
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn calls_spread_over_three_instances() {
 #[tokio::test]
 async fn an_unknown_service_is_unavailable_naming_it_within_the_deadline() {
     let consul = Consul::start().await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let mut client = PriorityServiceClient::new(mesh.channel("no-such-service"));
     let mut call = tonic::Request::new(score_request());
     call.set_timeout(Duration::from_secs(3));

@@ -81,7 +81,7 @@ async fn an_instance_that_accepts_and_never_answers_fails_no_call_and_is_ejected
         .unwrap();
     passing(&consul, 3).await;
 
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let load = Load::start(&mesh.channel("priority"), WORKERS);
     let started = Instant::now();
     let balancer = eventually(Duration::from_secs(5), "the balancer", || async {
@@ -276,7 +276,7 @@ async fn a_host_gone_silent_without_reset_fails_no_call_and_is_ejected() {
     .unwrap();
     passing(&consul, 3).await;
 
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let load = Load::start(&mesh.channel("priority"), WORKERS);
     let balancer = eventually(Duration::from_secs(5), "the balancer", || async {
         mesh.balancers().into_iter().next()

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use protomesh::admin::{AdminServer, AdminState};
 use protomesh::client::{is_circuit_open, with_fallback, BreakerPolicy, ChannelOptions, Mesh};
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
-use protomesh::proto::protomesh::probe::v1::{
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_probe::proto::protomesh::probe::v1::{
     probe_service_client::ProbeServiceClient, EchoRequest, GetStatsRequest,
 };
 use support::{binary, eventually, spawn_priority, spawn_service, Consul, Load};
@@ -49,7 +49,7 @@ async fn a_50ms_deadline_reaches_the_callee_and_ends_a_stalled_call_in_time() {
     let consul = Consul::start().await;
     let _probe = spawn_service("probe", &consul.addr(), &[]);
     passing(&consul, "probe", 1).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let mut client = ProbeServiceClient::new(mesh.channel("probe"));
     // Warm the path (discovery, connection) so the measured call is the deadline alone.
     client.echo(echo(0, 0)).await.unwrap();
@@ -81,7 +81,7 @@ async fn a_method_with_side_effects_is_never_retried_and_a_safe_one_is() {
     let consul = Consul::start().await;
     let _probe = spawn_service("probe", &consul.addr(), &[]);
     passing(&consul, "probe", 1).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let mut client = ProbeServiceClient::new(mesh.channel("probe"));
 
     let status = client.record(echo(0, 14)).await.unwrap_err();
@@ -106,7 +106,7 @@ async fn the_circuit_breaker_opens_falls_back_and_closes_after_probes() {
     let consul = Consul::start().await;
     let _probe = spawn_service("probe", &consul.addr(), &[]);
     passing(&consul, "probe", 1).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let options = ChannelOptions {
         breaker: BreakerPolicy {
             consecutive_failures: 3,
@@ -157,7 +157,7 @@ async fn a_fourth_instance_gets_calls_within_a_second_of_passing() {
         .map(|_| spawn_priority(&consul.addr(), &[]))
         .collect();
     let before = passing(&consul, "priority", 3).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let load = Load::start(&mesh.channel("priority"), 8);
 
     instances.push(spawn_priority(&consul.addr(), &[]));
@@ -198,7 +198,7 @@ async fn calls_go_on_from_the_cache_while_consul_is_down_and_it_follows_when_con
         .map(|_| spawn_priority(&consul.addr(), &[]))
         .collect();
     passing(&consul, "priority", 2).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let load = Load::start(&mesh.channel("priority"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -244,7 +244,7 @@ async fn a_busy_endpoint_gets_more_than_one_connection() {
     let consul = Consul::start().await;
     let _instance = spawn_priority(&consul.addr(), &[]);
     passing(&consul, "priority", 1).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let load = Load::start(&mesh.channel("priority"), 512);
     let balancer = mesh.balancers().into_iter().next().unwrap();
     let connections = eventually(Duration::from_secs(10), "a second connection", || async {
@@ -264,7 +264,7 @@ async fn mesh_status_client_shows_endpoints_health_ejection_in_flight_and_latenc
         .map(|_| spawn_priority(&consul.addr(), &[]))
         .collect();
     let ids = passing(&consul, "priority", 2).await;
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let mut client = PriorityServiceClient::new(mesh.channel("priority"));
     for _ in 0..50 {
         client.score(support::score_request()).await.unwrap();

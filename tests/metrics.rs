@@ -15,14 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use protomesh::client::Mesh;
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
-use protomesh::proto::protomesh::priority::v1::ScoreRequest;
-use protomesh::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
-use protomesh::proto::protomesh::tasks::v1::{
-    CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
-};
 use protomesh_data::testing::{TestDatabase, TestKeys};
 use protomesh_mesh::ServiceProcess;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
+use protomesh_priority::proto::protomesh::priority::v1::ScoreRequest;
+use protomesh_tasks::proto::protomesh::tasks::v1::tasks_service_client::TasksServiceClient;
+use protomesh_tasks::proto::protomesh::tasks::v1::{
+    CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
+};
 use support::{binary, eventually, tempdir, test_secret_file, tool, unique, Consul};
 
 fn free_port() -> u16 {
@@ -222,7 +222,7 @@ async fn every_binary_serves_metrics_that_promtool_accepts() {
 
     // Through the mesh: 2 good scores and 1 invalid to priority; a project, two tasks (which tasks
     // scores by calling priority) and a task that does not exist to tasks.
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     let mut priority = PriorityServiceClient::new(mesh.channel("priority"));
     for _ in 0..2 {
         priority.score(score(9)).await.unwrap();

@@ -17,8 +17,9 @@ async fn reflection_v1_lists_services_and_serves_descriptors_with_http_options()
     config.no_register = true;
     config.lame_duck = std::time::Duration::ZERO;
     let bound = MeshServer::new("priority", config)
+.descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .add_service(
-            protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer::new(
+            protomesh_priority::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer::new(
                 Unused,
             ),
         )
@@ -109,8 +110,9 @@ async fn a_huge_symbol_name_is_not_echoed_whole() {
     config.no_register = true;
     config.lame_duck = std::time::Duration::ZERO;
     let bound = MeshServer::new("priority", config)
+.descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .add_service(
-            protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer::new(
+            protomesh_priority::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer::new(
                 Unused,
             ),
         )
@@ -162,23 +164,23 @@ async fn a_huge_symbol_name_is_not_echoed_whole() {
 struct Unused;
 
 #[tonic::async_trait]
-impl protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityService
+impl protomesh_priority::proto::protomesh::priority::v1::priority_service_server::PriorityService
     for Unused
 {
     async fn score(
         &self,
-        _: tonic::Request<protomesh::proto::protomesh::priority::v1::ScoreRequest>,
+        _: tonic::Request<protomesh_priority::proto::protomesh::priority::v1::ScoreRequest>,
     ) -> Result<
-        tonic::Response<protomesh::proto::protomesh::priority::v1::ScoreResponse>,
+        tonic::Response<protomesh_priority::proto::protomesh::priority::v1::ScoreResponse>,
         tonic::Status,
     > {
         Err(tonic::Status::unimplemented("unused"))
     }
     async fn prioritize(
         &self,
-        _: tonic::Request<protomesh::proto::protomesh::priority::v1::PrioritizeRequest>,
+        _: tonic::Request<protomesh_priority::proto::protomesh::priority::v1::PrioritizeRequest>,
     ) -> Result<
-        tonic::Response<protomesh::proto::protomesh::priority::v1::PrioritizeResponse>,
+        tonic::Response<protomesh_priority::proto::protomesh::priority::v1::PrioritizeResponse>,
         tonic::Status,
     > {
         Err(tonic::Status::unimplemented("unused"))

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protomesh::config::ServeConfig;
-use protomesh::proto::protomesh::priority::v1::{
+use protomesh::server::MeshServer;
+use protomesh_priority::proto::protomesh::priority::v1::{
     priority_service_client::PriorityServiceClient,
     priority_service_server::{PriorityService, PriorityServiceServer},
     PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
 };
-use protomesh::server::MeshServer;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 use tonic_health::pb::{
@@ -68,6 +68,7 @@ async fn start(delay: Duration, lame_duck: Duration, drain: Duration) -> Running
         started: started.clone(),
     };
     let bound = MeshServer::new("slow-priority", config)
+        .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .add_service(PriorityServiceServer::new(service))
         .bind()
         .await

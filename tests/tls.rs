@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use protomesh::client::Mesh;
 use protomesh::consul::CheckStatus;
-use protomesh::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use protomesh::tls::TlsConfig;
+use protomesh_priority::proto::protomesh::priority::v1::priority_service_client::PriorityServiceClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -237,7 +237,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_mesh_ca() {
     .load()
     .unwrap()
     .unwrap();
-    let mesh = Mesh::from_consul(consul.client.clone()).unwrap();
+    let mesh = Mesh::from_consul(consul.client.clone(), support::DESCRIPTORS).unwrap();
     mesh.use_tls(client_tls);
     let mut client = PriorityServiceClient::new(mesh.channel("priority"));
     let scored = client.score(score_request()).await.unwrap().into_inner();
@@ -345,10 +345,10 @@ async fn a_missing_key_file_stops_the_process_with_exit_code_1_naming_the_flag()
 /// metadata set by hand) it is refused with `UNAUTHENTICATED`; with one, it is served.
 #[tokio::test]
 async fn a_mesh_certificate_does_not_let_a_peer_act_as_a_user() {
-    use protomesh::proto::protomesh::timetrack::v1::{
+    use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
+    use protomesh_timetrack::proto::protomesh::timetrack::v1::{
         timetrack_service_client::TimetrackServiceClient, ListEntriesRequest,
     };
-    use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 
     build_binary("timetrack");
     let pki = Pki::generate();

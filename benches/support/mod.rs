@@ -14,10 +14,21 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
-use protomesh::proto::protomesh::priority::v1::{ScoreRequest, ScoreResponse};
+use protomesh_priority::proto::protomesh::priority::v1::{ScoreRequest, ScoreResponse};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
+
+/// The descriptor sets of the workspace's services (each service crate owns its protos'), for
+/// mesh clients that call them.
+pub const DESCRIPTORS: &[&[u8]] = &[
+    protomesh_priority::proto::FILE_DESCRIPTOR_SET,
+    protomesh_probe::proto::FILE_DESCRIPTOR_SET,
+    protomesh_tasks::proto::FILE_DESCRIPTOR_SET,
+    protomesh_timetrack::proto::FILE_DESCRIPTOR_SET,
+    protomesh_analytics::proto::FILE_DESCRIPTOR_SET,
+    protomesh_users::proto::FILE_DESCRIPTOR_SET,
+];
 
 /// Microseconds per clock tick of `/proc/<pid>/stat` and `/proc/stat` (100 Hz on Linux).
 pub const TICK_US: f64 = 10_000.0;

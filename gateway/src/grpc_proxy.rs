@@ -495,7 +495,7 @@ mod tests {
     fn priority_descriptors() -> Arc<ServiceDescriptors> {
         Arc::new(ServiceDescriptors {
             services: vec![PRIORITY.to_owned()],
-            pool: DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap(),
+            pool: crate::test_protos::pool(),
             source: DescriptorSource::Reflection(ReflectionVersion::V1),
         })
     }
@@ -523,7 +523,7 @@ mod tests {
     /// A mesh whose Consul is never reached (no channel is made in these tests).
     fn mesh() -> Mesh {
         let consul = ConsulClient::new(ConsulConfig::new("127.0.0.1:1").unwrap()).unwrap();
-        Mesh::from_consul(consul).unwrap()
+        Mesh::from_consul(consul, &[]).unwrap()
     }
 
     fn grpc_request(path: &str) -> http::Request<Body> {

@@ -35,5 +35,7 @@ pub mod reflection;
 pub mod routes;
 pub mod server;
 pub mod template;
+#[cfg(test)]
+mod test_protos;
 pub mod trace;
 pub mod transcode;

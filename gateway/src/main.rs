@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("--descriptor-set {spec:?}"))?;
         static_descriptors.insert(name.to_owned(), std::sync::Arc::new(descriptors));
     }
-    let mesh = Mesh::from_consul(consul.clone())?;
+    let mesh = Mesh::from_consul(consul.clone(), &[])?;
     if let Some(tls) = cli.tls.load()? {
         mesh.use_tls(tls);
     }

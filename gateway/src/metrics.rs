@@ -310,8 +310,7 @@ mod tests {
 
     /// The state of a gateway routing the tasks service.
     fn tasks_state() -> watch::Receiver<Arc<GatewayState>> {
-        let pool =
-            prost_reflect::DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = crate::test_protos::pool();
         let service = pool
             .get_service_by_name("protomesh.tasks.v1.TasksService")
             .unwrap();

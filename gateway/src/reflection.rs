@@ -775,7 +775,7 @@ mod tests {
     fn build_pool_takes_files_in_any_order_and_keeps_their_options() {
         // Raw bytes straight from the encoded set (re-encoding through prost_types would drop
         // the extension options).
-        let raws = RawFileSet::decode(protomesh::proto::FILE_DESCRIPTOR_SET)
+        let raws = RawFileSet::decode(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
             .unwrap()
             .file;
         assert!(raws.len() > 2);

@@ -329,10 +329,9 @@ fn route_from_rule(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use prost_reflect::DescriptorPool;
 
     fn methods(service: &str) -> Vec<MethodDescriptor> {
-        let pool = DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = crate::test_protos::pool();
         pool.get_service_by_name(service)
             .unwrap()
             .methods()

@@ -18,17 +18,17 @@ use prost_reflect::{DescriptorPool, DynamicMessage, Value};
 use protomesh::auth::{ApiKeys, AuthConfig, JwksSource};
 use protomesh::config::ServeConfig;
 use protomesh::policy::Requirement;
-use protomesh::proto::protomesh::users::v1::{
-    users_service_server::{UsersService, UsersServiceServer},
-    GetJwksRequest, GetMeRequest, Jwk, Jwks, LoginRequest, RefreshRequest, RegisterRequest,
-    TokenPair, User,
-};
 use protomesh::server::MeshServer;
 use protomesh_data::testing::{redis_url, PrivateRedis, TestKeys};
 use protomesh_data::{connect_redis, DataConfig};
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::cors::CorsConfig;
 use protomesh_gateway::server::GatewayOptions;
+use protomesh_users::proto::protomesh::users::v1::{
+    users_service_server::{UsersService, UsersServiceServer},
+    GetJwksRequest, GetMeRequest, Jwk, Jwks, LoginRequest, RefreshRequest, RegisterRequest,
+    TokenPair, User,
+};
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::json;
@@ -915,6 +915,7 @@ async fn jwks_keys_come_from_the_users_service_and_a_new_kid_is_fetched() {
     config.consul_addr = consul.addr();
     config.lame_duck = Duration::from_millis(100);
     let bound = MeshServer::new("users", config)
+        .descriptor_set(protomesh_users::proto::FILE_DESCRIPTOR_SET)
         .add_service(UsersServiceServer::new(JwksOnly {
             keys: Arc::clone(&published),
         }))

@@ -26,16 +26,16 @@ use prost_types::{
 use protomesh::client::Mesh;
 use protomesh::config::ServeConfig;
 use protomesh::consul::{DevAgent, DevAgentOptions};
-use protomesh::proto::protomesh::priority::v1::{
-    priority_service_client::PriorityServiceClient,
-    priority_service_server::{PriorityService, PriorityServiceServer},
-    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
-};
 use protomesh::server::MeshServer;
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::discovery::{self, DiscoveryOptions, GatewayState};
 use protomesh_gateway::grpc_proxy::{self, ReflectionCache};
 use protomesh_gateway::reflection::{self, DescriptorSource, ReflectionVersion};
+use protomesh_priority::proto::protomesh::priority::v1::{
+    priority_service_client::PriorityServiceClient,
+    priority_service_server::{PriorityService, PriorityServiceServer},
+    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -253,6 +253,7 @@ impl Fixture {
         let mut stops = Vec::new();
         for server in [
             MeshServer::new(&priority_service, config())
+                .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
                 .add_service(PriorityServiceServer::new(Scorer)),
             MeshServer::new(&echo_service, config())
                 .add_service(Echo)
@@ -266,7 +267,7 @@ impl Fixture {
             stops.push(stop);
         }
 
-        let mesh = Mesh::from_consul(consul.clone()).unwrap();
+        let mesh = Mesh::from_consul(consul.clone(), &[]).unwrap();
         let mut state = discovery::spawn(
             consul,
             mesh.clone(),

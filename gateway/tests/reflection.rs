@@ -13,14 +13,14 @@ use prost_types::{
     DescriptorProto, FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto,
 };
 use protomesh::config::ServeConfig;
-use protomesh::proto::protomesh::priority::v1::{
-    priority_service_server::{PriorityService, PriorityServiceServer},
-    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
-};
 use protomesh::server::MeshServer;
 use protomesh_gateway::reflection::{
     fetch, fetch_with, fetch_with_timeout, DescriptorSource, FetchOptions, ReflectionError,
     ReflectionVersion, ServiceDescriptors,
+};
+use protomesh_priority::proto::protomesh::priority::v1::{
+    priority_service_server::{PriorityService, PriorityServiceServer},
+    PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -116,6 +116,7 @@ async fn reflection_fetches_a_mesh_server_over_v1_with_http_options() {
     config.no_register = true;
     config.lame_duck = Duration::ZERO;
     let bound = MeshServer::new("priority", config)
+        .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .add_service(PriorityServiceServer::new(Unused))
         .bind()
         .await
@@ -145,7 +146,7 @@ async fn reflection_fetches_a_mesh_server_over_v1_with_http_options() {
 #[tokio::test]
 async fn reflection_falls_back_to_v1alpha() {
     let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(protomesh::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .with_service_name(PRIORITY)
         .build_v1alpha()
         .unwrap();

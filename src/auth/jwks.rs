@@ -10,10 +10,58 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
 
-use crate::client::Mesh;
-use crate::proto::protomesh::users::v1::{
-    users_service_client::UsersServiceClient, GetJwksRequest,
-};
+use crate::client::{Mesh, MeshChannel};
+
+/// The method keys are fetched with (the users service's, `protomesh/users/v1/users.proto`).
+const GET_JWKS: &str = "/protomesh.users.v1.UsersService/GetJwks";
+
+/// `GetJwksRequest` of `users.proto` (no fields). The runtime speaks this one method of the
+/// identity provider with these mirrors of its messages rather than compiling the users service's
+/// protos, so that no service's proto change rebuilds the runtime.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GetJwksRequest {}
+
+/// `Jwks` of `users.proto`: a JSON Web Key Set.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Jwks {
+    #[prost(message, repeated, tag = "1")]
+    keys: Vec<Jwk>,
+}
+
+/// `Jwk` of `users.proto`: one public key (RFC 7517/7518).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Jwk {
+    #[prost(string, tag = "1")]
+    kty: String,
+    #[prost(string, tag = "2")]
+    r#use: String,
+    #[prost(string, tag = "3")]
+    kid: String,
+    #[prost(string, tag = "4")]
+    alg: String,
+    #[prost(string, tag = "5")]
+    n: String,
+    #[prost(string, tag = "6")]
+    e: String,
+}
+
+/// Calls `GetJwks` on `channel`.
+async fn get_jwks(
+    channel: MeshChannel,
+    request: tonic::Request<GetJwksRequest>,
+) -> Result<tonic::Response<Jwks>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|err| tonic::Status::unavailable(format!("service not ready: {err}")))?;
+    let codec = tonic_prost::ProstCodec::default();
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(GET_JWKS),
+        codec,
+    )
+    .await
+}
 
 /// Where RSA public keys are fetched from: a mesh service's `GetJwks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,10 +155,10 @@ impl JwksCache {
             }
             state.attempted = Some(Instant::now());
         }
-        let mut client = UsersServiceClient::new(self.mesh.channel(&self.source.service));
+        let channel = self.mesh.channel(&self.source.service);
         let mut request = tonic::Request::new(GetJwksRequest {});
         request.set_timeout(self.source.timeout);
-        let answer = tokio::time::timeout(self.source.timeout, client.get_jwks(request)).await;
+        let answer = tokio::time::timeout(self.source.timeout, get_jwks(channel, request)).await;
         let jwks = match answer {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {

@@ -220,8 +220,7 @@ mod tests {
     /// inner service received.
     async fn sent_timeout(path: &str, caller_timeout: Option<&str>) -> Duration {
         let methods = Arc::new(
-            MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])
-                .expect("descriptors"),
+            MethodTable::from_descriptor_sets(crate::test_protos::SETS).expect("descriptors"),
         );
         let seen = Arc::new(Mutex::new(None));
         let record = Arc::clone(&seen);

@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn priority_methods_are_retryable_and_unknown_ones_are_not() {
-        let table = MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])
+        let table = MethodTable::from_descriptor_sets(crate::test_protos::SETS)
             .expect("our descriptor set decodes");
         assert!(table.is_retryable("/protomesh.priority.v1.PriorityService/Score"));
         assert!(table.is_retryable("/protomesh.priority.v1.PriorityService/Prioritize"));
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn default_timeouts_come_from_the_method_policy() {
-        let table = MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])
+        let table = MethodTable::from_descriptor_sets(crate::test_protos::SETS)
             .expect("our descriptor set decodes");
         // priority.proto's service-level policy says 2 s; tasks.proto names no timeout.
         assert_eq!(
@@ -172,9 +172,7 @@ mod tests {
         let table = MethodTable::default();
         let clone = table.clone();
         assert!(!clone.is_retryable("/protomesh.priority.v1.PriorityService/Score"));
-        table
-            .learn(&[crate::proto::FILE_DESCRIPTOR_SET])
-            .expect("decodes");
+        table.learn(crate::test_protos::SETS).expect("decodes");
         assert!(clone.is_retryable("/protomesh.priority.v1.PriorityService/Score"));
     }
 

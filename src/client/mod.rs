@@ -136,7 +136,7 @@ struct Target {
 
 impl Mesh {
     /// A mesh client discovering through `consul`; methods' retry safety is read from
-    /// `methods` (usually built from [`crate::proto::FILE_DESCRIPTOR_SET`]).
+    /// `methods` (built from the callee services' descriptor sets).
     pub fn new(consul: ConsulClient, methods: MethodTable) -> Self {
         Self {
             inner: Arc::new(MeshInner {
@@ -161,11 +161,17 @@ impl Mesh {
         }
     }
 
-    /// A mesh client for the mesh's own protos.
-    pub fn from_consul(consul: ConsulClient) -> Result<Self, methods::DescriptorError> {
+    /// A mesh client discovering through `consul` that knows the methods of the services in
+    /// `descriptor_sets` (encoded; for a service crate, its `proto::FILE_DESCRIPTOR_SET`, which
+    /// holds the protos it imports too): which may be retried, their default deadlines. More can
+    /// be learnt later ([`Mesh::learn_methods`]).
+    pub fn from_consul(
+        consul: ConsulClient,
+        descriptor_sets: &[&[u8]],
+    ) -> Result<Self, methods::DescriptorError> {
         Ok(Self::new(
             consul,
-            MethodTable::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET])?,
+            MethodTable::from_descriptor_sets(descriptor_sets)?,
         ))
     }
 

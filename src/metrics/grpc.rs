@@ -454,7 +454,7 @@ mod tests {
                 "grpc.health.v1.Health",
             ],
             &[
-                crate::proto::FILE_DESCRIPTOR_SET,
+                protomesh_priority::proto::FILE_DESCRIPTOR_SET,
                 tonic_health::pb::FILE_DESCRIPTOR_SET,
             ],
         )
@@ -476,7 +476,10 @@ mod tests {
     fn only_methods_of_served_services_are_known() {
         let methods = served_methods(
             &["protomesh.priority.v1.PriorityService"],
-            &[crate::proto::FILE_DESCRIPTOR_SET, b"not a descriptor set"],
+            &[
+                protomesh_priority::proto::FILE_DESCRIPTOR_SET,
+                b"not a descriptor set",
+            ],
         );
         assert!(methods.contains(&(
             "protomesh.priority.v1.PriorityService".to_owned(),

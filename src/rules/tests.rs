@@ -7,8 +7,7 @@ use serde_json::json;
 use super::*;
 
 fn mesh(name: &str) -> MessageDescriptor {
-    DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
-        .expect("pool")
+    crate::test_protos::pool()
         .get_message_by_name(name)
         .expect(name)
 }
@@ -197,7 +196,7 @@ fn emails_uuids_and_lengths() {
 #[test]
 fn methods_without_rules_are_not_listed_and_services_are_compiled_alone() {
     let rules = MethodRules::from_descriptor_sets(
-        &[crate::proto::FILE_DESCRIPTOR_SET],
+        crate::test_protos::SETS,
         &[
             "protomesh.priority.v1.PriorityService",
             "protomesh.users.v1.UsersService",
@@ -215,10 +214,10 @@ fn methods_without_rules_are_not_listed_and_services_are_compiled_alone() {
 
 #[test]
 fn every_mesh_service_compiles() {
-    let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).expect("pool");
+    let pool = crate::test_protos::pool();
     let services: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
-    MethodRules::from_descriptor_sets(&[crate::proto::FILE_DESCRIPTOR_SET], &names)
+    MethodRules::from_descriptor_sets(crate::test_protos::SETS, &names)
         .expect("every declared rule is supported");
 }
 

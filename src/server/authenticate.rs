@@ -243,7 +243,7 @@ mod tests {
         });
         let layer = AuthenticationLayer::new(
             MethodRequirements::from_descriptor_sets(
-                &[crate::proto::FILE_DESCRIPTOR_SET],
+                crate::test_protos::SETS,
                 Requirement::Authenticated,
             ),
             testing::authenticator(),

@@ -81,6 +81,13 @@ pub enum ServeError {
     /// The mutual-TLS files (`--tls-cert`, `--tls-key`, `--tls-ca`) cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A served service is in none of the descriptor sets given to [`MeshServer::descriptor_set`]
+    /// (its policies, rules and reflection would silently be missing).
+    #[error("no descriptor for the served service {service}: give the server its crate's `proto::FILE_DESCRIPTOR_SET` (MeshServer::descriptor_set)")]
+    MissingDescriptor {
+        /// The service's full name.
+        service: &'static str,
+    },
     /// The reflection service could not read the descriptor sets.
     #[error("invalid descriptor set for server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -114,7 +121,8 @@ pub struct MeshServer {
 
 impl MeshServer {
     /// A server for the Consul service `name` (for example `priority`), configured by `config`.
-    /// It serves the descriptors of [`crate::proto::FILE_DESCRIPTOR_SET`] over reflection.
+    /// Give it the encoded descriptor set of the services it serves ([`MeshServer::descriptor_set`]):
+    /// reflection, per-method policies, request rules and default deadlines are read from it.
     pub fn new(name: impl Into<String>, config: ServeConfig) -> Self {
         let (health, health_service) = tonic_health::server::health_reporter();
         Self {
@@ -171,7 +179,11 @@ impl MeshServer {
         self
     }
 
-    /// Adds another encoded descriptor set for reflection (for services generated outside this crate).
+    /// Adds an encoded descriptor set of the services served (the `FILE_DESCRIPTOR_SET` that
+    /// [`include_protos!`](crate::include_protos) defines): reflection serves it, and per-method
+    /// policies, request rules and default deadlines are read from it. The mesh client given to
+    /// [`MeshServer::with_mesh`] learns from it which methods of the services it imports may be
+    /// retried.
     pub fn descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptor_sets.push(encoded);
         self
@@ -195,6 +207,9 @@ impl MeshServer {
         let tls = self.config.tls.load()?;
         if let (Some(tls), Some(mesh)) = (&tls, &self.mesh) {
             mesh.use_tls(tls.clone());
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.learn_methods(&self.descriptor_sets)?;
         }
         if self.authenticator.is_none() {
             self.authenticator = Some(self.configured_authenticator(tls.as_ref())?);
@@ -240,7 +255,7 @@ impl MeshServer {
             None => {
                 let consul = self.config.consul().map_err(ServeError::ConsulConfig)?;
                 let client = ConsulClient::new(consul).map_err(ServeError::ConsulConfig)?;
-                let mesh = crate::client::Mesh::from_consul(client)?;
+                let mesh = crate::client::Mesh::from_consul(client, &[])?;
                 if let Some(tls) = tls {
                     mesh.use_tls(tls.clone());
                 }
@@ -302,6 +317,9 @@ impl BoundServer {
             authenticator,
             metrics,
         } = server;
+        if let Some(service) = undescribed_service(&descriptor_sets, &grpc_services) {
+            return Err(ServeError::MissingDescriptor { service });
+        }
         if let Some(mesh) = &mesh {
             metrics.watch_mesh(mesh.clone());
         }
@@ -572,6 +590,33 @@ fn reflection_v1alpha(
 }
 
 /// The reflection builder both versions share: our descriptors, health's, the served names.
+/// The first of `grpc_services` that no file of `descriptor_sets` declares.
+fn undescribed_service(
+    descriptor_sets: &[&[u8]],
+    grpc_services: &[&'static str],
+) -> Option<&'static str> {
+    use prost::Message;
+    let described: std::collections::HashSet<String> = descriptor_sets
+        .iter()
+        .filter_map(|set| prost_types::FileDescriptorSet::decode(*set).ok())
+        .flat_map(|set| set.file)
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.service.into_iter().map(move |service| {
+                if package.is_empty() {
+                    service.name().to_owned()
+                } else {
+                    format!("{package}.{}", service.name())
+                }
+            })
+        })
+        .collect();
+    grpc_services
+        .iter()
+        .copied()
+        .find(|service| !described.contains(*service))
+}
+
 fn reflection_builder<'b>(
     descriptor_sets: &[&'b [u8]],
     grpc_services: &[&'static str],
@@ -585,4 +630,24 @@ fn reflection_builder<'b>(
         builder = builder.with_service_name(name);
     }
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_served_service_without_a_descriptor_is_named() {
+        let priority = "protomesh.priority.v1.PriorityService";
+        let sets = crate::test_protos::SETS;
+        assert_eq!(undescribed_service(sets, &[priority]), None);
+        assert_eq!(
+            undescribed_service(&[crate::proto::FILE_DESCRIPTOR_SET], &[priority]),
+            Some(priority)
+        );
+        assert_eq!(
+            undescribed_service(sets, &[priority, "acme.Unknown"]),
+            Some("acme.Unknown")
+        );
+    }
 }

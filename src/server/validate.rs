@@ -300,7 +300,7 @@ message Req { string a = 1 [(buf.validate.field).string.contains = "x"]; }
     /// A `Score` call through the layer with `body`; the answer's gRPC status code.
     async fn score_through_layer(body: Bytes) -> tonic::Code {
         let rules = MethodRules::from_descriptor_sets(
-            &[crate::proto::FILE_DESCRIPTOR_SET],
+            crate::test_protos::SETS,
             &["protomesh.priority.v1.PriorityService"],
         )
         .unwrap();
@@ -327,7 +327,7 @@ message Req { string a = 1 [(buf.validate.field).string.contains = "x"]; }
     #[tokio::test]
     async fn what_cannot_be_checked_never_reaches_the_handler() {
         use prost::Message;
-        let request = |urgency| crate::proto::protomesh::priority::v1::ScoreRequest {
+        let request = |urgency| protomesh_priority::proto::protomesh::priority::v1::ScoreRequest {
             title: "ship it".to_owned(),
             urgency,
             impact: 5,

@@ -3,6 +3,17 @@
 //! condition with a deadline instead of sleeping.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
+/// The descriptor sets of the workspace's services (each service crate owns its protos'), for
+/// mesh clients that call them.
+pub const DESCRIPTORS: &[&[u8]] = &[
+    protomesh_priority::proto::FILE_DESCRIPTOR_SET,
+    protomesh_probe::proto::FILE_DESCRIPTOR_SET,
+    protomesh_tasks::proto::FILE_DESCRIPTOR_SET,
+    protomesh_timetrack::proto::FILE_DESCRIPTOR_SET,
+    protomesh_analytics::proto::FILE_DESCRIPTOR_SET,
+    protomesh_users::proto::FILE_DESCRIPTOR_SET,
+];
+
 pub mod http;
 
 use std::net::SocketAddr;
@@ -14,10 +25,10 @@ use std::time::Duration;
 
 use protomesh::client::MeshChannel;
 use protomesh::consul::{ConsulClient, DevAgent, DevAgentOptions, QueryOptions, ServiceEntry};
-use protomesh::proto::protomesh::priority::v1::{
+use protomesh_mesh::ServiceProcess;
+use protomesh_priority::proto::protomesh::priority::v1::{
     priority_service_client::PriorityServiceClient, ScoreRequest,
 };
-use protomesh_mesh::ServiceProcess;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

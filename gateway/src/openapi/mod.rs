@@ -1470,7 +1470,7 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     fn mesh_pool() -> DescriptorPool {
-        DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap()
+        crate::test_protos::pool()
     }
 
     fn methods(pool: &DescriptorPool, service: &str) -> Vec<MethodDescriptor> {

@@ -403,7 +403,7 @@ impl TestGateway {
         discovery_options: DiscoveryOptions,
         limits: ConnectionLimits,
     ) -> Self {
-        let mesh = Mesh::from_consul(consul.clone()).unwrap();
+        let mesh = Mesh::from_consul(consul.clone(), &[]).unwrap();
         let state = discovery::spawn(
             consul.clone(),
             mesh.clone(),

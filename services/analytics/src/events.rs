@@ -15,8 +15,8 @@
 
 use std::time::SystemTime;
 
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use crate::proto::protomesh::priority::v1::Level;
+use crate::proto::protomesh::tasks::v1::TaskStatus;
 use protomesh_data::deadpool_postgres::{Pool, Transaction};
 use protomesh_data::stream::{self, Event};
 use protomesh_data::tokio_postgres;

@@ -25,7 +25,15 @@
 //! `INVALID_ARGUMENT` naming the field (`user_id`, `project_id`), before the caller's rights are
 //! looked at; a database that is down makes calls fail with `UNAVAILABLE` within `--db-timeout`,
 //! a tasks service that cannot confirm a project within [`membership::CHECK_TIMEOUT`].
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 pub mod events;
 pub mod membership;
@@ -34,23 +42,23 @@ pub mod validate;
 
 use std::time::{Duration, SystemTime};
 
-use protomesh::client::Mesh;
-use protomesh::identity;
-use protomesh::proto::protomesh::analytics::v1::{
+use crate::proto::protomesh::analytics::v1::{
     analytics_service_server::AnalyticsService, AssigneeTime, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport, StatusCount, UserDashboard,
 };
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use crate::proto::protomesh::priority::v1::Level;
+use crate::proto::protomesh::tasks::v1::TaskStatus;
+use protomesh::client::Mesh;
+use protomesh::identity;
 use protomesh_data::deadpool_postgres::{Object, Pool};
 use protomesh_data::status_from_pg;
 use protomesh_data::stream::ConsumerOptions;
 use protomesh_data::tokio_postgres::IsolationLevel;
 use tonic::{Request, Response, Status};
 
+pub use crate::proto::protomesh::analytics::v1::analytics_service_server::AnalyticsServiceServer;
 pub use events::{apply_event, Applied};
 pub use migrations::MIGRATIONS;
-pub use protomesh::proto::protomesh::analytics::v1::analytics_service_server::AnalyticsServiceServer;
 
 /// The service's name in Consul, its Postgres schema, its migrations' name and its consumer
 /// group.

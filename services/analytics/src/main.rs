@@ -103,10 +103,14 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     tracing::info!(?applied, schema = ?config.db_schema, "database ready");
 
     // Project reports ask the tasks service who may see a project.
-    let mesh = Mesh::from_consul(ConsulClient::new(serve.consul()?)?)?;
+    let mesh = Mesh::from_consul(
+        ConsulClient::new(serve.consul()?)?,
+        &[protomesh_analytics::proto::FILE_DESCRIPTOR_SET],
+    )?;
 
     let server = MeshServer::new(SERVICE, serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_analytics::proto::FILE_DESCRIPTOR_SET)
         .with_mesh(mesh.clone())
         .add_service(AnalyticsServiceServer::new(AnalyticsHandler::new(
             pool.clone(),

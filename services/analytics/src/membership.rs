@@ -16,10 +16,10 @@
 
 use std::time::Duration;
 
-use protomesh::client::Mesh;
-use protomesh::proto::protomesh::tasks::v1::{
+use crate::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, GetProjectRequest, Project,
 };
+use protomesh::client::Mesh;
 use tonic::{Code, Status};
 use uuid::Uuid;
 

@@ -23,12 +23,15 @@ use nix::unistd::Pid;
 use protomesh::auth::testing::{token, SignedIn, TEST_SECRET};
 use protomesh::client::Mesh;
 use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::proto::protomesh::analytics::v1::{
+use protomesh::server::testing::{quick_config, InProcessServer};
+use protomesh::server::MeshServer;
+use protomesh::testing::{bounded, eventually};
+use protomesh_analytics::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, AssigneeTime, GetProjectReportRequest,
     GetUserDashboardRequest, LevelCount, ProjectReport, StatusCount, UserDashboard,
 };
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::{
+use protomesh_analytics::proto::protomesh::priority::v1::Level;
+use protomesh_analytics::proto::protomesh::tasks::v1::{
     tasks_service_server::{TasksService, TasksServiceServer},
     AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
     DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectMembersRequest,
@@ -36,9 +39,6 @@ use protomesh::proto::protomesh::tasks::v1::{
     ListTasksResponse, Project, ProjectMember, RemoveProjectMemberRequest, Task, TaskStatus,
     UpdateTaskRequest,
 };
-use protomesh::server::testing::{quick_config, InProcessServer};
-use protomesh::server::MeshServer;
-use protomesh::testing::{bounded, eventually};
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
 };
@@ -903,11 +903,16 @@ impl TasksMesh {
     async fn start(with_tasks: bool) -> Self {
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+        let mesh = Mesh::from_consul(
+            agent.client().unwrap(),
+            &[protomesh_analytics::proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap();
         let stub = StubTasks::default();
         let served = if with_tasks {
             let served = InProcessServer::start(
                 MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))
+                    .descriptor_set(protomesh_analytics::proto::FILE_DESCRIPTOR_SET)
                     .add_service(TasksServiceServer::new(stub.clone())),
             )
             .await
@@ -941,8 +946,11 @@ impl TasksMesh {
 /// A mesh client whose Consul agent nobody answers at (for handlers whose calls never reach
 /// the tasks service).
 fn unreachable_mesh() -> Mesh {
-    Mesh::from_consul(ConsulClient::new(ConsulConfig::new("127.0.0.1:1").unwrap()).unwrap())
-        .unwrap()
+    Mesh::from_consul(
+        ConsulClient::new(ConsulConfig::new("127.0.0.1:1").unwrap()).unwrap(),
+        &[protomesh_analytics::proto::FILE_DESCRIPTOR_SET],
+    )
+    .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1006,6 +1014,7 @@ impl Harness {
         let handler = AnalyticsHandler::new(pool.clone(), tasks.mesh.clone());
         let served = InProcessServer::start(
             MeshServer::new("analytics", quick_config(None))
+                .descriptor_set(protomesh_analytics::proto::FILE_DESCRIPTOR_SET)
                 .with_mesh(tasks.mesh.clone())
                 .add_service(AnalyticsServiceServer::new(handler.clone())),
         )

@@ -2,11 +2,19 @@
 //!
 //! Stateless, so any instance answers any call; that makes it the mesh's reference workload for
 //! balancing and resilience benchmarks.
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 pub mod scoring;
 
-use protomesh::proto::protomesh::priority::v1::{
+use crate::proto::protomesh::priority::v1::{
     priority_service_server::PriorityService, PrioritizeRequest, PrioritizeResponse,
     PrioritizedTask, ScoreRequest, ScoreResponse,
 };
@@ -15,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use scoring::{Scored, ScoringError};
 
-pub use protomesh::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer;
+pub use crate::proto::protomesh::priority::v1::priority_service_server::PriorityServiceServer;
 
 /// The gRPC handler of `protomesh.priority.v1.PriorityService`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,7 +93,7 @@ impl PriorityService for PriorityHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protomesh::proto::protomesh::priority::v1::{Level, TaskToScore};
+    use crate::proto::protomesh::priority::v1::{Level, TaskToScore};
 
     fn task(id: &str, urgency: i32, impact: i32) -> TaskToScore {
         TaskToScore {

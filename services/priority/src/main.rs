@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
     };
     let served = MeshServer::new("priority", cli.serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
         .add_service(PriorityServiceServer::new(PriorityHandler))
         .serve()
         .await;

@@ -1,7 +1,7 @@
 //! The scoring rule: score = urgency × impact, each 1..10; level CRITICAL ≥ 80, HIGH ≥ 50,
 //! MEDIUM ≥ 20, else LOW.
 
-use protomesh::proto::protomesh::priority::v1::Level;
+use crate::proto::protomesh::priority::v1::Level;
 
 /// Lowest accepted urgency or impact.
 pub const MIN_FACTOR: i32 = 1;

@@ -2,22 +2,30 @@
 //! status, counts its calls per method, and reports the deadline (`grpc-timeout`) its callers
 //! sent. Tests and benchmarks use it to exercise mesh clients, deadlines, retries and gateways
 //! against a real server; operators can use it to check a path through the mesh.
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use protomesh::client::grpc_timeout;
-use protomesh::proto::protomesh::probe::v1::{
+use crate::proto::protomesh::probe::v1::{
     probe_service_server::ProbeService, EchoRequest, EchoResponse, GetStatsRequest,
     GetStatsResponse,
 };
+use protomesh::client::grpc_timeout;
 use protomesh::status::invalid_argument;
 use tonic::{Code, Request, Response, Status};
 
-pub use protomesh::proto::protomesh::probe::v1::probe_service_server::ProbeServiceServer;
+pub use crate::proto::protomesh::probe::v1::probe_service_server::ProbeServiceServer;
 
 /// Longest delay a call may ask for.
 pub const MAX_DELAY_MS: u32 = 60_000;

@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
     };
     let served = MeshServer::new("probe", cli.serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_probe::proto::FILE_DESCRIPTOR_SET)
         .add_service(ProbeServiceServer::new(ProbeHandler::default()))
         .serve()
         .await;

@@ -4,8 +4,8 @@
 //! exist for it (`NOT_FOUND`, the answer for a project that does not exist either); a visible
 //! project the caller may not manage is `PERMISSION_DENIED`.
 
+use crate::proto::protomesh::tasks::v1::ProjectRole;
 use protomesh::identity::Identity;
-use protomesh::proto::protomesh::tasks::v1::ProjectRole;
 use protomesh::telemetry::spans;
 use protomesh_data::deadpool_postgres::Pool;
 use tonic::Status;

@@ -39,7 +39,15 @@
 //! Every write and its event commit in one transaction. Event payloads are the task's JSON
 //! ([`model`]). Requests are checked before anything else, and a bad one is `INVALID_ARGUMENT`
 //! naming each field at fault (`task.title`, `task.urgency`, `page_size`, `update_mask`…).
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 pub mod access;
 pub mod cursor;
@@ -50,15 +58,15 @@ pub mod validate;
 
 use std::time::Duration;
 
-use protomesh::client::Mesh;
-use protomesh::identity::{self, Identity};
-use protomesh::proto::protomesh::tasks::v1::{
+use crate::proto::protomesh::tasks::v1::{
     tasks_service_server::TasksService, AddProjectMemberRequest, CompleteTaskRequest,
     CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest, GetProjectRequest, GetTaskRequest,
     ListProjectMembersRequest, ListProjectMembersResponse, ListProjectsRequest,
     ListProjectsResponse, ListTasksRequest, ListTasksResponse, Project, ProjectMember, ProjectRole,
     RemoveProjectMemberRequest, Task, TaskStatus, UpdateTaskRequest,
 };
+use protomesh::client::Mesh;
+use protomesh::identity::{self, Identity};
 use protomesh::status::{echo, invalid_argument};
 use protomesh::telemetry::spans;
 use protomesh_data::deadpool_postgres::{Object, Pool};
@@ -74,8 +82,8 @@ use model::{level_to_db, project_columns, status_to_db, task_columns, ProjectRec
 use priority::Priority;
 use validate::Violations;
 
+pub use crate::proto::protomesh::tasks::v1::tasks_service_server::TasksServiceServer;
 pub use migrations::MIGRATIONS;
-pub use protomesh::proto::protomesh::tasks::v1::tasks_service_server::TasksServiceServer;
 
 /// The service's name in Consul, its Postgres schema and its migrations' name.
 pub const SERVICE: &str = "tasks";

@@ -82,7 +82,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     // first instance that starts).
     let page_tokens = page_token.page_tokens(&pool).await?;
 
-    let mesh = Mesh::from_consul(ConsulClient::new(serve.consul()?)?)?;
+    let mesh = Mesh::from_consul(
+        ConsulClient::new(serve.consul()?)?,
+        &[protomesh_tasks::proto::FILE_DESCRIPTOR_SET],
+    )?;
 
     let redis = data::connect_redis(&config)?;
     let cache = Cache::new(redis.clone(), config.key_prefix.clone());
@@ -98,6 +101,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         .with_page_tokens(page_tokens);
     let server = MeshServer::new(SERVICE, serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_tasks::proto::FILE_DESCRIPTOR_SET)
         .with_mesh(mesh)
         .add_service(TasksServiceServer::new(handler));
     // `/metrics` shows how far the outbox is behind.

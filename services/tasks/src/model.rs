@@ -13,9 +13,9 @@
 
 use std::time::SystemTime;
 
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::{Project, Task, TaskStatus};
+use crate::proto::protomesh::tasks::v1::{Project, Task, TaskStatus};
 use protomesh_data::tokio_postgres::Row;
+use protomesh_priority::proto::protomesh::priority::v1::Level;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -244,7 +244,7 @@ mod rfc3339_option {
 
 /// `TaskStatus` by its proto name.
 mod status_name {
-    use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+    use crate::proto::protomesh::tasks::v1::TaskStatus;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(status: &TaskStatus, serializer: S) -> Result<S::Ok, S::Error> {
@@ -260,7 +260,7 @@ mod status_name {
 
 /// `Level` by its proto name.
 mod level_name {
-    use protomesh::proto::protomesh::priority::v1::Level;
+    use protomesh_priority::proto::protomesh::priority::v1::Level;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(level: &Level, serializer: S) -> Result<S::Ok, S::Error> {

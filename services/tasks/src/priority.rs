@@ -3,7 +3,7 @@
 //! the priority service's own level thresholds) and marked as a fallback.
 
 use protomesh::client::{with_fallback, Mesh};
-use protomesh::proto::protomesh::priority::v1::{
+use protomesh_priority::proto::protomesh::priority::v1::{
     priority_service_client::PriorityServiceClient, Level, ScoreRequest,
 };
 use protomesh_priority::scoring::level_of;

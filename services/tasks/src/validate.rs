@@ -2,10 +2,10 @@
 //! runtime before a handler runs) cannot make, and the parsing of checked values. Each names the
 //! request field at fault as `protomesh::status::FieldViolation` (`task.status`, `project_id`).
 
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::TaskStatus;
+use crate::proto::protomesh::tasks::v1::TaskStatus;
 use protomesh::status::FieldViolation;
 pub use protomesh::status::{uuid, Violations};
+use protomesh_priority::proto::protomesh::priority::v1::Level;
 use uuid::Uuid;
 
 /// Page size when the request asks for 0.

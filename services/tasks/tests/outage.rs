@@ -16,11 +16,6 @@ use std::time::{Duration, Instant};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::{
-    tasks_service_client::TasksServiceClient, CreateProjectRequest, CreateTaskRequest,
-    GetTaskRequest, Project, Task,
-};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
@@ -32,6 +27,11 @@ use protomesh_data::testing::{
     TestKeys,
 };
 use protomesh_data::{self as data, Cache, DataConfig};
+use protomesh_priority::proto::protomesh::priority::v1::Level;
+use protomesh_tasks::proto::protomesh::tasks::v1::{
+    tasks_service_client::TasksServiceClient, CreateProjectRequest, CreateTaskRequest,
+    GetTaskRequest, Project, Task,
+};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -82,7 +82,11 @@ impl TasksStack {
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+        let mesh = Mesh::from_consul(
+            agent.client().unwrap(),
+            &[protomesh_tasks::proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap();
 
         let cache = Cache::new(redis.clone(), config.key_prefix.clone());
         let handler = TasksHandler::new(pool.clone(), cache, mesh.clone());
@@ -90,6 +94,7 @@ impl TasksStack {
         serve.no_register = true;
         let served = InProcessServer::start(
             MeshServer::new("tasks", serve)
+                .descriptor_set(protomesh_tasks::proto::FILE_DESCRIPTOR_SET)
                 .with_mesh(mesh)
                 .add_service(TasksServiceServer::new(handler)),
         )
@@ -376,9 +381,11 @@ async fn tasks_get_remote_priorities_once_the_priority_service_appears() {
         assert_eq!(local.priority_level(), Level::High);
 
         let _priority = InProcessServer::start(
-            MeshServer::new("priority", quick_config(Some(&stack.agent.http_addr()))).add_service(
-                protomesh_priority::PriorityServiceServer::new(protomesh_priority::PriorityHandler),
-            ),
+            MeshServer::new("priority", quick_config(Some(&stack.agent.http_addr())))
+                .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
+                .add_service(protomesh_priority::PriorityServiceServer::new(
+                    protomesh_priority::PriorityHandler,
+                )),
         )
         .await
         .unwrap();

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::proto::protomesh::priority::v1::Level;
-use protomesh::proto::protomesh::tasks::v1::{
-    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
-    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
-    DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectMembersRequest,
-    ListProjectsRequest, ListTasksRequest, Project, ProjectRole, RemoveProjectMemberRequest, Task,
-    TaskStatus, UpdateTaskRequest,
-};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
@@ -27,6 +19,14 @@ use protomesh_data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsIn
 use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
 use protomesh_data::testing::{TestDatabase, TestKeys};
 use protomesh_data::{self as data, Cache, DataConfig};
+use protomesh_priority::proto::protomesh::priority::v1::Level;
+use protomesh_tasks::proto::protomesh::tasks::v1::{
+    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
+    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
+    DeleteTaskRequest, GetProjectRequest, GetTaskRequest, ListProjectMembersRequest,
+    ListProjectsRequest, ListTasksRequest, Project, ProjectRole, RemoveProjectMemberRequest, Task,
+    TaskStatus, UpdateTaskRequest,
+};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
@@ -103,7 +103,11 @@ impl Harness {
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+        let mesh = Mesh::from_consul(
+            agent.client().unwrap(),
+            &[protomesh_tasks::proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap();
 
         let cache = Cache::new(redis.clone(), keys.prefix());
         let handler = TasksHandler::new(pool.clone(), cache, mesh.clone());
@@ -111,6 +115,7 @@ impl Harness {
         serve.no_register = true;
         let served = InProcessServer::start(
             MeshServer::new("tasks", serve)
+                .descriptor_set(protomesh_tasks::proto::FILE_DESCRIPTOR_SET)
                 .with_mesh(mesh)
                 .add_service(TasksServiceServer::new(handler.clone())),
         )
@@ -1275,9 +1280,11 @@ async fn priority_available_scores_remotely() {
         let h = Harness::start().await;
         let project = h.project("remote").await;
         let _priority = InProcessServer::start(
-            MeshServer::new("priority", quick_config(Some(&h.agent.http_addr()))).add_service(
-                protomesh_priority::PriorityServiceServer::new(protomesh_priority::PriorityHandler),
-            ),
+            MeshServer::new("priority", quick_config(Some(&h.agent.http_addr())))
+                .descriptor_set(protomesh_priority::proto::FILE_DESCRIPTOR_SET)
+                .add_service(protomesh_priority::PriorityServiceServer::new(
+                    protomesh_priority::PriorityHandler,
+                )),
         )
         .await
         .unwrap();
@@ -1400,7 +1407,7 @@ async fn a_database_that_is_down_answers_unavailable() {
         let handler = TasksHandler::new(
             pool,
             Cache::new(redis, ""),
-            Mesh::from_consul(consul).unwrap(),
+            Mesh::from_consul(consul, &[protomesh_tasks::proto::FILE_DESCRIPTOR_SET]).unwrap(),
         );
         let started = Instant::now();
         let mut request = tonic::Request::new(GetTaskRequest {

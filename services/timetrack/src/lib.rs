@@ -42,7 +42,15 @@
 //! each field at fault (`user_id`, `task_id`, `note`, `from`, `to`, `page_size`, `page_token`).
 //! Database errors go through [`status_from_pg`]: a database that is down is `UNAVAILABLE` within
 //! `--db-timeout`.
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 pub mod cursor;
 pub mod migrations;
@@ -52,13 +60,13 @@ pub mod validate;
 
 use std::time::SystemTime;
 
-use protomesh::client::Mesh;
-use protomesh::identity::{self, Identity};
-use protomesh::proto::protomesh::timetrack::v1::{
+use crate::proto::protomesh::timetrack::v1::{
     timetrack_service_server::TimetrackService, GetTotalsRequest, GetTotalsResponse,
     ListEntriesRequest, ListEntriesResponse, StartTimerRequest, StartTimerResponse,
     StopTimerRequest, TimeEntry, Total,
 };
+use protomesh::client::Mesh;
+use protomesh::identity::{self, Identity};
 use protomesh_data::deadpool_postgres::{Object, Pool, Transaction};
 use protomesh_data::page_token::{PageFilter, PageTokens};
 use protomesh_data::tokio_postgres::types::ToSql;
@@ -70,8 +78,8 @@ use cursor::EntryCursor;
 use model::{duration_from_micros, entry_columns, EntryRecord};
 use validate::Violations;
 
+pub use crate::proto::protomesh::timetrack::v1::timetrack_service_server::TimetrackServiceServer;
 pub use migrations::MIGRATIONS;
-pub use protomesh::proto::protomesh::timetrack::v1::timetrack_service_server::TimetrackServiceServer;
 
 /// The service's name in Consul, its Postgres schema and its migrations' name.
 pub const SERVICE: &str = "timetrack";

@@ -76,7 +76,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     // first instance that starts).
     let page_tokens = page_token.page_tokens(&pool).await?;
 
-    let mesh = Mesh::from_consul(ConsulClient::new(serve.consul()?)?)?;
+    let mesh = Mesh::from_consul(
+        ConsulClient::new(serve.consul()?)?,
+        &[protomesh_timetrack::proto::FILE_DESCRIPTOR_SET],
+    )?;
 
     let redis = data::connect_redis(&config)?;
     let relay = OutboxRelay::spawn(
@@ -89,6 +92,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let handler = TimetrackHandler::new(pool.clone(), mesh.clone()).with_page_tokens(page_tokens);
     let server = MeshServer::new(SERVICE, serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_timetrack::proto::FILE_DESCRIPTOR_SET)
         .with_mesh(mesh)
         .add_service(TimetrackServiceServer::new(handler));
     // `/metrics` shows how far the outbox is behind.

@@ -12,7 +12,7 @@
 
 use std::time::SystemTime;
 
-use protomesh::proto::protomesh::timetrack::v1::TimeEntry;
+use crate::proto::protomesh::timetrack::v1::TimeEntry;
 use protomesh_data::tokio_postgres::Row;
 use serde::Serialize;
 use uuid::Uuid;

@@ -15,10 +15,10 @@
 //! | `INVALID_ARGUMENT` (the two services disagree on what a task id is) | `INTERNAL` |
 //! | anything else: down, unregistered, out of time, failing | `UNAVAILABLE`: the tasks service could not confirm the task |
 
-use protomesh::client::Mesh;
-use protomesh::proto::protomesh::tasks::v1::{
+use crate::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, GetTaskRequest, Task, TaskStatus,
 };
+use protomesh::client::Mesh;
 use tonic::{Code, Status};
 use uuid::Uuid;
 

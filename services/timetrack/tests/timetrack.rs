@@ -17,15 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
-use protomesh::proto::protomesh::tasks::v1::{
-    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
-    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
-    GetTaskRequest, Project, Task,
-};
-use protomesh::proto::protomesh::timetrack::v1::{
-    timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
-    ListEntriesRequest, StartTimerRequest, StartTimerResponse, StopTimerRequest, TimeEntry, Total,
-};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
@@ -34,7 +25,16 @@ use protomesh_data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
 use protomesh_data::testing::{TestDatabase, TestKeys};
 use protomesh_data::{self as data, Cache, DataConfig};
+use protomesh_tasks::proto::protomesh::tasks::v1::{
+    tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
+    AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
+    GetTaskRequest, Project, Task,
+};
 use protomesh_tasks::TasksHandler;
+use protomesh_timetrack::proto::protomesh::timetrack::v1::{
+    timetrack_service_client::TimetrackServiceClient, GetTotalsRequest, GetTotalsResponse,
+    ListEntriesRequest, StartTimerRequest, StartTimerResponse, StopTimerRequest, TimeEntry, Total,
+};
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -201,7 +201,11 @@ impl Harness {
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
-        let mesh = Mesh::from_consul(agent.client().unwrap()).unwrap();
+        let mesh = Mesh::from_consul(
+            agent.client().unwrap(),
+            &[protomesh_timetrack::proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap();
 
         let tasks = if with_tasks {
             Some(Self::start_tasks(&db, &keys, &mesh, &agent).await)
@@ -214,6 +218,7 @@ impl Harness {
         serve.no_register = true;
         let served = InProcessServer::start(
             MeshServer::new("timetrack", serve)
+                .descriptor_set(protomesh_timetrack::proto::FILE_DESCRIPTOR_SET)
                 .with_mesh(mesh.clone())
                 .add_service(TimetrackServiceServer::new(handler)),
         )
@@ -254,6 +259,7 @@ impl Harness {
         let handler = TasksHandler::new(pool, Cache::new(redis, keys.prefix()), mesh.clone());
         let served = InProcessServer::start(
             MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))
+                .descriptor_set(protomesh_tasks::proto::FILE_DESCRIPTOR_SET)
                 .add_service(protomesh_tasks::TasksServiceServer::new(handler.clone())),
         )
         .await
@@ -1252,9 +1258,14 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
         let pool = data::connect_pool(&config).unwrap();
         let mut serve = quick_config(Some("127.0.0.1:1"));
         serve.no_register = true;
-        let served = InProcessServer::start(MeshServer::new("timetrack", serve).add_service(
-            TimetrackServiceServer::new(TimetrackHandler::new(pool, h.mesh.clone())),
-        ))
+        let served = InProcessServer::start(
+            MeshServer::new("timetrack", serve)
+                .descriptor_set(protomesh_timetrack::proto::FILE_DESCRIPTOR_SET)
+                .add_service(TimetrackServiceServer::new(TimetrackHandler::new(
+                    pool,
+                    h.mesh.clone(),
+                ))),
+        )
         .await
         .unwrap();
         let mut client =

@@ -16,10 +16,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::proto::protomesh::users::v1::{Jwk, Jwks};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
-use protomesh::proto::protomesh::users::v1::{Jwk, Jwks};
 use protomesh_data::deadpool_postgres::Pool;
 use protomesh_data::DataError;
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};

@@ -27,7 +27,15 @@
 //!
 //! **Secrets stay secret.** Passwords, hashes, tokens and keys appear in no log line, no error
 //! message and no `Debug` output; refresh and device tokens are stored only as SHA-256 hashes.
+
 #![forbid(unsafe_code)]
+
+/// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
+/// `FILE_DESCRIPTOR_SET`, their encoded descriptor set (served over reflection).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    ::protomesh::include_protos!();
+}
 
 pub mod keys;
 pub mod limits;
@@ -39,11 +47,11 @@ pub mod validate;
 
 use std::time::Duration;
 
-use protomesh::identity::Identity;
-use protomesh::proto::protomesh::users::v1::{
+use crate::proto::protomesh::users::v1::{
     users_service_server::UsersService, GetJwksRequest, GetMeRequest, Jwks, LoginRequest,
     RefreshRequest, RegisterRequest, TokenPair, User,
 };
+use protomesh::identity::Identity;
 use protomesh_data::deadpool_postgres::{Object, Pool};
 use protomesh_data::status_from_pg;
 use tonic::{Request, Response, Status};
@@ -57,8 +65,8 @@ use tokens::{
     DEFAULT_REFRESH_TOKEN_TTL,
 };
 
+pub use crate::proto::protomesh::users::v1::users_service_server::UsersServiceServer;
 pub use migrations::MIGRATIONS;
-pub use protomesh::proto::protomesh::users::v1::users_service_server::UsersServiceServer;
 
 /// The service's name in Consul, its Postgres schema and its migrations' name.
 pub const SERVICE: &str = "users";

@@ -276,6 +276,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     );
     Ok(MeshServer::new(SERVICE, cli.serve)
         .version(env!("CARGO_PKG_VERSION"))
+        .descriptor_set(protomesh_users::proto::FILE_DESCRIPTOR_SET)
         .authenticator(verifier)
         .add_service(UsersServiceServer::new(handler))
         .serve()

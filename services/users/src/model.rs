@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use protomesh::proto::protomesh::users::v1::User;
+use crate::proto::protomesh::users::v1::User;
 use protomesh_data::tokio_postgres::Row;
 use uuid::Uuid;
 

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
 use protomesh::identity;
-use protomesh::proto::protomesh::users::v1::{
-    users_service_client::UsersServiceClient, users_service_server::UsersService, GetJwksRequest,
-    GetMeRequest, Jwks, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, User,
-};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::bounded;
@@ -28,6 +24,10 @@ use protomesh_users::limits::{
     RETRY_AFTER,
 };
 use protomesh_users::password::{PasswordHasher, PasswordParams};
+use protomesh_users::proto::protomesh::users::v1::{
+    users_service_client::UsersServiceClient, users_service_server::UsersService, GetJwksRequest,
+    GetMeRequest, Jwks, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, User,
+};
 use protomesh_users::tokens::{
     device_token_hash, refresh_token_hash, AccessClaims, AccessTokenIssuer, TokenSettings,
 };
@@ -74,7 +74,9 @@ fn fields(status: &tonic::Status) -> Vec<String> {
 /// The handler served in-process on a free port, not registered.
 async fn serve(handler: UsersHandler) -> InProcessServer {
     InProcessServer::start(
-        MeshServer::new("users", quick_config(None)).add_service(UsersServiceServer::new(handler)),
+        MeshServer::new("users", quick_config(None))
+            .descriptor_set(protomesh_users::proto::FILE_DESCRIPTOR_SET)
+            .add_service(UsersServiceServer::new(handler)),
     )
     .await
     .unwrap()

@@ -1,0 +1,12 @@
+//! Compiles `protomesh/tasks/v1/tasks.proto` (kept with the workspace's protos under `proto/`) with
+//! the build helper every service uses: Rust code in `OUT_DIR`, included by `src/lib.rs` as
+//! `proto`, and the descriptor set the runtime serves.
+
+fn main() -> Result<(), protomesh_build::BuildError> {
+    protomesh_build::Protos::new()
+        .extern_package(
+            "protomesh.priority.v1",
+            "::protomesh_priority::proto::protomesh::priority::v1",
+        )
+        .compile(&["protomesh/tasks/v1/tasks.proto"])
+}
