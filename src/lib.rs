@@ -41,6 +41,7 @@ pub mod policy;
 pub mod proto;
 pub mod rules;
 pub mod server;
+pub mod service;
 pub mod status;
 pub mod telemetry;
 #[cfg(test)]

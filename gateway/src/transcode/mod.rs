@@ -1525,7 +1525,7 @@ mod tests {
                 .expect("the test file is valid");
             pool
         });
-        let mesh = MESH.get_or_init(|| crate::test_protos::pool());
+        let mesh = MESH.get_or_init(crate::test_protos::pool);
         test.get_message_by_name(full_name)
             .or_else(|| mesh.get_message_by_name(full_name))
             .unwrap_or_else(|| panic!("no message {full_name}"))

@@ -7,13 +7,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+
+use protomesh::service::{Context, MeshClientError, Service};
 use std::time::Duration;
 
-use clap::Parser;
-use protomesh::client::Mesh;
-use protomesh::config::ServeConfig;
-use protomesh::consul::ConsulClient;
-use protomesh::server::{shutdown_signal, MeshServer};
+use clap::Args;
+use protomesh::server::shutdown_signal;
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, MIGRATIONS, SERVICE,
 };
@@ -23,12 +22,8 @@ use protomesh_data::{self as data, DataConfig, DataError};
 
 /// Dashboards and project reports over gRPC, built from the task and time events, registered in
 /// Consul.
-#[derive(Debug, Parser)]
-#[command(name = "analytics", version)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeConfig,
-
+#[derive(Debug, Args)]
+struct Flags {
     #[command(flatten)]
     data: DataConfig,
 
@@ -53,28 +48,17 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
 enum StartError {
     #[error("{0}")]
     Data(#[from] DataError),
-    #[error("invalid Consul settings (CONSUL_HTTP_ADDR / --consul-addr, CONSUL_HTTP_TOKEN): {0}")]
-    Consul(#[from] protomesh::consul::ConsulError),
-    #[error("mesh client: {0}")]
-    Descriptors(#[from] protomesh::client::methods::DescriptorError),
+    #[error(transparent)]
+    Mesh(#[from] MeshClientError),
     #[error(transparent)]
     Serve(#[from] protomesh::server::ServeError),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            eprintln!("{SERVICE}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = protomesh::telemetry::exit_code(run(cli).await);
-    // Export the last spans before the process ends.
-    telemetry.shutdown();
-    code
+fn main() -> ExitCode {
+    Service::new(SERVICE, env!("CARGO_PKG_VERSION"))
+        .about("Dashboards and project reports over gRPC, built from the task and time events, registered in Consul.")
+        .flags::<Flags>()
+        .run(run)
 }
 
 /// This process's name in the consumer group: `analytics-<host>-<pid>`, the host being the
@@ -89,12 +73,14 @@ fn consumer_name(served: SocketAddr) -> String {
     format!("{SERVICE}-{host}-{}", std::process::id())
 }
 
-async fn run(cli: Cli) -> Result<(), StartError> {
-    let Cli {
-        serve,
+async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
+    let server = ctx.server();
+    // Project reports ask the tasks service who may see a project.
+    let mesh = ctx.mesh(&[protomesh_analytics::proto::FILE_DESCRIPTOR_SET])?;
+    let Flags {
         data: config,
         claim_idle,
-    } = cli;
+    } = ctx.flags;
     let config = config.with_default_schema(SERVICE);
 
     data::ensure_database(&config).await?;
@@ -102,14 +88,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let applied = data::migrate(&pool, SERVICE, MIGRATIONS).await?;
     tracing::info!(?applied, schema = ?config.db_schema, "database ready");
 
-    // Project reports ask the tasks service who may see a project.
-    let mesh = Mesh::from_consul(
-        ConsulClient::new(serve.consul()?)?,
-        &[protomesh_analytics::proto::FILE_DESCRIPTOR_SET],
-    )?;
-
-    let server = MeshServer::new(SERVICE, serve)
-        .version(env!("CARGO_PKG_VERSION"))
+    let server = server
         .descriptor_set(protomesh_analytics::proto::FILE_DESCRIPTOR_SET)
         .with_mesh(mesh.clone())
         .add_service(AnalyticsServiceServer::new(AnalyticsHandler::new(

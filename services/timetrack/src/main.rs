@@ -4,11 +4,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use protomesh::client::Mesh;
-use protomesh::config::ServeConfig;
-use protomesh::consul::ConsulClient;
-use protomesh::server::MeshServer;
+use protomesh::service::{Context, MeshClientError, Service};
+
+use clap::Args;
 use protomesh_data::lag::LagMetrics;
 use protomesh_data::outbox::{OutboxRelay, RelayOptions};
 use protomesh_data::page_token::{PageTokenConfig, PageTokenKeyError};
@@ -16,12 +14,8 @@ use protomesh_data::{self as data, DataConfig, DataError};
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, MIGRATIONS, SERVICE};
 
 /// Timers of users on tasks over gRPC (Postgres, events through Redis), registered in Consul.
-#[derive(Debug, Parser)]
-#[command(name = "timetrack", version)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeConfig,
-
+#[derive(Debug, Args)]
+struct Flags {
     #[command(flatten)]
     data: DataConfig,
 
@@ -36,36 +30,26 @@ enum StartError {
     Data(#[from] DataError),
     #[error("{0}")]
     PageTokenKey(#[from] PageTokenKeyError),
-    #[error("invalid Consul settings (CONSUL_HTTP_ADDR / --consul-addr, CONSUL_HTTP_TOKEN): {0}")]
-    Consul(#[from] protomesh::consul::ConsulError),
-    #[error("mesh client: {0}")]
-    Descriptors(#[from] protomesh::client::methods::DescriptorError),
+    #[error(transparent)]
+    Mesh(#[from] MeshClientError),
     #[error(transparent)]
     Serve(#[from] protomesh::server::ServeError),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            eprintln!("{SERVICE}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = protomesh::telemetry::exit_code(run(cli).await);
-    // Export the last spans before the process ends.
-    telemetry.shutdown();
-    code
+fn main() -> ExitCode {
+    Service::new(SERVICE, env!("CARGO_PKG_VERSION"))
+        .about("Timers of users on tasks over gRPC (Postgres, events through Redis), registered in Consul.")
+        .flags::<Flags>()
+        .run(run)
 }
 
-async fn run(cli: Cli) -> Result<(), StartError> {
-    let Cli {
-        serve,
+async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
+    let server = ctx.server();
+    let mesh = ctx.mesh(&[protomesh_timetrack::proto::FILE_DESCRIPTOR_SET])?;
+    let Flags {
         data: config,
         page_token,
-    } = cli;
+    } = ctx.flags;
     let config = config.with_default_schema(SERVICE);
 
     data::ensure_database(&config).await?;
@@ -76,11 +60,6 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     // first instance that starts).
     let page_tokens = page_token.page_tokens(&pool).await?;
 
-    let mesh = Mesh::from_consul(
-        ConsulClient::new(serve.consul()?)?,
-        &[protomesh_timetrack::proto::FILE_DESCRIPTOR_SET],
-    )?;
-
     let redis = data::connect_redis(&config)?;
     let relay = OutboxRelay::spawn(
         pool.clone(),
@@ -90,8 +69,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     );
 
     let handler = TimetrackHandler::new(pool.clone(), mesh.clone()).with_page_tokens(page_tokens);
-    let server = MeshServer::new(SERVICE, serve)
-        .version(env!("CARGO_PKG_VERSION"))
+    let server = server
         .descriptor_set(protomesh_timetrack::proto::FILE_DESCRIPTOR_SET)
         .with_mesh(mesh)
         .add_service(TimetrackServiceServer::new(handler));

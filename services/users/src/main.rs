@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, ValueEnum};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use protomesh::auth::{AuthConfig, Authenticator};
-use protomesh::config::ServeConfig;
-use protomesh::server::MeshServer;
+use protomesh::service::{Context, Service};
 use protomesh_data::ratelimit::{Quota, RateLimiter};
 use protomesh_data::{self as data, DataConfig, DataError};
 use protomesh_users::keys::{KeyError, KeySource, SigningKeys};
@@ -24,12 +23,8 @@ use protomesh_users::{AccountSettings, UsersHandler, UsersServiceServer, MIGRATI
 
 /// Accounts, logins, JWTs and the JWKS over gRPC (Postgres, Redis rate limits), registered in
 /// Consul.
-#[derive(Debug, Parser)]
-#[command(name = "users", version)]
-struct Cli {
-    #[command(flatten)]
-    serve: ServeConfig,
-
+#[derive(Debug, Args)]
+struct Flags {
     #[command(flatten)]
     data: DataConfig,
 
@@ -130,24 +125,15 @@ enum StartError {
     Serve(#[from] protomesh::server::ServeError),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let telemetry = match protomesh::telemetry::init(cli.serve.log_format, SERVICE) {
-        Ok(telemetry) => telemetry,
-        Err(err) => {
-            eprintln!("{SERVICE}: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = protomesh::telemetry::exit_code(run(cli).await);
-    // Export the last spans before the process ends.
-    telemetry.shutdown();
-    code
+fn main() -> ExitCode {
+    Service::new(SERVICE, env!("CARGO_PKG_VERSION"))
+        .about("Accounts, logins, JWTs and the JWKS over gRPC (Postgres, Redis rate limits), registered in Consul.")
+        .flags::<Flags>()
+        .run(run)
 }
 
 /// The signing key source the flags describe, or why they do not fit together.
-fn key_source(cli: &Cli) -> Result<KeySource, StartError> {
+fn key_source(cli: &Flags) -> Result<KeySource, StartError> {
     match (
         cli.jwt_algorithm,
         &cli.jwt_private_key_file,
@@ -198,7 +184,9 @@ fn own_token_verifier(
     Ok(Authenticator::without_mesh(config))
 }
 
-async fn run(cli: Cli) -> Result<(), StartError> {
+async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
+    let server = ctx.server();
+    let (serve, cli) = (ctx.serve, ctx.flags);
     let source = key_source(&cli)?;
     // A bad key file is refused before the database is touched.
     let file_keys = SigningKeys::from_material(&source)?;
@@ -239,16 +227,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         None => SigningKeys::load(&source, &pool).await?,
     };
     tracing::info!(algorithm = ?keys.algorithm(), kid = ?keys.kid(), "signing key ready");
-    let verifier = own_token_verifier(
-        &cli.serve.credentials,
-        cli.jwt_secret_file.as_deref(),
-        &keys,
-    )?;
+    let verifier = own_token_verifier(&serve.credentials, cli.jwt_secret_file.as_deref(), &keys)?;
     let issuer = AccessTokenIssuer::new(
         keys,
         TokenSettings {
-            issuer: cli.serve.credentials.jwt_issuer.clone(),
-            audience: cli.serve.credentials.jwt_audience.clone(),
+            issuer: serve.credentials.jwt_issuer.clone(),
+            audience: serve.credentials.jwt_audience.clone(),
             access_token_ttl: cli.access_token_ttl,
         },
     );
@@ -274,8 +258,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             device_token_ttl: cli.device_token_ttl,
         },
     );
-    Ok(MeshServer::new(SERVICE, cli.serve)
-        .version(env!("CARGO_PKG_VERSION"))
+    Ok(server
         .descriptor_set(protomesh_users::proto::FILE_DESCRIPTOR_SET)
         .authenticator(verifier)
         .add_service(UsersServiceServer::new(handler))
