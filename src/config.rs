@@ -5,24 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use protomesh_consul::{ConsulConfig, ConsulError};
 
 use crate::auth::{AuthConfig, CredentialArgs};
 use crate::policy::DefaultAuth;
 use crate::tls::TlsConfig;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    /// JSON lines when standard error is not a terminal, human-readable text when it is.
-    #[default]
-    Auto,
-    /// One JSON object per line.
-    Json,
-    /// Human-readable text.
-    Text,
-}
+pub use crate::telemetry::LogFormat;
 
 /// The options every service binary accepts (`#[command(flatten)]` it into the binary's parser).
 #[derive(Debug, Clone, Args)]

@@ -32,8 +32,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer, Registry};
 
-use crate::config::LogFormat;
-
 pub use export::{SamplerSetting, TraceConfigError, TraceExportConfig};
 pub use grpc::{CallSide, GrpcClientTraceLayer, GrpcServerTraceLayer, TracedBody};
 pub use request_id::{current_request_id, REQUEST_ID_HEADER};
@@ -95,6 +93,18 @@ impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogFormat {
+    /// JSON lines when standard error is not a terminal, human-readable text when it is.
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
 }
 
 /// Installs the global `tracing` subscriber for `service` and, when `OTEL_EXPORTER_OTLP_ENDPOINT`

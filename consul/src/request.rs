@@ -7,11 +7,52 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use http::Method;
 
-use crate::client::QueryOptions;
 use crate::config::ConsulConfig;
 use crate::duration::to_go_duration;
 use crate::error::ConsulError;
 use crate::types::{CheckStatus, ServiceRegistration};
+
+/// Options of the read (query) endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// Only instances whose checks are all passing (`?passing`; health endpoint only).
+    pub passing: bool,
+    /// Only instances with this tag (health endpoint only).
+    pub tag: Option<String>,
+    /// Blocking query: return when the result's index moves past this one...
+    pub index: Option<u64>,
+    /// ...or after this long (Consul adds up to `wait/16` of jitter; default 5 min).
+    pub wait: Option<Duration>,
+    /// Datacenter to ask, overriding the configuration's.
+    pub datacenter: Option<String>,
+}
+
+impl QueryOptions {
+    /// Only passing instances.
+    pub fn with_passing(mut self, passing: bool) -> Self {
+        self.passing = passing;
+        self
+    }
+
+    /// Only instances with `tag`.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Makes the query a blocking one: wait up to `wait` for the index to move past `index`.
+    pub fn blocking(mut self, index: u64, wait: Duration) -> Self {
+        self.index = Some(index);
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Asks datacenter `dc` instead of the configured one.
+    pub fn with_datacenter(mut self, dc: impl Into<String>) -> Self {
+        self.datacenter = Some(dc.into());
+        self
+    }
+}
 
 /// Name of the header carrying the ACL token.
 pub const TOKEN_HEADER: &str = "x-consul-token";
