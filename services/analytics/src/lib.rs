@@ -35,8 +35,8 @@ pub mod validate;
 use std::time::{Duration, SystemTime};
 
 use protomesh::client::Mesh;
+use protomesh::data::db_error;
 use protomesh::data::deadpool_postgres::{Object, Pool};
-use protomesh::data::status_from_pg;
 use protomesh::data::stream::ConsumerOptions;
 use protomesh::data::tokio_postgres::IsolationLevel;
 use protomesh::identity;
@@ -137,11 +137,6 @@ impl std::fmt::Debug for AnalyticsHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnalyticsHandler").finish_non_exhaustive()
     }
-}
-
-/// A database error met while reading `what` (`"dashboard"`, `"report"`) as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
-    move |err| status_from_pg(&err, what)
 }
 
 /// A single violation as `INVALID_ARGUMENT`.

@@ -4,14 +4,13 @@
 //! exist for it (`NOT_FOUND`, the answer for a project that does not exist either); a visible
 //! project the caller may not manage is `PERMISSION_DENIED`.
 
+use protomesh::data::db_error;
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::identity::Identity;
 use protomesh::proto::protomesh::tasks::v1::ProjectRole;
 use protomesh::telemetry::spans;
 use tonic::Status;
 use uuid::Uuid;
-
-use crate::db_error;
 
 const MEMBER_ROLE: &str = "SELECT role FROM project_members WHERE project_id = $1 AND user_id = $2";
 

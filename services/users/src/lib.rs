@@ -39,8 +39,8 @@ pub mod validate;
 
 use std::time::Duration;
 
+use protomesh::data::db_error;
 use protomesh::data::deadpool_postgres::{Object, Pool};
-use protomesh::data::status_from_pg;
 use protomesh::identity::Identity;
 use protomesh::proto::protomesh::users::v1::{
     users_service_server::UsersService, GetJwksRequest, GetMeRequest, Jwks, LoginRequest,
@@ -146,11 +146,6 @@ pub struct UsersHandler {
     hasher: PasswordHasher,
     limits: LoginLimits,
     settings: AccountSettings,
-}
-
-/// A database error met while handling `what` as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
-    move |err| status_from_pg(&err, what)
 }
 
 /// An internal failure: logged (the error never holds a secret), answered without details.
