@@ -26,7 +26,7 @@ use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, Q
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
-use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
 use protomesh::data::{self, DataConfig};
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, AssigneeTime, GetProjectReportRequest,
@@ -984,13 +984,10 @@ impl Harness {
         let tasks = TasksMesh::start(with_tasks).await;
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("analytics");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "analytics", MIGRATIONS).await.unwrap();
-        let redis = connected_redis(&config).await;
+        let ServiceData { pool, redis, .. } =
+            ServiceData::start(&db, &keys, "analytics", MIGRATIONS)
+                .await
+                .unwrap();
 
         let consumer = StreamConsumer::new(
             &redis,

@@ -18,10 +18,10 @@ use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh::data::outbox::{self, OutboxRelay, RelayHandle, RelayOptions};
+use protomesh::data::outbox::{self, RelayHandle};
 use protomesh::data::testing::{
-    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, TestDatabase,
-    TestKeys,
+    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, ServiceData,
+    TestDatabase, TestKeys,
 };
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
@@ -66,19 +66,11 @@ struct TasksStack {
 
 impl TasksStack {
     async fn start(config: &DataConfig) -> Self {
-        let pool = data::connect_pool(config).unwrap();
-        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            config.key_prefix.clone(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::on(config.clone(), "tasks", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();

@@ -12,9 +12,9 @@ use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::fred::prelude::{Client, KeysInterface, StreamsInterface};
+use protomesh::data::outbox::RelayHandle;
+use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
@@ -83,23 +83,11 @@ impl Harness {
     async fn start() -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("tasks");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            keys.prefix(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::start(&db, &keys, "tasks", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();

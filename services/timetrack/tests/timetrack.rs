@@ -18,9 +18,9 @@ use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
-use protomesh::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::fred::prelude::{Client, StreamsInterface};
+use protomesh::data::outbox::RelayHandle;
+use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
@@ -181,23 +181,11 @@ impl Harness {
     async fn start_with(with_tasks: bool) -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("timetrack");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "timetrack", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            keys.prefix(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::start(&db, &keys, "timetrack", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -242,15 +230,10 @@ impl Harness {
         mesh: &Mesh,
         agent: &DevAgent,
     ) -> TasksFixture {
-        let config = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("tasks");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "tasks", protomesh_tasks::MIGRATIONS)
-            .await
-            .unwrap();
-        let redis = data::connect_redis(&config).unwrap();
+        let ServiceData { pool, redis, .. } =
+            ServiceData::start(db, keys, "tasks", protomesh_tasks::MIGRATIONS)
+                .await
+                .unwrap();
         let handler = TasksHandler::new(pool, Cache::new(redis, keys.prefix()), mesh.clone());
         let served = InProcessServer::start(
             MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))

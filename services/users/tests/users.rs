@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
 use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::fred::prelude::ClientLike;
-use protomesh::data::testing::{TestDatabase, TestKeys};
+use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
 use protomesh::data::{self, DataConfig};
 use protomesh::identity;
 use protomesh::proto::protomesh::users::v1::{
@@ -181,18 +180,9 @@ impl Harness {
     async fn with(options: Options) -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("users");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "users", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !redis.is_connected() {
-            assert!(Instant::now() < deadline, "redis did not connect");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let ServiceData { pool, redis, .. } = ServiceData::start(&db, &keys, "users", MIGRATIONS)
+            .await
+            .unwrap();
         let limiter = RateLimiter::new(redis, keys.prefix());
         let service = Instance::start(&pool, limiter.clone(), options).await;
         Self {
