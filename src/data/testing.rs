@@ -30,7 +30,7 @@ pub mod private_servers;
 pub mod service_data;
 
 pub use private_servers::{PrivatePostgres, PrivateRedis, PrivateServerError};
-pub use service_data::ServiceData;
+pub use service_data::{closed_port, unreachable_database, ServiceData};
 
 /// Name prefix of the databases [`TestDatabase`] creates.
 pub const TEST_DATABASE_PREFIX: &str = "protomesh_test_";

@@ -26,7 +26,9 @@ use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, Q
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
-use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
+use protomesh::data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
 use protomesh::data::{self, DataConfig};
 use protomesh::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, AssigneeTime, GetProjectReportRequest,
@@ -43,6 +45,7 @@ use protomesh::proto::protomesh::tasks::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::assert_invalid;
 use protomesh::testing::{bounded, eventually};
 use protomesh_analytics::{
     apply_event, consumer_options, AnalyticsHandler, AnalyticsServiceServer, Applied, MIGRATIONS,
@@ -58,26 +61,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The consumer group (the service's name).
 const GROUP: &str = "analytics";
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
-}
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -1371,14 +1354,8 @@ async fn requests_are_checked_and_answered_over_grpc() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let handler =
             AnalyticsHandler::new(data::connect_pool(&config).unwrap(), unreachable_mesh());
         let started = Instant::now();

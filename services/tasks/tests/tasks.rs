@@ -14,7 +14,9 @@ use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, KeysInterface, StreamsInterface};
 use protomesh::data::outbox::RelayHandle;
-use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
+use protomesh::data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
 use protomesh::data::{self, Cache, DataConfig};
 use protomesh::proto::protomesh::priority::v1::Level;
 use protomesh::proto::protomesh::tasks::v1::{
@@ -26,6 +28,7 @@ use protomesh::proto::protomesh::tasks::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::{assert_invalid, violation_fields};
 use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::{cache_key, TasksHandler, TasksServiceServer, EVENT_STREAM, MIGRATIONS};
 use tokio::sync::oneshot;
@@ -43,26 +46,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
     let ts = ts.unwrap();
     (ts.seconds, ts.nanos)
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
 }
 
 /// Everything one test needs. Field order is drop order: the server and relay go before the
@@ -461,7 +444,7 @@ async fn bad_requests_name_the_field() {
             .await
             .expect_err("three violations");
         assert_eq!(
-            fields(&status),
+            violation_fields(&status),
             vec!["task.title", "task.urgency", "task.impact"]
         );
         assert_invalid(
@@ -1371,14 +1354,8 @@ async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let redis = data::connect_redis(&config).unwrap();
         let consul = protomesh::consul::ConsulClient::new(

@@ -20,8 +20,10 @@ use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, StreamsInterface};
 use protomesh::data::outbox::RelayHandle;
-use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
-use protomesh::data::{self, Cache, DataConfig};
+use protomesh::data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
+use protomesh::data::{self, Cache};
 use protomesh::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
     AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
@@ -33,6 +35,7 @@ use protomesh::proto::protomesh::timetrack::v1::{
 };
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::{assert_invalid, violation_fields};
 use protomesh::testing::{bounded, eventually};
 use protomesh_tasks::TasksHandler;
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, EVENT_STREAM, MIGRATIONS};
@@ -56,26 +59,6 @@ fn at(rfc3339: &str) -> SystemTime {
 
 fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
     Some(at(rfc3339).into())
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
 }
 
 /// Totals as (id, whole seconds), asserting there is no fraction of a second.
@@ -1006,7 +989,10 @@ async fn bad_requests_name_the_field() {
         let several = start(String::new(), "nope".into(), "n".repeat(1001))
             .await
             .expect_err("three violations");
-        assert_eq!(fields(&several), vec!["user_id", "task_id", "note"]);
+        assert_eq!(
+            violation_fields(&several),
+            vec!["user_id", "task_id", "note"]
+        );
         assert_invalid(
             h.client()
                 .stop_timer(StopTimerRequest {
@@ -1117,7 +1103,7 @@ async fn bad_requests_name_the_field() {
             "to",
         );
         assert_eq!(
-            fields(&totals(GetTotalsRequest::default()).await.unwrap_err()),
+            violation_fields(&totals(GetTotalsRequest::default()).await.unwrap_err()),
             vec!["from", "to"]
         );
         assert_invalid(
@@ -1224,14 +1210,8 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
         // A live mesh with a registered tasks service, so StartTimer gets past its task check.
         let h = Harness::start().await;
         let task = h.task("confirmed").await;
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let mut serve = quick_config(Some("127.0.0.1:1"));
         serve.no_register = true;

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
 use protomesh::data::deadpool_postgres::Pool;
-use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
-use protomesh::data::{self, DataConfig};
+use protomesh::data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
+use protomesh::data;
 use protomesh::identity;
 use protomesh::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, users_service_server::UsersService, GetJwksRequest,
@@ -20,6 +22,7 @@ use protomesh::proto::protomesh::users::v1::{
 use protomesh::ratelimit::RateLimiter;
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::violation_fields;
 use protomesh::testing::bounded;
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
 use protomesh_users::limits::{
@@ -61,13 +64,6 @@ fn test_rsa_key() -> &'static RsaPrivateKey {
 fn test_rsa_pem() -> SecretBytes {
     let pem = test_rsa_key().to_pkcs8_pem(LineEnding::LF).unwrap();
     SecretBytes::new(pem.as_bytes().to_vec())
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 /// The handler served in-process on a free port, not registered.
@@ -464,7 +460,10 @@ async fn bad_requests_name_their_fields_and_never_echo_secrets() {
         let h = Harness::start().await;
         let status = h.register("not-an-email", "", "hunter2").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert_eq!(fields(&status), vec!["email", "display_name", "password"]);
+        assert_eq!(
+            violation_fields(&status),
+            vec!["email", "display_name", "password"]
+        );
         assert!(
             !status.message().contains("hunter2"),
             "{}",
@@ -476,25 +475,25 @@ async fn bad_requests_name_their_fields_and_never_echo_secrets() {
             .register("ada@example.org", &long_name, &"p".repeat(1025))
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["display_name", "password"]);
+        assert_eq!(violation_fields(&status), vec!["display_name", "password"]);
         let status = h
             .register(&format!("{}@example.org", "a".repeat(250)), "Ada", PASSWORD)
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["email"]);
+        assert_eq!(violation_fields(&status), vec!["email"]);
         // An address is taken as sent: surrounding spaces are not part of one.
         let status = h
             .register(" ada@example.org", "Ada", PASSWORD)
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["email"]);
+        assert_eq!(violation_fields(&status), vec!["email"]);
 
         let status = h.login("", "").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert_eq!(fields(&status), vec!["email", "password"]);
+        assert_eq!(violation_fields(&status), vec!["email", "password"]);
 
         let status = h.refresh("").await.unwrap_err();
-        assert_eq!(fields(&status), vec!["refresh_token"]);
+        assert_eq!(violation_fields(&status), vec!["refresh_token"]);
 
         // Nothing was written.
         let client = h.pool.get().await.unwrap();
@@ -1101,14 +1100,8 @@ async fn a_key_file_signs_and_is_published() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let keys = SigningKeys::hmac(&SecretBytes::new(HS256_SECRET.to_vec())).unwrap();
         let limits = LoginLimits::new(RateLimiter::local_only(), test_quotas());

@@ -1,6 +1,7 @@
 //! For tests only: the data a service's handler runs on in an in-process test, set up the way
 //! its binary does (a pool migrated with the service's steps, a Redis client, the outbox relay),
-//! so each service's tests need not repeat it.
+//! so each service's tests need not repeat it; and a database that is down
+//! ([`unreachable_database`]).
 //!
 //! ```no_run
 //! # use protomesh::data::testing::{ServiceData, TestDatabase, TestKeys};
@@ -17,9 +18,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use fred::prelude::{Client, ClientLike};
 
+use super::super::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use super::super::{connect_pool, connect_redis, migrate, DataConfig, DataError};
 use super::{TestDatabase, TestKeys};
-use crate::data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use crate::data::{connect_pool, connect_redis, migrate, DataConfig, DataError};
 
 /// Longest wait for the Redis client to connect.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,4 +88,21 @@ impl ServiceData {
             RelayOptions::default().listen(self.config.pg_config()?),
         ))
     }
+}
+
+/// A loopback port nothing listens on (free a moment ago: the listener that found it is closed).
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .unwrap_or(1)
+}
+
+/// Settings of a database that is down: Postgres at `port` of the loopback address (see
+/// [`closed_port`]), giving up on a connection after 500 ms.
+pub fn unreachable_database(port: u16) -> DataConfig {
+    let mut config =
+        DataConfig::with_database_url(format!("postgresql://postgres@127.0.0.1:{port}/protomesh"));
+    config.db_timeout = Duration::from_millis(500);
+    config
 }
