@@ -144,6 +144,18 @@ pub enum ConsulError {
         last_error: String,
     },
 
+    /// A service had no instance passing its health checks in time
+    /// ([`DevAgent::wait_passing`](crate::DevAgent::wait_passing)).
+    #[error("no instance of {service} was passing after {after:?} (last problem: {last_error})")]
+    NotPassing {
+        /// The service waited for.
+        service: String,
+        /// How long we waited.
+        after: Duration,
+        /// The last error or state seen while polling.
+        last_error: String,
+    },
+
     /// A local I/O operation failed (opening a log file, finding a free port...).
     #[error("{context}")]
     Io {

@@ -58,10 +58,11 @@ impl TestMesh {
 /// Waits (up to a minute each) until every one of `services` has a passing instance in Consul.
 pub async fn wait_passing(consul: &Consul, services: &[&str]) {
     for service in services {
-        eventually(Duration::from_secs(60), "passing instances", || async {
-            (!consul.instances(service, true).await.is_empty()).then_some(())
-        })
-        .await;
+        consul
+            .agent
+            .wait_passing(service, Duration::from_secs(60))
+            .await
+            .unwrap();
     }
 }
 

@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protomesh::auth::testing::{token, SignedIn, TEST_SECRET};
 use protomesh::client::Mesh;
-use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh::data::stream::{ConsumerHandle, Event, StreamConsumer};
@@ -895,19 +895,10 @@ impl TasksMesh {
             )
             .await
             .unwrap();
-            let consul = agent.client().unwrap();
-            eventually(Duration::from_secs(20), "tasks passing", || {
-                let consul = consul.clone();
-                async move {
-                    let opts = QueryOptions {
-                        passing: true,
-                        ..Default::default()
-                    };
-                    let entries = consul.health_service("tasks", &opts).await.ok()?;
-                    (!entries.value.is_empty()).then_some(())
-                }
-            })
-            .await;
+            agent
+                .wait_passing("tasks", Duration::from_secs(20))
+                .await
+                .unwrap();
             Some(served)
         } else {
             None

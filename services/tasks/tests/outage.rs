@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
 use protomesh::data::outbox::{self, RelayHandle};
@@ -375,19 +375,11 @@ async fn tasks_get_remote_priorities_once_the_priority_service_appears() {
         .await
         .unwrap();
         let appeared = Instant::now();
-        let consul = stack.agent.client().unwrap();
-        eventually(Duration::from_secs(20), "priority passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("priority", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        stack
+            .agent
+            .wait_passing("priority", Duration::from_secs(20))
+            .await
+            .unwrap();
         // The same handler and mesh: the watch picks the instance up (and the breaker, if the
         // failures opened it, lets calls through again).
         let remote = eventually(Duration::from_secs(30), "a remote score", || async {

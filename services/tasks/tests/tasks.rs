@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, KeysInterface, StreamsInterface};
 use protomesh::data::outbox::RelayHandle;
@@ -1252,19 +1252,10 @@ async fn priority_available_scores_remotely() {
         )
         .await
         .unwrap();
-        let consul = h.agent.client().unwrap();
-        eventually(Duration::from_secs(20), "priority passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("priority", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        h.agent
+            .wait_passing("priority", Duration::from_secs(20))
+            .await
+            .unwrap();
         let task = eventually(Duration::from_secs(20), "a remote score", || async {
             let task = h.task(&project, "ship", 9, 8).await;
             (!task.priority_fallback).then_some(task)

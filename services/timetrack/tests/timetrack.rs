@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::fred::prelude::{Client, StreamsInterface};
 use protomesh::data::outbox::RelayHandle;
@@ -224,19 +224,10 @@ impl Harness {
         )
         .await
         .unwrap();
-        let consul = agent.client().unwrap();
-        eventually(Duration::from_secs(20), "tasks passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("tasks", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        agent
+            .wait_passing("tasks", Duration::from_secs(20))
+            .await
+            .unwrap();
         let project = handler
             .create_project(by_admin(CreateProjectRequest {
                 project: Some(Project {

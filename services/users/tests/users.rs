@@ -9,11 +9,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
+use protomesh::data;
 use protomesh::data::deadpool_postgres::Pool;
 use protomesh::data::testing::{
     closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
 };
-use protomesh::data;
 use protomesh::identity;
 use protomesh::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, users_service_server::UsersService, GetJwksRequest,
