@@ -1,6 +1,10 @@
 //! Rich gRPC errors: `tonic::Status` values that carry `google.rpc` details (the field a request got
 //! wrong), so grpcurl and the gateway can name the field; the shared checks of request text
-//! ([`text`]: length, no NUL) and the shortening of client input repeated in a message ([`echo`]).
+//! ([`text`]: length, no NUL) and the shortening of client input repeated in a message ([`echo`]);
+//! assertions on them for tests (`testing`, feature `test-util`).
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 use std::borrow::Cow;
 

@@ -200,23 +200,10 @@ fn is_transport_target(target: &str) -> bool {
         .any(|prefix| target.starts_with(prefix))
 }
 
-/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the message
-/// before it already contains.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut last = text.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !last.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        last = cause_text;
-        source = cause.source();
-    }
-    text
-}
+/// An error and its causes on one line, `a: b: c`, leaving out a cause whose text the line
+/// already holds: the one rule of the workspace, kept in the Consul client crate every other
+/// depends on.
+pub use protomesh_consul::error_chain;
 
 /// The exit code of a binary whose work ended with `result`; an error is logged with its causes.
 pub fn exit_code<E>(result: Result<(), E>) -> std::process::ExitCode
@@ -235,20 +222,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer: {0}")]
-    struct Outer(#[source] Inner);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("inner")]
-    struct Inner(#[source] std::io::Error);
-
-    #[test]
-    fn error_chain_skips_causes_already_in_the_message() {
-        let err = Outer(Inner(std::io::Error::other("refused")));
-        assert_eq!(error_chain(&err), "outer: inner: refused");
-    }
 
     #[test]
     fn the_exporter_s_own_transport_is_never_traced() {

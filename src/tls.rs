@@ -28,6 +28,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+use crate::telemetry::error_chain;
+
 /// Longest time a server gives a client to finish the TLS handshake.
 const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -261,27 +263,12 @@ impl MeshTls {
         };
         tonic::transport::Server::builder()
             .tls_config(self.server_config())
-            .map_err(|err| identity_error(error_text(&err)))?;
+            .map_err(|err| identity_error(error_chain(&err)))?;
         tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
             .tls_config(self.client_config())
-            .map_err(|err| identity_error(error_text(&err)))?;
+            .map_err(|err| identity_error(error_chain(&err)))?;
         Ok(())
     }
-}
-
-/// An error and its causes on one line.
-fn error_text(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

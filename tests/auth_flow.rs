@@ -20,6 +20,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use protomesh_data::testing::{redis_url, PrivateRedis, TestDatabase, TestKeys};
 use sha2::{Digest, Sha256};
 use support::http::{bearer, field, field_number, http, spawn};
+use support::mesh::wait_passing;
 use support::{eventually, gateway_addr, tempdir, unique, Consul};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -72,12 +73,7 @@ async fn register_login_and_call_protected_routes_through_the_gateway() {
         &["--api-keys-file", api_keys.to_str().unwrap()],
     );
     let _priority = spawn("priority", &with(&[]), &[]);
-    for service in ["users", "tasks", "priority"] {
-        eventually(Duration::from_secs(60), "passing instances", || async {
-            (!consul.instances(service, true).await.is_empty()).then_some(())
-        })
-        .await;
-    }
+    wait_passing(&consul, &["users", "tasks", "priority"]).await;
     let public_quota = format!("public={PUBLIC_QUOTA}/1m");
     let gateway = spawn(
         "gateway",

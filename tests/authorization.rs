@@ -19,7 +19,6 @@ use protomesh_analytics::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, GetProjectReportRequest,
     GetUserDashboardRequest,
 };
-use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use protomesh_tasks::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, GetProjectRequest, GetTaskRequest,
 };
@@ -30,6 +29,7 @@ use protomesh_users::proto::protomesh::users::v1::{
     users_service_client::UsersServiceClient, GetMeRequest,
 };
 use support::http::{bearer, field, http, spawn, Answer};
+use support::mesh::{wait_passing, wait_routes, TestMesh};
 use support::{eventually, gateway_addr, unique, Consul};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -64,44 +64,32 @@ async fn direct(consul: &Consul, service: &str) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_are_refused_members_and_admins_are_served() {
-    let consul = Consul::start().await;
-    let database = TestDatabase::create().await.unwrap();
-    let keys = TestKeys::new();
+    let mesh = TestMesh::start().await;
+    let consul = &mesh.consul;
     let admin_email = format!("{}@example.com", unique("root"));
-    let env = [
-        ("CONSUL_HTTP_ADDR", consul.addr()),
-        ("DATABASE_URL", database.url().to_owned()),
-        ("REDIS_URL", redis_url()),
-        ("PROTOMESH_KEY_PREFIX", keys.prefix().to_owned()),
-        ("PROTOMESH_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
+    let env = mesh.env();
     let _users = spawn("users", &env, &["--admin-email", &admin_email]);
     let _tasks = spawn("tasks", &env, &[]);
     let _timetrack = spawn("timetrack", &env, &[]);
     let _analytics = spawn("analytics", &env, &[]);
     let _priority = spawn("priority", &env, &[]);
-    for service in ["users", "tasks", "timetrack", "analytics", "priority"] {
-        eventually(Duration::from_secs(60), "passing instances", || async {
-            (!consul.instances(service, true).await.is_empty()).then_some(())
-        })
-        .await;
-    }
+    wait_passing(
+        consul,
+        &["users", "tasks", "timetrack", "analytics", "priority"],
+    )
+    .await;
     let gateway = spawn("gateway", &env, &[]);
     let addr: SocketAddr = gateway_addr(&gateway).await;
     let url = |path: &str| format!("http://{addr}{path}");
-    eventually(Duration::from_secs(30), "every route", || async {
-        let routes = http("GET", url("/routes"), vec![], None).await.body;
-        [
+    wait_routes(
+        addr,
+        &[
             "UsersService",
             "TasksService",
             "TimetrackService",
             "AnalyticsService",
-        ]
-        .iter()
-        .all(|s| routes.contains(s))
-        .then_some(())
-    })
+        ],
+    )
     .await;
 
     // Alice, Bob, Carol and an admin sign up and in.
@@ -259,10 +247,10 @@ async fn strangers_are_refused_members_and_admins_are_served() {
     assert!(!bobs_list.body.contains(&task_id), "{}", bobs_list.body);
 
     // Directly on the services' ports, Bob's own valid token: NOT_FOUND all the same.
-    let mut tasks = TasksServiceClient::new(direct(&consul, "tasks").await);
-    let mut timetrack = TimetrackServiceClient::new(direct(&consul, "timetrack").await);
-    let mut analytics = AnalyticsServiceClient::new(direct(&consul, "analytics").await);
-    let mut users = UsersServiceClient::new(direct(&consul, "users").await);
+    let mut tasks = TasksServiceClient::new(direct(consul, "tasks").await);
+    let mut timetrack = TimetrackServiceClient::new(direct(consul, "timetrack").await);
+    let mut analytics = AnalyticsServiceClient::new(direct(consul, "analytics").await);
+    let mut users = UsersServiceClient::new(direct(consul, "users").await);
     let get_task = || GetTaskRequest {
         id: task_id.clone(),
     };

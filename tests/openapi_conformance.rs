@@ -24,9 +24,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use support::http::{field, http, spawn};
-use support::{eventually, gateway_addr, repo_root, tempdir, tool, unique, Consul};
+use support::mesh::{wait_passing, wait_routes, TestMesh};
+use support::{gateway_addr, repo_root, tempdir, tool, unique};
 
 /// Cases per operation and phase.
 const MAX_EXAMPLES: &str = "40";
@@ -39,28 +39,18 @@ const PASSWORD: &str = "correct horse battery staple";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_the_mesh_as_its_openapi_document_says() {
     let schemathesis = tool("schemathesis");
-    let consul = Consul::start().await;
-    let database = TestDatabase::create().await.unwrap();
-    let keys = TestKeys::new();
-    let env = [
-        ("CONSUL_HTTP_ADDR", consul.addr()),
-        ("DATABASE_URL", database.url().to_owned()),
-        ("REDIS_URL", redis_url()),
-        ("PROTOMESH_KEY_PREFIX", keys.prefix().to_owned()),
-        ("PROTOMESH_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
+    let mesh = TestMesh::start().await;
+    let env = mesh.env();
     let _users = spawn("users", &env, &[]);
     let _tasks = spawn("tasks", &env, &[]);
     let _timetrack = spawn("timetrack", &env, &[]);
     let _analytics = spawn("analytics", &env, &[]);
     let _priority = spawn("priority", &env, &[]);
-    for service in ["users", "tasks", "timetrack", "analytics", "priority"] {
-        eventually(Duration::from_secs(60), "passing instances", || async {
-            (!consul.instances(service, true).await.is_empty()).then_some(())
-        })
-        .await;
-    }
+    wait_passing(
+        &mesh.consul,
+        &["users", "tasks", "timetrack", "analytics", "priority"],
+    )
+    .await;
     // Thousands of requests from one address: rate limits that never refuse them (the limits
     // have tests of their own).
     let gateway = spawn(
@@ -79,19 +69,16 @@ async fn schemathesis_finds_the_mesh_as_its_openapi_document_says() {
     );
     let addr: SocketAddr = gateway_addr(&gateway).await;
     let url = |path: &str| format!("http://{addr}{path}");
-    eventually(Duration::from_secs(30), "every route", || async {
-        let routes = http("GET", url("/routes"), vec![], None).await.body;
-        [
+    wait_routes(
+        addr,
+        &[
             "UsersService",
             "TasksService",
             "TimetrackService",
             "AnalyticsService",
             "PriorityService",
-        ]
-        .iter()
-        .all(|s| routes.contains(s))
-        .then_some(())
-    })
+        ],
+    )
     .await;
 
     // A user of its own, signed in.

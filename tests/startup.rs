@@ -7,9 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
+use support::eventually;
 use support::http::spawn;
-use support::{eventually, Consul};
+use support::mesh::TestMesh;
 
 /// The services with a database of their own.
 const DATA_SERVICES: [&str; 4] = ["users", "tasks", "timetrack", "analytics"];
@@ -19,17 +19,9 @@ const INSTANCES: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_instance_of_every_service_comes_up_against_a_fresh_database() {
-    let consul = Consul::start().await;
-    let database = TestDatabase::not_created().await.unwrap();
-    let keys = TestKeys::new();
-    let env = [
-        ("CONSUL_HTTP_ADDR", consul.addr()),
-        ("DATABASE_URL", database.url().to_owned()),
-        ("REDIS_URL", redis_url()),
-        ("PROTOMESH_KEY_PREFIX", keys.prefix().to_owned()),
-        ("PROTOMESH_LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-    ];
+    let mesh = TestMesh::start_without_database().await;
+    let consul = &mesh.consul;
+    let env = mesh.env();
     let started = Instant::now();
     let mut processes: Vec<_> = (0..INSTANCES)
         .flat_map(|_| DATA_SERVICES.iter().map(|name| spawn(name, &env, &[])))

@@ -12,11 +12,14 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::client::{ConsulClient, ConsulConfig};
+use crate::client::{ConsulClient, ConsulConfig, QueryOptions};
 use crate::error::ConsulError;
 
 /// Time between two readiness polls.
 const READY_POLL: Duration = Duration::from_millis(100);
+
+/// Time between two polls for a passing instance ([`DevAgent::wait_passing`]).
+const PASSING_POLL: Duration = Duration::from_millis(20);
 
 /// How many times [`DevAgent::wait_ready`] starts an agent that exited before it was ready again
 /// on new ports (its ports may have been taken between picking and binding them).
@@ -281,6 +284,30 @@ impl DevAgent {
                 });
             }
             tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// Polls the agent's catalog until `service` has an instance passing its health checks,
+    /// failing with [`ConsulError::NotPassing`] after `timeout`: what a test or the dev mesh does
+    /// after starting a service.
+    pub async fn wait_passing(&self, service: &str, timeout: Duration) -> Result<(), ConsulError> {
+        let client = self.client()?;
+        let options = QueryOptions::default().with_passing(true);
+        let started = Instant::now();
+        loop {
+            let last_error = match client.health_service(service, &options).await {
+                Ok(passing) if !passing.value.is_empty() => return Ok(()),
+                Ok(_) => "no passing instance yet".to_owned(),
+                Err(err) => err.to_string(),
+            };
+            if started.elapsed() >= timeout {
+                return Err(ConsulError::NotPassing {
+                    service: service.to_owned(),
+                    after: timeout,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(PASSING_POLL).await;
         }
     }
 

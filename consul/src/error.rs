@@ -1,5 +1,7 @@
 //! The error type of the client, the registrar and the dev-agent launcher, [`ConsulError`],
-//! and its classification helpers (the watcher's own is [`WatchError`](crate::WatchError)).
+//! and its classification helpers (the watcher's own is [`WatchError`](crate::WatchError)); and
+//! [`error_chain`], how any error is written on one line (here because every protomesh crate
+//! depends on this one).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -142,6 +144,18 @@ pub enum ConsulError {
         last_error: String,
     },
 
+    /// A service had no instance passing its health checks in time
+    /// ([`DevAgent::wait_passing`](crate::DevAgent::wait_passing)).
+    #[error("no instance of {service} was passing after {after:?} (last problem: {last_error})")]
+    NotPassing {
+        /// The service waited for.
+        service: String,
+        /// How long we waited.
+        after: Duration,
+        /// The last error or state seen while polling.
+        last_error: String,
+    },
+
     /// A local I/O operation failed (opening a log file, finding a free port...).
     #[error("{context}")]
     Io {
@@ -196,6 +210,24 @@ fn log_hint(log_file: Option<&PathBuf>) -> String {
     }
 }
 
+/// An error and its causes on one line, `outer: inner: cause`: the one rule of every log line
+/// and message of protomesh that shows an error. A cause whose text the line already holds (as
+/// an error that formats its source into its own message does) is left out, so nothing is said
+/// twice.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +273,39 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert!(timeout.is_unreachable());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner(#[source] std::io::Error);
+
+    /// Formats its source's own source too (as `anyhow`-style messages do).
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper: {0}: refused")]
+    struct Wrapper(#[source] Inner);
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        let err = Outer(Inner(std::io::Error::other("refused")));
+        assert_eq!(error_chain(&err), "outer: inner: refused");
+        // A cause an earlier message (not the one just before) already holds.
+        let err = Wrapper(Inner(std::io::Error::other("refused")));
+        assert_eq!(error_chain(&err), "wrapper: inner: refused");
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "alone");
+    }
+
+    #[test]
+    fn error_chain_includes_sources() {
+        let err = ConsulError::Connect {
+            address: "http://127.0.0.1:1".to_owned(),
+            source: "connection refused".into(),
+        };
+        let text = error_chain(&err);
+        assert!(text.contains("http://127.0.0.1:1"), "{text}");
+        assert!(text.ends_with(": connection refused"), "{text}");
     }
 }

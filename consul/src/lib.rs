@@ -41,7 +41,7 @@ pub mod watcher;
 
 pub use client::{ConsulClient, ConsulConfig, QueryOptions, QueryResponse};
 pub use dev_agent::{DevAgent, DevAgentOptions, DevAgentPorts};
-pub use error::ConsulError;
+pub use error::{error_chain, ConsulError};
 pub use registrar::{Registrar, Registration, TtlReport};
 pub use types::{
     AgentSelf, AgentService, CheckRegistration, CheckStatus, HealthCheck, Node, ServiceEntry,

@@ -38,6 +38,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 
 use crate::client::{ConsulClient, QueryOptions};
+use crate::error::error_chain;
 use crate::types::ServiceEntry;
 
 /// Default longest time Consul holds one blocking query.
@@ -561,21 +562,6 @@ impl Stream for InstanceChanges {
     }
 }
 
-/// An error with its sources, `outer: inner: ...`, for [`WatchState::last_error`].
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        let inner_text = inner.to_string();
-        if !text.contains(&inner_text) {
-            text.push_str(": ");
-            text.push_str(&inner_text);
-        }
-        source = inner.source();
-    }
-    text
-}
-
 /// The watcher's task: one query per round, rate limited, backing off on errors.
 async fn watch_loop(
     client: ConsulClient,
@@ -945,16 +931,5 @@ mod tests {
         assert_send_sync::<WatchHandle>();
         assert_send_sync::<WatchState>();
         assert_stream::<InstanceChanges>();
-    }
-
-    #[test]
-    fn error_chain_includes_sources() {
-        let err = crate::ConsulError::Connect {
-            address: "http://127.0.0.1:1".to_owned(),
-            source: "connection refused".into(),
-        };
-        let text = error_chain(&err);
-        assert!(text.contains("http://127.0.0.1:1"), "{text}");
-        assert!(text.ends_with(": connection refused"), "{text}");
     }
 }

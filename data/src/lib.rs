@@ -8,9 +8,10 @@
 //! | piece | what it gives a service |
 //! |---|---|
 //! | [`DataConfig`] | `--database-url`, `--redis-url`, `--db-pool-size`, `--db-schema`, `--db-timeout`, `--key-prefix` (flatten it into the binary's parser next to [`ServeConfig`](protomesh::config::ServeConfig)) |
-//! | [`postgres`] | [`connect_pool`] (never fails because the database is down), [`ensure_database`], [`migrate`], [`status_from_pg`] (database errors → gRPC codes) |
+//! | [`postgres`] | [`connect_pool`] (never fails because the database is down), [`ensure_database`], [`migrate`], [`status_from_pg`] (database errors → gRPC codes; [`db_error`] for `map_err`) |
 //! | [`outbox`] | the `outbox` table ([`outbox::OUTBOX_DDL`]), [`outbox::insert`] inside the write's transaction, [`outbox::OutboxRelay`] publishing to Redis Streams |
 //! | [`stream`] | [`stream::StreamConsumer`] (consumer group, ack after the handler committed, claims of a dead consumer's messages), [`stream::APPLIED_EVENTS_DDL`] and [`stream::mark_applied`] for idempotent apply |
+//! | [`keyset`] | pages of newest-first lists: [`keyset::PageQuery`] (the filtered `SELECT` of one page), [`keyset::TimeCursor`] (where the next page starts), [`keyset::open_cursor`] and [`keyset::next_page_token`] (the cursor in and out of a page token) |
 //! | [`cache`] | [`cache::Cache`]: JSON get/set/del with a TTL; Redis errors are misses |
 //! | [`page_token`] | [`page_token::PageTokens`]: list page tokens signed with the deployment's key (kept in the service's schema, [`page_token::PAGE_TOKEN_KEY_DDL`]) and bound to the request's filter |
 //! | [`ratelimit`] | [`ratelimit::RateLimiter`]: quotas shared by every instance through Redis (GCRA), per instance while Redis is down |
@@ -51,6 +52,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub mod cache;
+pub mod keyset;
 pub mod lag;
 pub mod outbox;
 pub mod page_token;
@@ -62,7 +64,7 @@ pub mod stream;
 pub mod testing;
 
 pub use cache::Cache;
-pub use postgres::{connect_pool, ensure_database, migrate, status_from_pg};
+pub use postgres::{connect_pool, db_error, ensure_database, migrate, status_from_pg};
 pub use redis::connect_redis;
 
 /// Re-exports of the clients the data layer is built on, so services need no extra dependency to

@@ -337,6 +337,21 @@ pub fn status_from_pg(err: &(dyn StdError + 'static), what: &str) -> Status {
     classified.into_status()
 }
 
+/// [`status_from_pg`] as a `map_err` argument: the database error met while reading or writing
+/// `what` becomes the status the caller gets (without the database's text), and that text goes
+/// to the log. The one rule every service's handlers use:
+///
+/// ```no_run
+/// # async fn run(pool: protomesh_data::deadpool_postgres::Pool) -> Result<(), tonic::Status> {
+/// use protomesh_data::db_error;
+/// let client = pool.get().await.map_err(db_error("task"))?;
+/// client.execute("SELECT 1", &[]).await.map_err(db_error("task"))?;
+/// # Ok(()) }
+/// ```
+pub fn db_error<E: StdError + 'static>(what: &'static str) -> impl Fn(E) -> Status {
+    move |err| status_from_pg(&err, what)
+}
+
 /// A database error sorted into a gRPC code and a message safe to show the caller.
 #[derive(Debug)]
 pub(crate) struct Classified {

@@ -1,7 +1,8 @@
 //! For tests only: a database of its own per test on the machine's Postgres, unique Redis key
 //! prefixes, and their clean-up; and, for outage tests, private Redis and Postgres servers a test
-//! stops and starts again ([`PrivateRedis`], [`PrivatePostgres`], in [`private_servers`]). Not
-//! for production code.
+//! stops and starts again ([`PrivateRedis`], [`PrivatePostgres`], in [`private_servers`]); a
+//! service's migrated pool, connected Redis and outbox relay ([`ServiceData`]). Not for
+//! production code.
 //!
 //! ```no_run
 //! # use protomesh_data::{self as data, testing::{TestDatabase, TestKeys}};
@@ -26,8 +27,10 @@ use super::postgres::{connect_once, pg_config, quote_ident};
 use super::{DataConfig, DataError, DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL};
 
 pub mod private_servers;
+pub mod service_data;
 
 pub use private_servers::{PrivatePostgres, PrivateRedis, PrivateServerError};
+pub use service_data::{closed_port, unreachable_database, ServiceData};
 
 /// Name prefix of the databases [`TestDatabase`] creates.
 pub const TEST_DATABASE_PREFIX: &str = "protomesh_test_";

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: find or build the binaries, start a private Consul dev
 //! agent on free ports, start service processes (killed on drop), run grpcurl, and poll for a
-//! condition with a deadline instead of sleeping.
+//! condition with a deadline instead of sleeping; [`mesh`]: a private mesh of real services.
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 /// The descriptor sets of the workspace's services (each service crate owns its protos'), for
@@ -15,6 +15,7 @@ pub const DESCRIPTORS: &[&[u8]] = &[
 ];
 
 pub mod http;
+pub mod mesh;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -25,7 +25,6 @@
 //! `INVALID_ARGUMENT` naming the field (`user_id`, `project_id`), before the caller's rights are
 //! looked at; a database that is down makes calls fail with `UNAVAILABLE` within `--db-timeout`,
 //! a tasks service that cannot confirm a project within [`membership::CHECK_TIMEOUT`].
-
 #![forbid(unsafe_code)]
 
 /// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
@@ -50,8 +49,8 @@ use crate::proto::protomesh::priority::v1::Level;
 use crate::proto::protomesh::tasks::v1::TaskStatus;
 use protomesh::client::Mesh;
 use protomesh::identity;
+use protomesh_data::db_error;
 use protomesh_data::deadpool_postgres::{Object, Pool};
-use protomesh_data::status_from_pg;
 use protomesh_data::stream::ConsumerOptions;
 use protomesh_data::tokio_postgres::IsolationLevel;
 use tonic::{Request, Response, Status};
@@ -145,11 +144,6 @@ impl std::fmt::Debug for AnalyticsHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnalyticsHandler").finish_non_exhaustive()
     }
-}
-
-/// A database error met while reading `what` (`"dashboard"`, `"report"`) as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
-    move |err| status_from_pg(&err, what)
 }
 
 /// A single violation as `INVALID_ARGUMENT`.

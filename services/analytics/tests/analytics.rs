@@ -22,9 +22,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protomesh::auth::testing::{token, SignedIn, TEST_SECRET};
 use protomesh::client::Mesh;
-use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{ConsulClient, ConsulConfig, DevAgent, DevAgentOptions};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::assert_invalid;
 use protomesh::testing::{bounded, eventually};
 use protomesh_analytics::proto::protomesh::analytics::v1::{
     analytics_service_client::AnalyticsServiceClient, AssigneeTime, GetProjectReportRequest,
@@ -45,7 +46,9 @@ use protomesh_analytics::{
 use protomesh_data::deadpool_postgres::Pool;
 use protomesh_data::fred::prelude::{Client, ClientLike, StreamsInterface};
 use protomesh_data::stream::{ConsumerHandle, Event, StreamConsumer};
-use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
 use protomesh_data::{self as data, DataConfig};
 use serde_json::json;
 use tonic::service::interceptor::InterceptedService;
@@ -58,26 +61,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The consumer group (the service's name).
 const GROUP: &str = "analytics";
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
-}
 
 // ---------------------------------------------------------------------------------------------
 // Time.
@@ -917,19 +900,10 @@ impl TasksMesh {
             )
             .await
             .unwrap();
-            let consul = agent.client().unwrap();
-            eventually(Duration::from_secs(20), "tasks passing", || {
-                let consul = consul.clone();
-                async move {
-                    let opts = QueryOptions {
-                        passing: true,
-                        ..Default::default()
-                    };
-                    let entries = consul.health_service("tasks", &opts).await.ok()?;
-                    (!entries.value.is_empty()).then_some(())
-                }
-            })
-            .await;
+            agent
+                .wait_passing("tasks", Duration::from_secs(20))
+                .await
+                .unwrap();
             Some(served)
         } else {
             None
@@ -992,13 +966,10 @@ impl Harness {
         let tasks = TasksMesh::start(with_tasks).await;
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("analytics");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "analytics", MIGRATIONS).await.unwrap();
-        let redis = connected_redis(&config).await;
+        let ServiceData { pool, redis, .. } =
+            ServiceData::start(&db, &keys, "analytics", MIGRATIONS)
+                .await
+                .unwrap();
 
         let consumer = StreamConsumer::new(
             &redis,
@@ -1383,14 +1354,8 @@ async fn requests_are_checked_and_answered_over_grpc() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let handler =
             AnalyticsHandler::new(data::connect_pool(&config).unwrap(), unreachable_mesh());
         let started = Instant::now();

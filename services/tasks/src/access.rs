@@ -7,11 +7,10 @@
 use crate::proto::protomesh::tasks::v1::ProjectRole;
 use protomesh::identity::Identity;
 use protomesh::telemetry::spans;
+use protomesh_data::db_error;
 use protomesh_data::deadpool_postgres::Pool;
 use tonic::Status;
 use uuid::Uuid;
-
-use crate::db_error;
 
 const MEMBER_ROLE: &str = "SELECT role FROM project_members WHERE project_id = $1 AND user_id = $2";
 

@@ -39,7 +39,6 @@
 //! Every write and its event commit in one transaction. Event payloads are the task's JSON
 //! ([`model`]). Requests are checked before anything else, and a bad one is `INVALID_ARGUMENT`
 //! naming each field at fault (`task.title`, `task.urgency`, `page_size`, `update_mask`…).
-
 #![forbid(unsafe_code)]
 
 /// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
@@ -70,14 +69,15 @@ use protomesh::identity::{self, Identity};
 use protomesh::status::{echo, invalid_argument};
 use protomesh::telemetry::spans;
 use protomesh_data::deadpool_postgres::{Object, Pool};
+use protomesh_data::keyset::{self, PageQuery};
 use protomesh_data::page_token::{PageFilter, PageTokens};
 use protomesh_data::tokio_postgres::types::ToSql;
-use protomesh_data::{outbox, status_from_pg, Cache};
+use protomesh_data::{db_error, outbox, Cache};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use access::{project_not_found, require_member, require_owner, role_from_db, role_to_db};
-use cursor::{ProjectCursor, TaskCursor};
+use cursor::{ProjectCursor, TimeCursor, TASK_KIND};
 use model::{level_to_db, project_columns, status_to_db, task_columns, ProjectRecord, TaskRecord};
 use priority::Priority;
 use validate::Violations;
@@ -212,18 +212,8 @@ impl std::fmt::Debug for TasksHandler {
     }
 }
 
-/// A database error met while handling `what` (`"task"`, `"project"`) as a gRPC status.
-pub(crate) fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
-    move |err| status_from_pg(&err, what)
-}
-
 fn task_not_found(id: Uuid) -> Status {
     Status::not_found(format!("task {id} not found"))
-}
-
-/// Page size as a SQL `LIMIT` asking for one row more (to know whether another page follows).
-fn limit_plus_one(page_size: usize) -> i64 {
-    i64::try_from(page_size + 1).unwrap_or(i64::MAX)
 }
 
 impl TasksHandler {
@@ -523,10 +513,10 @@ impl TasksService for TasksHandler {
         let every_project = caller.is_admin();
         let request = request.into_inner();
         let mut violations = Violations::new();
-        let page_size = validate::page_size(request.page_size);
+        let page_size = keyset::page_size(request.page_size);
         // A token is the caller's own: the list it pages is the caller's projects.
         let filter = PageFilter::new("tasks.ListProjects").field("caller", &caller.subject);
-        let after = page_token(
+        let after = keyset::open_cursor(
             &self.page_tokens,
             &filter,
             &mut violations,
@@ -535,7 +525,7 @@ impl TasksService for TasksHandler {
         )
         .await?;
         violations.into_result()?;
-        let limit = limit_plus_one(page_size);
+        let limit = keyset::limit_plus_one(page_size);
 
         let select = async {
             let client = self.connection("project").await?;
@@ -572,19 +562,20 @@ impl TasksService for TasksHandler {
         };
         let rows = spans::in_span(spans::postgres("SELECT", "projects"), select).await?;
         let mut projects: Vec<ProjectRecord> = rows.iter().map(ProjectRecord::from_row).collect();
-        let next = if projects.len() > page_size {
-            projects.truncate(page_size);
-            projects.last().map(|last| {
+        let next_page_token = keyset::next_page_token(
+            &self.page_tokens,
+            &filter,
+            &mut projects,
+            page_size,
+            |last| {
                 ProjectCursor {
                     name: last.name.clone(),
                     id: last.id,
                 }
                 .to_bytes()
-            })
-        } else {
-            None
-        };
-        let next_page_token = next_page_token(&self.page_tokens, &filter, next).await?;
+            },
+        )
+        .await?;
         Ok(Response::new(ListProjectsResponse {
             projects: projects.iter().map(ProjectRecord::to_proto).collect(),
             next_page_token,
@@ -816,7 +807,7 @@ impl TasksService for TasksHandler {
             .flatten();
         let status = validate::status_filter(request.status);
         let min_level = validate::level_filter(request.min_level);
-        let page_size = validate::page_size(request.page_size);
+        let page_size = keyset::page_size(request.page_size);
         // The token is good only with the filters it was handed out with.
         let filter = PageFilter::new("tasks.ListTasks")
             .field("caller", &caller.subject)
@@ -827,12 +818,12 @@ impl TasksService for TasksHandler {
             .field("assignee", &request.assignee)
             .field("status", request.status.to_be_bytes())
             .field("min_level", request.min_level.to_be_bytes());
-        let after = page_token(
+        let after = keyset::open_cursor(
             &self.page_tokens,
             &filter,
             &mut violations,
             &request.page_token,
-            TaskCursor::from_bytes,
+            |bytes| TimeCursor::from_bytes(TASK_KIND, bytes),
         )
         .await?;
         violations.into_result()?;
@@ -848,7 +839,7 @@ impl TasksService for TasksHandler {
             status: status.map(status_to_db),
             min_level: min_level.map(level_to_db),
             after,
-            limit: limit_plus_one(page_size),
+            limit: keyset::limit_plus_one(page_size),
         };
         let (sql, params) = filters.query();
         let select = async {
@@ -864,19 +855,15 @@ impl TasksService for TasksHandler {
         };
         let rows = spans::in_span(spans::postgres("SELECT", "tasks"), select).await?;
         let mut tasks: Vec<TaskRecord> = rows.iter().map(TaskRecord::from_row).collect();
-        let next = if tasks.len() > page_size {
-            tasks.truncate(page_size);
-            tasks.last().map(|last| {
-                TaskCursor {
-                    created_at: last.created_at,
+        let next_page_token =
+            keyset::next_page_token(&self.page_tokens, &filter, &mut tasks, page_size, |last| {
+                TimeCursor {
+                    time: last.created_at,
                     id: last.id,
                 }
-                .to_bytes()
+                .to_bytes(TASK_KIND)
             })
-        } else {
-            None
-        };
-        let next_page_token = next_page_token(&self.page_tokens, &filter, next).await?;
+            .await?;
         Ok(Response::new(ListTasksResponse {
             tasks: tasks.iter().map(TaskRecord::to_proto).collect(),
             next_page_token,
@@ -1023,94 +1010,28 @@ struct TaskFilters {
     assignee: Option<String>,
     status: Option<i16>,
     min_level: Option<i16>,
-    after: Option<TaskCursor>,
+    after: Option<TimeCursor>,
     limit: i64,
 }
 
 impl TaskFilters {
-    /// The statement and its parameters. Only the filters given appear in the SQL (so each
-    /// combination is its own cached statement whose plan can use the matching index), newest
-    /// first by `(created_at, id)`, after the cursor if any.
+    /// The statement and its parameters ([`PageQuery`]): only the filters given, newest first by
+    /// `(created_at, id)`, after the cursor if any.
     fn query(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
-        let mut sql = String::from(concat!("SELECT ", task_columns!(), " FROM tasks"));
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let mut conditions: Vec<String> = Vec::new();
-        if let Some(member) = &self.member {
-            params.push(member);
-            conditions.push(format!(
-                "project_id IN (SELECT project_id FROM project_members WHERE user_id = ${})",
-                params.len()
-            ));
-        }
-        if let Some(project_id) = &self.project_id {
-            params.push(project_id);
-            conditions.push(format!("project_id = ${}", params.len()));
-        }
-        if let Some(assignee) = &self.assignee {
-            params.push(assignee);
-            conditions.push(format!("assignee = ${}", params.len()));
-        }
-        if let Some(status) = &self.status {
-            params.push(status);
-            conditions.push(format!("status = ${}", params.len()));
-        }
-        if let Some(min_level) = &self.min_level {
-            params.push(min_level);
-            conditions.push(format!("priority_level >= ${}", params.len()));
-        }
-        if let Some(after) = &self.after {
-            params.push(&after.created_at);
-            params.push(&after.id);
-            conditions.push(format!(
-                "(created_at, id) < (${}, ${})",
-                params.len() - 1,
-                params.len()
-            ));
-        }
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        params.push(&self.limit);
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, id DESC LIMIT ${}",
-            params.len()
-        ));
-        (sql, params)
-    }
-}
-
-/// The cursor in a request's `page_token` (none when empty) if this deployment signed it for
-/// `filter`; a malformed, altered or foreign token is a violation of `page_token` (whose
-/// description never repeats the token). Fails only when the key cannot be read.
-async fn page_token<C, E: std::fmt::Display>(
-    tokens: &PageTokens,
-    filter: &PageFilter,
-    violations: &mut Violations,
-    token: &str,
-    decode: fn(&[u8]) -> Result<C, E>,
-) -> Result<Option<C>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let cursor = match tokens.open(filter, token).await? {
-        Ok(bytes) => decode(&bytes).map_err(|err| err.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    Ok(cursor
-        .map_err(|description| violations.add("page_token", description))
-        .ok())
-}
-
-/// The token of the next page, starting after `cursor` (empty when there is none), for `filter`.
-async fn next_page_token(
-    tokens: &PageTokens,
-    filter: &PageFilter,
-    cursor: Option<Vec<u8>>,
-) -> Result<String, Status> {
-    match cursor {
-        Some(cursor) => tokens.seal(filter, &cursor).await,
-        None => Ok(String::new()),
+        PageQuery::new(
+            concat!("SELECT ", task_columns!(), " FROM tasks"),
+            "created_at",
+        )
+        .filter(self.member.as_ref(), |n| {
+            format!("project_id IN (SELECT project_id FROM project_members WHERE user_id = ${n})")
+        })
+        .filter(self.project_id.as_ref(), |n| format!("project_id = ${n}"))
+        .filter(self.assignee.as_ref(), |n| format!("assignee = ${n}"))
+        .filter(self.status.as_ref(), |n| format!("status = ${n}"))
+        .filter(self.min_level.as_ref(), |n| {
+            format!("priority_level >= ${n}")
+        })
+        .finish(self.after.as_ref(), &self.limit)
     }
 }
 
@@ -1186,8 +1107,8 @@ mod tests {
             assignee: Some("ada".into()),
             status: Some(1),
             min_level: Some(3),
-            after: Some(TaskCursor {
-                created_at: std::time::SystemTime::UNIX_EPOCH,
+            after: Some(TimeCursor {
+                time: std::time::SystemTime::UNIX_EPOCH,
                 id: Uuid::nil(),
             }),
             limit: 51,

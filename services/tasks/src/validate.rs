@@ -8,9 +8,6 @@ pub use protomesh::status::{uuid, Violations};
 use protomesh_priority::proto::protomesh::priority::v1::Level;
 use uuid::Uuid;
 
-/// Page size when the request asks for 0.
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-
 /// An optional UUID: empty is `None`.
 pub fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>, FieldViolation> {
     if text.is_empty() {
@@ -49,14 +46,6 @@ pub fn level_filter(value: i32) -> Option<Level> {
         .filter(|level| *level != Level::Unspecified)
 }
 
-/// A page size: 0 is [`DEFAULT_PAGE_SIZE`] (the declared rules bound it to 0..=1000).
-pub fn page_size(value: i32) -> usize {
-    match usize::try_from(value) {
-        Ok(0) | Err(_) => DEFAULT_PAGE_SIZE,
-        Ok(size) => size,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,13 +77,6 @@ mod tests {
         assert_eq!(status_filter(2), Some(TaskStatus::InProgress));
         assert_eq!(level_filter(0), None);
         assert_eq!(level_filter(3), Some(Level::High));
-    }
-
-    #[test]
-    fn page_sizes() {
-        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(1), 1);
-        assert_eq!(page_size(1000), 1000);
     }
 
     #[test]

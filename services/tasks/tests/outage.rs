@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
 use protomesh::testing::{bounded, eventually};
 use protomesh_data::deadpool_postgres::Pool;
 use protomesh_data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh_data::outbox::{self, OutboxRelay, RelayHandle, RelayOptions};
+use protomesh_data::outbox::{self, RelayHandle};
 use protomesh_data::testing::{
-    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, TestDatabase,
-    TestKeys,
+    redis_url, unique_prefix, with_database_name, PrivatePostgres, PrivateRedis, ServiceData,
+    TestDatabase, TestKeys,
 };
 use protomesh_data::{self as data, Cache, DataConfig};
 use protomesh_priority::proto::protomesh::priority::v1::Level;
@@ -66,19 +66,11 @@ struct TasksStack {
 
 impl TasksStack {
     async fn start(config: &DataConfig) -> Self {
-        let pool = data::connect_pool(config).unwrap();
-        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            config.key_prefix.clone(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::on(config.clone(), "tasks", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -390,19 +382,11 @@ async fn tasks_get_remote_priorities_once_the_priority_service_appears() {
         .await
         .unwrap();
         let appeared = Instant::now();
-        let consul = stack.agent.client().unwrap();
-        eventually(Duration::from_secs(20), "priority passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("priority", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        stack
+            .agent
+            .wait_passing("priority", Duration::from_secs(20))
+            .await
+            .unwrap();
         // The same handler and mesh: the watch picks the instance up (and the breaker, if the
         // failures opened it, lets calls through again).
         let remote = eventually(Duration::from_secs(30), "a remote score", || async {

@@ -10,14 +10,17 @@ use std::time::{Duration, Instant};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::{assert_invalid, violation_fields};
 use protomesh::testing::{bounded, eventually};
 use protomesh_data::deadpool_postgres::Pool;
-use protomesh_data::fred::prelude::{Client, ClientLike, KeysInterface, StreamsInterface};
-use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh_data::testing::{TestDatabase, TestKeys};
+use protomesh_data::fred::prelude::{Client, KeysInterface, StreamsInterface};
+use protomesh_data::outbox::RelayHandle;
+use protomesh_data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
 use protomesh_data::{self as data, Cache, DataConfig};
 use protomesh_priority::proto::protomesh::priority::v1::Level;
 use protomesh_tasks::proto::protomesh::tasks::v1::{
@@ -45,26 +48,6 @@ fn stamp(ts: &Option<prost_types::Timestamp>) -> (i64, i32) {
     (ts.seconds, ts.nanos)
 }
 
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
-}
-
 /// Everything one test needs. Field order is drop order: the server and relay go before the
 /// database is dropped.
 struct Harness {
@@ -83,23 +66,11 @@ impl Harness {
     async fn start() -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("tasks");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "tasks", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            keys.prefix(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::start(&db, &keys, "tasks", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -478,7 +449,7 @@ async fn bad_requests_name_the_field() {
             .await
             .expect_err("three violations");
         assert_eq!(
-            fields(&status),
+            violation_fields(&status),
             vec!["task.title", "task.urgency", "task.impact"]
         );
         assert_invalid(
@@ -1288,19 +1259,10 @@ async fn priority_available_scores_remotely() {
         )
         .await
         .unwrap();
-        let consul = h.agent.client().unwrap();
-        eventually(Duration::from_secs(20), "priority passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("priority", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        h.agent
+            .wait_passing("priority", Duration::from_secs(20))
+            .await
+            .unwrap();
         let task = eventually(Duration::from_secs(20), "a remote score", || async {
             let task = h.task(&project, "ship", 9, 8).await;
             (!task.priority_fallback).then_some(task)
@@ -1390,14 +1352,8 @@ async fn get_task_reads_through_the_cache_and_writes_invalidate_it() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let redis = data::connect_redis(&config).unwrap();
         let consul = protomesh::consul::ConsulClient::new(

@@ -40,9 +40,8 @@
 //! `ListEntries` pages by a cursor on `(started_at, id)`, newest first. Requests are checked
 //! before anything else (ownership after the shape), and a bad one is `INVALID_ARGUMENT` naming
 //! each field at fault (`user_id`, `task_id`, `note`, `from`, `to`, `page_size`, `page_token`).
-//! Database errors go through [`status_from_pg`]: a database that is down is `UNAVAILABLE` within
-//! `--db-timeout`.
-
+//! Database errors go through [`db_error`] (the data layer's one rule): a database that is down
+//! is `UNAVAILABLE` within `--db-timeout`.
 #![forbid(unsafe_code)]
 
 /// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
@@ -52,7 +51,6 @@ pub mod proto {
     ::protomesh::include_protos!();
 }
 
-pub mod cursor;
 pub mod migrations;
 pub mod model;
 pub mod task_check;
@@ -68,13 +66,13 @@ use crate::proto::protomesh::timetrack::v1::{
 use protomesh::client::Mesh;
 use protomesh::identity::{self, Identity};
 use protomesh_data::deadpool_postgres::{Object, Pool, Transaction};
+use protomesh_data::keyset::{self, PageQuery, TimeCursor};
 use protomesh_data::page_token::{PageFilter, PageTokens};
 use protomesh_data::tokio_postgres::types::ToSql;
-use protomesh_data::{outbox, status_from_pg};
+use protomesh_data::{db_error, outbox};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use cursor::EntryCursor;
 use model::{duration_from_micros, entry_columns, EntryRecord};
 use validate::Violations;
 
@@ -148,15 +146,12 @@ impl std::fmt::Debug for TimetrackHandler {
     }
 }
 
-/// A database error met while handling time entries, as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(err: E) -> Status {
-    status_from_pg(&err, "time entry")
-}
+/// What a database error met while handling time entries names.
+const WHAT: &str = "time entry";
 
-/// Page size as a SQL `LIMIT` asking for one row more (to know whether another page follows).
-fn limit_plus_one(page_size: usize) -> i64 {
-    i64::try_from(page_size + 1).unwrap_or(i64::MAX)
-}
+/// The kind byte of the [`TimeCursor`] (`(started_at, id)` of the last entry of the page before)
+/// in `ListEntries` page tokens.
+const ENTRY_KIND: u8 = 1;
 
 impl TimetrackHandler {
     /// A handler on `pool` (migrated with [`MIGRATIONS`]), confirming tasks with the tasks
@@ -180,27 +175,30 @@ impl TimetrackHandler {
 
     /// A connection from the pool (`UNAVAILABLE` within `--db-timeout` when the database is down).
     async fn connection(&self) -> Result<Object, Status> {
-        self.pool.get().await.map_err(db_error)
+        self.pool.get().await.map_err(db_error(WHAT))
     }
 }
 
 /// Takes the lock of `user_id` for the rest of `tx`.
 async fn lock_user(tx: &Transaction<'_>, user_id: &str) -> Result<(), Status> {
-    let statement = tx.prepare_cached(LOCK_USER).await.map_err(db_error)?;
+    let statement = tx.prepare_cached(LOCK_USER).await.map_err(db_error(WHAT))?;
     tx.execute(&statement, &[&user_id])
         .await
-        .map_err(db_error)?;
+        .map_err(db_error(WHAT))?;
     Ok(())
 }
 
 /// Stops the running entry of `user_id` inside `tx` and records its `time.stopped`; `None` when
 /// no timer runs (nothing is written then).
 async fn stop_running(tx: &Transaction<'_>, user_id: &str) -> Result<Option<EntryRecord>, Status> {
-    let statement = tx.prepare_cached(STOP_RUNNING).await.map_err(db_error)?;
+    let statement = tx
+        .prepare_cached(STOP_RUNNING)
+        .await
+        .map_err(db_error(WHAT))?;
     let Some(row) = tx
         .query_opt(&statement, &[&user_id])
         .await
-        .map_err(db_error)?
+        .map_err(db_error(WHAT))?
     else {
         return Ok(None);
     };
@@ -223,7 +221,7 @@ async fn record_event(
         &entry.to_json(),
     )
     .await
-    .map_err(db_error)?;
+    .map_err(db_error(WHAT))?;
     Ok(())
 }
 
@@ -243,22 +241,25 @@ impl TimetrackService for TimetrackHandler {
         task_check::confirm_task(&self.mesh, task_id).await?;
 
         let mut client = self.connection().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error(WHAT))?;
         lock_user(&tx, &user_id).await?;
         let stopped = stop_running(&tx, &user_id).await?;
         let id = Uuid::new_v4();
         let starts_at: Option<SystemTime> = stopped.as_ref().and_then(|entry| entry.stopped_at);
-        let statement = tx.prepare_cached(INSERT_ENTRY).await.map_err(db_error)?;
+        let statement = tx
+            .prepare_cached(INSERT_ENTRY)
+            .await
+            .map_err(db_error(WHAT))?;
         let row = tx
             .query_one(
                 &statement,
                 &[&id, &user_id, &task_id, &starts_at, &request.note],
             )
             .await
-            .map_err(db_error)?;
+            .map_err(db_error(WHAT))?;
         let started = EntryRecord::from_row(&row);
         record_event(&tx, TIME_STARTED, &started).await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error(WHAT))?;
         tracing::debug!(
             entry = %started.id,
             user = %started.user_id,
@@ -281,14 +282,14 @@ impl TimetrackService for TimetrackHandler {
         let user_id = caller.resolve_user("user_id", &requested)?;
 
         let mut client = self.connection().await?;
-        let tx = client.transaction().await.map_err(db_error)?;
+        let tx = client.transaction().await.map_err(db_error(WHAT))?;
         lock_user(&tx, &user_id).await?;
         let Some(stopped) = stop_running(&tx, &user_id).await? else {
             return Err(Status::failed_precondition(format!(
                 "user_id: user {user_id:?} has no running timer"
             )));
         };
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error(WHAT))?;
         tracing::debug!(entry = %stopped.id, user = %user_id, "timer stopped");
         Ok(Response::new(stopped.to_proto()))
     }
@@ -314,7 +315,7 @@ impl TimetrackService for TimetrackHandler {
             .check(validate::optional_timestamp("to", request.to.as_ref()))
             .flatten();
         violations.check(validate::period_order(from, to));
-        let page_size = validate::page_size(request.page_size);
+        let page_size = keyset::page_size(request.page_size);
         // The token is good only with the filters it was handed out with.
         let filter = PageFilter::new("timetrack.ListEntries")
             // A token is the caller's own: "me" means someone else for another caller.
@@ -326,11 +327,12 @@ impl TimetrackService for TimetrackHandler {
             )
             .field("from", timestamp_bytes(request.from.as_ref()))
             .field("to", timestamp_bytes(request.to.as_ref()));
-        let after = page_token(
+        let after = keyset::open_cursor(
             &self.page_tokens,
             &filter,
             &mut violations,
             &request.page_token,
+            |bytes| TimeCursor::from_bytes(ENTRY_KIND, bytes),
         )
         .await?;
         violations.into_result()?;
@@ -342,29 +344,30 @@ impl TimetrackService for TimetrackHandler {
             from,
             to,
             after,
-            limit: limit_plus_one(page_size),
+            limit: keyset::limit_plus_one(page_size),
         };
         let (sql, params) = filters.query();
         let client = self.connection().await?;
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        let statement = client.prepare_cached(&sql).await.map_err(db_error(WHAT))?;
+        let rows = client
+            .query(&statement, &params)
+            .await
+            .map_err(db_error(WHAT))?;
         let mut entries: Vec<EntryRecord> = rows.iter().map(EntryRecord::from_row).collect();
-        let next = if entries.len() > page_size {
-            entries.truncate(page_size);
-            entries.last().map(|last| {
-                EntryCursor {
-                    started_at: last.started_at,
+        let next_page_token = keyset::next_page_token(
+            &self.page_tokens,
+            &filter,
+            &mut entries,
+            page_size,
+            |last| {
+                TimeCursor {
+                    time: last.started_at,
                     id: last.id,
                 }
-                .to_bytes()
-            })
-        } else {
-            None
-        };
-        let next_page_token = match next {
-            Some(cursor) => self.page_tokens.seal(&filter, &cursor).await?,
-            None => String::new(),
-        };
+                .to_bytes(ENTRY_KIND)
+            },
+        )
+        .await?;
         Ok(Response::new(ListEntriesResponse {
             entries: entries.iter().map(EntryRecord::to_proto).collect(),
             next_page_token,
@@ -400,8 +403,11 @@ impl TimetrackService for TimetrackHandler {
         };
         let (sql, params) = query.query();
         let client = self.connection().await?;
-        let statement = client.prepare_cached(&sql).await.map_err(db_error)?;
-        let rows = client.query(&statement, &params).await.map_err(db_error)?;
+        let statement = client.prepare_cached(&sql).await.map_err(db_error(WHAT))?;
+        let rows = client
+            .query(&statement, &params)
+            .await
+            .map_err(db_error(WHAT))?;
         let mut totals = GetTotalsResponse::default();
         for row in &rows {
             let per_task: bool = row.get(0);
@@ -435,27 +441,6 @@ fn one_violation(violation: protomesh::status::FieldViolation) -> Status {
     protomesh::status::bad_request(vec![violation])
 }
 
-/// The cursor in a request's `page_token` (none when empty) if this deployment signed it for
-/// `filter`; a malformed, altered or foreign token is a violation of `page_token` (whose
-/// description never repeats the token). Fails only when the key cannot be read.
-async fn page_token(
-    tokens: &PageTokens,
-    filter: &PageFilter,
-    violations: &mut Violations,
-    token: &str,
-) -> Result<Option<EntryCursor>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let cursor = match tokens.open(filter, token).await? {
-        Ok(bytes) => EntryCursor::from_bytes(&bytes).map_err(|err| err.to_string()),
-        Err(err) => Err(err.to_string()),
-    };
-    Ok(cursor
-        .map_err(|description| violations.add("page_token", description))
-        .ok())
-}
-
 /// A request's timestamp as filter bytes for a page token: empty when not given.
 fn timestamp_bytes(timestamp: Option<&prost_types::Timestamp>) -> Vec<u8> {
     timestamp
@@ -470,59 +455,28 @@ struct EntryFilters {
     task_id: Option<Uuid>,
     from: Option<SystemTime>,
     to: Option<SystemTime>,
-    after: Option<EntryCursor>,
+    after: Option<TimeCursor>,
     limit: i64,
 }
 
 impl EntryFilters {
-    /// The statement and its parameters. Only the filters given appear in the SQL (so each
-    /// combination is its own cached statement whose plan can use the matching index), newest
-    /// first by `(started_at, id)`, after the cursor if any.
+    /// The statement and its parameters ([`PageQuery`]): only the filters given, newest first by
+    /// `(started_at, id)`, after the cursor if any.
     ///
     /// An entry is in `[from, to)` when it starts before `to` and either still runs, stops after
     /// `from`, or starts at or after `from` (an entry of no length at `from` is in).
     fn query(&self) -> (String, Vec<&(dyn ToSql + Sync)>) {
-        let mut sql = String::from(concat!("SELECT ", entry_columns!(), " FROM entries"));
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let mut conditions: Vec<String> = Vec::new();
-        if let Some(user_id) = &self.user_id {
-            params.push(user_id);
-            conditions.push(format!("user_id = ${}", params.len()));
-        }
-        if let Some(task_id) = &self.task_id {
-            params.push(task_id);
-            conditions.push(format!("task_id = ${}", params.len()));
-        }
-        if let Some(from) = &self.from {
-            params.push(from);
-            let n = params.len();
-            conditions.push(format!(
-                "(stopped_at IS NULL OR stopped_at > ${n} OR started_at >= ${n})"
-            ));
-        }
-        if let Some(to) = &self.to {
-            params.push(to);
-            conditions.push(format!("started_at < ${}", params.len()));
-        }
-        if let Some(after) = &self.after {
-            params.push(&after.started_at);
-            params.push(&after.id);
-            conditions.push(format!(
-                "(started_at, id) < (${}, ${})",
-                params.len() - 1,
-                params.len()
-            ));
-        }
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        params.push(&self.limit);
-        sql.push_str(&format!(
-            " ORDER BY started_at DESC, id DESC LIMIT ${}",
-            params.len()
-        ));
-        (sql, params)
+        PageQuery::new(
+            concat!("SELECT ", entry_columns!(), " FROM entries"),
+            "started_at",
+        )
+        .filter(self.user_id.as_ref(), |n| format!("user_id = ${n}"))
+        .filter(self.task_id.as_ref(), |n| format!("task_id = ${n}"))
+        .filter(self.from.as_ref(), |n| {
+            format!("(stopped_at IS NULL OR stopped_at > ${n} OR started_at >= ${n})")
+        })
+        .filter(self.to.as_ref(), |n| format!("started_at < ${n}"))
+        .finish(self.after.as_ref(), &self.limit)
     }
 }
 
@@ -615,8 +569,8 @@ mod tests {
             task_id: Some(Uuid::nil()),
             from: Some(SystemTime::UNIX_EPOCH),
             to: Some(SystemTime::UNIX_EPOCH),
-            after: Some(EntryCursor {
-                started_at: SystemTime::UNIX_EPOCH,
+            after: Some(TimeCursor {
+                time: SystemTime::UNIX_EPOCH,
                 id: Uuid::nil(),
             }),
             limit: 51,

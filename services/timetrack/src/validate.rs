@@ -10,8 +10,6 @@ use protomesh::status::FieldViolation;
 pub use protomesh::status::{uuid, Violations};
 use uuid::Uuid;
 
-/// Page size when the request asks for 0.
-pub const DEFAULT_PAGE_SIZE: usize = 50;
 /// Longest period `GetTotals` adds up, in days.
 pub const MAX_TOTALS_DAYS: u64 = 366;
 /// Earliest timestamp accepted: 0001-01-01T00:00:00Z (the range of `google.protobuf.Timestamp`).
@@ -25,14 +23,6 @@ pub fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>, FieldViola
         Ok(None)
     } else {
         uuid(field, text).map(Some)
-    }
-}
-
-/// A page size: 0 is [`DEFAULT_PAGE_SIZE`] (the declared rules bound it to 0..=1000).
-pub fn page_size(value: i32) -> usize {
-    match usize::try_from(value) {
-        Ok(0) | Err(_) => DEFAULT_PAGE_SIZE,
-        Ok(size) => size,
     }
 }
 
@@ -134,12 +124,6 @@ mod tests {
             optional_uuid("task_id", "x").expect_err("bad").field,
             "task_id"
         );
-    }
-
-    #[test]
-    fn page_sizes() {
-        assert_eq!(page_size(0), DEFAULT_PAGE_SIZE);
-        assert_eq!(page_size(1000), 1000);
     }
 
     #[test]

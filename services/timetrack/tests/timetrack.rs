@@ -16,15 +16,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use protomesh::auth::testing::SignedIn;
 use protomesh::client::Mesh;
-use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh::consul::{DevAgent, DevAgentOptions};
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::{assert_invalid, violation_fields};
 use protomesh::testing::{bounded, eventually};
 use protomesh_data::deadpool_postgres::Pool;
-use protomesh_data::fred::prelude::{Client, ClientLike, StreamsInterface};
-use protomesh_data::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use protomesh_data::testing::{TestDatabase, TestKeys};
-use protomesh_data::{self as data, Cache, DataConfig};
+use protomesh_data::fred::prelude::{Client, StreamsInterface};
+use protomesh_data::outbox::RelayHandle;
+use protomesh_data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
+use protomesh_data::{self as data, Cache};
 use protomesh_tasks::proto::protomesh::tasks::v1::{
     tasks_service_client::TasksServiceClient, tasks_service_server::TasksService,
     AddProjectMemberRequest, CompleteTaskRequest, CreateProjectRequest, CreateTaskRequest,
@@ -56,26 +59,6 @@ fn at(rfc3339: &str) -> SystemTime {
 
 fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
     Some(at(rfc3339).into())
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
-
-/// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
-#[track_caller]
-fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
-    let status = result.expect_err("must be refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(fields(&status), vec![field.to_owned()], "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}: ")),
-        "{}",
-        status.message()
-    );
 }
 
 /// Totals as (id, whole seconds), asserting there is no fraction of a second.
@@ -181,23 +164,11 @@ impl Harness {
     async fn start_with(with_tasks: bool) -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("timetrack");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "timetrack", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        eventually(Duration::from_secs(5), "redis connected", || async {
-            redis.is_connected().then_some(())
-        })
-        .await;
-        let relay = OutboxRelay::spawn(
-            pool.clone(),
-            redis.clone(),
-            keys.prefix(),
-            RelayOptions::default().listen(config.pg_config().unwrap()),
-        );
+        let data = ServiceData::start(&db, &keys, "timetrack", MIGRATIONS)
+            .await
+            .unwrap();
+        let relay = data.spawn_relay().unwrap();
+        let ServiceData { pool, redis, .. } = data;
 
         let agent = DevAgent::start(DevAgentOptions::discover().unwrap()).unwrap();
         agent.wait_ready(Duration::from_secs(30)).await.unwrap();
@@ -247,15 +218,10 @@ impl Harness {
         mesh: &Mesh,
         agent: &DevAgent,
     ) -> TasksFixture {
-        let config = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("tasks");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "tasks", protomesh_tasks::MIGRATIONS)
-            .await
-            .unwrap();
-        let redis = data::connect_redis(&config).unwrap();
+        let ServiceData { pool, redis, .. } =
+            ServiceData::start(db, keys, "tasks", protomesh_tasks::MIGRATIONS)
+                .await
+                .unwrap();
         let handler = TasksHandler::new(pool, Cache::new(redis, keys.prefix()), mesh.clone());
         let served = InProcessServer::start(
             MeshServer::new("tasks", quick_config(Some(&agent.http_addr())))
@@ -264,19 +230,10 @@ impl Harness {
         )
         .await
         .unwrap();
-        let consul = agent.client().unwrap();
-        eventually(Duration::from_secs(20), "tasks passing", || {
-            let consul = consul.clone();
-            async move {
-                let opts = QueryOptions {
-                    passing: true,
-                    ..Default::default()
-                };
-                let entries = consul.health_service("tasks", &opts).await.ok()?;
-                (!entries.value.is_empty()).then_some(())
-            }
-        })
-        .await;
+        agent
+            .wait_passing("tasks", Duration::from_secs(20))
+            .await
+            .unwrap();
         let project = handler
             .create_project(by_admin(CreateProjectRequest {
                 project: Some(Project {
@@ -1029,7 +986,10 @@ async fn bad_requests_name_the_field() {
         let several = start(String::new(), "nope".into(), "n".repeat(1001))
             .await
             .expect_err("three violations");
-        assert_eq!(fields(&several), vec!["user_id", "task_id", "note"]);
+        assert_eq!(
+            violation_fields(&several),
+            vec!["user_id", "task_id", "note"]
+        );
         assert_invalid(
             h.client()
                 .stop_timer(StopTimerRequest {
@@ -1140,7 +1100,7 @@ async fn bad_requests_name_the_field() {
             "to",
         );
         assert_eq!(
-            fields(&totals(GetTotalsRequest::default()).await.unwrap_err()),
+            violation_fields(&totals(GetTotalsRequest::default()).await.unwrap_err()),
             vec!["from", "to"]
         );
         assert_invalid(
@@ -1247,14 +1207,8 @@ async fn a_database_that_is_down_answers_unavailable_within_the_deadline() {
         // A live mesh with a registered tasks service, so StartTimer gets past its task check.
         let h = Harness::start().await;
         let task = h.task("confirmed").await;
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let mut serve = quick_config(Some("127.0.0.1:1"));
         serve.no_register = true;

@@ -27,7 +27,6 @@
 //!
 //! **Secrets stay secret.** Passwords, hashes, tokens and keys appear in no log line, no error
 //! message and no `Debug` output; refresh and device tokens are stored only as SHA-256 hashes.
-
 #![forbid(unsafe_code)]
 
 /// Rust code generated from the service's protos by `build.rs` (`protomesh_build`), and
@@ -52,8 +51,8 @@ use crate::proto::protomesh::users::v1::{
     RefreshRequest, RegisterRequest, TokenPair, User,
 };
 use protomesh::identity::Identity;
+use protomesh_data::db_error;
 use protomesh_data::deadpool_postgres::{Object, Pool};
-use protomesh_data::status_from_pg;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -154,11 +153,6 @@ pub struct UsersHandler {
     hasher: PasswordHasher,
     limits: LoginLimits,
     settings: AccountSettings,
-}
-
-/// A database error met while handling `what` as a gRPC status.
-fn db_error<E: std::error::Error + 'static>(what: &'static str) -> impl Fn(E) -> Status {
-    move |err| status_from_pg(&err, what)
 }
 
 /// An internal failure: logged (the error never holds a secret), answered without details.

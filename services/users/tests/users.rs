@@ -12,12 +12,14 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey};
 use protomesh::identity;
 use protomesh::server::testing::{quick_config, InProcessServer};
 use protomesh::server::MeshServer;
+use protomesh::status::testing::violation_fields;
 use protomesh::testing::bounded;
+use protomesh_data as data;
 use protomesh_data::deadpool_postgres::Pool;
-use protomesh_data::fred::prelude::ClientLike;
 use protomesh_data::ratelimit::RateLimiter;
-use protomesh_data::testing::{TestDatabase, TestKeys};
-use protomesh_data::{self as data, DataConfig};
+use protomesh_data::testing::{
+    closed_port, unreachable_database, ServiceData, TestDatabase, TestKeys,
+};
 use protomesh_users::keys::{thumbprint, KeySource, SecretBytes, SigningKeys};
 use protomesh_users::limits::{
     retry_delay, LoginLimits, LoginQuotas, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
@@ -62,13 +64,6 @@ fn test_rsa_key() -> &'static RsaPrivateKey {
 fn test_rsa_pem() -> SecretBytes {
     let pem = test_rsa_key().to_pkcs8_pem(LineEnding::LF).unwrap();
     SecretBytes::new(pem.as_bytes().to_vec())
-}
-
-fn fields(status: &tonic::Status) -> Vec<String> {
-    protomesh::status::field_violations(status)
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
 }
 
 /// The handler served in-process on a free port, not registered.
@@ -183,18 +178,9 @@ impl Harness {
     async fn with(options: Options) -> Self {
         let db = TestDatabase::create().await.unwrap();
         let keys = TestKeys::new();
-        let config: DataConfig = db
-            .config()
-            .with_key_prefix(keys.prefix())
-            .with_default_schema("users");
-        let pool = data::connect_pool(&config).unwrap();
-        data::migrate(&pool, "users", MIGRATIONS).await.unwrap();
-        let redis = data::connect_redis(&config).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !redis.is_connected() {
-            assert!(Instant::now() < deadline, "redis did not connect");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let ServiceData { pool, redis, .. } = ServiceData::start(&db, &keys, "users", MIGRATIONS)
+            .await
+            .unwrap();
         let limiter = RateLimiter::new(redis, keys.prefix());
         let service = Instance::start(&pool, limiter.clone(), options).await;
         Self {
@@ -476,7 +462,10 @@ async fn bad_requests_name_their_fields_and_never_echo_secrets() {
         let h = Harness::start().await;
         let status = h.register("not-an-email", "", "hunter2").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert_eq!(fields(&status), vec!["email", "display_name", "password"]);
+        assert_eq!(
+            violation_fields(&status),
+            vec!["email", "display_name", "password"]
+        );
         assert!(
             !status.message().contains("hunter2"),
             "{}",
@@ -488,25 +477,25 @@ async fn bad_requests_name_their_fields_and_never_echo_secrets() {
             .register("ada@example.org", &long_name, &"p".repeat(1025))
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["display_name", "password"]);
+        assert_eq!(violation_fields(&status), vec!["display_name", "password"]);
         let status = h
             .register(&format!("{}@example.org", "a".repeat(250)), "Ada", PASSWORD)
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["email"]);
+        assert_eq!(violation_fields(&status), vec!["email"]);
         // An address is taken as sent: surrounding spaces are not part of one.
         let status = h
             .register(" ada@example.org", "Ada", PASSWORD)
             .await
             .unwrap_err();
-        assert_eq!(fields(&status), vec!["email"]);
+        assert_eq!(violation_fields(&status), vec!["email"]);
 
         let status = h.login("", "").await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-        assert_eq!(fields(&status), vec!["email", "password"]);
+        assert_eq!(violation_fields(&status), vec!["email", "password"]);
 
         let status = h.refresh("").await.unwrap_err();
-        assert_eq!(fields(&status), vec!["refresh_token"]);
+        assert_eq!(violation_fields(&status), vec!["refresh_token"]);
 
         // Nothing was written.
         let client = h.pool.get().await.unwrap();
@@ -1113,14 +1102,8 @@ async fn a_key_file_signs_and_is_published() {
 #[tokio::test]
 async fn a_database_that_is_down_answers_unavailable() {
     bounded(TEST_TIMEOUT, async {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut config = DataConfig::with_database_url(format!(
-            "postgresql://postgres@127.0.0.1:{port}/protomesh"
-        ));
-        config.db_timeout = Duration::from_millis(500);
+        let port = closed_port();
+        let config = unreachable_database(port);
         let pool = data::connect_pool(&config).unwrap();
         let keys = SigningKeys::hmac(&SecretBytes::new(HS256_SECRET.to_vec())).unwrap();
         let limits = LoginLimits::new(RateLimiter::local_only(), test_quotas());
