@@ -1,7 +1,7 @@
 //! The mesh client: callers name a service, never an address. [`Mesh::channel`] returns a
 //! [`MeshChannel`] that a generated tonic client takes (`PriorityServiceClient::new(channel)`);
-//! each call through it is discovered (Consul blocking queries, one watcher per service name per
-//! process), balanced, bounded and retried.
+//! each call through it is discovered (by a [`Discover`] source: Consul blocking queries, one
+//! watcher per service name per process, or a fixed list), balanced, bounded and retried.
 //!
 //! The layers of a channel, outermost first, and why they sit there:
 //! 0. [`crate::auth::propagation::ForwardCredentialLayer`]: a call made while handling a call
@@ -29,6 +29,7 @@ mod attempt;
 pub mod balance;
 pub mod breaker;
 pub mod deadline;
+pub mod discovery;
 pub mod grpc_timeout;
 pub(crate) mod latency;
 pub mod limit;
@@ -41,7 +42,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions, WatchState};
+use protomesh_consul::{ConsulClient, WatchState};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -50,6 +51,7 @@ pub use breaker::{
     is_circuit_open, is_service_down, with_fallback, BreakerPolicy, BreakerState, CircuitBreaker,
 };
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
+pub use discovery::{ConsulDiscovery, Discover, InstanceWatch, StaticDiscovery};
 pub use methods::MethodTable;
 pub use retry::RetryPolicy;
 
@@ -115,8 +117,8 @@ pub struct Mesh {
 }
 
 struct MeshInner {
-    consul: ConsulClient,
-    watch_options: WatchOptions,
+    /// Where each target service's instances come from.
+    discovery: Box<dyn Discover>,
     methods: Arc<MethodTable>,
     targets: Mutex<HashMap<String, Target>>,
     /// The default-option channel of each service, built once.
@@ -138,10 +140,15 @@ impl Mesh {
     /// A mesh client discovering through `consul`; methods' retry safety is read from
     /// `methods` (usually built from [`crate::proto::FILE_DESCRIPTOR_SET`]).
     pub fn new(consul: ConsulClient, methods: MethodTable) -> Self {
+        Self::with_discovery(ConsulDiscovery::new(consul), methods)
+    }
+
+    /// A mesh client whose services' instances come from `discovery` (a [`StaticDiscovery`]
+    /// calls fixed addresses, with no Consul agent); otherwise as [`Mesh::new`].
+    pub fn with_discovery(discovery: impl Discover, methods: MethodTable) -> Self {
         Self {
             inner: Arc::new(MeshInner {
-                consul,
-                watch_options: WatchOptions::default(),
+                discovery: Box::new(discovery),
                 methods: Arc::new(methods),
                 targets: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
@@ -263,11 +270,7 @@ impl Mesh {
         targets
             .entry(service.to_owned())
             .or_insert_with(|| {
-                let watch: WatchHandle = HealthWatcher::spawn(
-                    self.inner.consul.clone(),
-                    service,
-                    self.inner.watch_options.clone(),
-                );
+                let watch = self.inner.discovery.watch(service);
                 let tls = match self.inner.tls.read() {
                     Ok(guard) => guard.clone(),
                     Err(poisoned) => poisoned.into_inner().clone(),
