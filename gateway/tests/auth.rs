@@ -27,8 +27,8 @@ use protomesh::proto::protomesh::users::v1::{
 };
 use protomesh::server::MeshServer;
 use protomesh_gateway::codec::DynamicCodec;
-use protomesh_gateway::cors::CorsConfig;
-use protomesh_gateway::server::GatewayOptions;
+use protomesh_gateway::CorsConfig;
+use protomesh_gateway::GatewayOptions;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use serde_json::json;

@@ -53,6 +53,7 @@
 //!
 //! [proto3 JSON mapping]: https://protobuf.dev/programming-guides/json/
 
+use crate::well_known::{has_text_form, is_well_known, WellKnown};
 use std::collections::HashMap;
 
 use prost_reflect::{
@@ -105,7 +106,7 @@ pub struct JsonOptions {
 
 /// The parts of an HTTP request that make a request message.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestParts<'a> {
+pub(crate) struct RequestParts<'a> {
     /// The values the path template bound: each a field path (proto names, from the top of the
     /// request message) and its percent-decoded value.
     pub path_bindings: &'a [(Vec<String>, String)],
@@ -128,7 +129,7 @@ const MAX_REASON_CHARS: usize = 512;
 /// become JSON. Its messages shorten the client's input they quote
 /// ([`protomesh::status::echo`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TranscodeError {
+pub(crate) enum TranscodeError {
     /// The body is not valid JSON.
     #[error(
         "the request body is not valid JSON (line {line}, column {column}): {}",
@@ -197,7 +198,7 @@ impl TranscodeError {
     /// The dotted path of the field the error is about, if it is about one (for a
     /// `google.rpc.BadRequest` field violation); a path longer than
     /// [`protomesh::status::MAX_ECHO_CHARS`] is shortened.
-    pub fn field(&self) -> Option<std::borrow::Cow<'_, str>> {
+    pub(crate) fn field(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
             Self::InvalidField { field, .. }
             | Self::UnknownField { field }
@@ -208,7 +209,7 @@ impl TranscodeError {
 
     /// Whether the request is to blame (HTTP 400, `INVALID_ARGUMENT`); `false` for
     /// [`TranscodeError::Response`], a server-side error.
-    pub fn is_client_error(&self) -> bool {
+    pub(crate) fn is_client_error(&self) -> bool {
         !matches!(self, Self::Response { .. })
     }
 }
@@ -219,7 +220,7 @@ impl TranscodeError {
 /// # Errors
 ///
 /// A [`TranscodeError`] naming the field (or the JSON position) that is wrong.
-pub fn request_message(
+pub(crate) fn request_message(
     input: &MessageDescriptor,
     parts: &RequestParts<'_>,
     options: &JsonOptions,
@@ -323,7 +324,7 @@ pub fn request_message(
 ///
 /// [`TranscodeError::Response`] if `response_body` names no field of the message, or if the
 /// message cannot be serialized.
-pub fn response_json(
+pub(crate) fn response_json(
     message: &DynamicMessage,
     response_body: Option<&str>,
     options: &JsonOptions,
@@ -627,50 +628,6 @@ fn leaf_value(
     }
 }
 
-/// Whether a message type has a scalar JSON form that a text value can give (the OpenAPI
-/// document uses the same rule for query parameters).
-pub(crate) fn has_text_form(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.Timestamp"
-            | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask"
-            | "google.protobuf.Value"
-    ) || is_wrapper(message)
-}
-
-/// Whether a message type is one of the `google.protobuf.*Value` wrappers.
-pub(crate) fn is_wrapper(message: &MessageDescriptor) -> bool {
-    matches!(
-        message.full_name(),
-        "google.protobuf.DoubleValue"
-            | "google.protobuf.FloatValue"
-            | "google.protobuf.Int64Value"
-            | "google.protobuf.UInt64Value"
-            | "google.protobuf.Int32Value"
-            | "google.protobuf.UInt32Value"
-            | "google.protobuf.BoolValue"
-            | "google.protobuf.StringValue"
-            | "google.protobuf.BytesValue"
-    )
-}
-
-/// The well-known types with a special JSON form (not a plain object of their fields).
-fn is_well_known(message: &MessageDescriptor) -> bool {
-    is_wrapper(message)
-        || matches!(
-            message.full_name(),
-            "google.protobuf.Any"
-                | "google.protobuf.Timestamp"
-                | "google.protobuf.Duration"
-                | "google.protobuf.FieldMask"
-                | "google.protobuf.Struct"
-                | "google.protobuf.ListValue"
-                | "google.protobuf.Value"
-                | "google.protobuf.Empty"
-        )
-}
-
 /// The JSON value for `raw` read as a value of `kind`; the error is the reason.
 fn text_to_json(kind: &Kind, raw: &str, allow_unknown: bool) -> Result<Value, String> {
     fn integer<T>(raw: &str, what: &str) -> Result<Value, String>
@@ -719,17 +676,14 @@ fn text_to_json(kind: &Kind, raw: &str, allow_unknown: bool) -> Result<Value, St
                 names.join(", ")
             ))
         }
-        Kind::Message(message) => match message.full_name() {
-            "google.protobuf.Timestamp"
-            | "google.protobuf.Duration"
-            | "google.protobuf.FieldMask" => Ok(Value::String(raw.to_owned())),
-            "google.protobuf.Value" => {
+        Kind::Message(message) => match WellKnown::of(message) {
+            Some(WellKnown::Timestamp | WellKnown::Duration | WellKnown::FieldMask) => {
+                Ok(Value::String(raw.to_owned()))
+            }
+            Some(WellKnown::Value) => {
                 Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned())))
             }
-            _ if is_wrapper(message) => match message.get_field_by_name("value") {
-                Some(inner) => text_to_json(&inner.kind(), raw, allow_unknown),
-                None => Err(format!("{} has no `value` field", message.full_name())),
-            },
+            Some(WellKnown::Wrapper(inner)) => text_to_json(&inner, raw, allow_unknown),
             _ => Err(format!("a {} cannot be given as text", message.full_name())),
         },
     }
