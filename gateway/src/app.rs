@@ -116,3 +116,235 @@ async fn edge_policies(State(gateway): State<Gateway>, request: Request, next: N
     let resolved: Arc<Resolved> = Resolved::of(&request, &gateway.state);
     gateway.edge.enforce(&resolved, request, next).await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The whole pipeline, driven with `oneshot`, routing to an in-process priority server found
+    //! through a static list: no Consul agent.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use prost_reflect::DescriptorPool;
+    use protomesh::client::{Mesh, MethodTable, StaticDiscovery};
+    use protomesh::proto::protomesh::priority::v1::{
+        priority_service_client::PriorityServiceClient,
+        priority_service_server::{PriorityService, PriorityServiceServer},
+        PrioritizeRequest, PrioritizeResponse, ScoreRequest, ScoreResponse,
+    };
+    use tokio::sync::watch;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::discovery::GatewayState;
+    use crate::gateway::GatewayOptions;
+    use crate::reflection::{DescriptorSource, ReflectionVersion, ServiceDescriptors};
+
+    const PRIORITY: &str = "protomesh.priority.v1.PriorityService";
+
+    /// Scores as the priority service does, noting the request id of every call it gets.
+    #[derive(Default, Clone)]
+    struct Scorer {
+        request_ids: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl PriorityService for Scorer {
+        async fn score(
+            &self,
+            request: tonic::Request<ScoreRequest>,
+        ) -> Result<tonic::Response<ScoreResponse>, tonic::Status> {
+            let id = request
+                .metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            self.request_ids.lock().unwrap().push(id);
+            let request = request.into_inner();
+            Ok(tonic::Response::new(ScoreResponse {
+                title: request.title,
+                score: request.urgency * request.impact,
+                level: 3,
+            }))
+        }
+
+        async fn prioritize(
+            &self,
+            _request: tonic::Request<PrioritizeRequest>,
+        ) -> Result<tonic::Response<PrioritizeResponse>, tonic::Status> {
+            Ok(tonic::Response::new(PrioritizeResponse::default()))
+        }
+    }
+
+    /// A priority server on a free port.
+    async fn priority_server(scorer: Scorer) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PriorityServiceServer::new(scorer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    /// The app routing the Consul service `priority` to `addr`, with `options`.
+    fn gateway_app(addr: std::net::SocketAddr, options: GatewayOptions) -> Router {
+        let pool = DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let descriptors = Arc::new(ServiceDescriptors {
+            services: vec![PRIORITY.to_owned()],
+            pool,
+            source: DescriptorSource::Reflection(ReflectionVersion::V1),
+        });
+        let state = GatewayState {
+            ready: true,
+            ..GatewayState::build(BTreeMap::from([("priority".to_owned(), descriptors)]))
+        };
+        let (_, state) = watch::channel(Arc::new(state));
+        let methods =
+            MethodTable::from_descriptor_sets(&[protomesh::proto::FILE_DESCRIPTOR_SET]).unwrap();
+        let mesh = Mesh::with_discovery(StaticDiscovery::new().with("priority", [addr]), methods);
+        app(Gateway::new(mesh, state, options))
+    }
+
+    fn post(path: &str, headers: &[(&str, &str)], body: &str) -> Request {
+        let mut request = http::Request::builder().method("POST").uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from(body.to_owned())).unwrap()
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    const SCORE: &str = r#"{"title":"ship it","urgency":9,"impact":8}"#;
+
+    #[tokio::test]
+    async fn a_route_reaches_its_static_backend_with_the_request_id() {
+        let scorer = Scorer::default();
+        let app = gateway_app(
+            priority_server(scorer.clone()).await,
+            GatewayOptions::default(),
+        );
+        let response = app
+            .oneshot(post(
+                "/v1/priority:score",
+                &[("x-request-id", "req-1")],
+                SCORE,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(response.headers()["x-request-id"], "req-1");
+        assert_eq!(
+            json(response).await,
+            serde_json::json!({"title": "ship it", "score": 72, "level": "LEVEL_HIGH"})
+        );
+        assert_eq!(*scorer.request_ids.lock().unwrap(), ["req-1"]);
+    }
+
+    #[tokio::test]
+    async fn native_grpc_goes_through_the_same_pipeline() {
+        let app = gateway_app(
+            priority_server(Scorer::default()).await,
+            GatewayOptions::default(),
+        );
+        let mut client = PriorityServiceClient::new(app);
+        let answer = client
+            .score(ScoreRequest {
+                title: "t".into(),
+                urgency: 3,
+                impact: 4,
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer.into_inner().score, 12);
+    }
+
+    #[tokio::test]
+    async fn refusals_and_unrouted_requests_are_answered_before_the_backend() {
+        let scorer = Scorer::default();
+        let mut options = GatewayOptions::default();
+        options.edge.access.overrides =
+            vec![format!("{PRIORITY}/Score=role:admin").parse().unwrap()];
+        let app = gateway_app(priority_server(scorer.clone()).await, options);
+
+        // The route now needs a role: no credentials is 401 with a bare challenge.
+        let response = app
+            .clone()
+            .oneshot(post("/v1/priority:score", &[], SCORE))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer realm=\"protomesh\""
+        );
+        assert_eq!(json(response).await["message"], "missing credentials");
+
+        // A credential that is no token: 401, invalid.
+        let response = app
+            .clone()
+            .oneshot(post(
+                "/v1/priority:score",
+                &[("authorization", "Bearer not-a-token")],
+                SCORE,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token"));
+
+        // A known path with another method: 405 naming the allowed one, with a request id.
+        let request = http::Request::builder()
+            .uri("/v1/priority:score")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "POST");
+        assert_eq!(response.headers()["x-request-id"].len(), 32);
+
+        // No route: 404.
+        let response = app
+            .clone()
+            .oneshot(post("/v1/nowhere", &[], "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::NOT_FOUND);
+        assert_eq!(json(response).await["code"], 5);
+
+        assert!(scorer.request_ids.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_gateway_s_own_endpoints_answer_outside_the_edge() {
+        let mut options = GatewayOptions::default();
+        // Even with every route closed, `/routes` answers.
+        options.edge.access.overrides = vec![format!("{PRIORITY}=role:admin").parse().unwrap()];
+        let app = gateway_app(priority_server(Scorer::default()).await, options);
+        let request = http::Request::builder()
+            .uri("/routes")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let routes = json(response).await;
+        assert_eq!(routes["services"]["priority"], "available");
+        assert!(routes["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"] == "/v1/priority:score" && r["auth"] == "role:admin"));
+    }
+}
