@@ -75,7 +75,7 @@ impl Default for DiscoveryOptions {
 #[derive(Debug, Default)]
 pub struct GatewayState {
     /// HTTP routes.
-    pub table: RouteTable,
+    pub(crate) table: RouteTable,
     /// Each routed Consul service and its descriptors.
     pub services: BTreeMap<String, Arc<ServiceDescriptors>>,
     /// gRPC service full name (`pkg.Service`) → Consul service name, for native gRPC calls.
@@ -87,7 +87,7 @@ pub struct GatewayState {
     pub unreachable: BTreeMap<String, String>,
     /// The policy every routed method's descriptors declare, by gRPC path
     /// (`/package.Service/Method`); one that cannot be read is `authenticated` (fails closed).
-    pub policies: HashMap<String, MethodPolicy>,
+    pub(crate) policies: HashMap<String, MethodPolicy>,
 }
 
 impl GatewayState {

@@ -67,7 +67,7 @@ mod strict_json;
 
 /// Where the request message is in the HTTP body: the `body` of a `google.api.http` rule.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum BodyRule {
+pub(crate) enum BodyRule {
     /// No `body`: the request has no body; every field the path does not bind is a query
     /// parameter.
     #[default]
@@ -76,18 +76,6 @@ pub enum BodyRule {
     Whole,
     /// `body: "<field>"`: the body is the value of this top-level field (its proto name).
     Field(String),
-}
-
-impl BodyRule {
-    /// The rule for the `body` string of an `HttpRule`: empty is [`BodyRule::None`], `*` is
-    /// [`BodyRule::Whole`], anything else a [`BodyRule::Field`].
-    pub fn from_rule(body: &str) -> Self {
-        match body {
-            "" => Self::None,
-            "*" => Self::Whole,
-            field => Self::Field(field.to_owned()),
-        }
-    }
 }
 
 /// How JSON is read and written.
@@ -1811,17 +1799,6 @@ mod tests {
             .unwrap();
         assert!(ratio.is_nan());
         assert_eq!(weight, f32::NEG_INFINITY);
-    }
-
-    #[test]
-    fn transcode_body_rule_from_the_http_rule() {
-        assert_eq!(BodyRule::from_rule(""), BodyRule::None);
-        assert_eq!(BodyRule::from_rule("*"), BodyRule::Whole);
-        assert_eq!(
-            BodyRule::from_rule("book"),
-            BodyRule::Field("book".to_owned())
-        );
-        assert_eq!(BodyRule::default(), BodyRule::None);
     }
 
     // -----------------------------------------------------------------------------------------
