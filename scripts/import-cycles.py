@@ -42,8 +42,12 @@ def split_tests(code):
     return "".join(out), "".join(tests)
 
 
-def paths(code):
-    """Every path that starts with crate/super/self, brace groups expanded."""
+def paths(code, children=()):
+    """Every path that starts with crate/super/self (or, in a `use`, with a child module's
+    name), brace groups expanded. Visibilities such as `pub(super)` are not paths."""
+    code = re.sub(r"pub\((crate|super|self|in [^)]*)\)", "pub", code)
+    for child in children:
+        code = re.sub(r"\buse\s+" + child + r"::", "use self::" + child + "::", code)
     found = []
     for m in re.finditer(r"\b(crate|super|self)((?:::\w+)*)(::\{)?", code):
         base = [m.group(1)] + [p for p in m.group(2).split("::") if p]
@@ -81,7 +85,8 @@ def main():
     graph = {m: set() for m in modules}
     for module, path in files.items():
         code, tests = split_tests(open(path, encoding="utf-8").read())
-        found = [(p, False) for p in paths(code)]
+        children = [m[-1] for m in modules if len(m) == len(module) + 1 and m[:-1] == module]
+        found = [(p, False) for p in paths(code, children)]
         if keep_tests:
             # In a file's test module, `super` is the file's own module.
             found += [(p, True) for p in paths(tests)]
@@ -91,6 +96,8 @@ def main():
                 target = rest
             elif head == "self" or (head == "super" and in_test):
                 target = list(module) + rest
+                if not rest:
+                    continue
             else:  # super
                 target = list(module[:-1]) + rest
             while target and tuple(target) not in modules:
