@@ -24,60 +24,8 @@ use super::attempt::Attempts;
 use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::discovery::InstanceWatch;
 use super::latency::PeakEwma;
-use super::{BoxError, ChannelOptions};
-
-/// How the next endpoint is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BalancePolicy {
-    /// Power of two random choices, the one with the lower peak-EWMA latency × (pending + 1).
-    #[default]
-    PeakEwma,
-    /// Each endpoint in turn.
-    RoundRobin,
-}
-
-/// When an endpoint is taken out of rotation before Consul notices it is unwell.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutlierPolicy {
-    /// Failures in a row (connection errors, `UNAVAILABLE`, attempts abandoned at their attempt
-    /// timeout) that eject an endpoint.
-    pub consecutive_failures: u32,
-    /// First ejection time; doubles with each ejection of the same endpoint.
-    pub base_ejection: Duration,
-    /// Longest ejection time.
-    pub max_ejection: Duration,
-    /// Panic threshold: when fewer than this share of endpoints would be left, balance over all.
-    pub min_healthy_share: f64,
-}
-
-impl Default for OutlierPolicy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 3,
-            base_ejection: Duration::from_secs(5),
-            max_ejection: Duration::from_secs(60),
-            min_healthy_share: 0.34,
-        }
-    }
-}
-
-/// How many HTTP/2 connections an endpoint gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionPolicy {
-    /// Calls in flight on every open connection before another connection is opened.
-    pub streams_per_connection: usize,
-    /// Most connections to one endpoint.
-    pub max_connections: usize,
-}
-
-impl Default for ConnectionPolicy {
-    fn default() -> Self {
-        Self {
-            streams_per_connection: 100,
-            max_connections: 4,
-        }
-    }
-}
+pub use super::options::{BalancePolicy, ConnectionPolicy, OutlierPolicy};
+use super::options::{BoxError, ChannelOptions};
 
 /// Between TCP keep-alive probes of an idle connection.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);

@@ -34,13 +34,13 @@ pub mod grpc_timeout;
 pub(crate) mod latency;
 pub mod limit;
 pub mod methods;
+mod options;
 pub mod retry;
 pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use protomesh_consul::{ConsulClient, WatchState};
 use tower::util::BoxCloneSyncService;
@@ -53,62 +53,8 @@ pub use breaker::{
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
 pub use discovery::{ConsulDiscovery, Discover, InstanceWatch, StaticDiscovery};
 pub use methods::MethodTable;
+pub use options::{BoxError, ChannelOptions};
 pub use retry::RetryPolicy;
-
-/// Errors that travel through the channel's layers (tonic turns a boxed `Status` back into it).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How channels to one service behave.
-#[derive(Debug, Clone, Copy)]
-pub struct ChannelOptions {
-    /// Deadline of a call when neither the caller nor an incoming call sets one.
-    pub default_timeout: Duration,
-    /// Most calls in flight to the service from this channel's clones.
-    pub concurrency_limit: usize,
-    /// Endpoint choice.
-    pub balance: BalancePolicy,
-    /// Outlier ejection.
-    pub outliers: OutlierPolicy,
-    /// Retries.
-    pub retry: RetryPolicy,
-    /// Connections per endpoint.
-    pub connections: ConnectionPolicy,
-    /// The target service's circuit breaker.
-    pub breaker: BreakerPolicy,
-    /// TCP connect timeout to an endpoint.
-    pub connect_timeout: Duration,
-    /// HTTP/2 keep-alive ping interval on endpoint connections, idle or not: a peer that does
-    /// not answer a ping within [`ChannelOptions::http2_keep_alive_timeout`] has its connection
-    /// closed, failing (and so retrying) the calls on it. `None` turns pings off.
-    pub http2_keep_alive: Option<Duration>,
-    /// How long a keep-alive ping may go unanswered.
-    pub http2_keep_alive_timeout: Duration,
-    /// TCP keep-alive on endpoint connections (the kernel probes an idle connection after this
-    /// long and drops it when the peer stays silent); free on the call path.
-    pub tcp_keepalive: Option<Duration>,
-    /// How long known endpoints are kept when Consul suddenly reports none (an agent that
-    /// restarted answers empty until services register again).
-    pub empty_set_grace: Duration,
-}
-
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        Self {
-            default_timeout: Duration::from_secs(10),
-            concurrency_limit: 10_000,
-            balance: BalancePolicy::default(),
-            outliers: OutlierPolicy::default(),
-            retry: RetryPolicy::default(),
-            connections: ConnectionPolicy::default(),
-            breaker: BreakerPolicy::default(),
-            connect_timeout: Duration::from_secs(1),
-            empty_set_grace: Duration::from_secs(10),
-            http2_keep_alive: None,
-            http2_keep_alive_timeout: Duration::from_secs(5),
-            tcp_keepalive: Some(Duration::from_secs(10)),
-        }
-    }
-}
 
 /// The process's entry to the mesh: shared discovery and one balancer per target service.
 #[derive(Clone)]
