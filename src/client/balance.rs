@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use protomesh_consul::{ServiceInstance, WatchState};
+use protomesh_consul::{ServiceInstance, WatchHandle, WatchState};
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -22,7 +22,6 @@ use tower::Service;
 
 use super::attempt::Attempts;
 use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
-use super::discovery::InstanceWatch;
 use super::latency::PeakEwma;
 pub use super::options::{BalancePolicy, ConnectionPolicy, OutlierPolicy};
 use super::options::{BoxError, ChannelOptions};
@@ -228,7 +227,7 @@ pub struct Balancer {
 
 struct Shared {
     service: String,
-    watch: InstanceWatch,
+    watch: WatchHandle,
     endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
     policy: BalancePolicy,
     outliers: OutlierPolicy,
@@ -251,13 +250,13 @@ struct Shared {
 impl Balancer {
     /// A balancer for `watch`'s service; a background task keeps the endpoints in step with it
     /// and ends when the last clone of the balancer is dropped.
-    pub fn new(watch: InstanceWatch, options: &ChannelOptions) -> Self {
+    pub fn new(watch: WatchHandle, options: &ChannelOptions) -> Self {
         Self::with_tls(watch, options, None)
     }
 
     /// Like [`Balancer::new`], connecting to the endpoints with mutual TLS when `tls` is given.
     pub fn with_tls(
-        watch: InstanceWatch,
+        watch: WatchHandle,
         options: &ChannelOptions,
         tls: Option<&crate::tls::MeshTls>,
     ) -> Self {

@@ -3,16 +3,14 @@
 //! queries, what every service and the gateway use) and [`StaticDiscovery`] (a fixed list of
 //! addresses, changed by hand: tests and set-ups without Consul).
 //!
-//! A balancer ([`super::Balancer`]) follows one [`InstanceWatch`]: the newest [`WatchState`] of
-//! its service, published whenever the set changes.
+//! A balancer ([`super::Balancer`]) follows one [`WatchHandle`]: the newest [`WatchState`] of its
+//! service, published whenever the set changes.
 
-use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use protomesh_consul::watcher::WatchError;
 use protomesh_consul::{
     ConsulClient, HealthWatcher, ServiceInstance, WatchHandle, WatchOptions, WatchState,
 };
@@ -21,81 +19,7 @@ use tokio::sync::watch;
 /// A source of service instances.
 pub trait Discover: Send + Sync + 'static {
     /// The instances of `service`, followed from now on.
-    fn watch(&self, service: &str) -> InstanceWatch;
-}
-
-/// The instances of one service as a [`Discover`] source publishes them. Clones share the
-/// source, which keeps running while one of them lives.
-#[derive(Clone)]
-pub struct InstanceWatch {
-    service: Arc<str>,
-    rx: watch::Receiver<WatchState>,
-    /// What keeps the source running (a Consul watcher stops when its handle is dropped).
-    _source: Arc<dyn Any + Send + Sync>,
-}
-
-impl std::fmt::Debug for InstanceWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceWatch")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
-    }
-}
-
-impl From<WatchHandle> for InstanceWatch {
-    fn from(handle: WatchHandle) -> Self {
-        Self {
-            service: handle.service().into(),
-            rx: handle.subscribe(),
-            _source: Arc::new(handle),
-        }
-    }
-}
-
-impl InstanceWatch {
-    /// The watched service's name.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// The current state.
-    pub fn current(&self) -> WatchState {
-        self.rx.borrow().clone()
-    }
-
-    /// Whether the source answered at least once.
-    pub fn is_initialized(&self) -> bool {
-        self.rx.borrow().initialized
-    }
-
-    /// A receiver of the published states; its current value counts as seen.
-    pub fn subscribe(&self) -> watch::Receiver<WatchState> {
-        let mut rx = self.rx.clone();
-        rx.mark_unchanged();
-        rx
-    }
-
-    /// Waits for the source's first answer (at once if there was one), at most `timeout`.
-    pub async fn initialized(&self, timeout: Duration) -> Result<WatchState, WatchError> {
-        let mut rx = self.rx.clone();
-        let outcome = tokio::time::timeout(timeout, async {
-            rx.wait_for(|state| state.initialized)
-                .await
-                .map(|state| state.clone())
-        })
-        .await;
-        match outcome {
-            Ok(Ok(state)) => Ok(state),
-            Ok(Err(_)) => Err(WatchError::Stopped {
-                service: self.service.to_string(),
-            }),
-            Err(_) => Err(WatchError::NotInitialized {
-                service: self.service.to_string(),
-                after: timeout,
-                last_error: self.rx.borrow().last_error.clone(),
-            }),
-        }
-    }
+    fn watch(&self, service: &str) -> WatchHandle;
 }
 
 /// Discovery through Consul: one [`HealthWatcher`] per service (passing instances only).
@@ -116,8 +40,8 @@ impl ConsulDiscovery {
 }
 
 impl Discover for ConsulDiscovery {
-    fn watch(&self, service: &str) -> InstanceWatch {
-        HealthWatcher::spawn(self.consul.clone(), service, self.options.clone()).into()
+    fn watch(&self, service: &str) -> WatchHandle {
+        HealthWatcher::spawn(self.consul.clone(), service, self.options.clone())
     }
 }
 
@@ -175,16 +99,12 @@ impl StaticDiscovery {
 }
 
 impl Discover for StaticDiscovery {
-    fn watch(&self, service: &str) -> InstanceWatch {
+    fn watch(&self, service: &str) -> WatchHandle {
         let mut services = self.lock();
         let sender = services
             .entry(service.to_owned())
             .or_insert_with(|| watch::channel(static_state(service, 1, BTreeMap::new())).0);
-        InstanceWatch {
-            service: service.into(),
-            rx: sender.subscribe(),
-            _source: Arc::new(()),
-        }
+        WatchHandle::from_receiver(sender.subscribe())
     }
 }
 
@@ -231,7 +151,10 @@ mod tests {
 
         // An unlisted service has no instance, and is answered at once.
         let none = discovery.watch("other");
-        let state = none.initialized(Duration::from_millis(10)).await.unwrap();
+        let state = none
+            .initialized(std::time::Duration::from_millis(10))
+            .await
+            .unwrap();
         assert!(state.instances.is_empty());
     }
 }

@@ -51,7 +51,7 @@ pub use breaker::{
     is_circuit_open, is_service_down, with_fallback, BreakerPolicy, BreakerState, CircuitBreaker,
 };
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
-pub use discovery::{ConsulDiscovery, Discover, InstanceWatch, StaticDiscovery};
+pub use discovery::{ConsulDiscovery, Discover, StaticDiscovery};
 pub use methods::MethodTable;
 pub use options::{BoxError, ChannelOptions};
 pub use retry::RetryPolicy;
