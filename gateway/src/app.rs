@@ -123,12 +123,11 @@ mod tests {
     //! through a static list: no Consul agent.
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     use axum::body::Body;
     use http_body_util::BodyExt;
-    use prost_reflect::DescriptorPool;
+
     use protomesh::client::{Mesh, MethodTable, StaticDiscovery};
     use protomesh::proto::protomesh::priority::v1::{
         priority_service_client::PriorityServiceClient,
@@ -139,11 +138,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::discovery::GatewayState;
-    use crate::gateway::GatewayOptions;
-    use crate::reflection::{DescriptorSource, ReflectionVersion, ServiceDescriptors};
 
-    const PRIORITY: &str = "protomesh.priority.v1.PriorityService";
+    use crate::gateway::GatewayOptions;
+    use crate::test_support::{priority_descriptors, state_with, PRIORITY};
 
     /// Scores as the priority service does, noting the request id of every call it gets.
     #[derive(Default, Clone)]
@@ -194,16 +191,7 @@ mod tests {
 
     /// The app routing the Consul service `priority` to `addr`, with `options`.
     fn gateway_app(addr: std::net::SocketAddr, options: GatewayOptions) -> Router {
-        let pool = DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap();
-        let descriptors = Arc::new(ServiceDescriptors {
-            services: vec![PRIORITY.to_owned()],
-            pool,
-            source: DescriptorSource::Reflection(ReflectionVersion::V1),
-        });
-        let state = GatewayState {
-            ready: true,
-            ..GatewayState::build(BTreeMap::from([("priority".to_owned(), descriptors)]))
-        };
+        let state = state_with(&[("priority", priority_descriptors())]);
         let (_, state) = watch::channel(Arc::new(state));
         let methods =
             MethodTable::from_descriptor_sets(&[protomesh::proto::FILE_DESCRIPTOR_SET]).unwrap();

@@ -45,6 +45,8 @@ pub mod reflection;
 mod resolve;
 mod routes;
 pub mod template;
+#[cfg(test)]
+mod test_support;
 mod trace;
 mod transcode;
 mod well_known;

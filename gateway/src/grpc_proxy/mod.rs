@@ -172,36 +172,18 @@ fn mesh_status(consul: &str, err: BoxError) -> Status {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use prost_reflect::DescriptorPool;
-    use protomesh_consul::{ConsulClient, ConsulConfig};
+    use protomesh::client::{MethodTable, StaticDiscovery};
 
     use super::*;
-    use crate::reflection::{DescriptorSource, ReflectionVersion, ServiceDescriptors};
 
-    const PRIORITY: &str = "protomesh.priority.v1.PriorityService";
+    use crate::test_support::{priority_descriptors, state_with};
 
-    fn priority_descriptors() -> Arc<ServiceDescriptors> {
-        Arc::new(ServiceDescriptors {
-            services: vec![PRIORITY.to_owned()],
-            pool: DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap(),
-            source: DescriptorSource::Reflection(ReflectionVersion::V1),
-        })
-    }
-
-    fn state_with(services: &[(&str, Arc<ServiceDescriptors>)]) -> GatewayState {
-        GatewayState::build(
-            services
-                .iter()
-                .map(|(name, d)| ((*name).to_owned(), Arc::clone(d)))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    }
-
+    /// A mesh that knows no instance of anything (no channel is made in these tests).
     fn mesh() -> Mesh {
-        let consul = ConsulClient::new(ConsulConfig::new("127.0.0.1:1").unwrap()).unwrap();
-        Mesh::from_consul(consul).unwrap()
+        let methods =
+            MethodTable::from_descriptor_sets(&[protomesh::proto::FILE_DESCRIPTOR_SET]).unwrap();
+        Mesh::with_discovery(StaticDiscovery::new(), methods)
     }
 
     fn grpc_request(path: &str) -> http::Request<Body> {

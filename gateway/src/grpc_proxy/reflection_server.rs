@@ -177,26 +177,8 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     use super::*;
-    use crate::reflection::{DescriptorSource, ReflectionVersion};
 
-    const PRIORITY: &str = "protomesh.priority.v1.PriorityService";
-
-    fn priority_descriptors() -> Arc<ServiceDescriptors> {
-        Arc::new(ServiceDescriptors {
-            services: vec![PRIORITY.to_owned()],
-            pool: DescriptorPool::decode(protomesh::proto::FILE_DESCRIPTOR_SET).unwrap(),
-            source: DescriptorSource::Reflection(ReflectionVersion::V1),
-        })
-    }
-
-    fn state_with(services: &[(&str, Arc<ServiceDescriptors>)]) -> GatewayState {
-        GatewayState::build(
-            services
-                .iter()
-                .map(|(name, d)| ((*name).to_owned(), Arc::clone(d)))
-                .collect(),
-        )
-    }
+    use crate::test_support::{priority_descriptors, state_with, PRIORITY};
 
     #[test]
     fn combined_files_hold_each_file_once_with_its_options() {

@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::discovery::GatewayState;
 use crate::gateway::Gateway;
+use crate::routes::Route;
+use protomesh::policy::ResolvedPolicy;
 
 /// `/readyz`: 200 once the Consul catalog was read, else 503.
 pub(crate) async fn readyz(State(gateway): State<Gateway>) -> Response {
@@ -25,9 +27,9 @@ pub(crate) async fn readyz(State(gateway): State<Gateway>) -> Response {
     }
 }
 
-/// A route as anyone may see it on the public port: no address, no upstream error.
+/// What both `/routes` show of a route.
 #[derive(Serialize)]
-struct PublicRouteView {
+struct RouteFields {
     method: String,
     path: String,
     grpc_method: String,
@@ -35,6 +37,26 @@ struct PublicRouteView {
     streaming: bool,
     /// `public`, `authenticated` or `role:a,b` (as `/openapi.json` shows it too).
     auth: String,
+}
+
+impl RouteFields {
+    fn of(route: &Route, policy: &ResolvedPolicy) -> Self {
+        Self {
+            method: route.http_method.to_string(),
+            path: route.template.to_string(),
+            grpc_method: route.method.full_name().to_owned(),
+            service: route.service.clone(),
+            streaming: route.method.is_server_streaming(),
+            auth: policy.auth.to_string(),
+        }
+    }
+}
+
+/// A route as anyone may see it on the public port: no address, no upstream error.
+#[derive(Serialize)]
+struct PublicRouteView {
+    #[serde(flatten)]
+    route: RouteFields,
     /// The service's state: `available` or `unavailable`.
     state: &'static str,
 }
@@ -72,16 +94,7 @@ pub(crate) async fn routes(State(gateway): State<Gateway>) -> Json<PublicRoutesV
             .routes()
             .iter()
             .map(|r| PublicRouteView {
-                method: r.http_method.to_string(),
-                path: r.template.to_string(),
-                grpc_method: r.method.full_name().to_owned(),
-                service: r.service.clone(),
-                streaming: r.method.is_server_streaming(),
-                auth: gateway
-                    .edge
-                    .policy_of(&state, &r.grpc_path())
-                    .auth
-                    .to_string(),
+                route: RouteFields::of(r, &gateway.edge.policy_of(&state, &r.grpc_path())),
                 state: service_state(&state, &r.service),
             })
             .collect(),
@@ -89,15 +102,11 @@ pub(crate) async fn routes(State(gateway): State<Gateway>) -> Json<PublicRoutesV
     })
 }
 
+/// A route as operators see it on the admin listener.
 #[derive(Serialize)]
 struct RouteView {
-    method: String,
-    path: String,
-    grpc_method: String,
-    service: String,
-    streaming: bool,
-    /// `public`, `authenticated` or `role:a,b`.
-    auth: String,
+    #[serde(flatten)]
+    route: RouteFields,
     rate_limit_class: String,
 }
 
@@ -119,12 +128,7 @@ pub(crate) async fn admin_routes(State(gateway): State<Gateway>) -> Json<RoutesV
             .map(|r| {
                 let policy = gateway.edge.policy_of(&state, &r.grpc_path());
                 RouteView {
-                    method: r.http_method.to_string(),
-                    path: r.template.to_string(),
-                    grpc_method: r.method.full_name().to_owned(),
-                    service: r.service.clone(),
-                    streaming: r.method.is_server_streaming(),
-                    auth: policy.auth.to_string(),
+                    route: RouteFields::of(r, &policy),
                     rate_limit_class: policy.rate_limit_class,
                 }
             })
