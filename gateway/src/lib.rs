@@ -2,9 +2,9 @@
 //! server reflection, and serves their `google.api.http` routes as JSON/HTTP (and forwards native
 //! gRPC by path).
 //!
-//! [`app`] builds the router (the request pipeline, composed in one place: see [`app`'s
-//! module](crate::app)); [`listener::serve`] serves it; [`discovery::spawn`] keeps the state it
-//! routes by. The modules, by job:
+//! [`app`] builds the router (the request pipeline, composed in one place: `app.rs`);
+//! [`listener::serve`] serves it; [`discovery::spawn`] keeps the state it routes by. The modules,
+//! by job:
 //! - the route table: [`template`] (`google.api.http` path templates), `routes` (the table built
 //!   from every method's options);
 //! - descriptors and discovery: [`reflection`] (a service's descriptors over server reflection,
