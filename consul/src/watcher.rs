@@ -440,18 +440,20 @@ impl HealthWatcher {
         WatchHandle {
             service: Arc::from(service),
             rx,
-            task: Arc::new(AbortOnDrop(task)),
+            task: Arc::new(AbortOnDrop(Some(task))),
         }
     }
 }
 
-/// Aborts the watcher's task when the last owner drops it.
+/// Aborts the watcher's task (if there is one) when the last owner drops it.
 #[derive(Debug)]
-struct AbortOnDrop(JoinHandle<()>);
+struct AbortOnDrop(Option<JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -465,6 +467,17 @@ pub struct WatchHandle {
 }
 
 impl WatchHandle {
+    /// A handle on the states another source publishes on `rx` (a fixed list of instances, a
+    /// test): the API of a watcher's handle, with no Consul query behind it.
+    pub fn from_receiver(rx: watch::Receiver<WatchState>) -> Self {
+        let service = Arc::from(rx.borrow().service.as_str());
+        Self {
+            service,
+            rx,
+            task: Arc::new(AbortOnDrop(None)),
+        }
+    }
+
     /// The watched service's name.
     pub fn service(&self) -> &str {
         &self.service

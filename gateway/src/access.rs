@@ -15,7 +15,7 @@ use protomesh::policy::{Requirement, ResolvedPolicy};
 use protomesh::proto::protomesh::options::v1::MethodPolicy;
 
 /// Parses `public`, `authenticated`, or `role:a,b`.
-pub fn parse_requirement(text: &str) -> Result<Requirement, String> {
+pub(crate) fn parse_requirement(text: &str) -> Result<Requirement, String> {
     match text.trim() {
         "public" => Ok(Requirement::Public),
         "authenticated" => Ok(Requirement::Authenticated),
@@ -97,14 +97,14 @@ impl Default for AccessConfig {
 
 /// [`AccessConfig`] ready for lookups.
 #[derive(Debug, Clone)]
-pub struct AccessPolicy {
+pub(crate) struct AccessPolicy {
     default: ResolvedPolicy,
     overrides: HashMap<String, Requirement>,
 }
 
 impl AccessPolicy {
     /// The policy of `config` (a later override of the same target wins).
-    pub fn new(config: &AccessConfig) -> Self {
+    pub(crate) fn new(config: &AccessConfig) -> Self {
         Self {
             default: ResolvedPolicy::with_auth(config.default_auth.clone()),
             overrides: config
@@ -118,7 +118,11 @@ impl AccessPolicy {
     /// The effective policy of the method at `grpc_path` (`/package.Service/Method`) whose
     /// descriptors state `declared` (`None`: nothing known about it). A declared policy that
     /// cannot be used (an unknown requirement, a negative timeout) fails closed: authenticated.
-    pub fn policy(&self, grpc_path: &str, declared: Option<&MethodPolicy>) -> ResolvedPolicy {
+    pub(crate) fn policy(
+        &self,
+        grpc_path: &str,
+        declared: Option<&MethodPolicy>,
+    ) -> ResolvedPolicy {
         let mut policy = match declared {
             Some(declared) => ResolvedPolicy::from_declared(declared, &self.default)
                 .unwrap_or_else(|err| {

@@ -97,12 +97,12 @@ impl CorsConfig {
     }
 
     /// Whether CORS is on.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.origins != AllowedOrigins::None
     }
 
     /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
-    pub fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+    pub(crate) fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
         match &self.origins {
             AllowedOrigins::None => None,
             AllowedOrigins::Any => Some(HeaderValue::from_static("*")),
@@ -116,7 +116,7 @@ impl CorsConfig {
     }
 
     /// Whether `headers` are those of a preflight request.
-    pub fn is_preflight(&self, method: &Method, headers: &HeaderMap) -> bool {
+    pub(crate) fn is_preflight(&self, method: &Method, headers: &HeaderMap) -> bool {
         self.is_enabled()
             && method == Method::OPTIONS
             && headers.contains_key(header::ORIGIN)
@@ -124,7 +124,7 @@ impl CorsConfig {
     }
 
     /// The answer to a preflight with `headers` for a path the routes allow `methods` on.
-    pub fn preflight(&self, headers: &HeaderMap, methods: &[Method]) -> Response {
+    pub(crate) fn preflight(&self, headers: &HeaderMap, methods: &[Method]) -> Response {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
@@ -174,7 +174,7 @@ impl CorsConfig {
     }
 
     /// Adds the CORS headers of an answer to a request from `origin` (if any) to `headers`.
-    pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    pub(crate) fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         if !self.is_enabled() {
             return;
         }

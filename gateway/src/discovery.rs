@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use protomesh::client::Mesh;
-use protomesh::proto::protomesh::options::v1::MethodPolicy;
+use protomesh::proto::protomesh::options::v1::{AuthRequirement, MethodPolicy};
 use protomesh_consul::{ConsulClient, QueryOptions};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -75,7 +75,7 @@ impl Default for DiscoveryOptions {
 #[derive(Debug, Default)]
 pub struct GatewayState {
     /// HTTP routes.
-    pub table: RouteTable,
+    pub(crate) table: RouteTable,
     /// Each routed Consul service and its descriptors.
     pub services: BTreeMap<String, Arc<ServiceDescriptors>>,
     /// gRPC service full name (`pkg.Service`) → Consul service name, for native gRPC calls.
@@ -86,8 +86,8 @@ pub struct GatewayState {
     /// Services in the catalog whose descriptors could not be fetched yet, with the reason.
     pub unreachable: BTreeMap<String, String>,
     /// The policy every routed method's descriptors declare, by gRPC path
-    /// (`/package.Service/Method`): see [`crate::edge::declared_policies`].
-    pub policies: HashMap<String, MethodPolicy>,
+    /// (`/package.Service/Method`); one that cannot be read is `authenticated` (fails closed).
+    pub(crate) policies: HashMap<String, MethodPolicy>,
 }
 
 impl GatewayState {
@@ -437,38 +437,78 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 }
 
 fn build_state(services: &BTreeMap<String, Followed>, ready: bool) -> GatewayState {
-    let mut grpc_services = HashMap::new();
-    let mut methods: Vec<(&str, Vec<MethodDescriptor>)> = Vec::new();
     let mut routed = BTreeMap::new();
     let mut unreachable = BTreeMap::new();
     for (name, followed) in services {
         if let Some(reason) = &followed.unreachable {
             unreachable.insert(name.clone(), reason.clone());
         }
-        let Some(descriptors) = &followed.descriptors else {
-            continue;
-        };
-        routed.insert(name.clone(), Arc::clone(descriptors));
-        let mut of_service = Vec::new();
-        for grpc in &descriptors.services {
-            grpc_services
-                .entry(grpc.clone())
-                .or_insert_with(|| name.clone());
-            if let Some(service) = descriptors.pool.get_service_by_name(grpc) {
-                of_service.extend(service.methods());
-            }
+        if let Some(descriptors) = &followed.descriptors {
+            routed.insert(name.clone(), Arc::clone(descriptors));
         }
-        methods.push((name.as_str(), of_service));
     }
-    let policies = crate::edge::declared_policies(methods.iter().flat_map(|(_, m)| m.iter()));
     GatewayState {
-        table: RouteTable::build(methods),
-        services: routed,
-        grpc_services,
         ready,
         unreachable,
-        policies,
+        ..GatewayState::build(routed)
     }
+}
+
+impl GatewayState {
+    /// The state routing `services` (Consul service name → its descriptors): their routes, the
+    /// gRPC services they serve and their methods' declared policies; not ready, nothing
+    /// unreachable.
+    pub(crate) fn build(services: BTreeMap<String, Arc<ServiceDescriptors>>) -> Self {
+        let mut grpc_services = HashMap::new();
+        let mut methods: Vec<(&str, Vec<MethodDescriptor>)> = Vec::new();
+        for (name, descriptors) in &services {
+            let mut of_service = Vec::new();
+            for grpc in &descriptors.services {
+                grpc_services
+                    .entry(grpc.clone())
+                    .or_insert_with(|| name.clone());
+                if let Some(service) = descriptors.pool.get_service_by_name(grpc) {
+                    of_service.extend(service.methods());
+                }
+            }
+            methods.push((name.as_str(), of_service));
+        }
+        let policies = declared_policies(methods.iter().flat_map(|(_, m)| m.iter()));
+        let table = RouteTable::build(methods);
+        Self {
+            table,
+            services,
+            grpc_services,
+            policies,
+            ..Self::default()
+        }
+    }
+}
+
+/// The declared policy of every method of `services`, by gRPC path: what
+/// [`GatewayState::policies`] holds. A policy option that cannot be read fails closed
+/// (authenticated).
+fn declared_policies<'a>(
+    methods: impl IntoIterator<Item = &'a prost_reflect::MethodDescriptor>,
+) -> HashMap<String, MethodPolicy> {
+    methods
+        .into_iter()
+        .map(|method| {
+            let path = format!(
+                "/{}/{}",
+                method.parent_service().full_name(),
+                method.name()
+            );
+            let declared = protomesh::policy::declared(method).unwrap_or_else(|err| {
+                tracing::warn!(method = %path, error = %err, "gateway: unreadable policy option; requiring authentication");
+                MethodPolicy {
+                    auth: AuthRequirement::Authenticated as i32,
+                    ..MethodPolicy::default()
+                }
+            });
+            (path, declared)
+        })
+        .collect()
 }
 
 #[cfg(test)]

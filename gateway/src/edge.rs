@@ -4,9 +4,10 @@
 //! 1. **CORS preflight** answered here ([`crate::cors`]): browsers send it without credentials.
 //! 2. **Reserved headers removed**: every incoming `x-protomesh-*` header, so only what this
 //!    middleware sets below reaches a service as the caller's identity.
-//! 3. **Policy** of the target method ([`crate::access`]): by route (HTTP) or by
-//!    `/package.Service/Method` path (gRPC). Requests that match no route pass on untouched, to
-//!    be answered 404 / 405 / `UNIMPLEMENTED`; server reflection is public.
+//! 3. **Policy** of the target method ([`crate::access`]), by the target [`crate::resolve`]
+//!    found: a route (HTTP) or a `/package.Service/Method` path (gRPC). Requests that match no
+//!    route pass on untouched, to be answered 404 / 405 / `UNIMPLEMENTED`; server reflection is
+//!    public.
 //! 4. **Authentication** ([`protomesh::auth`]): credentials, when sent, must be valid — on public
 //!    routes too, so that a client learns its token is bad. Every 401 counts against the client
 //!    address in the [`INVALID_CREDENTIALS_CLASS`] quota; past it the answer is 429.
@@ -18,10 +19,7 @@
 //!    `-roles`, `-auth` for a verified caller (for services not built with the protomesh runtime)
 //!    and `-client-ip` always ([`protomesh::identity`]).
 //!
-//! Refusals are the transport's own: JSON errors (`{"code", "message", "details"}`) with
-//! `WWW-Authenticate` on 401, or trailers-only gRPC statuses (`UNAUTHENTICATED`,
-//! `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`). Messages say "missing", "invalid" or "expired"
-//! credentials and nothing more.
+//! A refusal is a [`Refusal`], answered in the caller's transport by [`crate::errors`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,29 +27,22 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use protomesh::auth::{AuthConfig, Authenticator, Credential};
 use protomesh::client::Mesh;
 use protomesh::identity::{self, AuthMethod, Identity};
-use protomesh::policy::{self, Requirement, ResolvedPolicy};
-use protomesh::proto::protomesh::options::v1::{AuthRequirement, MethodPolicy};
-use protomesh_data::ratelimit::Decision;
-use tonic::Status;
+use protomesh::policy::{Requirement, ResolvedPolicy};
 
 use crate::access::{AccessConfig, AccessPolicy};
 use crate::cors::CorsConfig;
 use crate::discovery::GatewayState;
-use crate::errors::HttpError;
-use crate::grpc_proxy::{self, REFLECTION_SERVICES};
+use crate::errors::Refusal;
 use crate::ratelimit::{
     self, ClientKey, EdgeRateLimits, RateLimitConfig, INVALID_CREDENTIALS_CLASS,
 };
-use crate::routes::{Lookup, Route};
-use protomesh::auth::{AuthConfig, AuthError, Authenticator, Credential};
-
-/// The realm of the `WWW-Authenticate` challenges.
-pub const REALM: &str = "protomesh";
+use crate::resolve::{Resolved, Target};
+use crate::routes::Route;
 
 /// Every edge setting.
 #[derive(Debug, Clone, Default)]
@@ -68,43 +59,17 @@ pub struct EdgeOptions {
 
 /// The edge policies, ready to enforce.
 #[derive(Debug)]
-pub struct Edge {
+pub(crate) struct Edge {
     authenticator: Authenticator,
     access: AccessPolicy,
     limits: EdgeRateLimits,
     cors: CorsConfig,
 }
 
-/// The declared policy of every method of `services`, by gRPC path: what
-/// [`GatewayState::policies`] holds. A policy option that cannot be read fails closed
-/// (authenticated).
-pub fn declared_policies<'a>(
-    methods: impl IntoIterator<Item = &'a prost_reflect::MethodDescriptor>,
-) -> HashMap<String, MethodPolicy> {
-    methods
-        .into_iter()
-        .map(|method| {
-            let path = format!(
-                "/{}/{}",
-                method.parent_service().full_name(),
-                method.name()
-            );
-            let declared = policy::declared(method).unwrap_or_else(|err| {
-                tracing::warn!(method = %path, error = %err, "gateway: unreadable policy option; requiring authentication");
-                MethodPolicy {
-                    auth: AuthRequirement::Authenticated as i32,
-                    ..MethodPolicy::default()
-                }
-            });
-            (path, declared)
-        })
-        .collect()
-}
-
 impl Edge {
     /// The policies of `options`; a JWKS is fetched through `mesh`; `forward_headers` are
     /// allowed in CORS requests too.
-    pub fn new(options: &EdgeOptions, mesh: &Mesh, forward_headers: &[HeaderName]) -> Self {
+    pub(crate) fn new(options: &EdgeOptions, mesh: &Mesh, forward_headers: &[HeaderName]) -> Self {
         let mut cors = options.cors.clone();
         for name in forward_headers {
             if !cors.allowed_headers.contains(name) {
@@ -120,51 +85,47 @@ impl Edge {
     }
 
     /// The effective policy of the method at `grpc_path` in `state`.
-    pub fn policy_of(&self, state: &GatewayState, grpc_path: &str) -> ResolvedPolicy {
+    pub(crate) fn policy_of(&self, state: &GatewayState, grpc_path: &str) -> ResolvedPolicy {
         self.access.policy(grpc_path, state.policies.get(grpc_path))
     }
 
     /// Rate-limit refusals so far, per class.
-    pub fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
+    pub(crate) fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
         self.limits.rejections()
     }
 
-    /// The policy of what `request` calls, or `None` when it matches no route.
-    fn target(
+    /// The policy of `target`, or `None` when it matches no route.
+    fn target_policy(
         &self,
         state: &GatewayState,
-        request: &Request,
-        grpc: bool,
+        target: &Target,
+        path: &str,
     ) -> Option<ResolvedPolicy> {
-        let path = request.uri().path();
-        if grpc {
-            let service = grpc_proxy::grpc_service_of(path)?;
-            if REFLECTION_SERVICES.contains(&service) {
-                return Some(ResolvedPolicy::public());
-            }
-            state.grpc_services.get(service)?;
-            return Some(self.policy_of(state, path));
-        }
-        match state.table.lookup(request.method(), path) {
-            Lookup::Found(route, _) => Some(self.policy_of(state, &route.grpc_path())),
-            Lookup::MethodNotAllowed(_) | Lookup::NotFound => None,
+        match target {
+            Target::Route { route, .. } => Some(self.policy_of(state, &route.grpc_path())),
+            // A native gRPC path is the method's own `/package.Service/Method`.
+            Target::Grpc { .. } => Some(self.policy_of(state, path)),
+            Target::Reflection => Some(ResolvedPolicy::public()),
+            Target::NoRoute { .. } | Target::UnknownGrpc { .. } | Target::MalformedGrpc => None,
         }
     }
 
-    /// Applies the edge policies to `request` and passes it to `next` if they allow it.
-    pub async fn enforce(
+    /// Applies the edge policies to `request`, whose context is `resolved`, and passes it to
+    /// `next` if they allow it.
+    pub(crate) async fn enforce(
         &self,
-        state: &GatewayState,
+        resolved: &Resolved,
         mut request: Request,
         next: Next,
     ) -> Response {
-        let grpc = grpc_proxy::is_grpc(request.headers());
+        let grpc = resolved.target.is_grpc();
         let origin = request.headers().get(header::ORIGIN).cloned();
         if !grpc && self.cors.is_preflight(request.method(), request.headers()) {
-            if let Lookup::MethodNotAllowed(methods) =
-                state.table.lookup(&Method::OPTIONS, request.uri().path())
-            {
-                return self.cors.preflight(request.headers(), &methods);
+            // A preflight is an OPTIONS request: its target lists the methods of the path.
+            if let Target::NoRoute { allowed } = &resolved.target {
+                if !allowed.is_empty() {
+                    return self.cors.preflight(request.headers(), allowed);
+                }
             }
         }
         strip_reserved(request.headers_mut());
@@ -178,7 +139,9 @@ impl Edge {
             &client_ip.to_string(),
         );
 
-        let Some(policy) = self.target(state, &request, grpc) else {
+        let Some(policy) =
+            self.target_policy(&resolved.state, &resolved.target, request.uri().path())
+        else {
             let mut response = next.run(request).await;
             self.cors.decorate(origin.as_ref(), response.headers_mut());
             return response;
@@ -200,22 +163,19 @@ impl Edge {
                 }
             }
         };
-        if let Some(refusal) = refusal {
-            let mut response = match refusal {
-                Refusal::Unauthenticated(reason) => {
-                    // Every 401 counts per address: floods of bad or missing credentials end
-                    // in 429 like any other.
-                    let decision = self
-                        .limits
-                        .check(INVALID_CREDENTIALS_CLASS, &ClientKey::Ip(client_ip))
-                        .await;
-                    match decision {
-                        Some(decision) if !decision.allowed => too_many(&decision, grpc),
-                        _ => unauthenticated(reason, grpc),
-                    }
+        if let Some(mut refusal) = refusal {
+            if let Refusal::Unauthenticated(_) = refusal {
+                // Every 401 counts per address: floods of bad or missing credentials end in
+                // 429 like any other.
+                let decision = self
+                    .limits
+                    .check(INVALID_CREDENTIALS_CLASS, &ClientKey::Ip(client_ip))
+                    .await;
+                if let Some(decision) = decision.filter(|d| !d.allowed) {
+                    refusal = Refusal::TooManyRequests(decision);
                 }
-                Refusal::Forbidden => forbidden(grpc),
-            };
+            }
+            let mut response = refusal.into_response(grpc);
             self.cors.decorate(origin.as_ref(), response.headers_mut());
             return response;
         }
@@ -227,8 +187,8 @@ impl Edge {
             None => ClientKey::Ip(client_ip),
         };
         let decision = self.limits.check(&policy.rate_limit_class, &client).await;
-        if let Some(decision) = decision.filter(|d| !d.allowed) {
-            let mut response = too_many(&decision, grpc);
+        if let Some(decision) = decision.as_ref().filter(|d| !d.allowed) {
+            let mut response = Refusal::TooManyRequests(*decision).into_response(grpc);
             self.cors.decorate(origin.as_ref(), response.headers_mut());
             return response;
         }
@@ -242,14 +202,6 @@ impl Edge {
         self.cors.decorate(origin.as_ref(), response.headers_mut());
         response
     }
-}
-
-/// Why a request is refused before it reaches a service.
-enum Refusal {
-    /// No credentials (`None`) or bad ones.
-    Unauthenticated(Option<AuthError>),
-    /// A verified caller without the required role.
-    Forbidden,
 }
 
 /// Removes every `x-protomesh-*` header.
@@ -280,73 +232,8 @@ fn forward_identity(headers: &mut HeaderMap, identity: Option<&Identity>) {
     }
 }
 
-/// 401 / `UNAUTHENTICATED`, with a `WWW-Authenticate` challenge (RFC 6750: no error code when
-/// no credentials were sent).
-fn unauthenticated(reason: Option<AuthError>, grpc: bool) -> Response {
-    let message = match reason {
-        None => "missing credentials".to_owned(),
-        Some(err) => err.to_string(),
-    };
-    if grpc {
-        return grpc_proxy::status_response(&Status::unauthenticated(message));
-    }
-    let challenge = match reason {
-        None => format!("Bearer realm=\"{REALM}\""),
-        Some(_) => format!(
-            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{message}\""
-        ),
-    };
-    let mut error = HttpError::new(
-        StatusCode::UNAUTHORIZED,
-        tonic::Code::Unauthenticated,
-        message,
-    );
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
-        error.headers.push((header::WWW_AUTHENTICATE, value));
-    }
-    error.into_response()
-}
-
-/// 403 / `PERMISSION_DENIED`.
-fn forbidden(grpc: bool) -> Response {
-    let message = "permission denied";
-    if grpc {
-        return grpc_proxy::status_response(&Status::permission_denied(message));
-    }
-    let mut error = HttpError::new(
-        StatusCode::FORBIDDEN,
-        tonic::Code::PermissionDenied,
-        message,
-    );
-    error.headers.push((
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"protomesh\", error=\"insufficient_scope\""),
-    ));
-    error.into_response()
-}
-
-/// 429 / `RESOURCE_EXHAUSTED`, with `Retry-After` and the `RateLimit-*` headers.
-fn too_many(decision: &Decision, grpc: bool) -> Response {
-    let message = format!(
-        "rate limit exceeded; retry after {} s",
-        decision.retry_after_secs()
-    );
-    let mut response = if grpc {
-        grpc_proxy::status_response(&Status::resource_exhausted(message))
-    } else {
-        HttpError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            tonic::Code::ResourceExhausted,
-            message,
-        )
-        .into_response()
-    };
-    ratelimit::add_headers(decision, response.headers_mut());
-    response
-}
-
 /// The routes' policies for the OpenAPI document, by gRPC path.
-pub fn route_requirements(
+pub(crate) fn route_requirements(
     edge: &Edge,
     state: &GatewayState,
     routes: &[Arc<Route>],
@@ -392,21 +279,5 @@ mod tests {
             "services verify it themselves"
         );
         assert_eq!(headers["x-api-key"], "k");
-    }
-
-    #[test]
-    fn a_missing_credential_gets_a_bare_challenge_and_a_bad_one_invalid_token() {
-        let missing = unauthenticated(None, false);
-        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(
-            missing.headers()["www-authenticate"],
-            "Bearer realm=\"protomesh\""
-        );
-        let expired = unauthenticated(Some(AuthError::Expired), false);
-        let challenge = expired.headers()["www-authenticate"].to_str().unwrap();
-        assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
-        assert!(challenge.contains("expired credentials"), "{challenge}");
-        let grpc = unauthenticated(Some(AuthError::Invalid), true);
-        assert_eq!(grpc.headers()["grpc-status"], "16");
     }
 }

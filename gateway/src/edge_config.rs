@@ -13,7 +13,7 @@ use crate::edge::EdgeOptions;
 use crate::ratelimit::{default_quotas, parse_class_quota, RateLimitConfig};
 use protomesh::auth::{AuthConfigError, CredentialArgs};
 
-pub use protomesh::policy::DefaultAuth;
+pub(crate) use protomesh::policy::DefaultAuth;
 
 /// Why the edge flags cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -63,7 +63,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// What the gateway's listeners did, for the metrics (per process: a process has one public
 /// listener).
 #[derive(Debug, Default)]
-pub struct ConnectionCounters {
+pub(crate) struct ConnectionCounters {
     open: AtomicUsize,
     refused: AtomicU64,
     timed_out: AtomicU64,
@@ -71,17 +71,17 @@ pub struct ConnectionCounters {
 
 impl ConnectionCounters {
     /// Client connections open now.
-    pub fn open(&self) -> u64 {
+    pub(crate) fn open(&self) -> u64 {
         self.open.load(Ordering::Relaxed) as u64
     }
 
     /// Connections closed at once because the open-connection cap was reached.
-    pub fn refused(&self) -> u64 {
+    pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
     /// Connections closed by the request-head or idle timeout.
-    pub fn timed_out(&self) -> u64 {
+    pub(crate) fn timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
     }
 }

@@ -12,8 +12,7 @@ use protomesh::config::LogFormat;
 use protomesh::consul::{ConsulClient, ConsulConfig};
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
 use protomesh_gateway::reflection::ServiceDescriptors;
-use protomesh_gateway::server::{Gateway, GatewayOptions};
-use protomesh_gateway::transcode::JsonOptions;
+use protomesh_gateway::{Gateway, GatewayOptions, JsonOptions};
 
 /// JSON/HTTP to gRPC for every service in the mesh.
 #[derive(Debug, Parser)]
@@ -91,7 +90,7 @@ struct Cli {
     log_format: LogFormat,
     /// Authentication, authorization, rate limits and CORS.
     #[command(flatten)]
-    edge: protomesh_gateway::edge_config::EdgeConfig,
+    edge: protomesh_gateway::EdgeConfig,
     /// Connection limits: open connections, head, idle and body timeouts, URI length, HTTP/2.
     #[command(flatten)]
     limits: protomesh_gateway::listener::ConnectionLimits,
@@ -192,11 +191,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening (HTTP/1.1 and h2c)");
-    let gateway = Gateway::new(mesh.clone(), state.clone(), options);
-    let (app, _admin) =
-        protomesh_gateway::metrics::router_with_admin(cli.admin, gateway, mesh, state)
-            .await
-            .context("--admin / PROTOMESH_GATEWAY_ADMIN")?;
+    let gateway = Gateway::new(mesh, state, options);
+    let (app, _admin) = protomesh_gateway::app_with_admin(cli.admin, gateway)
+        .await
+        .context("--admin / PROTOMESH_GATEWAY_ADMIN")?;
     protomesh_gateway::listener::serve(
         listener,
         app,

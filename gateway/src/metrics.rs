@@ -10,41 +10,32 @@
 //! - the listener's connections: `gateway_connections_open`, `gateway_connections_refused_total`
 //!   (over the cap), `gateway_connections_timed_out_total` (head or idle timeout);
 //! - rate-limit rejections per class, `gateway_rate_limited_total{class}`, from the edge's rate
-//!   limiter ([`Gateway::rate_limit_rejections`], through [`watch_rate_limits`]).
+//!   limiter (through [`watch_rate_limits`]).
 //!
-//! [`router_with_admin`] sets it all up for the binary.
-//!
-//! The transcoding handler tells the middleware which route it matched with [`note_route`]; a
-//! request answered before it got there (refused by the edge policies, say) is looked up in the
-//! route table by the middleware itself.
+//! [`crate::app::app_with_admin`] sets it all up for the binary. The [`record`] middleware labels
+//! a request by the target [`crate::resolve`] found for it, so a request refused by the edge
+//! policies is labelled by its route too.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
-use protomesh::admin::{AdminError, AdminHandle, AdminServer, AdminState};
-use protomesh::client::Mesh;
 use protomesh::metrics::{Metrics, LATENCY_BUCKETS};
-use tokio::sync::watch;
 
-use crate::discovery::GatewayState;
-use crate::routes::{Lookup, Route};
-use crate::server::Gateway;
+use crate::resolve::{Resolved, Target};
 
 /// The `route` of requests no route matched.
-pub const UNMATCHED: &str = "unmatched";
+const UNMATCHED: &str = "unmatched";
 /// The `route` of native gRPC requests (forwarded by path).
-pub const GRPC: &str = "grpc";
+const GRPC: &str = "grpc";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -65,10 +56,9 @@ fn latency_histogram() -> Histogram {
 
 /// The gateway's HTTP metrics; cheap to clone.
 #[derive(Clone)]
-pub struct GatewayMetrics {
+pub(crate) struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    state: watch::Receiver<Arc<GatewayState>>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -78,13 +68,11 @@ impl std::fmt::Debug for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Registers the `gateway_http_*` families in `metrics`; routes are those of the gateway
-    /// states `state` publishes.
-    pub fn register(metrics: &Metrics, state: watch::Receiver<Arc<GatewayState>>) -> Self {
+    /// Registers the `gateway_http_*` families in `metrics`.
+    pub(crate) fn register(metrics: &Metrics) -> Self {
         let this = Self {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
-            state,
         };
         metrics.register(
             "gateway_http_requests",
@@ -97,19 +85,6 @@ impl GatewayMetrics {
             this.duration.clone(),
         );
         this
-    }
-
-    /// `router` with every request recorded.
-    pub fn instrument(&self, router: Router) -> Router {
-        router.layer(axum::middleware::from_fn_with_state(self.clone(), record))
-    }
-
-    /// The template of the route `method` and `path` match, if any.
-    fn lookup(&self, method: &http::Method, path: &str) -> Option<Arc<str>> {
-        match self.state.borrow().table.lookup(method, path) {
-            Lookup::Found(route, _) => Some(route.template.to_string().into()),
-            _ => None,
-        }
     }
 
     fn observe(&self, route: Arc<str>, method: &'static str, code: u16, seconds: f64) {
@@ -125,18 +100,6 @@ impl GatewayMetrics {
                 code,
             })
             .inc();
-    }
-}
-
-/// Where the transcoding handler leaves the template of the route it matched.
-#[derive(Clone, Default)]
-struct MatchedRoute(Arc<OnceLock<Arc<str>>>);
-
-/// Tells the metrics middleware which route the request matched (call it from the handler with
-/// the request's extensions; without the middleware it does nothing).
-pub fn note_route(extensions: &http::Extensions, route: &Route) {
-    if let Some(MatchedRoute(slot)) = extensions.get::<MatchedRoute>() {
-        let _ = slot.set(route.template.to_string().into());
     }
 }
 
@@ -156,32 +119,17 @@ fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
-async fn record(
+/// Records every request: its route label, HTTP method, status code and time to the response
+/// head.
+pub(crate) async fn record(
     State(metrics): State<GatewayMetrics>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
-    let known: Option<Arc<str>> = if let Some(path) = request.extensions().get::<MatchedPath>() {
-        Some(path.as_str().into())
-    } else if crate::grpc_proxy::is_grpc(request.headers()) {
-        Some(GRPC.into())
-    } else {
-        None
-    };
-    let matched = MatchedRoute::default();
-    let mut unanswered = None;
-    if known.is_none() {
-        request.extensions_mut().insert(matched.clone());
-        unanswered = Some((request.method().clone(), request.uri().clone()));
-    }
+    let route = route_label(&request);
     let response = next.run(request).await;
-    let route = known
-        .or_else(|| matched.0.get().cloned())
-        // Answered before the handler matched it (an edge policy refused it), or unmatched.
-        .or_else(|| unanswered.and_then(|(method, uri)| metrics.lookup(&method, uri.path())))
-        .unwrap_or_else(|| UNMATCHED.into());
     metrics.observe(
         route,
         method,
@@ -189,6 +137,24 @@ async fn record(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// The `route` label: the gateway's own endpoint by its path, the route template of a routed
+/// request, `grpc` for native gRPC, else `unmatched`.
+fn route_label(request: &Request) -> Arc<str> {
+    if let Some(path) = request.extensions().get::<MatchedPath>() {
+        return path.as_str().into();
+    }
+    match request
+        .extensions()
+        .get::<Arc<Resolved>>()
+        .map(|r| &r.target)
+    {
+        Some(Target::Route { route, .. }) => route.template.to_string().into(),
+        Some(target) if target.is_grpc() => GRPC.into(),
+        _ if crate::resolve::is_grpc(request.headers()) => GRPC.into(),
+        _ => UNMATCHED.into(),
+    }
 }
 
 /// Counts rate-limit rejections per class at scrape time.
@@ -224,7 +190,7 @@ impl Collector for RateLimitCollector {
 
 /// The hook for the rate limiter's rejection counters: exports what `rejections` returns at each
 /// scrape (`(class, rejected so far)` pairs) as `gateway_rate_limited_total{class}`.
-pub fn watch_rate_limits(
+pub(crate) fn watch_rate_limits(
     metrics: &Metrics,
     rejections: impl Fn() -> Vec<(String, u64)> + Send + Sync + 'static,
 ) {
@@ -235,7 +201,7 @@ pub fn watch_rate_limits(
 
 /// The listener's connection counters ([`crate::listener::COUNTERS`]) at each scrape.
 #[derive(Debug)]
-struct ConnectionCollector;
+pub(crate) struct ConnectionCollector;
 
 impl Collector for ConnectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -265,52 +231,21 @@ impl Collector for ConnectionCollector {
     }
 }
 
-/// The gateway's router for `gateway` and, when `admin` is set, its admin listener there: the
-/// router then records the `gateway_http_*` metrics, and the listener serves `/metrics` (with
-/// `mesh`'s client state and the rate-limit rejections), `/healthz`, `/readyz` (ready once the
-/// gateway has read the Consul catalog, which `state` publishes) and `/mesh`, until the returned
-/// handle is dropped. Without `admin`, nothing is recorded.
-pub async fn router_with_admin(
-    admin: Option<SocketAddr>,
-    gateway: Gateway,
-    mesh: Mesh,
-    state: watch::Receiver<Arc<GatewayState>>,
-) -> Result<(Router, Option<AdminHandle>), AdminError> {
-    let Some(addr) = admin else {
-        return Ok((crate::server::router(gateway), None));
-    };
-    let server = AdminServer::bind(addr).await?;
-    let metrics = Metrics::new();
-    metrics.watch_mesh(mesh.clone());
-    let limits = gateway.clone();
-    watch_rate_limits(&metrics, move || limits.rate_limit_rejections());
-    metrics.register_collector(ConnectionCollector);
-    let http = GatewayMetrics::register(&metrics, state.clone());
-    let admin = AdminState::new(Some(mesh))
-        .with_metrics(metrics)
-        // The detailed routes (addresses, upstream errors) are for operators only.
-        .with_routes(crate::server::admin_router(gateway.clone()))
-        .with_readiness(move || state.borrow().ready);
-    let handle = server.spawn(admin);
-    tracing::info!(admin = %handle.local_addr(), "admin listener: /healthz /readyz /mesh /metrics /routes");
-    Ok((
-        http.instrument(crate::server::router(gateway)),
-        Some(handle),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::GatewayState;
     use crate::routes::RouteTable;
     use axum::body::Body;
     use axum::routing::get;
+    use axum::Router;
     use protomesh::metrics::Format;
+    use tokio::sync::watch;
     use tower::ServiceExt;
 
     /// The state of a gateway routing the tasks service.
     fn tasks_state() -> watch::Receiver<Arc<GatewayState>> {
-        let pool = crate::test_protos::pool();
+        let pool = crate::test_support::pool();
         let service = pool
             .get_service_by_name("protomesh.tasks.v1.TasksService")
             .unwrap();
@@ -322,32 +257,33 @@ mod tests {
         watch::channel(Arc::new(state)).1
     }
 
-    /// A router like the gateway's: a fixed endpoint, and a fallback that matches routes the way
-    /// the transcoding handler does, unless `x-refuse` makes it answer 429 first (as the edge
-    /// policies do).
+    /// A router layered like the gateway's: a fixed endpoint, and a fallback that answers by the
+    /// resolved target, unless `x-refuse` makes it answer 429 first (as the edge policies do).
     fn app(metrics: &GatewayMetrics) -> Router {
-        let state = metrics.state.clone();
-        let fallback = move |request: Request| {
-            let state = state.clone();
-            async move {
-                if request.headers().contains_key("x-refuse") {
-                    return http::StatusCode::TOO_MANY_REQUESTS;
-                }
-                let state = Arc::clone(&state.borrow());
-                match state.table.lookup(request.method(), request.uri().path()) {
-                    Lookup::Found(route, _) => {
-                        note_route(request.extensions(), route);
-                        http::StatusCode::OK
-                    }
-                    _ => http::StatusCode::NOT_FOUND,
-                }
+        let fallback = |request: Request| async move {
+            if request.headers().contains_key("x-refuse") {
+                return http::StatusCode::TOO_MANY_REQUESTS;
+            }
+            match request
+                .extensions()
+                .get::<Arc<Resolved>>()
+                .map(|r| &r.target)
+            {
+                Some(Target::Route { .. }) => http::StatusCode::OK,
+                _ => http::StatusCode::NOT_FOUND,
             }
         };
-        metrics.instrument(
-            Router::new()
-                .route("/healthz", get(|| async { "ok" }))
-                .fallback(fallback),
-        )
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .fallback(fallback)
+            .layer(axum::middleware::from_fn_with_state(
+                metrics.clone(),
+                record,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                tasks_state(),
+                crate::resolve::resolve,
+            ))
     }
 
     async fn send(app: &Router, method: &str, path: &str) -> http::StatusCode {
@@ -362,7 +298,7 @@ mod tests {
     #[tokio::test]
     async fn requests_are_labelled_by_route_template_never_by_path() {
         let metrics = Metrics::new();
-        let gateway = GatewayMetrics::register(&metrics, tasks_state());
+        let gateway = GatewayMetrics::register(&metrics);
         let app = app(&gateway);
         for id in ["a", "b", "c"] {
             assert_eq!(send(&app, "GET", &format!("/v1/tasks/{id}")).await, 200);

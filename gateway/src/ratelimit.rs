@@ -22,18 +22,18 @@ use protomesh_data::fred::prelude::Client;
 use protomesh_data::ratelimit::{Decision, Quota, RateLimiter};
 
 /// The class counting requests with bad credentials, per client address.
-pub const INVALID_CREDENTIALS_CLASS: &str = "invalid-credentials";
+pub(crate) const INVALID_CREDENTIALS_CLASS: &str = "invalid-credentials";
 
 /// `RateLimit-Limit`.
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub(crate) const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 /// `RateLimit-Remaining`.
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub(crate) const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 /// `RateLimit-Reset`.
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+pub(crate) const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// The quotas used when the configuration names none: `default=600/1m`, `auth=20/1m`,
 /// `public=1200/1m`, `invalid-credentials=30/1m`.
-pub fn default_quotas() -> BTreeMap<String, Quota> {
+pub(crate) fn default_quotas() -> BTreeMap<String, Quota> {
     [
         (DEFAULT_RATE_LIMIT_CLASS, 600),
         ("auth", 20),
@@ -50,7 +50,7 @@ pub fn default_quotas() -> BTreeMap<String, Quota> {
 }
 
 /// Parses a `--rate-limit CLASS=QUOTA` setting (`auth=20/1m`).
-pub fn parse_class_quota(text: &str) -> Result<(String, Quota), String> {
+pub(crate) fn parse_class_quota(text: &str) -> Result<(String, Quota), String> {
     let (class, quota) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected CLASS=QUOTA, such as auth=20/1m"))?;
@@ -95,7 +95,7 @@ impl fmt::Debug for RateLimitConfig {
 
 /// Who a call is counted for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientKey {
+pub(crate) enum ClientKey {
     /// An API key, by name.
     ApiKey(String),
     /// A JWT subject.
@@ -116,7 +116,7 @@ impl fmt::Display for ClientKey {
 
 /// The edge's limiter: quotas per class, refusals counted per class. Cheap to clone.
 #[derive(Clone)]
-pub struct EdgeRateLimits {
+pub(crate) struct EdgeRateLimits {
     limiter: RateLimiter,
     quotas: Arc<BTreeMap<String, Quota>>,
     /// The `default` class's quota (always configured: [`EdgeRateLimits::new`] adds it).
@@ -137,7 +137,7 @@ impl fmt::Debug for EdgeRateLimits {
 
 impl EdgeRateLimits {
     /// Limits per `config` (a `default` quota is added if it has none).
-    pub fn new(config: RateLimitConfig) -> Self {
+    pub(crate) fn new(config: RateLimitConfig) -> Self {
         let limiter = match config.redis {
             Some(redis) => RateLimiter::new(redis, config.key_prefix),
             None => RateLimiter::local_only(),
@@ -170,7 +170,7 @@ impl EdgeRateLimits {
     }
 
     /// Counts one call of `client` in `class`; `None` when no quota applies.
-    pub async fn check(&self, class: &str, client: &ClientKey) -> Option<Decision> {
+    pub(crate) async fn check(&self, class: &str, client: &ClientKey) -> Option<Decision> {
         let (counted_as, quota) = self.quota_of(class)?;
         let decision = self
             .limiter
@@ -185,23 +185,18 @@ impl EdgeRateLimits {
     }
 
     /// Refusals so far, per class.
-    pub fn rejections(&self) -> Vec<(String, u64)> {
+    pub(crate) fn rejections(&self) -> Vec<(String, u64)> {
         self.rejections
             .iter()
             .map(|(class, count)| (class.clone(), count.load(Ordering::Relaxed)))
             .collect()
-    }
-
-    /// Whether decisions are being taken in process because Redis is unavailable.
-    pub fn is_degraded(&self) -> bool {
-        self.limiter.is_degraded()
     }
 }
 
 /// Adds the `RateLimit-*` headers of `decision` (and `Retry-After` when it refused) to `headers`,
 /// unless `headers` already hold `RateLimit-*` of a limit with no more room than `decision`'s
 /// (an upstream service's own on its 429: see [`crate::errors::rate_limit_headers`]).
-pub fn add_headers(decision: &Decision, headers: &mut HeaderMap) {
+pub(crate) fn add_headers(decision: &Decision, headers: &mut HeaderMap) {
     // An answer that already reports a limit with no more room left (a service's own, on the
     // 429 it sent) keeps it: the headers describe the limit closest to refusing.
     let upstream_remaining = headers

@@ -20,7 +20,7 @@ const HTTP_OPTION: &str = "google.api.http";
 
 /// One HTTP route to a gRPC method.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     /// HTTP method (a `custom` rule's kind becomes an extension method).
     pub http_method: Method,
     /// Path template.
@@ -37,7 +37,7 @@ pub struct Route {
 
 impl Route {
     /// The gRPC path of the target method, `/package.Service/Method`.
-    pub fn grpc_path(&self) -> String {
+    pub(crate) fn grpc_path(&self) -> String {
         format!(
             "/{}/{}",
             self.method.parent_service().full_name(),
@@ -62,7 +62,7 @@ impl fmt::Display for Route {
 
 /// A route left out because another one already takes the same requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConflict {
+pub(crate) struct RouteConflict {
     /// The route that was kept, as text.
     pub kept: String,
     /// The route that was left out, as text.
@@ -81,7 +81,7 @@ impl fmt::Display for RouteConflict {
 
 /// A rule that could not become a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
+pub(crate) struct RuleError {
     /// `package.Service.Method`.
     pub method: String,
     /// Why.
@@ -96,7 +96,7 @@ impl fmt::Display for RuleError {
 
 /// What a lookup found.
 #[derive(Debug)]
-pub enum Lookup<'a> {
+pub(crate) enum Lookup<'a> {
     /// The route and the values its template bound.
     Found(&'a Arc<Route>, Vec<Binding>),
     /// Some route matches the path, but none for this method; these methods have one.
@@ -107,7 +107,7 @@ pub enum Lookup<'a> {
 
 /// All routes, ready for lookups.
 #[derive(Debug, Clone, Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Routes, most specific template first (shared: a request holds its route cheaply).
     routes: Vec<Arc<Route>>,
     conflicts: Vec<RouteConflict>,
@@ -116,7 +116,9 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// The routes of `services`: each Consul service name with the gRPC methods it serves.
-    pub fn build<'a>(services: impl IntoIterator<Item = (&'a str, Vec<MethodDescriptor>)>) -> Self {
+    pub(crate) fn build<'a>(
+        services: impl IntoIterator<Item = (&'a str, Vec<MethodDescriptor>)>,
+    ) -> Self {
         let mut sorted: BTreeMap<&str, Vec<MethodDescriptor>> = BTreeMap::new();
         for (service, methods) in services {
             sorted.entry(service).or_default().extend(methods);
@@ -160,7 +162,7 @@ impl RouteTable {
     /// method: only the routes with that verb are its routes (`GET /v1/tasks/1:complete` is 405
     /// when only `POST …:complete` has the verb, not `GetTask` of the id `1:complete`; a value's
     /// own `:` is sent as `%3A`).
-    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+    pub(crate) fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let mut allowed = Vec::new();
         let mut verb_matched = false;
         for route in &self.routes {
@@ -186,17 +188,17 @@ impl RouteTable {
     }
 
     /// Every route, most specific first.
-    pub fn routes(&self) -> &[Arc<Route>] {
+    pub(crate) fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
     /// Routes left out because they conflict with kept ones.
-    pub fn conflicts(&self) -> &[RouteConflict] {
+    pub(crate) fn conflicts(&self) -> &[RouteConflict] {
         &self.conflicts
     }
 
     /// Rules that could not become routes.
-    pub fn errors(&self) -> &[RuleError] {
+    pub(crate) fn errors(&self) -> &[RuleError] {
         &self.errors
     }
 }
@@ -331,7 +333,7 @@ mod tests {
     use super::*;
 
     fn methods(service: &str) -> Vec<MethodDescriptor> {
-        let pool = crate::test_protos::pool();
+        let pool = crate::test_support::pool();
         pool.get_service_by_name(service)
             .unwrap()
             .methods()

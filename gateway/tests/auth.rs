@@ -22,8 +22,8 @@ use protomesh::server::MeshServer;
 use protomesh_data::testing::{redis_url, PrivateRedis, TestKeys};
 use protomesh_data::{connect_redis, DataConfig};
 use protomesh_gateway::codec::DynamicCodec;
-use protomesh_gateway::cors::CorsConfig;
-use protomesh_gateway::server::GatewayOptions;
+use protomesh_gateway::CorsConfig;
+use protomesh_gateway::GatewayOptions;
 use protomesh_users::proto::protomesh::users::v1::{
     users_service_server::{UsersService, UsersServiceServer},
     GetJwksRequest, GetMeRequest, Jwk, Jwks, LoginRequest, RefreshRequest, RegisterRequest,
@@ -258,7 +258,7 @@ async fn credentials_are_verified_and_routes_authorized() {
     );
     assert_eq!(metadata(&received[0], "x-protomesh-subject"), None);
     assert_eq!(
-        metadata(&received[0], "x-protomesh-meshent-ip"),
+        metadata(&received[0], "x-protomesh-client-ip"),
         Some("127.0.0.1")
     );
 
@@ -455,7 +455,7 @@ async fn credentials_are_verified_and_routes_authorized() {
         &[
             ("authorization", &bearer(&user)),
             ("x-protomesh-subject", "root"),
-            ("x-protomesh-meshent-ip", "10.0.0.1"),
+            ("x-protomesh-client-ip", "10.0.0.1"),
         ],
     )
     .await;
@@ -467,7 +467,7 @@ async fn credentials_are_verified_and_routes_authorized() {
         Some(bearer(&user).as_str())
     );
     assert_eq!(
-        metadata(&received[0], "x-protomesh-meshent-ip"),
+        metadata(&received[0], "x-protomesh-client-ip"),
         Some("127.0.0.1")
     );
 

@@ -386,11 +386,11 @@ async fn grpc_proxy_forwards_unary_calls_and_answers_errors_as_grpc_statuses() {
     assert!(status.message().contains("acme.nope.v1.Nope"), "{status:?}");
 
     // A service the state maps to a Consul service without instances: UNAVAILABLE naming it.
-    let ghost = GatewayState {
-        grpc_services: [("acme.ghost.v1.Ghost".to_owned(), "ghost".to_owned())].into(),
-        ready: true,
-        ..GatewayState::default()
-    };
+    let mut ghost = GatewayState::default();
+    ghost
+        .grpc_services
+        .insert("acme.ghost.v1.Ghost".to_owned(), "ghost".to_owned());
+    ghost.ready = true;
     let request = http::Request::builder()
         .method("POST")
         .uri("/acme.ghost.v1.Ghost/Boo")

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use protomesh_gateway::server::GatewayOptions;
+use protomesh_gateway::GatewayOptions;
 use serde_json::json;
 use support::{http, wait_for_route, Consul, EchoServer, TestGateway};
 

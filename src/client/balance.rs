@@ -1,4 +1,5 @@
-//! Client-side load balancing over the instances Consul reports: power of two choices over
+//! Client-side load balancing over the instances a discovery source ([`super::Discover`])
+//! reports: power of two choices over
 //! peak-EWMA latency × (pending + 1) by default, round robin as an option, with passive outlier
 //! ejection (an endpoint failing N times in a row — connection errors, `UNAVAILABLE`, or attempts
 //! abandoned at their attempt timeout — sits out a growing backoff, and its connections are
@@ -22,60 +23,8 @@ use tower::Service;
 use super::attempt::Attempts;
 use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::latency::PeakEwma;
-use super::{BoxError, ChannelOptions};
-
-/// How the next endpoint is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BalancePolicy {
-    /// Power of two random choices, the one with the lower peak-EWMA latency × (pending + 1).
-    #[default]
-    PeakEwma,
-    /// Each endpoint in turn.
-    RoundRobin,
-}
-
-/// When an endpoint is taken out of rotation before Consul notices it is unwell.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutlierPolicy {
-    /// Failures in a row (connection errors, `UNAVAILABLE`, attempts abandoned at their attempt
-    /// timeout) that eject an endpoint.
-    pub consecutive_failures: u32,
-    /// First ejection time; doubles with each ejection of the same endpoint.
-    pub base_ejection: Duration,
-    /// Longest ejection time.
-    pub max_ejection: Duration,
-    /// Panic threshold: when fewer than this share of endpoints would be left, balance over all.
-    pub min_healthy_share: f64,
-}
-
-impl Default for OutlierPolicy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 3,
-            base_ejection: Duration::from_secs(5),
-            max_ejection: Duration::from_secs(60),
-            min_healthy_share: 0.34,
-        }
-    }
-}
-
-/// How many HTTP/2 connections an endpoint gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionPolicy {
-    /// Calls in flight on every open connection before another connection is opened.
-    pub streams_per_connection: usize,
-    /// Most connections to one endpoint.
-    pub max_connections: usize,
-}
-
-impl Default for ConnectionPolicy {
-    fn default() -> Self {
-        Self {
-            streams_per_connection: 100,
-            max_connections: 4,
-        }
-    }
-}
+pub use super::options::{BalancePolicy, ConnectionPolicy, OutlierPolicy};
+use super::options::{BoxError, ChannelOptions};
 
 /// Between TCP keep-alive probes of an idle connection.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -711,6 +660,169 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::discovery::{Discover, StaticDiscovery};
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A balancer over `discovery`'s `svc`, with `policy`.
+    fn balancer(discovery: &StaticDiscovery, policy: BalancePolicy) -> Balancer {
+        let options = ChannelOptions {
+            balance: policy,
+            ..ChannelOptions::default()
+        };
+        Balancer::new(discovery.watch("svc"), &options)
+    }
+
+    fn picked_port(balancer: &Balancer, attempts: Option<&Attempts>) -> u16 {
+        balancer
+            .shared
+            .pick(attempts)
+            .expect("an endpoint")
+            .instance
+            .port
+    }
+
+    /// Ejects the endpoint at `port` (as many failures in a row as the policy needs).
+    fn eject(balancer: &Balancer, port: u16) {
+        let endpoints = balancer.shared.current();
+        let endpoint = endpoints
+            .iter()
+            .find(|e| e.instance.port == port)
+            .expect("listed");
+        for _ in 0..balancer.shared.outliers.consecutive_failures {
+            balancer.shared.record(endpoint, false, "test");
+        }
+        assert!(endpoint.stats.is_ejected(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn round_robin_takes_each_endpoint_in_turn_and_a_retry_goes_elsewhere() {
+        let discovery = StaticDiscovery::new().with("svc", [addr(1), addr(2), addr(3)]);
+        let balancer = balancer(&discovery, BalancePolicy::RoundRobin);
+        let mut counts = BTreeMap::new();
+        for _ in 0..9 {
+            *counts.entry(picked_port(&balancer, None)).or_insert(0) += 1;
+        }
+        assert_eq!(counts, BTreeMap::from([(1, 3), (2, 3), (3, 3)]));
+
+        // A retry that prefers untried endpoints never goes back to the one it tried.
+        for _ in 0..9 {
+            let attempts = Attempts::default();
+            attempts.set_prefer_untried(true);
+            let first = balancer.shared.pick(Some(&attempts)).unwrap();
+            attempts.tried(first.identity());
+            let second = picked_port(&balancer, Some(&attempts));
+            assert_ne!(second, first.instance.port);
+            assert!(attempts.has_other_endpoint());
+        }
+    }
+
+    #[tokio::test]
+    async fn peak_ewma_prefers_the_less_loaded_endpoint() {
+        let discovery = StaticDiscovery::new().with("svc", [addr(1), addr(2)]);
+        let balancer = balancer(&discovery, BalancePolicy::PeakEwma);
+        let endpoints = balancer.shared.current();
+        let busy = endpoints.iter().find(|e| e.instance.port == 1).unwrap();
+        busy.stats.pending.fetch_add(10, Ordering::Relaxed);
+        for _ in 0..20 {
+            assert_eq!(picked_port(&balancer, None), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn ejected_endpoints_sit_out_until_too_few_would_be_left() {
+        let discovery = StaticDiscovery::new().with("svc", [addr(1), addr(2), addr(3)]);
+        let balancer = balancer(&discovery, BalancePolicy::RoundRobin);
+        eject(&balancer, 1);
+        for _ in 0..12 {
+            assert_ne!(picked_port(&balancer, None), 1);
+        }
+        assert!(balancer
+            .snapshot()
+            .iter()
+            .any(|e| e.address == "127.0.0.1:1" && e.ejected_for.is_some()));
+
+        // Two of three out: fewer than the panic threshold's share (34 %) would be left, so
+        // every endpoint is a candidate again.
+        eject(&balancer, 2);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(picked_port(&balancer, None));
+        }
+        assert_eq!(seen, [1, 2, 3].into());
+    }
+
+    #[tokio::test]
+    async fn the_endpoints_follow_the_discovered_set_keeping_the_ones_that_stay() {
+        let discovery = StaticDiscovery::new().with("svc", [addr(1), addr(2)]);
+        let balancer = balancer(&discovery, BalancePolicy::RoundRobin);
+        let kept = balancer.shared.current()[1].clone();
+        assert_eq!(kept.instance.port, 2);
+
+        let mut updates = balancer.instance_updates();
+        discovery.set("svc", [addr(2), addr(3)]);
+        updates.changed().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ports: Vec<u16> = balancer
+                .shared
+                .current()
+                .iter()
+                .map(|e| e.instance.port)
+                .collect();
+            if ports == [2, 3] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "endpoints not updated: {ports:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The endpoint that stayed is the same one (its connections and stats go on).
+        assert!(Arc::ptr_eq(&balancer.shared.current()[0], &kept));
+    }
+
+    #[tokio::test]
+    async fn calls_reach_the_listed_servers_and_an_empty_list_is_unavailable() {
+        // Two gRPC health servers, serving.
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let (_, health) = tonic_health::server::health_reporter();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+        }
+        let discovery = StaticDiscovery::new().with("svc", addrs.clone());
+        let balancer = balancer(&discovery, BalancePolicy::RoundRobin);
+        for _ in 0..4 {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(balancer.clone());
+            let answer = client
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap();
+            assert_eq!(answer.into_inner().status, 1, "SERVING");
+        }
+        let requests: Vec<u64> = balancer.snapshot().iter().map(|e| e.requests).collect();
+        assert_eq!(requests, [2, 2]);
+
+        // Nothing listed: UNAVAILABLE at once, naming the service.
+        let empty = Balancer::new(discovery.watch("nobody"), &ChannelOptions::default());
+        let request = http::Request::new(tonic::body::Body::empty());
+        let err = empty.oneshot(request).await.unwrap_err();
+        let status = err.downcast::<tonic::Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("nobody"), "{status:?}");
+    }
 
     #[test]
     fn load_grows_with_pending_calls() {

@@ -23,40 +23,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
-use super::BoxError;
+use super::options::BoxError;
+pub use super::options::BreakerPolicy;
 
 /// Metadata key set on the status of a call the open breaker refused.
 pub const CIRCUIT_OPEN_METADATA: &str = "x-protomesh-circuit";
-
-/// When a breaker opens and how it probes its way back.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerPolicy {
-    /// Failures in a row that open the breaker.
-    pub consecutive_failures: u32,
-    /// Share of failed calls in a window that opens the breaker…
-    pub failure_ratio: f64,
-    /// …once the window holds at least this many calls.
-    pub min_calls: u32,
-    /// Length of the counting window.
-    pub window: Duration,
-    /// Time the breaker stays open before probing.
-    pub open_for: Duration,
-    /// Calls let through while half-open; all must succeed to close.
-    pub probes: u32,
-}
-
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_ratio: 0.5,
-            min_calls: 20,
-            window: Duration::from_secs(10),
-            open_for: Duration::from_secs(5),
-            probes: 3,
-        }
-    }
-}
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

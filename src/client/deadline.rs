@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::grpc_timeout::{self, GRPC_TIMEOUT_HEADER};
-use super::{BoxError, MethodTable};
+use super::methods::MethodTable;
+use super::options::BoxError;
 
 tokio::task_local! {
     /// Deadline of the server call this task is handling.

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use super::BoxError;
+use super::options::BoxError;
 
 /// Layer that allows at most `max` calls in flight through the services it wraps.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! The mesh client: callers name a service, never an address. [`Mesh::channel`] returns a
 //! [`MeshChannel`] that a generated tonic client takes (`PriorityServiceClient::new(channel)`);
-//! each call through it is discovered (Consul blocking queries, one watcher per service name per
-//! process), balanced, bounded and retried.
+//! each call through it is discovered (by a [`Discover`] source: Consul blocking queries, one
+//! watcher per service name per process, or a fixed list), balanced, bounded and retried.
 //!
 //! The layers of a channel, outermost first, and why they sit there:
 //! 0. [`crate::auth::propagation::ForwardCredentialLayer`]: a call made while handling a call
@@ -29,19 +29,20 @@ mod attempt;
 pub mod balance;
 pub mod breaker;
 pub mod deadline;
+pub mod discovery;
 pub mod grpc_timeout;
 pub(crate) mod latency;
 pub mod limit;
 pub mod methods;
+mod options;
 pub mod retry;
 pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use protomesh_consul::{ConsulClient, HealthWatcher, WatchHandle, WatchOptions, WatchState};
+use protomesh_consul::{ConsulClient, WatchState};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -50,63 +51,10 @@ pub use breaker::{
     is_circuit_open, is_service_down, with_fallback, BreakerPolicy, BreakerState, CircuitBreaker,
 };
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
+pub use discovery::{ConsulDiscovery, Discover, StaticDiscovery};
 pub use methods::MethodTable;
+pub use options::{BoxError, ChannelOptions};
 pub use retry::RetryPolicy;
-
-/// Errors that travel through the channel's layers (tonic turns a boxed `Status` back into it).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How channels to one service behave.
-#[derive(Debug, Clone, Copy)]
-pub struct ChannelOptions {
-    /// Deadline of a call when neither the caller nor an incoming call sets one.
-    pub default_timeout: Duration,
-    /// Most calls in flight to the service from this channel's clones.
-    pub concurrency_limit: usize,
-    /// Endpoint choice.
-    pub balance: BalancePolicy,
-    /// Outlier ejection.
-    pub outliers: OutlierPolicy,
-    /// Retries.
-    pub retry: RetryPolicy,
-    /// Connections per endpoint.
-    pub connections: ConnectionPolicy,
-    /// The target service's circuit breaker.
-    pub breaker: BreakerPolicy,
-    /// TCP connect timeout to an endpoint.
-    pub connect_timeout: Duration,
-    /// HTTP/2 keep-alive ping interval on endpoint connections, idle or not: a peer that does
-    /// not answer a ping within [`ChannelOptions::http2_keep_alive_timeout`] has its connection
-    /// closed, failing (and so retrying) the calls on it. `None` turns pings off.
-    pub http2_keep_alive: Option<Duration>,
-    /// How long a keep-alive ping may go unanswered.
-    pub http2_keep_alive_timeout: Duration,
-    /// TCP keep-alive on endpoint connections (the kernel probes an idle connection after this
-    /// long and drops it when the peer stays silent); free on the call path.
-    pub tcp_keepalive: Option<Duration>,
-    /// How long known endpoints are kept when Consul suddenly reports none (an agent that
-    /// restarted answers empty until services register again).
-    pub empty_set_grace: Duration,
-}
-
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        Self {
-            default_timeout: Duration::from_secs(10),
-            concurrency_limit: 10_000,
-            balance: BalancePolicy::default(),
-            outliers: OutlierPolicy::default(),
-            retry: RetryPolicy::default(),
-            connections: ConnectionPolicy::default(),
-            breaker: BreakerPolicy::default(),
-            connect_timeout: Duration::from_secs(1),
-            empty_set_grace: Duration::from_secs(10),
-            http2_keep_alive: None,
-            http2_keep_alive_timeout: Duration::from_secs(5),
-            tcp_keepalive: Some(Duration::from_secs(10)),
-        }
-    }
-}
 
 /// The process's entry to the mesh: shared discovery and one balancer per target service.
 #[derive(Clone)]
@@ -115,8 +63,8 @@ pub struct Mesh {
 }
 
 struct MeshInner {
-    consul: ConsulClient,
-    watch_options: WatchOptions,
+    /// Where each target service's instances come from.
+    discovery: Box<dyn Discover>,
     methods: Arc<MethodTable>,
     targets: Mutex<HashMap<String, Target>>,
     /// The default-option channel of each service, built once.
@@ -138,10 +86,15 @@ impl Mesh {
     /// A mesh client discovering through `consul`; methods' retry safety is read from
     /// `methods` (built from the callee services' descriptor sets).
     pub fn new(consul: ConsulClient, methods: MethodTable) -> Self {
+        Self::with_discovery(ConsulDiscovery::new(consul), methods)
+    }
+
+    /// A mesh client whose services' instances come from `discovery` (a [`StaticDiscovery`]
+    /// calls fixed addresses, with no Consul agent); otherwise as [`Mesh::new`].
+    pub fn with_discovery(discovery: impl Discover, methods: MethodTable) -> Self {
         Self {
             inner: Arc::new(MeshInner {
-                consul,
-                watch_options: WatchOptions::default(),
+                discovery: Box::new(discovery),
                 methods: Arc::new(methods),
                 targets: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
@@ -269,11 +222,7 @@ impl Mesh {
         targets
             .entry(service.to_owned())
             .or_insert_with(|| {
-                let watch: WatchHandle = HealthWatcher::spawn(
-                    self.inner.consul.clone(),
-                    service,
-                    self.inner.watch_options.clone(),
-                );
+                let watch = self.inner.discovery.watch(service);
                 let tls = match self.inner.tls.read() {
                     Ok(guard) => guard.clone(),
                     Err(poisoned) => poisoned.into_inner().clone(),

@@ -31,45 +31,12 @@ use super::balance::is_unavailable;
 use super::deadline::{set_remaining, Deadline};
 use super::latency::PeakEwma;
 use super::methods::MethodTable;
-use super::BoxError;
+use super::options::BoxError;
+pub use super::options::RetryPolicy;
 
 /// Largest request body a retryable call keeps to send again: a message at tonic's default
 /// decoding limit (4 MiB) and its frame header. A server would refuse a larger one anyway.
 const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024 + 5;
-
-/// How retries are allowed.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
-    /// Most attempts per call, the first included.
-    pub max_attempts: u32,
-    /// Share of calls that may be retries, over the budget's window.
-    pub budget_ratio: f32,
-    /// Retries always allowed per second, whatever the ratio.
-    pub min_retries_per_second: u32,
-    /// First backoff; doubles each retry, with full jitter.
-    pub base_backoff: Duration,
-    /// Longest backoff.
-    pub max_backoff: Duration,
-    /// Shortest attempt timeout (`Duration::MAX` turns attempt timeouts off).
-    pub attempt_timeout_floor: Duration,
-    /// Attempt timeout as a multiple of the method's observed latency (its peak EWMA), when
-    /// that is above the floor.
-    pub attempt_timeout_latency_multiple: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            budget_ratio: 0.2,
-            min_retries_per_second: 10,
-            base_backoff: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(200),
-            attempt_timeout_floor: Duration::from_millis(100),
-            attempt_timeout_latency_multiple: 10.0,
-        }
-    }
-}
 
 /// Layer that retries retryable calls.
 #[derive(Clone)]

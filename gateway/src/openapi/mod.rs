@@ -94,13 +94,14 @@ mod rules;
 
 use crate::routes::{Route, RouteTable};
 use crate::template::PathTemplate;
-use crate::transcode::{has_text_form, BodyRule, JsonOptions};
+use crate::transcode::{BodyRule, JsonOptions};
+use crate::well_known::{has_text_form, is_well_known, WellKnown};
 
 /// How many levels of nested messages query parameters are generated for (`a.b.c` is three).
-pub const MAX_QUERY_DEPTH: usize = 3;
+pub(crate) const MAX_QUERY_DEPTH: usize = 3;
 
 /// The OpenAPI version of the documents [`document`] writes.
-pub const OPENAPI_VERSION: &str = "3.0.3";
+pub(crate) const OPENAPI_VERSION: &str = "3.0.3";
 
 /// Full name of the `google.api.http` method option.
 const HTTP_OPTION: &str = "google.api.http";
@@ -110,7 +111,12 @@ const SCHEMA_PREFIX: &str = "#/components/schemas/";
 
 /// Builds the OpenAPI 3.0.3 document of the routes in `table`, with JSON field names as `options`
 /// writes them, and `title` and `version` as its `info` (see the [module documentation](self)).
-pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version: &str) -> Value {
+pub(crate) fn document(
+    table: &RouteTable,
+    options: &JsonOptions,
+    title: &str,
+    version: &str,
+) -> Value {
     let mut builder = Builder::new(options);
 
     let mut routes: Vec<(&Route, usize)> = table
@@ -274,7 +280,7 @@ pub fn document(table: &RouteTable, options: &JsonOptions, title: &str, version:
 /// `components.securitySchemes`, and on each operation `security`: `[]` for a public route,
 /// either scheme otherwise, and the roles a route needs as `x-required-roles`. Operations whose
 /// method is not in `requirements` are left as they are.
-pub fn add_security(
+pub(crate) fn add_security(
     document: &mut Value,
     requirements: &std::collections::HashMap<String, protomesh::policy::Requirement>,
 ) {
@@ -1422,44 +1428,30 @@ fn well_known_schema(message: &MessageDescriptor) -> Option<Value> {
         }
         schema
     };
-    Some(match message.full_name() {
-        "google.protobuf.Timestamp" => json!({
+    Some(match WellKnown::of(message)? {
+        WellKnown::Timestamp => json!({
             "type": "string",
             "format": "date-time",
             "description": "An RFC 3339 timestamp in UTC, e.g. `2024-01-02T03:04:05.5Z`.",
         }),
-        "google.protobuf.Duration" => json!({
+        WellKnown::Duration => json!({
             "type": "string",
             "description": "A duration in seconds with up to 9 fractional digits, suffixed by \
                             `s`, e.g. `1.5s`.",
             "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$",
         }),
-        "google.protobuf.FieldMask" => json!({
+        WellKnown::FieldMask => json!({
             "type": "string",
             "description": "Field paths separated by commas, each field by its lowerCamelCase \
                             name, e.g. `title,owner.displayName`.",
         }),
-        "google.protobuf.Struct" => json!({ "type": "object", "additionalProperties": true }),
-        "google.protobuf.Value" => json!({}),
-        "google.protobuf.ListValue" => json!({ "type": "array", "items": {} }),
-        "google.protobuf.Empty" => json!({ "type": "object" }),
-        "google.protobuf.Any" => any_schema(),
-        "google.protobuf.DoubleValue" => wrapped(Kind::Double),
-        "google.protobuf.FloatValue" => wrapped(Kind::Float),
-        "google.protobuf.Int64Value" => wrapped(Kind::Int64),
-        "google.protobuf.UInt64Value" => wrapped(Kind::Uint64),
-        "google.protobuf.Int32Value" => wrapped(Kind::Int32),
-        "google.protobuf.UInt32Value" => wrapped(Kind::Uint32),
-        "google.protobuf.BoolValue" => wrapped(Kind::Bool),
-        "google.protobuf.StringValue" => wrapped(Kind::String),
-        "google.protobuf.BytesValue" => wrapped(Kind::Bytes),
-        _ => return None,
+        WellKnown::Struct => json!({ "type": "object", "additionalProperties": true }),
+        WellKnown::Value => json!({}),
+        WellKnown::ListValue => json!({ "type": "array", "items": {} }),
+        WellKnown::Empty => json!({ "type": "object" }),
+        WellKnown::Any => any_schema(),
+        WellKnown::Wrapper(kind) => wrapped(kind),
     })
-}
-
-/// The well-known types with a special JSON form: their fields are not query parameters.
-fn is_well_known(message: &MessageDescriptor) -> bool {
-    well_known_schema(message).is_some()
 }
 
 #[cfg(test)]
@@ -1470,7 +1462,7 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     fn mesh_pool() -> DescriptorPool {
-        crate::test_protos::pool()
+        crate::test_support::pool()
     }
 
     fn methods(pool: &DescriptorPool, service: &str) -> Vec<MethodDescriptor> {

@@ -23,7 +23,7 @@ use protomesh::server::MeshServer;
 use protomesh_gateway::codec::DynamicCodec;
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
 use protomesh_gateway::listener::{self, ConnectionLimits};
-use protomesh_gateway::server::{self, Gateway, GatewayOptions};
+use protomesh_gateway::{Gateway, GatewayOptions};
 use tokio::sync::oneshot;
 
 /// Full name of the test service.
@@ -416,7 +416,7 @@ impl TestGateway {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let gateway = Gateway::new(mesh, state, options);
-        let app = server::router(gateway.clone());
+        let app = protomesh_gateway::app(gateway.clone());
         let serve_limits = limits.clone();
         tokio::spawn(async move {
             listener::serve(
@@ -436,7 +436,7 @@ impl TestGateway {
         tokio::spawn(async move {
             listener::serve(
                 admin,
-                server::admin_router(gateway),
+                protomesh_gateway::admin_app(gateway),
                 &ConnectionLimits::default(),
                 async {
                     let _ = admin_stopped.await;

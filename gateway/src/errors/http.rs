@@ -1,4 +1,4 @@
-//! Errors as HTTP answers: a gRPC status becomes the HTTP code of the standard table (the one
+//! HTTP error answers: a gRPC status becomes the HTTP code of the standard table (the one
 //! grpc-gateway and Envoy use) and a JSON body `{"code": <gRPC code>, "message": "...",
 //! "details": [...]}`, its `google.rpc.Status` details decoded to JSON (`{"@type": ..., ...}`);
 //! errors the gateway makes itself (no route, wrong method, body too big, bad JSON) use the same
@@ -16,7 +16,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde::Serialize;
 
 /// The HTTP status for a gRPC status code.
-pub fn http_status(code: tonic::Code) -> StatusCode {
+pub(crate) fn http_status(code: tonic::Code) -> StatusCode {
     use tonic::Code;
     match code {
         Code::Ok => StatusCode::OK,
@@ -39,29 +39,29 @@ pub fn http_status(code: tonic::Code) -> StatusCode {
 
 /// The JSON error body.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// The gRPC status code, as a number.
-    pub code: i32,
+    pub(crate) code: i32,
     /// What went wrong.
-    pub message: String,
+    pub(crate) message: String,
     /// The status details (`google.protobuf.Any` in JSON form), possibly empty.
-    pub details: Vec<serde_json::Value>,
+    pub(crate) details: Vec<serde_json::Value>,
 }
 
 /// An error ready to send: HTTP status, extra headers, JSON body.
 #[derive(Debug, Clone)]
-pub struct HttpError {
+pub(crate) struct HttpError {
     /// HTTP status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// Headers to add (`Allow` for 405, say).
-    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(header::HeaderName, HeaderValue)>,
     /// The body.
-    pub body: ErrorBody,
+    pub(crate) body: ErrorBody,
 }
 
 impl HttpError {
     /// An error of the gateway's own, with the gRPC `code` its body reports.
-    pub fn new(status: StatusCode, code: tonic::Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: tonic::Code, message: impl Into<String>) -> Self {
         Self {
             status,
             headers: Vec::new(),
@@ -74,7 +74,7 @@ impl HttpError {
     }
 
     /// No route for the path.
-    pub fn not_found(path: &str) -> Self {
+    pub(crate) fn not_found(path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             tonic::Code::NotFound,
@@ -84,7 +84,11 @@ impl HttpError {
 
     /// A route exists for the path, but not for this method; `allow` lists the methods that
     /// have one.
-    pub fn method_not_allowed(method: &http::Method, path: &str, allow: &[http::Method]) -> Self {
+    pub(crate) fn method_not_allowed(
+        method: &http::Method,
+        path: &str,
+        allow: &[http::Method],
+    ) -> Self {
         let allowed = allow
             .iter()
             .map(http::Method::as_str)
@@ -102,7 +106,7 @@ impl HttpError {
     }
 
     /// The body is larger than `limit` bytes.
-    pub fn payload_too_large(limit: usize) -> Self {
+    pub(crate) fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             tonic::Code::ResourceExhausted,
@@ -111,7 +115,7 @@ impl HttpError {
     }
 
     /// The request body did not arrive within `limit`.
-    pub fn request_timeout(limit: std::time::Duration) -> Self {
+    pub(crate) fn request_timeout(limit: std::time::Duration) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             tonic::Code::DeadlineExceeded,
@@ -120,7 +124,7 @@ impl HttpError {
     }
 
     /// The request cannot be turned into the method's request message.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             tonic::Code::InvalidArgument,
@@ -129,7 +133,7 @@ impl HttpError {
     }
 
     /// The request names a field wrongly: 400 with a `google.rpc.BadRequest` detail naming it.
-    pub fn bad_field(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_field(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         let mut error = Self::bad_request(message.clone());
         error.body.details.push(serde_json::json!({
@@ -142,7 +146,7 @@ impl HttpError {
     /// A gRPC status from upstream (or from the mesh client), its details decoded with the
     /// messages `pool` knows.
     /// A `RESOURCE_EXHAUSTED` status also gets the [`rate_limit_headers`].
-    pub fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {
+    pub(crate) fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {
         let headers = if status.code() == tonic::Code::ResourceExhausted {
             rate_limit_headers(status)
         } else {
@@ -160,7 +164,7 @@ impl HttpError {
     }
 
     /// The JSON body, encoded.
-    pub fn body_bytes(&self) -> Bytes {
+    pub(crate) fn body_bytes(&self) -> Bytes {
         serde_json::to_vec(&self.body)
             .map(Bytes::from)
             .unwrap_or_else(|_| {
@@ -192,7 +196,7 @@ impl axum::response::IntoResponse for HttpError {
 /// metadata, else from its `RetryInfo` detail (whole seconds, rounded up, at least 1; none when
 /// it has neither), and the `RateLimit-Limit/Remaining/Reset` it sent as metadata (whole
 /// numbers only; anything else is dropped).
-pub fn rate_limit_headers(status: &tonic::Status) -> Vec<(HeaderName, HeaderValue)> {
+pub(crate) fn rate_limit_headers(status: &tonic::Status) -> Vec<(HeaderName, HeaderValue)> {
     let metadata = status.metadata();
     let number = |name: &str| -> Option<u64> {
         metadata
@@ -239,7 +243,7 @@ fn ceil_secs(duration: std::time::Duration) -> u64 {
 
 /// The details of an encoded `google.rpc.Status` as JSON values: each `Any` in its JSON form when
 /// `pool` knows its type, else `{"@type": url, "value": <base64>}`.
-pub fn decode_details(encoded: &[u8], pool: &DescriptorPool) -> Vec<serde_json::Value> {
+pub(crate) fn decode_details(encoded: &[u8], pool: &DescriptorPool) -> Vec<serde_json::Value> {
     if encoded.is_empty() {
         return Vec::new();
     }

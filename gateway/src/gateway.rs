@@ -1,0 +1,86 @@
+//! What every handler of the gateway shares: the [`Gateway`] (mesh client, the discovered
+//! state, the options and the edge policies) and its [`GatewayOptions`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use protomesh::client::Mesh;
+use tokio::sync::watch;
+
+use crate::discovery::GatewayState;
+use crate::edge::{Edge, EdgeOptions};
+use crate::transcode::JsonOptions;
+
+/// How the gateway handles requests.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Largest request body accepted, in bytes (413 above it, before any of it is read).
+    pub body_limit: usize,
+    /// Time a request body has to arrive whole (408 after it).
+    pub body_timeout: Duration,
+    /// Deadline of a call when the request sets none (`Grpc-Timeout`).
+    pub default_timeout: Duration,
+    /// Longest deadline a request may ask for.
+    pub max_timeout: Duration,
+    /// JSON mapping options.
+    pub json: JsonOptions,
+    /// Request headers passed on as gRPC metadata, besides `authorization`, `x-request-id` and
+    /// `traceparent`/`tracestate`.
+    pub forward_headers: Vec<HeaderName>,
+    /// Prefix of response headers carrying the answer's gRPC metadata.
+    pub metadata_prefix: String,
+    /// Authentication, authorization, rate limits and CORS ([`crate::edge`]).
+    pub edge: EdgeOptions,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            body_limit: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(300),
+            json: JsonOptions::default(),
+            forward_headers: Vec::new(),
+            metadata_prefix: "grpc-metadata-".to_owned(),
+            edge: EdgeOptions::default(),
+        }
+    }
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) mesh: Mesh,
+    pub(crate) state: watch::Receiver<Arc<GatewayState>>,
+    pub(crate) options: Arc<GatewayOptions>,
+    pub(crate) edge: Arc<Edge>,
+}
+
+impl Gateway {
+    /// A gateway calling through `mesh`, routing by the states `state` publishes.
+    pub fn new(
+        mesh: Mesh,
+        state: watch::Receiver<Arc<GatewayState>>,
+        options: GatewayOptions,
+    ) -> Self {
+        let edge = Edge::new(&options.edge, &mesh, &options.forward_headers);
+        Self {
+            mesh,
+            state,
+            options: Arc::new(options),
+            edge: Arc::new(edge),
+        }
+    }
+
+    /// Rate-limit refusals so far, per rate-limit class.
+    pub(crate) fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
+        self.edge.rate_limit_rejections()
+    }
+
+    /// The state published last.
+    pub(crate) fn current(&self) -> Arc<GatewayState> {
+        Arc::clone(&self.state.borrow())
+    }
+}
