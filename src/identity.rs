@@ -6,7 +6,7 @@
 //! | [`SUBJECT`] `x-protomesh-subject` | the verified subject: a JWT's `sub`, or an API key's name |
 //! | [`ROLES`] `x-protomesh-roles` | its roles, comma-separated |
 //! | [`AUTH_METHOD`] `x-protomesh-auth` | `jwt` or `api-key` |
-//! | [`CLIENT_IP`] `x-protomesh-meshent-ip` | the address the HTTP request came from |
+//! | [`CLIENT_IP`] `x-protomesh-client-ip` | the address the HTTP request came from |
 //!
 //! A service built with this runtime believes these only because its server runtime set them:
 //! it removes any copy the caller sent and sets them from the credential it verified itself
@@ -30,7 +30,7 @@ pub const ROLES: &str = "x-protomesh-roles";
 /// How the subject was verified: [`AuthMethod::as_str`].
 pub const AUTH_METHOD: &str = "x-protomesh-auth";
 /// The HTTP client's address, as the gateway saw it.
-pub const CLIENT_IP: &str = "x-protomesh-meshent-ip";
+pub const CLIENT_IP: &str = "x-protomesh-client-ip";
 /// The role that may act for every user.
 pub const ADMIN_ROLE: &str = "admin";
 /// The `user_id` that names the caller.

@@ -247,7 +247,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let activity = Arc::new(Activity::new());
-                // The peer address, for the edge policies (`x-protomesh-meshent-ip`, rate limits).
+                // The peer address, for the edge policies (`x-protomesh-client-ip`, rate limits).
                 let with_peer = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), app.clone());
                 let service = hyper_util::service::TowerToHyperService::new(RequestLimits {
                     inner: with_peer,

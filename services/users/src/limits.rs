@@ -21,7 +21,7 @@
 //! attempts use no failure share; the address quota is counted first, so calls refused for
 //! their address use no account quota either.
 //!
-//! The address is the one the gateway passed on (`x-protomesh-meshent-ip`), else the gRPC peer's.
+//! The address is the one the gateway passed on (`x-protomesh-client-ip`), else the gRPC peer's.
 //! A caller that reaches the service without the gateway can set that header itself, so behind
 //! the gateway only does the address limit really hold; the per-account ceiling holds either way.
 //!
@@ -78,7 +78,7 @@ pub fn account_key(email: &str) -> String {
     format!("login:account:{email}")
 }
 
-/// The caller's address: the gateway's `x-protomesh-meshent-ip` when it is an IP address, else
+/// The caller's address: the gateway's `x-protomesh-client-ip` when it is an IP address, else
 /// the gRPC peer's, else `unknown`.
 pub fn client_address(metadata: &MetadataMap, peer: Option<IpAddr>) -> String {
     protomesh::identity::client_ip(metadata)
