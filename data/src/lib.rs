@@ -8,7 +8,7 @@
 //! | piece | what it gives a service |
 //! |---|---|
 //! | [`DataConfig`] | `--database-url`, `--redis-url`, `--db-pool-size`, `--db-schema`, `--db-timeout`, `--key-prefix` (flatten it into the binary's parser next to [`ServeConfig`](protomesh::config::ServeConfig)) |
-//! | [`postgres`] | [`connect_pool`] (never fails because the database is down), [`ensure_database`], [`migrate`], [`status_from_pg`] (database errors → gRPC codes; [`db_error`] for `map_err`) |
+//! | [`postgres`] | [`connect_pool`] (never fails because the database is down), [`ensure_database`], [`migrate`], [`prepare_database`] (all three at start-up), [`status_from_pg`] (database errors → gRPC codes; [`db_error`] for `map_err`) |
 //! | [`outbox`] | the `outbox` table ([`outbox::OUTBOX_DDL`]), [`outbox::insert`] inside the write's transaction, [`outbox::OutboxRelay`] publishing to Redis Streams |
 //! | [`stream`] | [`stream::StreamConsumer`] (consumer group, ack after the handler committed, claims of a dead consumer's messages), [`stream::APPLIED_EVENTS_DDL`] and [`stream::mark_applied`] for idempotent apply |
 //! | [`keyset`] | pages of newest-first lists: [`keyset::PageQuery`] (the filtered `SELECT` of one page), [`keyset::TimeCursor`] (where the next page starts), [`keyset::open_cursor`] and [`keyset::next_page_token`] (the cursor in and out of a page token) |
@@ -64,7 +64,9 @@ pub mod stream;
 pub mod testing;
 
 pub use cache::Cache;
-pub use postgres::{connect_pool, db_error, ensure_database, migrate, status_from_pg};
+pub use postgres::{
+    connect_pool, db_error, ensure_database, migrate, prepare_database, status_from_pg,
+};
 pub use redis::connect_redis;
 
 /// Re-exports of the clients the data layer is built on, so services need no extra dependency to

@@ -184,6 +184,21 @@ pub async fn ensure_database(config: &DataConfig) -> Result<bool, DataError> {
     }
 }
 
+/// A service's database ready to use, as every stateful service starts: the database created if
+/// missing ([`ensure_database`]), a pool on it ([`connect_pool`]), and the `service`'s schema
+/// migrated through `steps` ([`migrate`]); the steps applied are logged.
+pub async fn prepare_database(
+    config: &DataConfig,
+    service: &str,
+    steps: &[(i64, &str)],
+) -> Result<Pool, DataError> {
+    ensure_database(config).await?;
+    let pool = connect_pool(config)?;
+    let applied = migrate(&pool, service, steps).await?;
+    tracing::info!(?applied, schema = ?config.db_schema, "database ready");
+    Ok(pool)
+}
+
 /// Applies the steps of `service` that were not applied yet, in version order, each in its own
 /// transaction together with its row in `schema_migrations(service, version, applied_at)`;
 /// returns the versions it applied (empty when the schema was up to date).

@@ -83,10 +83,7 @@ async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     } = ctx.flags;
     let config = config.with_default_schema(SERVICE);
 
-    data::ensure_database(&config).await?;
-    let pool = data::connect_pool(&config)?;
-    let applied = data::migrate(&pool, SERVICE, MIGRATIONS).await?;
-    tracing::info!(?applied, schema = ?config.db_schema, "database ready");
+    let pool = data::prepare_database(&config, SERVICE, MIGRATIONS).await?;
 
     let server = server
         .descriptor_set(protomesh_analytics::proto::FILE_DESCRIPTOR_SET)

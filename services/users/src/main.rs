@@ -217,10 +217,7 @@ async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     let hasher = PasswordHasher::new(params, concurrency).await?;
 
     let config = cli.data.with_default_schema(SERVICE);
-    data::ensure_database(&config).await?;
-    let pool = data::connect_pool(&config)?;
-    let applied = data::migrate(&pool, SERVICE, MIGRATIONS).await?;
-    tracing::info!(?applied, schema = ?config.db_schema, "database ready");
+    let pool = data::prepare_database(&config, SERVICE, MIGRATIONS).await?;
 
     let keys = match file_keys {
         Some(keys) => keys,
