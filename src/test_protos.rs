@@ -14,10 +14,5 @@ pub(crate) const SETS: &[&[u8]] = &[
 
 /// One pool of every file of [`SETS`].
 pub(crate) fn pool() -> DescriptorPool {
-    let mut pool = DescriptorPool::new();
-    for set in SETS {
-        pool.decode_file_descriptor_set(*set)
-            .expect("a service's descriptor set");
-    }
-    pool
+    crate::testing::descriptor_pool(SETS)
 }

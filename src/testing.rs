@@ -43,6 +43,20 @@ where
     }
 }
 
+/// One descriptor pool of every file of the encoded descriptor `sets` (files they share, such as
+/// the shared protos every service set imports, once).
+///
+/// # Panics
+/// When a set does not decode or two sets disagree on a file: test fixtures only.
+pub fn descriptor_pool(sets: &[&[u8]]) -> prost_reflect::DescriptorPool {
+    let mut pool = prost_reflect::DescriptorPool::new();
+    for set in sets {
+        pool.decode_file_descriptor_set(*set)
+            .expect("a service's descriptor set");
+    }
+    pool
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
