@@ -5,7 +5,7 @@ Usage: scripts/import-cycles.py CRATE_SRC_DIR [--tests]
 
 Each `.rs` file is a module (`lib.rs`/`main.rs` the root, `x/mod.rs` and `x.rs` module `x`).
 A file imports module M when its code (comments and, unless --tests, `#[cfg(test)]` modules
-left out) names `crate::M…`, `super::…` or `self::…`; the longest known module prefix wins. A
+left out) names `crate::M…`, `super::…`, `self::…` or a child module's `child::…`; the longest known module prefix wins. A
 module declaration (`mod x;`) is not an import. Prints every strongly connected component of
 more than one file and exits 1 if there is one.
 """
@@ -43,11 +43,13 @@ def split_tests(code):
 
 
 def paths(code, children=()):
-    """Every path that starts with crate/super/self (or, in a `use`, with a child module's
-    name), brace groups expanded. Visibilities such as `pub(super)` are not paths."""
+    """Every path that starts with crate/super/self or with a child module's name, brace groups
+    expanded. Visibilities such as `pub(super)` are not paths."""
     code = re.sub(r"pub\((crate|super|self|in [^)]*)\)", "pub", code)
     for child in children:
-        code = re.sub(r"\buse\s+" + child + r"::", "use self::" + child + "::", code)
+        # A path that starts with a child module's name (in a `use` or anywhere in the code)
+        # names that child: a local module shadows a crate of the same name.
+        code = re.sub(r"(?<![:\w])" + child + r"::", "self::" + child + "::", code)
     found = []
     for m in re.finditer(r"\b(crate|super|self)((?:::\w+)*)(::\{)?", code):
         base = [m.group(1)] + [p for p in m.group(2).split("::") if p]

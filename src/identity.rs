@@ -134,6 +134,11 @@ pub fn client_ip(metadata: &MetadataMap) -> Option<&str> {
     metadata.get(CLIENT_IP).and_then(|v| v.to_str().ok())
 }
 
+/// Whether `text` can travel as one value of a comma-separated metadata list.
+pub(crate) fn is_header_safe(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

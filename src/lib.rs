@@ -37,6 +37,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod credential;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -18,7 +18,9 @@
 //! [`Metrics::render`] answers in the Prometheus text format 0.0.4 (what `promtool check metrics`
 //! reads) or in OpenMetrics text, as the scraper's `Accept` header asks ([`Format::negotiate`]).
 
+mod exposition;
 pub mod grpc;
+mod histogram;
 pub mod mesh;
 pub mod process;
 
@@ -28,60 +30,17 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
-};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::client::Mesh;
 
+pub use exposition::{openmetrics_to_prometheus_text, EncodeError, Format};
 pub use grpc::{GrpcServerMetrics, GrpcServerMetricsLayer};
-
-/// Upper bounds, in seconds, of the latency histograms: 100 µs to 10 s, about ×2.5 apart.
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+pub use histogram::{latency_histogram, LATENCY_BUCKETS};
 
 /// How long one scrape waits for the values read at scrape time (the last values are shown
 /// for those that did not answer in time).
 pub const SCRAPE_REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why the metrics could not be written out.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot encode the metrics: {0}")]
-pub struct EncodeError(#[from] std::fmt::Error);
-
-/// An exposition format of `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// The Prometheus text format 0.0.4 (`promtool check metrics` reads it).
-    PrometheusText,
-    /// OpenMetrics 1.0 text (what a Prometheus server asks for first).
-    OpenMetrics,
-}
-
-impl Format {
-    /// The format an `Accept` header asks for: OpenMetrics when it names
-    /// `application/openmetrics-text`, else the Prometheus text format.
-    pub fn negotiate(accept: Option<&str>) -> Self {
-        match accept {
-            Some(accept) if accept.contains("application/openmetrics-text") => Self::OpenMetrics,
-            _ => Self::PrometheusText,
-        }
-    }
-
-    /// The `Content-Type` of an answer in this format.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::PrometheusText => "text/plain; version=0.0.4; charset=utf-8",
-            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        }
-    }
-}
 
 /// Something to read (asynchronously) before each scrape, see [`Metrics::on_scrape`].
 type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -186,6 +145,16 @@ impl Metrics {
         })
     }
 
+    /// The layer recording the `grpc_server_*` metrics of calls to the methods of `served`
+    /// services (full names, `protomesh.priority.v1.PriorityService`), found in `descriptor_sets`.
+    pub fn grpc_server_layer(
+        &self,
+        served: &[&str],
+        descriptor_sets: &[&[u8]],
+    ) -> GrpcServerMetricsLayer {
+        GrpcServerMetricsLayer::new(self.grpc_server_families(), served, descriptor_sets)
+    }
+
     /// The `grpc_server_*` families, registered on first use.
     fn grpc_server_families(&self) -> Arc<grpc::GrpcServerFamilies> {
         Arc::clone(self.inner.grpc_server.get_or_init(|| {
@@ -203,94 +172,11 @@ impl Metrics {
     }
 }
 
-/// Writes the family `name` of a collector: one gauge per `(labels, value)` row; nothing at all
-/// when there is no row.
-pub(crate) fn encode_gauges<L, V>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, V)>,
-) -> Result<(), std::fmt::Error>
-where
-    L: EncodeLabelSet,
-    V: EncodeGaugeValue,
-{
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in rows {
-        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// Writes the counter family `name` (samples `name_total`) of a collector, like
-/// [`encode_gauges`].
-pub(crate) fn encode_counters<L, V>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, V)>,
-) -> Result<(), std::fmt::Error>
-where
-    L: EncodeLabelSet,
-    V: EncodeCounterValue,
-{
-    let mut rows = rows.into_iter().peekable();
-    if rows.peek().is_none() {
-        return Ok(());
-    }
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, value) in rows {
-        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     }
-}
-
-/// OpenMetrics text as the Prometheus text format 0.0.4: counter families take the name of their
-/// samples (`x_total`), `unknown` becomes `untyped`, and `# UNIT` and `# EOF` lines go.
-pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    // A `# HELP` line waits for its `# TYPE` line, which says whether the name changes.
-    let mut pending_help: Option<(&str, &str)> = None;
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, help));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, kind) = match kind {
-                "counter" if !name.ends_with("_total") => (format!("{name}_total"), kind),
-                "unknown" => (name.to_owned(), "untyped"),
-                _ => (name.to_owned(), kind),
-            };
-            if let Some((_, help)) = pending_help.take() {
-                out.push_str(&format!("# HELP {name} {help}\n"));
-            }
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
-            continue;
-        }
-        if let Some((name, help)) = pending_help.take() {
-            out.push_str(&format!("# HELP {name} {help}\n"));
-        }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

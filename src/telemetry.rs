@@ -17,6 +17,7 @@
 //! [`TelemetryGuard::shutdown`] (or drop it) at the end, so the last spans are flushed.
 
 pub mod export;
+mod exporting;
 pub mod grpc;
 mod json;
 pub mod propagation;
@@ -24,7 +25,6 @@ pub mod request_id;
 pub mod spans;
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::Level;
 use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
@@ -32,18 +32,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer, Registry};
 
-pub use export::{SamplerSetting, TraceConfigError, TraceExportConfig};
+pub use export::{ExporterError, SamplerSetting, TraceConfigError, TraceExportConfig};
+pub use exporting::tracing_enabled;
 pub use grpc::{CallSide, GrpcClientTraceLayer, GrpcServerTraceLayer, TracedBody};
 pub use request_id::{current_request_id, REQUEST_ID_HEADER};
-
-/// Whether this process exports traces (set once by [`init`]).
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
-/// Whether spans are exported as OpenTelemetry traces in this process: `OTEL_EXPORTER_OTLP_ENDPOINT`
-/// was set when [`init`] ran. Propagation does nothing while it is `false`.
-pub fn tracing_enabled() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
-}
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -56,15 +48,8 @@ pub enum TelemetryError {
     #[error(transparent)]
     Config(#[from] TraceConfigError),
     /// The OTLP exporter could not be built.
-    #[error(
-        "cannot start the OTLP trace exporter (OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}): {reason}"
-    )]
-    Exporter {
-        /// The endpoint configured.
-        endpoint: String,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Exporter(#[from] ExporterError),
 }
 
 /// Keeps trace export running; [`shutdown`](TelemetryGuard::shutdown) (or dropping it) flushes
@@ -83,7 +68,7 @@ impl TelemetryGuard {
 
     fn stop(&mut self) {
         if let Some(export) = self.export.take() {
-            EXPORTING.store(false, Ordering::Relaxed);
+            exporting::set_exporting(false);
             export.shutdown();
         }
     }
@@ -169,7 +154,7 @@ pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, Telemetr
         // Outside any event now: this is the global dispatcher just installed.
         tracing::dispatcher::get_default(|dispatch| slot.set(dispatch.downgrade()).ok());
     }
-    EXPORTING.store(export.is_some(), Ordering::Relaxed);
+    exporting::set_exporting(export.is_some());
     tracing::debug!(
         service,
         traces = config.endpoint.is_some(),

@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
-use protomesh::metrics::{Metrics, LATENCY_BUCKETS};
+use protomesh::metrics::{latency_histogram, Metrics};
 
 use crate::resolve::{Resolved, Target};
 
@@ -48,10 +48,6 @@ struct RequestLabels {
 struct RouteLabels {
     route: Arc<str>,
     method: &'static str,
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// The gateway's HTTP metrics; cheap to clone.

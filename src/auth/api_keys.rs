@@ -7,7 +7,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::{is_header_safe, AuthConfigError};
+use super::error::AuthConfigError;
+use crate::identity::is_header_safe;
 
 /// One API key: its name (the subject), the SHA-256 of the key, its roles.
 #[derive(Clone, PartialEq, Eq)]

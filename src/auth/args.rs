@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ApiKeys, AuthConfig, AuthConfigError, JwksSource, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
+use super::api_keys::ApiKeys;
+use super::config::{AuthConfig, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY};
+use super::error::AuthConfigError;
+use super::jwks::JwksSource;
 
 /// The service whose JWKS is used when no JWT key source is configured.
 pub const DEFAULT_JWKS_SERVICE: &str = "users";
@@ -57,7 +60,7 @@ impl Default for CredentialArgs {
         Self {
             jwt_issuer: DEFAULT_ISSUER.to_owned(),
             jwt_audience: DEFAULT_AUDIENCE.to_owned(),
-            jwt_leeway: super::DEFAULT_LEEWAY,
+            jwt_leeway: DEFAULT_LEEWAY,
             jwt_hs256_secret_file: None,
             jwt_rsa_public_key_files: Vec::new(),
             jwks_service: None,

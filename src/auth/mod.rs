@@ -2,7 +2,7 @@
 //! verifies them at the edge, and every service verifies them again in its server runtime
 //! ([`crate::server`]), so that a service believes no caller it cannot check for itself: the
 //! credential travels with the call (and on with the calls its handler makes, see
-//! [`propagation`]), never a bare claim of who the caller is.
+//! [`crate::credential`]), never a bare claim of who the caller is.
 //!
 //! Two kinds of credentials are accepted:
 //! - **Bearer JWTs** (`Authorization: Bearer TOKEN`), verified with `jsonwebtoken` (pure-Rust
@@ -21,173 +21,30 @@
 
 mod api_keys;
 mod args;
+mod config;
+mod error;
 pub mod jwks;
-pub mod propagation;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::client::Mesh;
-use crate::identity::{AuthMethod, Identity};
+use crate::identity::{is_header_safe, AuthMethod, Identity};
 
 pub use api_keys::{ApiKey, ApiKeys};
 pub use args::{CredentialArgs, DEFAULT_JWKS_SERVICE};
+pub use config::{AuthConfig, DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_LEEWAY, MIN_HS256_SECRET};
+pub use error::{AuthConfigError, AuthError};
 use jwks::JwksCache;
 pub use jwks::JwksSource;
 
-/// `X-Api-Key`.
-pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
-
-/// Default `iss` and `aud` a token must carry.
-pub const DEFAULT_ISSUER: &str = "protomesh";
-/// Default `aud`.
-pub const DEFAULT_AUDIENCE: &str = "protomesh";
-/// Default clock leeway for `exp` and `nbf`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
-/// Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash size).
-pub const MIN_HS256_SECRET: usize = 32;
-
-/// Why a request's credentials were refused. The message is all a caller learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Malformed, badly signed, for another issuer or audience, not yet valid, unknown key…
-    #[error("invalid credentials")]
-    Invalid,
-    /// A token that is valid but expired.
-    #[error("expired credentials")]
-    Expired,
-}
-
-/// A configuration file or setting that cannot be used; each names the setting.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthConfigError {
-    /// A file cannot be read.
-    #[error("{setting} {path}: {source}")]
-    Read {
-        /// The flag.
-        setting: &'static str,
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A file's content is not what the setting takes.
-    #[error("{setting} {path}: {reason}")]
-    Content {
-        /// The flag.
-        setting: &'static str,
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-/// Whether `text` can travel as one value of a comma-separated metadata list.
-fn is_header_safe(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic() && b != b',')
-}
-
-/// How callers are authenticated. The defaults accept no credential at all (every credential is
-/// then invalid): the binary fills it from its flags.
-#[derive(Clone)]
-pub struct AuthConfig {
-    /// The `iss` a token must carry.
-    pub issuer: String,
-    /// The `aud` a token must carry.
-    pub audience: String,
-    /// Clock leeway for `exp` and `nbf`.
-    pub leeway: Duration,
-    /// The HS256 secret, if HS256 tokens are accepted.
-    pub hs256_secret: Option<Arc<[u8]>>,
-    /// RSA public keys (RS256) not tied to a `kid`.
-    pub rsa_public_keys: Vec<DecodingKey>,
-    /// Where more RSA public keys come from, by `kid`.
-    pub jwks: Option<JwksSource>,
-    /// Accepted API keys.
-    pub api_keys: ApiKeys,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            issuer: DEFAULT_ISSUER.to_owned(),
-            audience: DEFAULT_AUDIENCE.to_owned(),
-            leeway: DEFAULT_LEEWAY,
-            hs256_secret: None,
-            rsa_public_keys: Vec::new(),
-            jwks: None,
-            api_keys: ApiKeys::default(),
-        }
-    }
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("leeway", &self.leeway)
-            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "…"))
-            .field("rsa_public_keys", &self.rsa_public_keys.len())
-            .field("jwks", &self.jwks)
-            .field("api_keys", &self.api_keys)
-            .finish()
-    }
-}
-
-impl AuthConfig {
-    /// Whether any JWT key source is configured (a secret, a PEM key, or a JWKS).
-    pub fn has_jwt_keys(&self) -> bool {
-        self.hs256_secret.is_some() || !self.rsa_public_keys.is_empty() || self.jwks.is_some()
-    }
-
-    /// The HS256 secret in the file at `path` (`--jwt-hs256-secret-file`; one trailing newline
-    /// is ignored), at least [`MIN_HS256_SECRET`] bytes.
-    pub fn read_hs256_secret(path: &Path) -> Result<Arc<[u8]>, AuthConfigError> {
-        let setting = "--jwt-hs256-secret-file";
-        let mut secret = std::fs::read(path).map_err(|source| AuthConfigError::Read {
-            setting,
-            path: path.display().to_string(),
-            source,
-        })?;
-        while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            secret.pop();
-        }
-        if secret.len() < MIN_HS256_SECRET {
-            return Err(AuthConfigError::Content {
-                setting,
-                path: path.display().to_string(),
-                reason: format!("the secret must be at least {MIN_HS256_SECRET} bytes"),
-            });
-        }
-        Ok(secret.into())
-    }
-
-    /// The RSA public key in the PEM file at `path` (`--jwt-rsa-public-key-file`).
-    pub fn read_rsa_public_key(path: &Path) -> Result<DecodingKey, AuthConfigError> {
-        let setting = "--jwt-rsa-public-key-file";
-        let pem = std::fs::read(path).map_err(|source| AuthConfigError::Read {
-            setting,
-            path: path.display().to_string(),
-            source,
-        })?;
-        DecodingKey::from_rsa_pem(&pem).map_err(|err| AuthConfigError::Content {
-            setting,
-            path: path.display().to_string(),
-            reason: format!("not an RSA public key in PEM: {err}"),
-        })
-    }
-}
+pub use crate::credential::API_KEY_HEADER;
 
 /// The claims read from a token (the standard ones are checked by `jsonwebtoken`).
 #[derive(Deserialize)]
@@ -356,7 +213,7 @@ fn identity_of(claims: Claims) -> Result<Identity, AuthError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderName, HeaderValue};
 
     #[test]
     fn credentials_come_from_one_header() {

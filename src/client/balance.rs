@@ -17,7 +17,7 @@ use std::time::Duration;
 use protomesh_consul::{ServiceInstance, WatchHandle, WatchState};
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tower::Service;
 
 use super::attempt::Attempts;
@@ -239,7 +239,7 @@ struct Shared {
     http2_keep_alive_timeout: Duration,
     tcp_keepalive: Option<Duration>,
     /// Mutual TLS of the endpoints' connections; plaintext when `None`.
-    tls: Option<ClientTlsConfig>,
+    tls: Option<crate::tls::MeshTls>,
     /// Since when Consul reports an empty set while endpoints are kept; also the lock that makes
     /// `apply` one at a time.
     empty_since: Mutex<Option<Instant>>,
@@ -273,7 +273,7 @@ impl Balancer {
             http2_keep_alive: options.http2_keep_alive,
             http2_keep_alive_timeout: options.http2_keep_alive_timeout,
             tcp_keepalive: options.tcp_keepalive,
-            tls: tls.map(crate::tls::MeshTls::client_config),
+            tls: tls.cloned(),
             empty_since: Mutex::new(None),
             keeping_empty: AtomicBool::new(false),
         });
@@ -402,9 +402,10 @@ impl Shared {
         .tcp_keepalive(self.tcp_keepalive)
         .tcp_keepalive_interval(self.tcp_keepalive.map(|_| TCP_KEEPALIVE_INTERVAL))
         .tcp_keepalive_retries(self.tcp_keepalive.map(|_| TCP_KEEPALIVE_RETRIES));
+        #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             // The server name checked is the instance's address (an IP SAN) unless overridden.
-            target = target.tls_config(tls.clone())?;
+            target = target.tls_config(tls.client_config())?;
         }
         if let Some(interval) = self.http2_keep_alive {
             target = target

@@ -4,7 +4,7 @@
 //! watcher per service name per process, or a fixed list), balanced, bounded and retried.
 //!
 //! The layers of a channel, outermost first, and why they sit there:
-//! 0. [`crate::auth::propagation::ForwardCredentialLayer`]: a call made while handling a call
+//! 0. [`crate::credential::ForwardCredentialLayer`]: a call made while handling a call
 //!    carries that call's credential (unless it has its own), so the service called verifies the
 //!    end user itself; first, so that every retry carries it too;
 //! 1. [`deadline::DeadlineLayer`]: resolves the call's deadline first, so everything below —
@@ -156,7 +156,7 @@ impl Mesh {
         let stack = ServiceBuilder::new()
             // Outermost: one client span per call, retries included; its context goes out.
             .layer(crate::telemetry::GrpcClientTraceLayer::new(service))
-            .layer(crate::auth::propagation::ForwardCredentialLayer)
+            .layer(crate::credential::ForwardCredentialLayer)
             .layer(deadline::DeadlineLayer::new(
                 options.default_timeout,
                 Arc::clone(&self.inner.methods),

@@ -30,7 +30,7 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 use tower::{Layer, Service};
 
-use super::{Metrics, LATENCY_BUCKETS};
+use super::histogram::latency_histogram;
 
 /// The label value of calls to a path no served method has.
 pub const UNKNOWN: &str = "unknown";
@@ -69,10 +69,6 @@ struct CodeLabels {
     service: Arc<str>,
     method: Arc<str>,
     code: &'static str,
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// The three `grpc_server_*` families of a registry.
@@ -204,30 +200,6 @@ fn served_methods(served: &[&str], descriptor_sets: &[&[u8]]) -> Vec<(String, St
     methods
 }
 
-impl Metrics {
-    /// The layer recording the `grpc_server_*` metrics of calls to the methods of `served`
-    /// services (full names, `protomesh.priority.v1.PriorityService`), found in `descriptor_sets`.
-    pub fn grpc_server_layer(
-        &self,
-        served: &[&str],
-        descriptor_sets: &[&[u8]],
-    ) -> GrpcServerMetricsLayer {
-        let families = self.grpc_server_families();
-        let by_path = served_methods(served, descriptor_sets)
-            .into_iter()
-            .map(|(service, method)| {
-                let path: Box<str> = format!("/{service}/{method}").into();
-                let series = MethodSeries::new(Arc::clone(&families), &service, &method);
-                (path, Arc::new(series))
-            })
-            .collect();
-        let unknown = Arc::new(MethodSeries::new(families, UNKNOWN, UNKNOWN));
-        GrpcServerMetricsLayer {
-            table: Some(Arc::new(MethodTable { by_path, unknown })),
-        }
-    }
-}
-
 /// Tower layer recording the `grpc_server_*` metrics (see the [module](self)); a
 /// [disabled](GrpcServerMetricsLayer::disabled) one records nothing.
 #[derive(Clone)]
@@ -244,6 +216,27 @@ impl std::fmt::Debug for GrpcServerMetricsLayer {
 }
 
 impl GrpcServerMetricsLayer {
+    /// The layer recording, in `families`, the calls to the methods of `served` services found
+    /// in `descriptor_sets` (see [`crate::metrics::Metrics::grpc_server_layer`]).
+    pub(super) fn new(
+        families: Arc<GrpcServerFamilies>,
+        served: &[&str],
+        descriptor_sets: &[&[u8]],
+    ) -> Self {
+        let by_path = served_methods(served, descriptor_sets)
+            .into_iter()
+            .map(|(service, method)| {
+                let path: Box<str> = format!("/{service}/{method}").into();
+                let series = MethodSeries::new(Arc::clone(&families), &service, &method);
+                (path, Arc::new(series))
+            })
+            .collect();
+        let unknown = Arc::new(MethodSeries::new(families, UNKNOWN, UNKNOWN));
+        Self {
+            table: Some(Arc::new(MethodTable { by_path, unknown })),
+        }
+    }
+
     /// A layer that passes calls through without recording them (no admin listener to show them).
     pub fn disabled() -> Self {
         Self { table: None }
@@ -430,7 +423,7 @@ impl<B: Body> Body for MetricsBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Format;
+    use crate::metrics::{Format, Metrics};
     use http_body_util::BodyExt;
     use std::convert::Infallible;
 

@@ -13,7 +13,7 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
-use super::{encode_counters, encode_gauges};
+use super::exposition::{encode_counters, encode_gauges};
 use crate::client::status::{ClientStatus, EndpointStatus, TargetStatus};
 use crate::client::Mesh;
 

@@ -9,7 +9,7 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value,
 };
 
-use super::{
+use super::declared::{
     declares, is_email, is_uuid, FieldRules, NumberRules, RuleError, StringFormat, StringRules,
     ValueRules, MESSAGE_RULES_EXTENSION, ONEOF_RULES_EXTENSION,
 };
@@ -257,7 +257,7 @@ fn is_zero(value: &Value) -> bool {
 }
 
 fn check_list(
-    rules: &super::RepeatedRules,
+    rules: &super::declared::RepeatedRules,
     items: &[Value],
     path: &str,
     out: &mut Vec<FieldViolation>,

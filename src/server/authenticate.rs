@@ -19,7 +19,7 @@
 //! descriptors fails closed.
 //!
 //! The credential of a handled call goes on with the calls its handler makes
-//! ([`crate::auth::propagation`]).
+//! ([`crate::credential`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,8 +31,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::auth::propagation::{with_caller_credential, CallerCredential};
 use crate::auth::{AuthError, Authenticator, Credential};
+use crate::credential::{with_caller_credential, CallerCredential};
 use crate::identity::{self, Identity};
 use crate::policy::{self, Requirement, ResolvedPolicy};
 

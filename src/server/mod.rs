@@ -378,12 +378,17 @@ impl BoundServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
-        let mut builder = tonic::transport::Server::builder()
+        let builder = tonic::transport::Server::builder()
             .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
-        if let Some(tls) = &tls {
-            // TLS only, client certificates signed by the mesh CA required.
-            builder = builder.tls_config(tls.server_config())?;
-        }
+        // TLS only, client certificates signed by the mesh CA required.
+        #[cfg(feature = "tls")]
+        let builder = match &tls {
+            Some(tls) => builder.tls_config(tls.server_config())?,
+            None => builder,
+        };
+        // Without the `tls` feature, `bind` has refused TLS settings: `tls` is `None`.
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         let mut serving = tokio::spawn(
             builder
                 // Outermost: the call's server span (traceparent in, request id) covers all.

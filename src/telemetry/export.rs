@@ -11,16 +11,27 @@
 //! and `OTEL_EXPORTER_OTLP_TIMEOUT` apply as the SDK reads them. Spans are exported in batches by
 //! the SDK's background thread through a tonic channel that lives on a small runtime of its own
 //! (one thread), so export works from any binary (async or not) and never competes with the
-//! service's runtime.
+//! service's runtime. Built without the `otlp` feature (on by default) there is no exporter, and
+//! setting `OTEL_EXPORTER_OTLP_ENDPOINT` is a start-up error.
 
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
+#[cfg(feature = "otlp")]
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+#[cfg(feature = "otlp")]
 use opentelemetry_sdk::Resource;
 
-use super::TelemetryError;
+/// The OTLP exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the OTLP trace exporter (OTEL_EXPORTER_OTLP_ENDPOINT={endpoint}): {reason}")]
+pub struct ExporterError {
+    /// The endpoint configured (without credentials).
+    pub endpoint: String,
+    /// What went wrong.
+    pub reason: String,
+}
 
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -64,6 +75,7 @@ pub enum SamplerSetting {
 }
 
 impl SamplerSetting {
+    #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
     fn sampler(self) -> Sampler {
         match self {
             SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
@@ -200,12 +212,23 @@ impl std::fmt::Debug for TraceExport {
 }
 
 impl TraceExport {
-    /// Builds the OTLP/gRPC exporter to `endpoint` and the batching tracer provider.
+    /// Built without the `otlp` feature, there is no exporter: asking for one is an error.
+    #[cfg(not(feature = "otlp"))]
     pub(crate) fn start(
-        config: &TraceExportConfig,
+        _config: &TraceExportConfig,
         endpoint: &str,
-    ) -> Result<Self, TelemetryError> {
-        let failed = |reason: String| TelemetryError::Exporter {
+    ) -> Result<Self, ExporterError> {
+        Err(ExporterError {
+            endpoint: without_credentials(endpoint),
+            reason: "this binary was built without OTLP export (protomesh's `otlp` feature)"
+                .to_owned(),
+        })
+    }
+
+    /// Builds the OTLP/gRPC exporter to `endpoint` and the batching tracer provider.
+    #[cfg(feature = "otlp")]
+    pub(crate) fn start(config: &TraceExportConfig, endpoint: &str) -> Result<Self, ExporterError> {
+        let failed = |reason: String| ExporterError {
             endpoint: without_credentials(endpoint),
             reason,
         };

@@ -25,7 +25,7 @@ use tracing::{Instrument, Level, Span};
 
 use super::request_id::{current_request_id, REQUEST_ID_HEADER};
 use super::{propagation, spans};
-use crate::client::BoxError;
+use tower::BoxError;
 
 /// gRPC `CANCELLED`: what a call whose answer was never complete is recorded as.
 const CANCELLED: i32 = 1;

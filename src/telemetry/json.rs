@@ -165,7 +165,7 @@ impl Visit for JsonFields {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::from(super::error_chain(value)));
+        self.put(field, Value::from(protomesh_consul::error_chain(value)));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

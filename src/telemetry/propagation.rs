@@ -1,7 +1,7 @@
 //! W3C trace context (`traceparent`, `tracestate`) in HTTP headers and gRPC metadata (which are
 //! HTTP/2 headers): [`set_remote_parent`] makes a server span the child of the caller's span,
 //! [`inject`] writes a client span's context into an outgoing request. Both do nothing while
-//! traces are not exported ([`super::tracing_enabled`]), so an incoming `traceparent` then goes
+//! traces are not exported ([`super::exporting::tracing_enabled`]), so an incoming `traceparent` then goes
 //! on unchanged wherever a hop copies it.
 
 use http::header::{HeaderName, HeaderValue};
@@ -44,7 +44,10 @@ impl Injector for HeaderInjector<'_> {
 /// Makes `span` (just created, not yet entered) a child of the span `headers` name in their
 /// `traceparent`, if they carry a valid one and traces are exported.
 pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
-    if !super::tracing_enabled() || span.is_disabled() || !headers.contains_key(TRACEPARENT) {
+    if !super::exporting::tracing_enabled()
+        || span.is_disabled()
+        || !headers.contains_key(TRACEPARENT)
+    {
         return;
     }
     let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
@@ -57,7 +60,7 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) {
 /// Writes the context of `span` into `headers` as `traceparent` (and `tracestate`), replacing
 /// any the caller's request carried, if traces are exported and the span is recorded.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    if !super::tracing_enabled() || span.is_disabled() {
+    if !super::exporting::tracing_enabled() || span.is_disabled() {
         return;
     }
     let context = span.context();

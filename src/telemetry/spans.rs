@@ -135,7 +135,7 @@ pub fn record_http_route(span: &Span, method: &http::Method, route: &dyn Display
         return;
     }
     span.record("http.route", tracing::field::display(route));
-    if super::tracing_enabled() {
+    if super::exporting::tracing_enabled() {
         span.record("otel.name", format!("{method} {route}"));
     }
 }
@@ -162,7 +162,7 @@ pub fn postgres(operation: &'static str, table: &'static str) -> Span {
         db.operation = operation,
         db.sql.table = table,
     );
-    if super::tracing_enabled() && !span.is_disabled() {
+    if super::exporting::tracing_enabled() && !span.is_disabled() {
         span.record("otel.name", format!("{operation} {table}"));
     }
     span

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use fred::prelude::{Client, ClientLike};
 
-use super::super::outbox::{OutboxRelay, RelayHandle, RelayOptions};
-use super::super::{connect_pool, connect_redis, migrate, DataConfig, DataError};
-use super::{TestDatabase, TestKeys};
+use super::isolated::{TestDatabase, TestKeys};
+use crate::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use crate::{connect_pool, connect_redis, migrate, DataConfig, DataError};
 
 /// Longest wait for the Redis client to connect.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

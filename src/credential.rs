@@ -1,4 +1,5 @@
-//! The caller's credential travels on with the calls a handler makes: the server runtime keeps the
+//! The caller's credential: the headers it arrives in ([`API_KEY_HEADER`] or `Authorization`), and
+//! how it travels on with the calls a handler makes. The server runtime keeps the
 //! credential of the call being handled in a task-local ([`with_caller_credential`]), and the mesh
 //! client's [`ForwardCredentialLayer`] puts it on every outgoing call that carries none of its own.
 //! So tasks → priority and timetrack → tasks act for the end user, verified again by the service
@@ -11,7 +12,8 @@ use std::task::{Context, Poll};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use tower::{Layer, Service};
 
-use super::API_KEY_HEADER;
+/// `X-Api-Key`.
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// A credential as it arrived: the header and its value (`authorization: Bearer …` or
 /// `x-api-key: …`).
