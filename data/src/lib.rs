@@ -32,12 +32,7 @@
 //!     (2, "CREATE TABLE projects (id uuid PRIMARY KEY, name text NOT NULL UNIQUE)"),
 //! ]).await?;
 //! let redis = data::connect_redis(&config)?;
-//! let relay = OutboxRelay::spawn(
-//!     pool.clone(),
-//!     redis.clone(),
-//!     config.key_prefix.clone(),
-//!     RelayOptions::default().listen(config.pg_config()?),
-//! );
+//! let relay = OutboxRelay::start(pool.clone(), redis.clone(), &config)?;
 //! # drop(relay); Ok(()) }
 //! ```
 //!
@@ -59,6 +54,7 @@ pub mod page_token;
 pub mod postgres;
 pub mod ratelimit;
 pub mod redis;
+mod start;
 pub mod stream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -68,6 +64,7 @@ pub use postgres::{
     connect_pool, db_error, ensure_database, migrate, prepare_database, status_from_pg,
 };
 pub use redis::connect_redis;
+pub use start::StartError;
 
 /// Re-exports of the clients the data layer is built on, so services need no extra dependency to
 /// name their types.

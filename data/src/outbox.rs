@@ -180,6 +180,22 @@ impl RelayOptions {
 pub struct OutboxRelay;
 
 impl OutboxRelay {
+    /// Starts the relay of a service's outbox as its binary runs it: events go under `config`'s
+    /// key prefix, and the relay wakes on the notifications of `config`'s database (see
+    /// [`OutboxRelay::spawn`]).
+    pub fn start(
+        pool: Pool,
+        redis: Client,
+        config: &crate::DataConfig,
+    ) -> Result<RelayHandle, crate::DataError> {
+        Ok(Self::spawn(
+            pool,
+            redis,
+            config.key_prefix.clone(),
+            RelayOptions::default().listen(config.pg_config()?),
+        ))
+    }
+
     /// Starts the relay on the current Tokio runtime. It runs until the returned handle is
     /// dropped or [stopped](RelayHandle::stop); it never gives up: while Postgres or Redis is
     /// down it retries with back-off and jitter, logging a warning once per outage and a line

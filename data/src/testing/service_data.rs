@@ -19,7 +19,7 @@ use deadpool_postgres::Pool;
 use fred::prelude::{Client, ClientLike};
 
 use super::isolated::{TestDatabase, TestKeys};
-use crate::outbox::{OutboxRelay, RelayHandle, RelayOptions};
+use crate::outbox::{OutboxRelay, RelayHandle};
 use crate::{connect_pool, connect_redis, migrate, DataConfig, DataError};
 
 /// Longest wait for the Redis client to connect.
@@ -81,12 +81,7 @@ impl ServiceData {
     /// The outbox relay of the pool to Redis Streams, woken by the database's notifications, as
     /// the service's binary runs it.
     pub fn spawn_relay(&self) -> Result<RelayHandle, DataError> {
-        Ok(OutboxRelay::spawn(
-            self.pool.clone(),
-            self.redis.clone(),
-            self.config.key_prefix.clone(),
-            RelayOptions::default().listen(self.config.pg_config()?),
-        ))
+        OutboxRelay::start(self.pool.clone(), self.redis.clone(), &self.config)
     }
 }
 

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use protomesh::service::{Context, MeshClientError, Service};
+use protomesh::service::{Context, Service};
 use std::time::Duration;
 
 use clap::Args;
@@ -18,7 +18,7 @@ use protomesh_analytics::{
 };
 use protomesh_data::lag::LagMetrics;
 use protomesh_data::stream::StreamConsumer;
-use protomesh_data::{self as data, DataConfig, DataError};
+use protomesh_data::{self as data, DataConfig, StartError};
 
 /// Dashboards and project reports over gRPC, built from the task and time events, registered in
 /// Consul.
@@ -41,17 +41,6 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
         Ok(duration) => Ok(duration),
         Err(err) => Err(err.to_string()),
     }
-}
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("{0}")]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Mesh(#[from] MeshClientError),
-    #[error(transparent)]
-    Serve(#[from] protomesh::server::ServeError),
 }
 
 fn main() -> ExitCode {

@@ -4,14 +4,14 @@
 
 use std::process::ExitCode;
 
-use protomesh::service::{Context, MeshClientError, Service};
+use protomesh::service::{Context, Service};
 use std::time::Duration;
 
 use clap::Args;
 use protomesh_data::lag::LagMetrics;
-use protomesh_data::outbox::{OutboxRelay, RelayOptions};
-use protomesh_data::page_token::{PageTokenConfig, PageTokenKeyError};
-use protomesh_data::{self as data, Cache, DataConfig, DataError};
+use protomesh_data::outbox::OutboxRelay;
+use protomesh_data::page_token::PageTokenConfig;
+use protomesh_data::{self as data, Cache, DataConfig, StartError};
 use protomesh_tasks::{TasksHandler, TasksServiceServer, MIGRATIONS, SERVICE};
 
 /// Projects and tasks over gRPC (Postgres, Redis cache and events), registered in Consul.
@@ -26,19 +26,6 @@ struct Flags {
     /// How long a task read by GetTask stays in the Redis cache (0s: no read cache).
     #[arg(long = "cache-ttl", env = "PROTOMESH_TASKS_CACHE_TTL", default_value = "60s", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
-}
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("{0}")]
-    Data(#[from] DataError),
-    #[error("{0}")]
-    PageTokenKey(#[from] PageTokenKeyError),
-    #[error(transparent)]
-    Mesh(#[from] MeshClientError),
-    #[error(transparent)]
-    Serve(#[from] protomesh::server::ServeError),
 }
 
 fn main() -> ExitCode {
@@ -65,12 +52,7 @@ async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
 
     let redis = data::connect_redis(&config)?;
     let cache = Cache::new(redis.clone(), config.key_prefix.clone());
-    let relay = OutboxRelay::spawn(
-        pool.clone(),
-        redis,
-        config.key_prefix.clone(),
-        RelayOptions::default().listen(config.pg_config()?),
-    );
+    let relay = OutboxRelay::start(pool.clone(), redis, &config)?;
 
     let handler = TasksHandler::new(pool.clone(), cache, mesh.clone())
         .with_cache_ttl(cache_ttl)

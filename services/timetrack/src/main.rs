@@ -4,13 +4,13 @@
 
 use std::process::ExitCode;
 
-use protomesh::service::{Context, MeshClientError, Service};
+use protomesh::service::{Context, Service};
 
 use clap::Args;
 use protomesh_data::lag::LagMetrics;
-use protomesh_data::outbox::{OutboxRelay, RelayOptions};
-use protomesh_data::page_token::{PageTokenConfig, PageTokenKeyError};
-use protomesh_data::{self as data, DataConfig, DataError};
+use protomesh_data::outbox::OutboxRelay;
+use protomesh_data::page_token::PageTokenConfig;
+use protomesh_data::{self as data, DataConfig, StartError};
 use protomesh_timetrack::{TimetrackHandler, TimetrackServiceServer, MIGRATIONS, SERVICE};
 
 /// Timers of users on tasks over gRPC (Postgres, events through Redis), registered in Consul.
@@ -21,19 +21,6 @@ struct Flags {
 
     #[command(flatten)]
     page_token: PageTokenConfig,
-}
-
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-enum StartError {
-    #[error("{0}")]
-    Data(#[from] DataError),
-    #[error("{0}")]
-    PageTokenKey(#[from] PageTokenKeyError),
-    #[error(transparent)]
-    Mesh(#[from] MeshClientError),
-    #[error(transparent)]
-    Serve(#[from] protomesh::server::ServeError),
 }
 
 fn main() -> ExitCode {
@@ -58,12 +45,7 @@ async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     let page_tokens = page_token.page_tokens(&pool).await?;
 
     let redis = data::connect_redis(&config)?;
-    let relay = OutboxRelay::spawn(
-        pool.clone(),
-        redis,
-        config.key_prefix.clone(),
-        RelayOptions::default().listen(config.pg_config()?),
-    );
+    let relay = OutboxRelay::start(pool.clone(), redis, &config)?;
 
     let handler = TimetrackHandler::new(pool.clone(), mesh.clone()).with_page_tokens(page_tokens);
     let server = server
