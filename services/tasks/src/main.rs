@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 
 async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     let server = ctx.server();
-    let mesh = ctx.mesh(&[protomesh_tasks::proto::FILE_DESCRIPTOR_SET])?;
+    let mesh = ctx.mesh()?;
     let Flags {
         data: config,
         page_token,

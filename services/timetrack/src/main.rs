@@ -32,7 +32,7 @@ fn main() -> ExitCode {
 
 async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
     let server = ctx.server();
-    let mesh = ctx.mesh(&[protomesh_timetrack::proto::FILE_DESCRIPTOR_SET])?;
+    let mesh = ctx.mesh()?;
     let Flags {
         data: config,
         page_token,
