@@ -38,6 +38,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod credential;
+pub mod descriptors;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -146,13 +146,13 @@ impl Metrics {
     }
 
     /// The layer recording the `grpc_server_*` metrics of calls to the methods of `served`
-    /// services (full names, `protomesh.priority.v1.PriorityService`), found in `descriptor_sets`.
+    /// services (full names, `protomesh.priority.v1.PriorityService`), found in `pools`.
     pub fn grpc_server_layer(
         &self,
         served: &[&str],
-        descriptor_sets: &[&[u8]],
+        pools: &[&prost_reflect::DescriptorPool],
     ) -> GrpcServerMetricsLayer {
-        GrpcServerMetricsLayer::new(self.grpc_server_families(), served, descriptor_sets)
+        GrpcServerMetricsLayer::new(self.grpc_server_families(), served, pools)
     }
 
     /// The `grpc_server_*` families, registered on first use.

@@ -243,9 +243,7 @@ fn start(
 ) -> Followed {
     if let Some(fixed) = options.static_descriptors.get(name) {
         tracing::info!(service = %name, grpc = ?fixed.services, "gateway: routes loaded from a descriptor-set file");
-        if let Err(err) = mesh.learn_methods(&[&fixed.pool.encode_to_vec()]) {
-            tracing::warn!(service = %name, error = %err, "gateway: cannot read the methods' idempotency levels");
-        }
+        mesh.learn_pool(&fixed.pool);
         return Followed {
             generation,
             task: None,
@@ -384,9 +382,7 @@ async fn follow_service(
             Ok(descriptors) => {
                 failures = 0;
                 // Retries follow each method's idempotency level from its own proto.
-                if let Err(err) = mesh.learn_methods(&[&descriptors.pool.encode_to_vec()]) {
-                    tracing::warn!(service = %name, error = %err, "gateway: cannot read the methods' idempotency levels");
-                }
+                mesh.learn_pool(&descriptors.pool);
                 options.refresh
             }
             Err(err) => {

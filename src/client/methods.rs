@@ -44,66 +44,45 @@ impl MethodTable {
         Ok(table)
     }
 
+    /// The methods of every service in `pool`.
+    pub fn from_pool(pool: &prost_reflect::DescriptorPool) -> Self {
+        let table = Self::default();
+        table.learn_pool(pool);
+        table
+    }
+
     /// Adds (or updates) the methods of every service in the encoded `sets`.
     pub fn learn(&self, sets: &[&[u8]]) -> Result<(), DescriptorError> {
         let mut methods = HashMap::new();
         for set in sets {
-            let decoded = FileDescriptorSet::decode(*set)?;
-            for file in &decoded.file {
-                let package = file.package();
-                for service in &file.service {
-                    for method in &service.method {
-                        let path = if package.is_empty() {
-                            format!("/{}/{}", service.name(), method.name())
-                        } else {
-                            format!("/{package}.{}/{}", service.name(), method.name())
-                        };
-                        let level = method
-                            .options
-                            .as_ref()
-                            .map(|o| o.idempotency_level())
-                            .unwrap_or(IdempotencyLevel::IdempotencyUnknown);
-                        methods.insert(
-                            path,
-                            MethodInfo {
-                                level,
-                                default_timeout: None,
-                                latency: Arc::new(PeakEwma::new(Duration::ZERO)),
-                            },
-                        );
-                    }
-                }
-            }
             // Policies need the options' extensions, which only a reflective pool keeps; a set
             // that does not make a consistent pool (missing imports) just has no timeouts.
-            if let Ok(pool) = prost_reflect::DescriptorPool::decode(*set) {
-                for service in pool.services() {
-                    for method in service.methods() {
-                        let timeout = crate::policy::declared(&method)
-                            .ok()
-                            .and_then(|policy| policy.default_timeout)
-                            .and_then(|d| Duration::try_from(d).ok())
-                            .filter(|d| !d.is_zero());
-                        let path = format!("/{}/{}", service.full_name(), method.name());
-                        if let Some(info) = methods.get_mut(&path) {
-                            info.default_timeout = timeout;
-                        }
-                    }
-                }
+            match prost_reflect::DescriptorPool::decode(*set) {
+                Ok(pool) => methods.extend(methods_of_pool(&pool)),
+                Err(_) => methods.extend(methods_of_set(&FileDescriptorSet::decode(*set)?)),
             }
         }
+        self.merge(methods);
+        Ok(())
+    }
+
+    /// Adds (or updates) the methods of every service in `pool`.
+    pub fn learn_pool(&self, pool: &prost_reflect::DescriptorPool) {
+        self.merge(methods_of_pool(pool));
+    }
+
+    /// Puts `methods` in the table, keeping what was observed of a method learned again.
+    fn merge(&self, methods: HashMap<String, MethodInfo>) {
         let mut table = match self.methods.write() {
             Ok(table) => table,
             Err(poisoned) => poisoned.into_inner(),
         };
         for (path, mut info) in methods {
-            // What was observed of a method learned again is kept.
             if let Some(known) = table.get(&path) {
                 info.latency = Arc::clone(&known.latency);
             }
             table.insert(path, info);
         }
-        Ok(())
     }
 
     /// Whether a call to `path` may be sent again after a failure (unknown methods may not).
@@ -135,6 +114,64 @@ impl MethodTable {
             .ok()
             .and_then(|methods| methods.get(path).and_then(|m| m.default_timeout))
     }
+}
+
+/// A method's entry, before anything is observed of it.
+fn method_info(level: IdempotencyLevel, default_timeout: Option<Duration>) -> MethodInfo {
+    MethodInfo {
+        level,
+        default_timeout,
+        latency: Arc::new(PeakEwma::new(Duration::ZERO)),
+    }
+}
+
+/// The methods of `pool`, by path, with their idempotency and their policy's default deadline.
+fn methods_of_pool(pool: &prost_reflect::DescriptorPool) -> HashMap<String, MethodInfo> {
+    let mut methods = HashMap::new();
+    for service in pool.services() {
+        for method in service.methods() {
+            let level = method
+                .method_descriptor_proto()
+                .options
+                .as_ref()
+                .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                    o.idempotency_level()
+                });
+            let timeout = crate::policy::declared(&method)
+                .ok()
+                .and_then(|policy| policy.default_timeout)
+                .and_then(|d| Duration::try_from(d).ok())
+                .filter(|d| !d.is_zero());
+            let path = format!("/{}/{}", service.full_name(), method.name());
+            methods.insert(path, method_info(level, timeout));
+        }
+    }
+    methods
+}
+
+/// The methods of a set that makes no consistent pool: their idempotency only.
+fn methods_of_set(set: &FileDescriptorSet) -> HashMap<String, MethodInfo> {
+    let mut methods = HashMap::new();
+    for file in &set.file {
+        let package = file.package();
+        for service in &file.service {
+            for method in &service.method {
+                let path = if package.is_empty() {
+                    format!("/{}/{}", service.name(), method.name())
+                } else {
+                    format!("/{package}.{}/{}", service.name(), method.name())
+                };
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                        o.idempotency_level()
+                    });
+                methods.insert(path, method_info(level, None));
+            }
+        }
+    }
+    methods
 }
 
 #[cfg(test)]

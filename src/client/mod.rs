@@ -148,6 +148,11 @@ impl Mesh {
         self.inner.methods.learn(sets)
     }
 
+    /// Like [`Mesh::learn_methods`], from a decoded pool.
+    pub fn learn_pool(&self, pool: &prost_reflect::DescriptorPool) {
+        self.inner.methods.learn_pool(pool);
+    }
+
     /// A channel to `service`. Channels to the same service share its watcher, balancer and
     /// circuit breaker (the balancing, connection, ejection and breaker options of the first
     /// channel to a service apply to all).

@@ -27,7 +27,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use prost::Message;
 use tower::{Layer, Service};
 
 use super::histogram::latency_histogram;
@@ -167,33 +166,21 @@ impl MethodTable {
     }
 }
 
-/// The methods (`/package.Service/Method` paths) of `served` services described in
-/// `descriptor_sets` (encoded `FileDescriptorSet`s; sets that do not decode are skipped).
-fn served_methods(served: &[&str], descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
+/// The methods (`/package.Service/Method` paths) of `served` services described in `pools`.
+fn served_methods(
+    served: &[&str],
+    pools: &[&prost_reflect::DescriptorPool],
+) -> Vec<(String, String)> {
     let served: HashSet<&str> = served.iter().copied().collect();
     let mut methods = Vec::new();
-    for set in descriptor_sets {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
-            tracing::warn!(
-                "metrics: a descriptor set does not decode; its methods count as unknown"
-            );
+    for service in pools.iter().flat_map(|pool| pool.services()) {
+        if !served.contains(service.full_name()) {
             continue;
-        };
-        for file in &set.file {
-            for service in &file.service {
-                let name = match file.package() {
-                    "" => service.name().to_owned(),
-                    package => format!("{package}.{}", service.name()),
-                };
-                if !served.contains(name.as_str()) {
-                    continue;
-                }
-                for method in &service.method {
-                    let pair = (name.clone(), method.name().to_owned());
-                    if !methods.contains(&pair) {
-                        methods.push(pair);
-                    }
-                }
+        }
+        for method in service.methods() {
+            let pair = (service.full_name().to_owned(), method.name().to_owned());
+            if !methods.contains(&pair) {
+                methods.push(pair);
             }
         }
     }
@@ -217,13 +204,13 @@ impl std::fmt::Debug for GrpcServerMetricsLayer {
 
 impl GrpcServerMetricsLayer {
     /// The layer recording, in `families`, the calls to the methods of `served` services found
-    /// in `descriptor_sets` (see [`crate::metrics::Metrics::grpc_server_layer`]).
+    /// in `pools` (see [`crate::metrics::Metrics::grpc_server_layer`]).
     pub(super) fn new(
         families: Arc<GrpcServerFamilies>,
         served: &[&str],
-        descriptor_sets: &[&[u8]],
+        pools: &[&prost_reflect::DescriptorPool],
     ) -> Self {
-        let by_path = served_methods(served, descriptor_sets)
+        let by_path = served_methods(served, pools)
             .into_iter()
             .map(|(service, method)| {
                 let path: Box<str> = format!("/{service}/{method}").into();
@@ -446,10 +433,11 @@ mod tests {
                 "protomesh.priority.v1.PriorityService",
                 "grpc.health.v1.Health",
             ],
-            &[
+            &[&crate::descriptors::lean_pool(&[
                 protomesh_priority::proto::FILE_DESCRIPTOR_SET,
                 tonic_health::pb::FILE_DESCRIPTOR_SET,
-            ],
+            ])
+            .expect("descriptors")],
         )
     }
 
@@ -470,8 +458,8 @@ mod tests {
         let methods = served_methods(
             &["protomesh.priority.v1.PriorityService"],
             &[
-                protomesh_priority::proto::FILE_DESCRIPTOR_SET,
-                b"not a descriptor set",
+                &crate::descriptors::lean_pool(&[protomesh_priority::proto::FILE_DESCRIPTOR_SET])
+                    .expect("descriptors"),
             ],
         );
         assert!(methods.contains(&(

@@ -53,27 +53,34 @@ impl MethodRules {
     /// The first rule that is not supported (naming the field and the rule), or a set that does
     /// not decode.
     pub fn from_descriptor_sets(sets: &[&[u8]], services: &[&str]) -> Result<Self, RuleError> {
+        let pool = crate::descriptors::lean_pool(sets)
+            .map_err(|err| RuleError::new("descriptor set", err.to_string()))?;
+        Self::from_pool(&pool, services)
+    }
+
+    /// Like [`MethodRules::from_descriptor_sets`], from a decoded pool.
+    ///
+    /// # Errors
+    ///
+    /// The first rule that is not supported, naming the field and the rule.
+    pub fn from_pool(pool: &DescriptorPool, services: &[&str]) -> Result<Self, RuleError> {
         let mut by_path = HashMap::new();
         let mut compiler = Compiler::default();
-        for set in sets {
-            let pool = DescriptorPool::decode(*set)
-                .map_err(|err| RuleError::new("descriptor set", err.to_string()))?;
-            for service in pool.services() {
-                if !services.contains(&service.full_name()) {
+        for service in pool.services() {
+            if !services.contains(&service.full_name()) {
+                continue;
+            }
+            for method in service.methods() {
+                let Some(rules) = compiler.message(&method.input())? else {
                     continue;
+                };
+                if method.is_client_streaming() {
+                    return Err(RuleError::new(
+                        method.full_name(),
+                        "rules on the request of a client-streaming method are not supported",
+                    ));
                 }
-                for method in service.methods() {
-                    let Some(rules) = compiler.message(&method.input())? else {
-                        continue;
-                    };
-                    if method.is_client_streaming() {
-                        return Err(RuleError::new(
-                            method.full_name(),
-                            "rules on the request of a client-streaming method are not supported",
-                        ));
-                    }
-                    by_path.insert(format!("/{}/{}", service.full_name(), method.name()), rules);
-                }
+                by_path.insert(format!("/{}/{}", service.full_name(), method.name()), rules);
             }
         }
         Ok(Self { by_path })

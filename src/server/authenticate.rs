@@ -51,22 +51,17 @@ pub(crate) struct MethodRequirements {
 }
 
 impl MethodRequirements {
-    /// The requirements of every method of the encoded descriptor `sets`, `default` where a
-    /// method states none (a method whose policy cannot be read needs a verified caller).
-    pub(crate) fn from_descriptor_sets(sets: &[&[u8]], default: Requirement) -> Self {
+    /// The requirements of every method in `pool`, `default` where a method states none (a
+    /// method whose policy cannot be read needs a verified caller).
+    pub(crate) fn from_pool(pool: &prost_reflect::DescriptorPool, default: Requirement) -> Self {
         let fallback = ResolvedPolicy::with_auth(default.clone());
         let mut by_path = HashMap::new();
-        for set in sets {
-            let Ok(pool) = prost_reflect::DescriptorPool::decode(*set) else {
-                continue;
-            };
-            for service in pool.services() {
-                for method in service.methods() {
-                    let path = format!("/{}/{}", service.full_name(), method.name());
-                    let requirement = policy::resolve(&method, &fallback)
-                        .map_or(Requirement::Authenticated, |resolved| resolved.auth);
-                    by_path.insert(path, requirement);
-                }
+        for service in pool.services() {
+            for method in service.methods() {
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                let requirement = policy::resolve(&method, &fallback)
+                    .map_or(Requirement::Authenticated, |resolved| resolved.auth);
+                by_path.insert(path, requirement);
             }
         }
         Self { by_path, default }
@@ -242,8 +237,8 @@ mod tests {
             async { Ok::<_, std::convert::Infallible>(Status::ok("").into_http()) }
         });
         let layer = AuthenticationLayer::new(
-            MethodRequirements::from_descriptor_sets(
-                crate::test_protos::SETS,
+            MethodRequirements::from_pool(
+                &crate::descriptors::lean_pool(crate::test_protos::SETS).unwrap(),
                 Requirement::Authenticated,
             ),
             testing::authenticator(),

@@ -81,6 +81,10 @@ pub enum ServeError {
     /// The mutual-TLS files (`--tls-cert`, `--tls-key`, `--tls-ca`) cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A descriptor set given to [`MeshServer::descriptor_set`] does not decode, or the sets
+    /// together do not make a consistent pool (an import missing).
+    #[error("the served descriptor sets cannot be read: {0}")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
     /// A served service is in none of the descriptor sets given to [`MeshServer::descriptor_set`]
     /// (its policies, rules and reflection would silently be missing).
     #[error("no descriptor for the served service {service}: give the server its crate's `proto::FILE_DESCRIPTOR_SET` (MeshServer::descriptor_set)")]
@@ -96,7 +100,7 @@ pub enum ServeError {
     Credentials(#[from] crate::auth::AuthConfigError),
     /// The mesh client's descriptors do not decode.
     #[error(transparent)]
-    Descriptors(#[from] crate::client::methods::DescriptorError),
+    MeshDescriptors(#[from] crate::client::methods::DescriptorError),
     /// A request rule declared in the descriptors is not supported (see [`crate::rules`]).
     #[error("unsupported request rule: {0}")]
     Rules(#[from] crate::rules::RuleError),
@@ -208,8 +212,10 @@ impl MeshServer {
         if let (Some(tls), Some(mesh)) = (&tls, &self.mesh) {
             mesh.use_tls(tls.clone());
         }
+        // The served descriptors, decoded once (without comments) for everything but reflection.
+        let descriptors = crate::descriptors::lean_pool(&self.descriptor_sets)?;
         if let Some(mesh) = &self.mesh {
-            mesh.learn_methods(&self.descriptor_sets)?;
+            mesh.learn_pool(&descriptors);
         }
         if self.authenticator.is_none() {
             self.authenticator = Some(self.configured_authenticator(tls.as_ref())?);
@@ -230,6 +236,7 @@ impl MeshServer {
         };
         Ok(BoundServer {
             server: self,
+            descriptors,
             listener,
             local_addr,
             admin,
@@ -274,6 +281,8 @@ impl MeshServer {
 /// A [`MeshServer`] whose listener is bound.
 pub struct BoundServer {
     server: MeshServer,
+    /// The served descriptor sets, decoded once (see [`crate::descriptors`]).
+    descriptors: prost_reflect::DescriptorPool,
     listener: TcpListener,
     local_addr: SocketAddr,
     admin: Option<AdminServer>,
@@ -300,6 +309,7 @@ impl BoundServer {
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer {
             server,
+            descriptors,
             listener,
             local_addr,
             admin,
@@ -317,7 +327,7 @@ impl BoundServer {
             authenticator,
             metrics,
         } = server;
-        if let Some(service) = undescribed_service(&descriptor_sets, &grpc_services) {
+        if let Some(service) = undescribed_service(&descriptors, &grpc_services) {
             return Err(ServeError::MissingDescriptor { service });
         }
         if let Some(mesh) = &mesh {
@@ -326,17 +336,16 @@ impl BoundServer {
         // Calls are measured only when the admin listener can show the numbers.
         let metrics_port = admin.as_ref().map(|admin| admin.local_addr().port());
         let metrics_layer = match metrics_port {
-            Some(_) => metrics_layer(&metrics, &descriptor_sets, &grpc_services),
+            Some(_) => metrics_layer(&metrics, &descriptors, &grpc_services),
             None => crate::metrics::GrpcServerMetricsLayer::disabled(),
         };
         // The methods' default deadlines (their policy's `default_timeout`), for calls that come
         // without `grpc-timeout`; descriptor sets that do not decode were refused by reflection.
-        let method_defaults = std::sync::Arc::new(
-            crate::client::MethodTable::from_descriptor_sets(&descriptor_sets).unwrap_or_default(),
-        );
+        let method_defaults =
+            std::sync::Arc::new(crate::client::MethodTable::from_pool(&descriptors));
         let authentication = authenticate::AuthenticationLayer::new(
-            authenticate::MethodRequirements::from_descriptor_sets(
-                &descriptor_sets,
+            authenticate::MethodRequirements::from_pool(
+                &descriptors,
                 config.default_auth.requirement(),
             ),
             authenticator.unwrap_or_else(|| {
@@ -345,9 +354,10 @@ impl BoundServer {
         );
         // The request rules of the served methods, compiled once; one not supported stops the
         // start, so no declared rule is silently left unenforced.
-        let validation = validate::ValidationLayer::new(
-            crate::rules::MethodRules::from_descriptor_sets(&descriptor_sets, &grpc_services)?,
-        );
+        let validation = validate::ValidationLayer::new(crate::rules::MethodRules::from_pool(
+            &descriptors,
+            &grpc_services,
+        )?);
         let admin_state = AdminState::new(mesh).with_metrics(metrics);
         let stop_admin = CancellationToken::new();
         if let Some(admin) = admin {
@@ -540,7 +550,7 @@ async fn register(
 /// The metrics layer of the served services, health and reflection.
 fn metrics_layer(
     metrics: &crate::metrics::Metrics,
-    descriptor_sets: &[&'static [u8]],
+    descriptors: &prost_reflect::DescriptorPool,
     grpc_services: &[&'static str],
 ) -> crate::metrics::GrpcServerMetricsLayer {
     let mut served = advertised_names(grpc_services);
@@ -548,13 +558,16 @@ fn metrics_layer(
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ]);
-    let mut sets = descriptor_sets.to_vec();
-    sets.extend([
+    // The runtime's own services' descriptors (small, without comments to leave out).
+    let own = crate::descriptors::lean_pool(&[
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]);
-    metrics.grpc_server_layer(&served, &sets)
+    match own {
+        Ok(own) => metrics.grpc_server_layer(&served, &[descriptors, &own]),
+        Err(_) => metrics.grpc_server_layer(&served, &[descriptors]),
+    }
 }
 
 /// Names advertised by reflection: the mesh services, health, and reflection itself.
@@ -594,34 +607,18 @@ fn reflection_v1alpha(
         .build_v1alpha()?)
 }
 
-/// The reflection builder both versions share: our descriptors, health's, the served names.
-/// The first of `grpc_services` that no file of `descriptor_sets` declares.
+/// The first of `grpc_services` that `descriptors` does not declare.
 fn undescribed_service(
-    descriptor_sets: &[&[u8]],
+    descriptors: &prost_reflect::DescriptorPool,
     grpc_services: &[&'static str],
 ) -> Option<&'static str> {
-    use prost::Message;
-    let described: std::collections::HashSet<String> = descriptor_sets
-        .iter()
-        .filter_map(|set| prost_types::FileDescriptorSet::decode(*set).ok())
-        .flat_map(|set| set.file)
-        .flat_map(|file| {
-            let package = file.package().to_owned();
-            file.service.into_iter().map(move |service| {
-                if package.is_empty() {
-                    service.name().to_owned()
-                } else {
-                    format!("{package}.{}", service.name())
-                }
-            })
-        })
-        .collect();
     grpc_services
         .iter()
         .copied()
-        .find(|service| !described.contains(*service))
+        .find(|service| descriptors.get_service_by_name(service).is_none())
 }
 
+/// The reflection builder both versions share: our descriptors, health's, the served names.
 fn reflection_builder<'b>(
     descriptor_sets: &[&'b [u8]],
     grpc_services: &[&'static str],
@@ -644,14 +641,12 @@ mod tests {
     #[test]
     fn a_served_service_without_a_descriptor_is_named() {
         let priority = "protomesh.priority.v1.PriorityService";
-        let sets = crate::test_protos::SETS;
-        assert_eq!(undescribed_service(sets, &[priority]), None);
+        let pool = crate::descriptors::lean_pool(crate::test_protos::SETS).unwrap();
+        assert_eq!(undescribed_service(&pool, &[priority]), None);
+        let shared = crate::descriptors::lean_pool(&[crate::proto::FILE_DESCRIPTOR_SET]).unwrap();
+        assert_eq!(undescribed_service(&shared, &[priority]), Some(priority));
         assert_eq!(
-            undescribed_service(&[crate::proto::FILE_DESCRIPTOR_SET], &[priority]),
-            Some(priority)
-        );
-        assert_eq!(
-            undescribed_service(sets, &[priority, "acme.Unknown"]),
+            undescribed_service(&pool, &[priority, "acme.Unknown"]),
             Some("acme.Unknown")
         );
     }
