@@ -33,7 +33,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,9 +50,10 @@ use tonic::transport::Channel;
 mod support;
 
 use support::{
-    closed_loop, cpu_ticks, env_u64, machine, machine_busy_ticks, mib, pid_ticks, plain_channel,
-    print_errors, proc_status, release_binaries, score_outcome, score_request, spawn_priority,
-    start_consul, verdict, wait_passing, Children, Load, Tally, GATEWAY, PRIORITY,
+    closed_loop, cpu_ticks, env_u64, free_port, machine, machine_busy_ticks, mib, pid_ticks,
+    plain_channel, print_errors, proc_status, release_binaries, score_outcome, score_request,
+    spawn_gateway, spawn_priority, start_consul, verdict, wait_passing, Children, Load, Tally,
+    GATEWAY, PRIORITY,
 };
 
 /// The JSON body of every gateway call.
@@ -111,14 +112,6 @@ fn nofile_limits() -> (Option<u64>, Option<u64>) {
     let soft = values.next().flatten();
     let hard = values.next().flatten();
     (soft, hard)
-}
-
-/// A free loopback port (bound, then released for the gateway to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
@@ -677,22 +670,7 @@ async fn run(priority: PathBuf, gateway: PathBuf, settings: Settings) {
         std::process::id()
     ));
     let log = std::fs::File::create(&log_path).expect("gateway log file");
-    let gateway_child = Command::new(&gateway)
-        .args([
-            "--listen",
-            &gateway_addr.to_string(),
-            "--log-format",
-            "json",
-            // The bench measures transcoding, not the edge's quotas: one client address sends
-            // every call, far past the public class's default of 1200/1m.
-            "--rate-limit",
-            "public=1000000/1s",
-        ])
-        .env("CONSUL_HTTP_ADDR", agent.http_addr())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("gateway starts");
+    let gateway_child = spawn_gateway(&gateway, gateway_addr, &agent.http_addr(), Stdio::from(log));
     let gateway_pid = gateway_child.id();
     children.0.push(gateway_child);
     let gateway_child = children.0.last_mut().expect("just pushed");

@@ -40,8 +40,9 @@ use tokio::time::Instant;
 mod support;
 
 use support::{
-    env_u64, machine, mib, pid_ticks, proc_status, release_binaries, root, score_request,
-    spawn_priority, start_consul, wait_passing, Children, GATEWAY, PRIORITY, TICK_US,
+    env_u64, free_port, machine, mib, pid_ticks, proc_status, release_binaries, root,
+    score_request, spawn_gateway, spawn_priority, start_consul, wait_passing, Children, GATEWAY,
+    PRIORITY, TICK_US,
 };
 
 /// The JSON body of every gateway call (the Go peer's `score.lua` sends the same).
@@ -88,14 +89,6 @@ fn on_path(name: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     })
-}
-
-/// A free loopback port (bound, then released for a server to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// The Go peer's two binaries, found or built; or why there are none.
@@ -585,21 +578,8 @@ fn main() {
         let service_port = entries[0].service.port;
 
         let gateway_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let gateway_child = Command::new(&gateway)
-            .args([
-                "--listen",
-                &gateway_addr.to_string(),
-                "--log-format",
-                "json",
-                // One client address sends every call, far past the public class's quota.
-                "--rate-limit",
-                "public=1000000/1s",
-            ])
-            .env("CONSUL_HTTP_ADDR", agent.http_addr())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gateway starts");
+        let gateway_child =
+            spawn_gateway(&gateway, gateway_addr, &agent.http_addr(), Stdio::null());
         let gateway_pid = gateway_child.id();
         children.0.push(gateway_child);
 

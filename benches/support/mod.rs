@@ -126,6 +126,39 @@ pub fn spawn_priority(binary: &Path, consul_http_addr: &str) -> Child {
         .expect("priority starts")
 }
 
+/// A free loopback port (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts a `gateway` process listening on `addr`, routing the services registered with the
+/// Consul agent at `consul_http_addr`, its log to `stderr`. Its public rate limit is far above
+/// any load a bench offers: one client address sends every call.
+pub fn spawn_gateway(
+    binary: &Path,
+    addr: std::net::SocketAddr,
+    consul_http_addr: &str,
+    stderr: Stdio,
+) -> Child {
+    Command::new(binary)
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--log-format",
+            "json",
+            "--rate-limit",
+            "public=1000000/1s",
+        ])
+        .env("CONSUL_HTTP_ADDR", consul_http_addr)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("gateway starts")
+}
+
 /// The spawned processes; killed (and reaped) on drop, panics included.
 #[derive(Default)]
 pub struct Children(pub Vec<Child>);

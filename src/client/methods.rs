@@ -57,7 +57,7 @@ impl MethodTable {
         for set in sets {
             // Policies need the options' extensions, which only a reflective pool keeps; a set
             // that does not make a consistent pool (missing imports) just has no timeouts.
-            match prost_reflect::DescriptorPool::decode(*set) {
+            match crate::descriptors::lean_pool(&[*set]) {
                 Ok(pool) => methods.extend(methods_of_pool(&pool)),
                 Err(_) => methods.extend(methods_of_set(&FileDescriptorSet::decode(*set)?)),
             }
