@@ -1,7 +1,9 @@
-//! A tonic codec for messages known only at run time: requests are [`DynamicMessage`]s encoded as
-//! protobuf, responses are decoded into [`DynamicMessage`]s of the method's output type.
+//! Tonic codecs for messages known only at run time. [`BytesCodec`] passes protobuf bytes
+//! through (transcoded calls: the transcoder writes the request's bytes and reads the
+//! response's); [`DynamicCodec`] encodes and decodes [`DynamicMessage`]s (for tools and tests
+//! that hold messages rather than bytes).
 
-use bytes::Buf;
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -12,6 +14,52 @@ use tonic::Status;
 const BUFFER_SIZE: usize = 1024;
 /// Bytes a streaming encoder collects before yielding (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
+
+/// Sends encoded messages as they are and receives messages as their encoded bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
+    }
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
 
 /// Encodes any [`DynamicMessage`]; decodes responses as `output`.
 #[derive(Debug, Clone)]

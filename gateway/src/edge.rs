@@ -102,7 +102,7 @@ impl Edge {
         path: &str,
     ) -> Option<ResolvedPolicy> {
         match target {
-            Target::Route { route, .. } => Some(self.policy_of(state, &route.grpc_path())),
+            Target::Route { route, .. } => Some(self.policy_of(state, route.grpc_path())),
             // A native gRPC path is the method's own `/package.Service/Method`.
             Target::Grpc { .. } => Some(self.policy_of(state, path)),
             Target::Reflection => Some(ResolvedPolicy::public()),
@@ -242,8 +242,8 @@ pub(crate) fn route_requirements(
         .iter()
         .map(|route| {
             let path = route.grpc_path();
-            let auth = edge.policy_of(state, &path).auth;
-            (path, auth)
+            let auth = edge.policy_of(state, path).auth;
+            (path.to_owned(), auth)
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use http::Method;
 use prost_reflect::{DynamicMessage, MethodDescriptor, Value};
 
 use crate::template::{Binding, PathTemplate};
-use crate::transcode::BodyRule;
+use crate::transcode::{BodyRule, TranscodePlan};
 
 /// Full name of the `google.api.http` method option.
 const HTTP_OPTION: &str = "google.api.http";
@@ -33,16 +33,16 @@ pub(crate) struct Route {
     pub method: MethodDescriptor,
     /// The Consul service that serves it.
     pub service: String,
+    /// The gRPC path of the method, `/package.Service/Method`.
+    pub grpc_path: http::uri::PathAndQuery,
+    /// How requests and responses are transcoded without descriptors, where they can be.
+    pub plan: Arc<TranscodePlan>,
 }
 
 impl Route {
     /// The gRPC path of the target method, `/package.Service/Method`.
-    pub(crate) fn grpc_path(&self) -> String {
-        format!(
-            "/{}/{}",
-            self.method.parent_service().full_name(),
-            self.method.name()
-        )
+    pub(crate) fn grpc_path(&self) -> &str {
+        self.grpc_path.as_str()
     }
 }
 
@@ -317,6 +317,15 @@ fn route_from_rule(
             ));
         }
     }
+    let grpc_path = format!("/{}/{}", method.parent_service().full_name(), method.name())
+        .parse()
+        .map_err(|err| format!("the method's gRPC path is not a valid URI path: {err}"))?;
+    let plan = Arc::new(TranscodePlan::new(
+        &method.input(),
+        &method.output(),
+        &body,
+        response_body.as_deref(),
+    ));
     Ok(Route {
         http_method,
         template,
@@ -324,6 +333,8 @@ fn route_from_rule(
         response_body,
         method: method.clone(),
         service: service.to_owned(),
+        grpc_path,
+        plan,
     })
 }
 

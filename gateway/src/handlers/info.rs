@@ -94,7 +94,7 @@ pub(crate) async fn routes(State(gateway): State<Gateway>) -> Json<PublicRoutesV
             .routes()
             .iter()
             .map(|r| PublicRouteView {
-                route: RouteFields::of(r, &gateway.edge.policy_of(&state, &r.grpc_path())),
+                route: RouteFields::of(r, &gateway.edge.policy_of(&state, r.grpc_path())),
                 state: service_state(&state, &r.service),
             })
             .collect(),
@@ -126,7 +126,7 @@ pub(crate) async fn admin_routes(State(gateway): State<Gateway>) -> Json<RoutesV
             .routes()
             .iter()
             .map(|r| {
-                let policy = gateway.edge.policy_of(&state, &r.grpc_path());
+                let policy = gateway.edge.policy_of(&state, r.grpc_path());
                 RouteView {
                     route: RouteFields::of(r, &policy),
                     rate_limit_class: policy.rate_limit_class,

@@ -17,10 +17,11 @@ use futures::StreamExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
+use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use protomesh::telemetry::REQUEST_ID_HEADER;
 
-use crate::codec::DynamicCodec;
+use crate::codec::BytesCodec;
 use crate::errors::HttpError;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::resolve::{Resolved, Target};
@@ -79,30 +80,7 @@ async fn transcode(
 
     let body = read_body(body, &parts.headers, &gateway.options).await?;
 
-    let path_bindings: Vec<(Vec<String>, String)> = bindings
-        .iter()
-        .map(|b| (b.field_path.clone(), b.value.clone()))
-        .collect();
-    let message = transcode::request_message(
-        &route.method.input(),
-        &RequestParts {
-            path_bindings: &path_bindings,
-            query: parts.uri.query(),
-            body: &body,
-            body_rule: &route.body,
-            fill_update_mask: parts.method == http::Method::PATCH,
-        },
-        &gateway.options.json,
-    )
-    .map_err(|err| match err.field() {
-        Some(field) => HttpError::bad_field(&field, err.to_string()),
-        None if err.is_client_error() => HttpError::bad_request(err.to_string()),
-        None => HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            tonic::Code::Internal,
-            err.to_string(),
-        ),
-    })?;
+    let message = request_bytes(route, bindings, &parts, &body, &gateway.options)?;
 
     let timeout = match parts.headers.get("grpc-timeout") {
         Some(value) => value
@@ -136,11 +114,8 @@ async fn transcode(
     grpc.ready().await.map_err(|err| {
         HttpError::from_status(&tonic::Status::unavailable(err.to_string()), &pool)
     })?;
-    let codec = DynamicCodec::new(route.method.output());
-    let grpc_path: http::uri::PathAndQuery = route
-        .grpc_path()
-        .parse()
-        .map_err(|_| HttpError::bad_request("invalid gRPC method path"))?;
+    let codec = BytesCodec;
+    let grpc_path = route.grpc_path.clone();
 
     if route.method.is_server_streaming() {
         let wants_sse = parts
@@ -166,18 +141,7 @@ async fn transcode(
         .await
         .map_err(|status| HttpError::from_status(&status, &pool))?;
     let (metadata, message, _) = response.into_parts();
-    let json = transcode::response_json(
-        &message,
-        route.response_body.as_deref(),
-        &gateway.options.json,
-    )
-    .map_err(|err| {
-        HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            tonic::Code::Internal,
-            format!("cannot encode the answer as JSON: {err}"),
-        )
-    })?;
+    let json = answer_json(route, &message, &gateway.options.json, &pool)?;
     let mut response = (
         StatusCode::OK,
         [(
@@ -189,6 +153,76 @@ async fn transcode(
         .into_response();
     copy_response_metadata(&metadata, &gateway.options, response.headers_mut());
     Ok(response)
+}
+
+/// The request message's protobuf bytes: written straight from the JSON where the route's plan
+/// can, else built as a message by the descriptors (which also words every error).
+fn request_bytes(
+    route: &Route,
+    bindings: &[Binding],
+    parts: &http::request::Parts,
+    body: &[u8],
+    options: &GatewayOptions,
+) -> Result<Bytes, HttpError> {
+    let bound = bindings
+        .iter()
+        .map(|b| (b.field_path.as_slice(), b.value.as_str()));
+    if let Some(bytes) = route.plan.request(bound, parts.uri.query(), body) {
+        return Ok(Bytes::from(bytes));
+    }
+    let path_bindings: Vec<(Vec<String>, String)> = bindings
+        .iter()
+        .map(|b| (b.field_path.clone(), b.value.clone()))
+        .collect();
+    let message = transcode::request_message(
+        &route.method.input(),
+        &RequestParts {
+            path_bindings: &path_bindings,
+            query: parts.uri.query(),
+            body,
+            body_rule: &route.body,
+            fill_update_mask: parts.method == http::Method::PATCH,
+        },
+        &options.json,
+    )
+    .map_err(|err| match err.field() {
+        Some(field) => HttpError::bad_field(&field, err.to_string()),
+        None if err.is_client_error() => HttpError::bad_request(err.to_string()),
+        None => HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            err.to_string(),
+        ),
+    })?;
+    Ok(Bytes::from(message.encode_to_vec()))
+}
+
+/// A response message (its protobuf bytes) as the JSON the route answers with: written straight
+/// from the bytes where the route's plan can, else through a decoded message.
+fn answer_json(
+    route: &Route,
+    wire: &[u8],
+    options: &transcode::JsonOptions,
+    pool: &DescriptorPool,
+) -> Result<Vec<u8>, HttpError> {
+    if let Some(json) = route.plan.response(wire, options) {
+        return Ok(json);
+    }
+    let output = route.method.output();
+    let message = DynamicMessage::decode(output.clone(), wire).map_err(|err| {
+        let status = tonic::Status::internal(format!(
+            "cannot decode the response as {}: {err}",
+            output.full_name()
+        ));
+        HttpError::from_status(&status, pool)
+    })?;
+    transcode::response_json(&message, route.response_body.as_deref(), options).map_err(|err| {
+        HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            tonic::Code::Internal,
+            format!("cannot encode the answer as JSON: {err}"),
+        )
+    })
 }
 
 /// The request body, whole: 413 when its `Content-Length` is over the limit (before any of it is
@@ -297,32 +331,23 @@ fn copy_response_metadata(
 
 /// A server stream as newline-delimited JSON, or as server-sent events.
 fn stream_response(
-    response: tonic::Response<tonic::Streaming<DynamicMessage>>,
-    route: &Route,
+    response: tonic::Response<tonic::Streaming<Bytes>>,
+    route: &Arc<Route>,
     options: &GatewayOptions,
     pool: DescriptorPool,
     sse: bool,
 ) -> Response {
     let (metadata, stream, _) = response.into_parts();
     let json_options = options.json;
-    let response_body = route.response_body.clone();
+    let route = Arc::clone(route);
     let lines = stream.map(move |item| {
-        let json = match item {
-            Ok(message) => {
-                transcode::response_json(&message, response_body.as_deref(), &json_options)
-                    .unwrap_or_else(|err| {
-                        HttpError::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            tonic::Code::Internal,
-                            err.to_string(),
-                        )
-                        .body_bytes()
-                        .to_vec()
-                    })
-            }
-            // An error mid-stream: one last line with the error body (HTTP status already sent).
-            Err(status) => {
-                let error = HttpError::from_status(&status, &pool);
+        let json = item
+            .map_err(|status| HttpError::from_status(&status, &pool))
+            .and_then(|message| answer_json(&route, &message, &json_options, &pool));
+        let json = match json {
+            Ok(json) => json,
+            // An error mid-stream: a line with the error body (the HTTP status is already sent).
+            Err(error) => {
                 serde_json::to_vec(&serde_json::json!({ "error": error.body })).unwrap_or_default()
             }
         };

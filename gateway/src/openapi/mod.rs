@@ -897,7 +897,10 @@ impl<'o> Builder<'o> {
                 },
             }),
         );
-        operation.insert("x-grpc-method".to_owned(), Value::String(route.grpc_path()));
+        operation.insert(
+            "x-grpc-method".to_owned(),
+            Value::String(route.grpc_path().to_owned()),
+        );
         operation.insert(
             "x-consul-service".to_owned(),
             Value::String(route.service.clone()),

@@ -54,6 +54,7 @@
 //! [proto3 JSON mapping]: https://protobuf.dev/programming-guides/json/
 
 mod body;
+mod direct;
 mod error;
 mod fields;
 mod options;
@@ -63,6 +64,7 @@ mod response;
 mod strict_json;
 mod update_mask;
 
+pub(crate) use direct::TranscodePlan;
 pub use options::JsonOptions;
 pub(crate) use options::{BodyRule, RequestParts};
 pub(crate) use request::request_message;
@@ -86,6 +88,28 @@ mod tests {
     use super::{error::*, fields::*};
 
     use prost_reflect::{DynamicMessage, Kind, MessageDescriptor};
+
+    /// The transcoder, with every request checked against the direct encoder
+    /// ([`direct::differential`]).
+    fn request_message(
+        input: &MessageDescriptor,
+        parts: &RequestParts<'_>,
+        options: &JsonOptions,
+    ) -> Result<DynamicMessage, TranscodeError> {
+        let old = super::request_message(input, parts, options);
+        direct::differential::check_request(input, parts, &old);
+        old
+    }
+
+    /// The transcoder, with every response checked against the direct decoder.
+    fn response_json(
+        message: &DynamicMessage,
+        response_body: Option<&str>,
+        options: &JsonOptions,
+    ) -> Result<Vec<u8>, TranscodeError> {
+        direct::differential::check_response(message, response_body, options);
+        super::response_json(message, response_body, options)
+    }
 
     // -----------------------------------------------------------------------------------------
     // Descriptors: a hand-built `testing.v1` file with every field kind, on top of the
@@ -258,7 +282,7 @@ mod tests {
         }
     }
 
-    fn descriptor(full_name: &str) -> MessageDescriptor {
+    pub(in crate::transcode) fn descriptor(full_name: &str) -> MessageDescriptor {
         static TEST: OnceLock<DescriptorPool> = OnceLock::new();
         static MESH: OnceLock<DescriptorPool> = OnceLock::new();
         let test = TEST.get_or_init(|| {
@@ -273,7 +297,7 @@ mod tests {
             .unwrap_or_else(|| panic!("no message {full_name}"))
     }
 
-    const EVERYTHING: &str = "testing.v1.Everything";
+    pub(in crate::transcode) const EVERYTHING: &str = "testing.v1.Everything";
     const UPDATE: &str = "testing.v1.UpdateRequest";
 
     // -----------------------------------------------------------------------------------------
