@@ -20,6 +20,7 @@ pub mod export;
 mod exporting;
 pub mod grpc;
 mod json;
+mod log_filter;
 pub mod propagation;
 pub mod request_id;
 pub mod spans;
@@ -103,47 +104,45 @@ pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, Telemetr
         LogFormat::Text => false,
         LogFormat::Auto => !terminal,
     };
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `RUST_LOG`, or `info` when it is unset, blank or invalid.
+    let (log_filter, directives) = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| Some((EnvFilter::try_new(&directives).ok()?, directives)))
+        .unwrap_or_else(|| (EnvFilter::new("info"), "info".to_owned()));
 
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    layers.push(request_id::layer());
     let mut dispatch_slot = None;
-    let log_layer = if json {
-        let format = json::JsonLogFormat::new(&config.service_name);
-        dispatch_slot = Some(format.dispatch_slot());
-        fmt::layer()
-            .with_writer(std::io::stderr)
-            .fmt_fields(json::NoSpanFields)
-            .event_format(format)
-            .with_filter(log_filter)
-            .boxed()
-    } else {
-        fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(terminal)
-            .with_target(false)
-            .with_filter(log_filter)
-            .boxed()
-    };
-    layers.push(log_layer);
-
     let export = match &config.endpoint {
         Some(endpoint) => Some(export::TraceExport::start(&config, endpoint)?),
         None => None,
     };
-    if let Some(export) = &export {
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(export.tracer())
-            .with_location(false)
-            // Spans start when first needed (a child, a log line, the end), not when first
-            // entered: the gateway names its span after the route it finds inside it.
-            .with_context_activation(false)
-            .with_filter(exported_filter())
-            .boxed();
-        layers.push(otel);
-    }
-
-    let installed = tracing_subscriber::registry().with(layers).try_init();
+    let installed = match &export {
+        // Nothing exported: one global filter and unfiltered layers (see `log_filter`).
+        None => tracing_subscriber::registry()
+            .with(log_filter::LogFilter::new(log_filter, &directives))
+            .with(request_id::RequestIdLayer)
+            .with(log_layer(json, terminal, &config, &mut dispatch_slot))
+            .try_init(),
+        // The exporter sees spans and events the logs leave out: each layer filters for itself.
+        Some(export) => {
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(export.tracer())
+                .with_location(false)
+                // Spans start when first needed (a child, a log line, the end), not when first
+                // entered: the gateway names its span after the route it finds inside it.
+                .with_context_activation(false)
+                .with_filter(exported_filter())
+                .boxed();
+            let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
+                request_id::layer(),
+                log_layer(json, terminal, &config, &mut dispatch_slot)
+                    .with_filter(log_filter)
+                    .boxed(),
+                otel,
+            ];
+            tracing_subscriber::registry().with(layers).try_init()
+        }
+    };
     if let Err(err) = installed {
         if let Some(export) = export {
             export.shutdown();
@@ -162,6 +161,34 @@ pub fn init(format: LogFormat, service: &str) -> Result<TelemetryGuard, Telemetr
         "telemetry initialised"
     );
     Ok(TelemetryGuard { export })
+}
+
+/// The log lines' layer, JSON or text, unfiltered; with JSON, `dispatch_slot` is set to where
+/// the format finds the subscriber once it is installed.
+fn log_layer<S>(
+    json: bool,
+    terminal: bool,
+    config: &TraceExportConfig,
+    dispatch_slot: &mut Option<json::DispatchSlot>,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if json {
+        let format = json::JsonLogFormat::new(&config.service_name);
+        *dispatch_slot = Some(format.dispatch_slot());
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .fmt_fields(json::NoSpanFields)
+            .event_format(format)
+            .boxed()
+    } else {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(terminal)
+            .with_target(false)
+            .boxed()
+    }
 }
 
 /// What the OpenTelemetry layer sees: the trace spans of [`spans`] (down to `debug`), and events

@@ -20,23 +20,32 @@ pub const REQUEST_ID_FIELD: &str = "request_id";
 #[derive(Debug, Clone)]
 pub(crate) struct RequestId(pub(crate) String);
 
-/// The layer that keeps the `request_id` field of spans in their extensions; it sees only spans
-/// that have that field.
+/// The layer that keeps the `request_id` field of spans in their extensions, with a per-layer
+/// filter that lets it see only spans that have that field (for subscribers whose layers filter
+/// each for itself: see [`RequestIdLayer`] for the others).
 pub(crate) fn layer() -> Box<dyn Layer<Registry> + Send + Sync> {
     RequestIdLayer
-        .with_filter(filter_fn(|metadata| {
-            metadata.is_span() && metadata.fields().field(REQUEST_ID_FIELD).is_some()
-        }))
+        .with_filter(filter_fn(is_request_span))
         .boxed()
 }
 
-struct RequestIdLayer;
+/// Whether `metadata` is that of a span with a `request_id` field.
+pub(crate) fn is_request_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.fields().field(REQUEST_ID_FIELD).is_some()
+}
+
+/// Keeps the `request_id` field of spans in their extensions; spans without that field are left
+/// alone, so it needs no filter of its own.
+pub(crate) struct RequestIdLayer;
 
 impl<S> Layer<S> for RequestIdLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if !is_request_span(attrs.metadata()) {
+            return;
+        }
         let mut visitor = RequestIdVisitor(None);
         attrs.record(&mut visitor);
         store(visitor.0, id, &ctx);
