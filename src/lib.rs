@@ -40,6 +40,7 @@ pub mod config;
 pub mod credential;
 pub mod descriptors;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod proto;

@@ -112,7 +112,7 @@ impl<F: Args + FromArgMatches> Service<F> {
     }
 
     /// Parses the command line, starts telemetry, and runs `main` on a multi-threaded tokio
-    /// runtime until it returns (for a server: after a graceful shutdown on SIGTERM/SIGINT). An
+    /// runtime (beside the task that gives freed memory back: [`crate::memory`]) until it returns (for a server: after a graceful shutdown on SIGTERM/SIGINT). An
     /// error is logged with its causes and makes the exit code a failure; the last spans are
     /// exported either way.
     pub fn run<M, Fut, E>(self, main: M) -> ExitCode
@@ -142,7 +142,11 @@ impl<F: Args + FromArgMatches> Service<F> {
                 return ExitCode::FAILURE;
             }
         };
-        let code = crate::telemetry::exit_code(runtime.block_on(main(context)));
+        let code = crate::telemetry::exit_code(runtime.block_on(async {
+            // Ends with the runtime.
+            tokio::spawn(crate::memory::release_freed_memory());
+            main(context).await
+        }));
         // Export the last spans before the process ends.
         telemetry.shutdown();
         code

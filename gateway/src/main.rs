@@ -115,6 +115,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Freed memory goes back to the system after load (it ends with the runtime).
+    runtime.spawn(protomesh::memory::release_freed_memory());
     let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
