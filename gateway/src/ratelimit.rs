@@ -104,6 +104,36 @@ pub(crate) enum ClientKey {
     Ip(IpAddr),
 }
 
+impl ClientKey {
+    /// The limiter's key for this client in `class`: `class:` and the client as displayed
+    /// (`public:ip:127.0.0.1`), written without the formatting machinery (every call makes one).
+    fn key_in(&self, class: &str) -> String {
+        let (kind, name) = match self {
+            Self::ApiKey(name) => ("key:", name.as_str()),
+            Self::Subject(subject) => ("sub:", subject.as_str()),
+            Self::Ip(IpAddr::V4(ip)) => {
+                let mut key = String::with_capacity(class.len() + 20);
+                key.push_str(class);
+                key.push_str(":ip:");
+                for (i, octet) in ip.octets().iter().enumerate() {
+                    if i > 0 {
+                        key.push('.');
+                    }
+                    key.push_str(itoa::Buffer::new().format(*octet));
+                }
+                return key;
+            }
+            Self::Ip(IpAddr::V6(_)) => return format!("{class}:{self}"),
+        };
+        let mut key = String::with_capacity(class.len() + kind.len() + name.len() + 1);
+        key.push_str(class);
+        key.push(':');
+        key.push_str(kind);
+        key.push_str(name);
+        key
+    }
+}
+
 impl fmt::Display for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -172,10 +202,7 @@ impl EdgeRateLimits {
     /// Counts one call of `client` in `class`; `None` when no quota applies.
     pub(crate) async fn check(&self, class: &str, client: &ClientKey) -> Option<Decision> {
         let (counted_as, quota) = self.quota_of(class)?;
-        let decision = self
-            .limiter
-            .check(&format!("{class}:{client}"), quota)
-            .await;
+        let decision = self.limiter.check(&client.key_in(class), quota).await;
         if !decision.allowed {
             if let Some(counter) = self.rejections.get(counted_as) {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +323,19 @@ mod tests {
         add_headers(&decision, &mut plain);
         assert_eq!(plain[RATELIMIT_RESET], "9");
         assert!(!plain.contains_key(RETRY_AFTER));
+    }
+
+    #[test]
+    fn limiter_keys_are_the_class_and_the_client_as_displayed() {
+        for client in [
+            ClientKey::ApiKey("ci".into()),
+            ClientKey::Subject("u-1".into()),
+            ClientKey::Ip("127.0.0.1".parse().unwrap()),
+            ClientKey::Ip("10.255.0.9".parse().unwrap()),
+            ClientKey::Ip("::1".parse().unwrap()),
+        ] {
+            assert_eq!(client.key_in("public"), format!("public:{client}"));
+        }
     }
 
     #[test]

@@ -151,7 +151,7 @@ async fn transcode(
         json,
     )
         .into_response();
-    copy_response_metadata(&metadata, &gateway.options, response.headers_mut());
+    copy_response_metadata(metadata, &gateway.options, response.headers_mut());
     Ok(response)
 }
 
@@ -307,11 +307,11 @@ fn copy_metadata(
 
 /// The answer's metadata as prefixed response headers (binary metadata and gRPC's own left out).
 fn copy_response_metadata(
-    metadata: &tonic::metadata::MetadataMap,
+    metadata: tonic::metadata::MetadataMap,
     options: &GatewayOptions,
     headers: &mut http::HeaderMap,
 ) {
-    for (key, value) in metadata.clone().into_headers() {
+    for (key, value) in metadata.into_headers() {
         let Some(key) = key else { continue };
         let name = key.as_str();
         // gRPC's own headers, binary metadata, and HTTP headers of the upstream hop.
@@ -371,6 +371,6 @@ fn stream_response(
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    copy_response_metadata(&metadata, options, response.headers_mut());
+    copy_response_metadata(metadata, options, response.headers_mut());
     response
 }
