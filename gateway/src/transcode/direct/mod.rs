@@ -8,7 +8,7 @@
 //! `response_body`; messages of scalars, enums, nested messages and lists. For everything else —
 //! and for every input that is wrong — it gives up, and the descriptor-driven transcoder
 //! ([`super::request_message`], [`super::response_json`]) does the work and words the error.
-//! Where both take an input they agree: the differential tests (`transcode::tests::direct`)
+//! Where both take an input they agree: the differential tests (`differential`, test builds only)
 //! compare them on every table case and on generated inputs.
 
 mod decode;
