@@ -41,10 +41,13 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        // Asked first in every case: the filter records here the span directives that match a
+        // callsite (`[http.server]=debug`), request spans included.
+        let interest = Layer::<S>::register_callsite(&self.filter, metadata);
         if is_request_span(metadata) {
             Interest::always()
         } else {
-            Layer::<S>::register_callsite(&self.filter, metadata)
+            interest
         }
     }
 
@@ -127,6 +130,15 @@ mod tests {
             let job = tracing::warn_span!("job");
             job.in_scope(|| assert!(tracing::enabled!(Level::DEBUG), "inside the span"));
             assert!(!tracing::enabled!(Level::DEBUG), "after the span");
+        });
+    }
+
+    #[test]
+    fn span_directives_reach_request_spans_too() {
+        tracing::subscriber::with_default(subscriber("warn,[call]=debug"), || {
+            let call = tracing::info_span!("call", request_id = "r-9");
+            call.in_scope(|| assert!(tracing::enabled!(Level::DEBUG), "inside the request span"));
+            assert!(!tracing::enabled!(Level::DEBUG), "outside it");
         });
     }
 }

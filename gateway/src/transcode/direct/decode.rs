@@ -18,6 +18,11 @@ use super::plan::{
     FieldKind, FieldPlan, MessageIndex, MessagePlans, FIXED32, FIXED64, LENGTH_DELIMITED, VARINT,
 };
 
+/// Nesting depth past which the decoder gives up (prost's own decoding limit, so the
+/// descriptor-driven path then refuses the message as it always did): a deeply nested answer
+/// must not exhaust the stack.
+const MAX_DEPTH: u32 = 100;
+
 /// How the JSON is written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct JsonStyle {
@@ -40,6 +45,7 @@ pub(crate) fn decode_to_json(
         style,
         out,
         wrote_field: false,
+        depth: 0,
     }
     .message(message, wire)
 }
@@ -92,10 +98,23 @@ struct MessageWriter<'p, 'o> {
     out: &'o mut Vec<u8>,
     /// Whether the object being written has an entry yet (for commas).
     wrote_field: bool,
+    /// How many messages the one being written is nested in.
+    depth: u32,
 }
 
 impl MessageWriter<'_, '_> {
-    fn message(&mut self, message: MessageIndex, mut wire: &[u8]) -> Result<(), GiveUp> {
+    fn message(&mut self, message: MessageIndex, wire: &[u8]) -> Result<(), GiveUp> {
+        if self.depth >= MAX_DEPTH {
+            return Err(GiveUp);
+        }
+        self.depth += 1;
+        let written = self.fields(message, wire);
+        self.depth -= 1;
+        written
+    }
+
+    /// One message's fields, as a JSON object.
+    fn fields(&mut self, message: MessageIndex, mut wire: &[u8]) -> Result<(), GiveUp> {
         let plan = self.plans.message(message);
         let fields = plan.fields();
         let outer = std::mem::replace(&mut self.wrote_field, false);
@@ -214,6 +233,11 @@ impl MessageWriter<'_, '_> {
     fn list_items(&mut self, field: &FieldPlan, value: Wire<'_>) -> Result<(), GiveUp> {
         match value {
             Wire::Delimited(mut packed) if field.kind.packable() => {
+                // An empty packed run: prost-reflect's list may stay empty, and then its key is
+                // left out; the array is already open here.
+                if packed.is_empty() {
+                    return Err(GiveUp);
+                }
                 while !packed.is_empty() {
                     let item = match field.wire_type() {
                         VARINT => Wire::Varint(decode_varint(&mut packed).map_err(|_| GiveUp)?),

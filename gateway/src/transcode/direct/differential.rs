@@ -358,6 +358,81 @@ mod generated {
         }
     }
 
+    /// Inputs where the two once differed, from a review: a JSON integer for a `float` (rounded
+    /// once, not twice) and an empty packed run of a repeated scalar (left out, not `[]`).
+    #[test]
+    fn the_reviewed_cases_agree() {
+        let input = descriptor(EVERYTHING);
+        let body = br#"{"weight":1152921573326323713}"#;
+        let parts = RequestParts {
+            path_bindings: &[],
+            query: None,
+            body,
+            body_rule: &BodyRule::Whole,
+            fill_update_mask: false,
+        };
+        let old = crate::transcode::request_message(&input, &parts, &JsonOptions::default());
+        check_request(&input, &parts, &old);
+        // `ids` (13, packed int64) given as an empty run.
+        let wire = [0x6a, 0x00];
+        for emit_defaults in [false, true] {
+            let options = JsonOptions {
+                emit_defaults,
+                ..JsonOptions::default()
+            };
+            check_wire(&input, &wire, None, &options);
+        }
+    }
+
+    /// An answer nested deeper than prost decodes is left to the descriptor-driven path (which
+    /// refuses it) instead of exhausting the stack.
+    #[test]
+    fn deeply_nested_answers_are_left_to_the_descriptors() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorProto};
+
+        let child = FieldDescriptorProto {
+            name: Some("child".to_owned()),
+            number: Some(1),
+            label: Some(Label::Optional as i32),
+            r#type: Some(Type::Message as i32),
+            type_name: Some(".deep.v1.Node".to_owned()),
+            ..Default::default()
+        };
+        let mut pool = prost_reflect::DescriptorPool::new();
+        pool.add_file_descriptor_proto(FileDescriptorProto {
+            name: Some("deep/v1/node.proto".to_owned()),
+            package: Some("deep.v1".to_owned()),
+            message_type: vec![DescriptorProto {
+                name: Some("Node".to_owned()),
+                field: vec![child],
+                ..Default::default()
+            }],
+            syntax: Some("proto3".to_owned()),
+            ..Default::default()
+        })
+        .unwrap();
+        let node = pool.get_message_by_name("deep.v1.Node").unwrap();
+        let plan = TranscodePlan::new(&node, &node, &BodyRule::None, None);
+        // `child` nested `depth` times: tag 0x0a, then the length of what is inside.
+        let nested = |depth: usize| {
+            let mut wire = Vec::new();
+            for _ in 0..depth {
+                let mut outer = vec![0x0a];
+                prost::encoding::encode_varint(wire.len() as u64, &mut outer);
+                outer.extend_from_slice(&wire);
+                wire = outer;
+            }
+            wire
+        };
+        let options = JsonOptions::default();
+        let json = plan.response(&nested(3), &options).unwrap();
+        assert_eq!(json, br#"{"child":{"child":{"child":{}}}}"#);
+        assert!(plan.response(&nested(99), &options).is_some());
+        assert!(plan.response(&nested(100_000), &options).is_none());
+        assert!(DynamicMessage::decode(node, nested(100_000).as_slice()).is_err());
+    }
+
     /// The generated inputs are not all for the fallback: enough of them reach the direct path
     /// for the comparisons above to mean something.
     #[test]

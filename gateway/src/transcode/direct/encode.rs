@@ -161,7 +161,7 @@ impl Number {
 
     fn as_f64(self) -> f64 {
         match self {
-            // As prost-reflect reads integers into floating-point fields.
+            // As prost-reflect reads integers into `double` fields.
             #[allow(clippy::cast_precision_loss)]
             Self::Signed(n) => n as f64,
             #[allow(clippy::cast_precision_loss)]
@@ -200,13 +200,20 @@ fn write_scalar(kind: &FieldKind, number: Number, out: &mut Vec<u8>) -> Result<(
         FieldKind::Enum(_) => encode_varint(i64::from(int32()?) as u64, out),
         FieldKind::Double => out.extend_from_slice(&number.as_f64().to_le_bytes()),
         FieldKind::Float => {
-            let value = number.as_f64();
-            // prost-reflect's range check, then its rounding.
-            if !(f64::from(f32::MIN)..=f64::from(f32::MAX)).contains(&value) {
-                return Err(GiveUp);
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            out.extend_from_slice(&(value as f32).to_le_bytes());
+            // As prost-reflect reads them: integers straight to f32 (rounded once), decimals
+            // range-checked, then rounded.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            let value = match number {
+                Number::Signed(n) => n as f32,
+                Number::Unsigned(n) => n as f32,
+                Number::Float(value) => {
+                    if !(f64::from(f32::MIN)..=f64::from(f32::MAX)).contains(&value) {
+                        return Err(GiveUp);
+                    }
+                    value as f32
+                }
+            };
+            out.extend_from_slice(&value.to_le_bytes());
         }
         FieldKind::String | FieldKind::Bytes | FieldKind::Message(_) | FieldKind::Unplanned => {
             return Err(GiveUp)

@@ -21,7 +21,7 @@ use prost_reflect::MessageDescriptor;
 
 use self::decode::{decode_to_json, JsonStyle};
 use self::encode::{encode_json, encode_text_at, GiveUp};
-use self::plan::{MessageIndex, MessagePlans};
+use self::plan::{plannable, MessageIndex, MessagePlans};
 use super::options::{BodyRule, JsonOptions};
 
 /// How one route transcodes without descriptors, where it can.
@@ -46,12 +46,9 @@ impl TranscodePlan {
         response_body: Option<&str>,
     ) -> Self {
         let mut plans = MessagePlans::default();
-        // Well-known types have JSON forms of their own.
-        let planned = |name: &str| !name.starts_with("google.protobuf.");
-        let input = (planned(input.full_name())
-            && matches!(body, BodyRule::None | BodyRule::Whole))
-        .then(|| plans.add(input));
-        let output = (planned(output.full_name()) && response_body.is_none_or(str::is_empty))
+        let input = (plannable(input) && matches!(body, BodyRule::None | BodyRule::Whole))
+            .then(|| plans.add(input));
+        let output = (plannable(output) && response_body.is_none_or(str::is_empty))
             .then(|| plans.add(output));
         Self {
             plans,

@@ -45,9 +45,8 @@ impl MessagePlans {
             by_name: HashMap::new(),
             oneofs: 0,
         });
-        // Well-known types have JSON forms of their own: their fields are not planned, so any
-        // use of them falls back to the descriptor-driven transcoder.
-        if message.full_name().starts_with("google.protobuf.") {
+        // Never reached through a field (see `plannable`); an entry keeps the indexes simple.
+        if !plannable(message) {
             return index;
         }
         let mut fields: Vec<FieldDescriptor> = message.fields().collect();
@@ -102,14 +101,21 @@ impl MessagePlans {
             }
             Kind::Enum(values) => FieldKind::Enum(EnumPlan {
                 default: values.default_value().number(),
-                values: values
+                by_name: values
                     .values()
-                    .map(|value| (value.number(), value.name().into()))
+                    .map(|value| (value.name().into(), value.number()))
+                    .collect(),
+                // With `allow_alias`, a number's name is the one prost-reflect writes.
+                by_number: values
+                    .values()
+                    .filter_map(|value| {
+                        let written = values.get_value(value.number())?;
+                        (written.name() == value.name())
+                            .then(|| (value.number(), value.name().into()))
+                    })
                     .collect(),
             }),
-            Kind::Message(message) if message.full_name().starts_with("google.protobuf.") => {
-                FieldKind::Unplanned
-            }
+            Kind::Message(message) if !plannable(&message) => FieldKind::Unplanned,
             Kind::Message(message) => FieldKind::Message(self.add_known(&message, known)),
         }
     }
@@ -287,24 +293,33 @@ impl FieldKind {
 pub(crate) struct EnumPlan {
     /// The number of its default (first) value.
     pub(crate) default: i32,
-    /// Number and name of each value, as declared.
-    values: Vec<(i32, Box<str>)>,
+    /// Every value's name and number.
+    by_name: Vec<(Box<str>, i32)>,
+    /// Each number once, with the name prost-reflect writes for it (aliases share a number).
+    by_number: Vec<(i32, Box<str>)>,
 }
 
 impl EnumPlan {
     /// The number of the value named `name`.
     pub(crate) fn number(&self, name: &str) -> Option<i32> {
-        self.values
+        self.by_name
             .iter()
-            .find(|(_, value)| &**value == name)
-            .map(|(number, _)| *number)
+            .find(|(value, _)| &**value == name)
+            .map(|(_, number)| *number)
     }
 
-    /// The name of the (first) value numbered `number`.
+    /// The name written for the number `number`.
     pub(crate) fn name(&self, number: i32) -> Option<&str> {
-        self.values
+        self.by_number
             .iter()
             .find(|(value, _)| *value == number)
             .map(|(_, name)| &**name)
     }
+}
+
+/// Whether a message's JSON is the plain object of its fields, as the plans write it: not a
+/// well-known type (they have JSON forms of their own), and not extended (prost-reflect writes
+/// extensions too, as `[pkg.ext]` keys).
+pub(crate) fn plannable(message: &MessageDescriptor) -> bool {
+    !message.full_name().starts_with("google.protobuf.") && message.extensions().len() == 0
 }
