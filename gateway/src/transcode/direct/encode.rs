@@ -39,26 +39,26 @@ pub(crate) fn encode_json(
 }
 
 /// Appends `text`, a value given as text (a path binding), to `out` as the field at `path`
-/// (positions in the messages' fields, from `message`): intermediate messages are written around
-/// it. Only singular fields of strings, integers, bools and enums are taken.
+/// (field names, from `message`): intermediate messages are written around it. Only singular
+/// fields of strings, integers, bools and enums are taken.
 pub(crate) fn encode_text_at(
     plans: &MessagePlans,
     message: MessageIndex,
-    path: &[usize],
+    path: &[String],
     text: &str,
     out: &mut Vec<u8>,
 ) -> Result<(), GiveUp> {
-    let Some((&last, outer)) = path.split_last() else {
+    let Some((last, outer)) = path.split_last() else {
         return Err(GiveUp);
+    };
+    let field_named = |message: MessageIndex, name: &str| {
+        let plan = plans.message(message);
+        plan.by_name(name).map(|position| &plan.fields()[position])
     };
     let mut fields = Vec::with_capacity(path.len());
     let mut current = message;
-    for &position in outer {
-        let field = plans
-            .message(current)
-            .fields()
-            .get(position)
-            .ok_or(GiveUp)?;
+    for name in outer {
+        let field = field_named(current, name).ok_or(GiveUp)?;
         let FieldKind::Message(next) = field.kind else {
             return Err(GiveUp);
         };
@@ -68,7 +68,7 @@ pub(crate) fn encode_text_at(
         fields.push(field);
         current = next;
     }
-    let leaf = plans.message(current).fields().get(last).ok_or(GiveUp)?;
+    let leaf = field_named(current, last).ok_or(GiveUp)?;
     if leaf.list || leaf.oneof.is_some() {
         return Err(GiveUp);
     }

@@ -82,22 +82,8 @@ impl TranscodePlan {
             encode_json(&self.plans, input, body, &mut out).ok()?;
         }
         // After the body: for singular fields the last value read wins, so the path wins.
-        let mut positions = Vec::new();
         for (path, value) in bindings {
-            positions.clear();
-            let mut message = input;
-            for (depth, name) in path.iter().enumerate() {
-                let plan = self.plans.message(message);
-                let position = plan.by_name(name)?;
-                positions.push(position);
-                if depth + 1 < path.len() {
-                    match plan.fields()[position].kind {
-                        plan::FieldKind::Message(next) => message = next,
-                        _ => return None,
-                    }
-                }
-            }
-            encode_text_at(&self.plans, input, &positions, value, &mut out).ok()?;
+            encode_text_at(&self.plans, input, path, value, &mut out).ok()?;
         }
         Some(out)
     }
