@@ -13,6 +13,7 @@
 mod authenticate;
 mod cuttable;
 pub mod message_limit;
+mod reflection;
 mod registration;
 mod shutdown;
 #[cfg(any(test, feature = "test-util"))]
@@ -92,9 +93,6 @@ pub enum ServeError {
         /// The service's full name.
         service: &'static str,
     },
-    /// The reflection service could not read the descriptor sets.
-    #[error("invalid descriptor set for server reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
     /// The credential flags (`--jwt-*`, `--jwks-*`, `--api-keys-file`) cannot be used.
     #[error(transparent)]
     Credentials(#[from] crate::auth::AuthConfigError),
@@ -340,7 +338,7 @@ impl BoundServer {
             None => crate::metrics::GrpcServerMetricsLayer::disabled(),
         };
         // The methods' default deadlines (their policy's `default_timeout`), for calls that come
-        // without `grpc-timeout`; descriptor sets that do not decode were refused by reflection.
+        // without `grpc-timeout` (the sets decoded in `bind`).
         let method_defaults =
             std::sync::Arc::new(crate::client::MethodTable::from_pool(&descriptors));
         let authentication = authenticate::AuthenticationLayer::new(
@@ -373,8 +371,8 @@ impl BoundServer {
         let _stop_admin = stop_admin.drop_guard();
 
         let routes = routes
-            .add_service(reflection_v1(&descriptor_sets, &grpc_services)?)
-            .add_service(reflection_v1alpha(&descriptor_sets, &grpc_services)?);
+            .add_service(reflection::v1(&descriptor_sets, &grpc_services))
+            .add_service(reflection::v1alpha(&descriptor_sets, &grpc_services));
         for service in &grpc_services {
             health
                 .set_service_status(service, ServingStatus::Serving)
@@ -577,36 +575,6 @@ fn advertised_names(grpc_services: &[&'static str]) -> Vec<&'static str> {
     names
 }
 
-/// Builds the `grpc.reflection.v1` service over `descriptor_sets`, listing only served services.
-fn reflection_v1(
-    descriptor_sets: &[&'static [u8]],
-    grpc_services: &[&'static str],
-) -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    ServeError,
-> {
-    Ok(reflection_builder(descriptor_sets, grpc_services)
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .build_v1()?)
-}
-
-/// Builds the `grpc.reflection.v1alpha` service (grpcurl 1.8 asks only for this one).
-fn reflection_v1alpha(
-    descriptor_sets: &[&'static [u8]],
-    grpc_services: &[&'static str],
-) -> Result<
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-    ServeError,
-> {
-    Ok(reflection_builder(descriptor_sets, grpc_services)
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-        .build_v1alpha()?)
-}
-
 /// The first of `grpc_services` that `descriptors` does not declare.
 fn undescribed_service(
     descriptors: &prost_reflect::DescriptorPool,
@@ -616,22 +584,6 @@ fn undescribed_service(
         .iter()
         .copied()
         .find(|service| descriptors.get_service_by_name(service).is_none())
-}
-
-/// The reflection builder both versions share: our descriptors, health's, the served names.
-fn reflection_builder<'b>(
-    descriptor_sets: &[&'b [u8]],
-    grpc_services: &[&'static str],
-) -> tonic_reflection::server::Builder<'b> {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for set in descriptor_sets {
-        builder = builder.register_encoded_file_descriptor_set(set);
-    }
-    for name in advertised_names(grpc_services) {
-        builder = builder.with_service_name(name);
-    }
-    builder
 }
 
 #[cfg(test)]
