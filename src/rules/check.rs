@@ -13,6 +13,7 @@ use super::declared::{
     declares, is_email, is_uuid, FieldRules, NumberRules, RuleError, StringFormat, StringRules,
     ValueRules, MESSAGE_RULES_EXTENSION, ONEOF_RULES_EXTENSION,
 };
+use super::wire::FlatRules;
 use crate::status::{echo, FieldViolation};
 
 /// The compiled rules of one message type: only the fields that have rules, or lead to ones.
@@ -22,6 +23,8 @@ pub struct MessageRules {
     fields: Vec<CompiledField>,
     /// AIP-134: the resource field's rules apply to the fields the mask names.
     mask: Option<MaskBinding>,
+    /// The rules on wire bytes, for a flat message (see [`super::wire`]).
+    wire: Option<FlatRules>,
 }
 
 #[derive(Debug)]
@@ -31,11 +34,11 @@ struct MaskBinding {
 }
 
 #[derive(Debug)]
-struct CompiledField {
-    field: FieldDescriptor,
-    rules: FieldRules,
+pub(super) struct CompiledField {
+    pub(super) field: FieldDescriptor,
+    pub(super) rules: FieldRules,
     /// The rules of the field's message type (of each item for a list), if it has any.
-    nested: Option<Arc<MessageRules>>,
+    pub(super) nested: Option<Arc<MessageRules>>,
 }
 
 /// The rules of the request messages of a server's methods, by gRPC path (`/pkg.Service/Method`);
@@ -111,6 +114,15 @@ impl MessageRules {
     /// The message type these rules are for.
     pub fn descriptor(&self) -> &MessageDescriptor {
         &self.descriptor
+    }
+
+    /// Whether `encoded`, a message of this type as it came on the wire, surely passes, found
+    /// without decoding it: `false` means undecided (decode it and [`MessageRules::check`] it),
+    /// and always for messages that are not flat (see [`super::wire`]).
+    pub fn passes_on_wire(&self, encoded: &[u8]) -> bool {
+        self.wire
+            .as_ref()
+            .is_some_and(|wire| wire.passes(&self.fields, encoded))
     }
 
     /// Every violation of `message` (empty when it passes), field paths as in the request.
@@ -295,33 +307,58 @@ fn check_list(
 }
 
 fn check_value(rules: &ValueRules, value: &Value, path: &str, out: &mut Vec<FieldViolation>) {
+    let scalar = match value {
+        Value::String(text) => Scalar::Text(text),
+        Value::I32(n) => Scalar::Integer(i128::from(*n)),
+        Value::I64(n) => Scalar::Integer(i128::from(*n)),
+        Value::U32(n) => Scalar::Integer(i128::from(*n)),
+        Value::U64(n) => Scalar::Integer(i128::from(*n)),
+        Value::F32(n) => Scalar::Float(f64::from(*n)),
+        Value::F64(n) => Scalar::Float(*n),
+        Value::EnumNumber(n) => Scalar::Enum(*n),
+        _ => Scalar::Other,
+    };
+    check_scalar(rules, scalar, path, out);
+}
+
+/// A scalar value as the value rules see it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scalar<'v> {
+    /// A string.
+    Text(&'v str),
+    /// An integer of any width.
+    Integer(i128),
+    /// A `float` or `double`.
+    Float(f64),
+    /// An enum's number.
+    Enum(i32),
+    /// A value no value rule applies to (`bool`, `bytes`, a message, a list).
+    Other,
+}
+
+/// The violations of `value` against `rules` into `out` (rules for another type of value do not
+/// apply).
+pub(super) fn check_scalar(
+    rules: &ValueRules,
+    value: Scalar<'_>,
+    path: &str,
+    out: &mut Vec<FieldViolation>,
+) {
     match (rules, value) {
-        (ValueRules::String(rules), Value::String(text)) => check_string(rules, text, path, out),
-        (ValueRules::Integer(rules), value) => {
-            let number = match value {
-                Value::I32(n) => i128::from(*n),
-                Value::I64(n) => i128::from(*n),
-                Value::U32(n) => i128::from(*n),
-                Value::U64(n) => i128::from(*n),
-                _ => return,
-            };
+        (ValueRules::String(rules), Scalar::Text(text)) => check_string(rules, text, path, out),
+        (ValueRules::Integer(rules), Scalar::Integer(number)) => {
             check_number(rules, number, path, out);
         }
-        (ValueRules::Float(rules), value) => {
-            let number = match value {
-                Value::F32(n) => f64::from(*n),
-                Value::F64(n) => *n,
-                _ => return,
-            };
+        (ValueRules::Float(rules), Scalar::Float(number)) => {
             check_number(rules, number, path, out);
         }
-        (ValueRules::Enum(rules), Value::EnumNumber(number)) if !rules.allows(*number) => {
+        (ValueRules::Enum(rules), Scalar::Enum(number)) if !rules.allows(number) => {
             let allowed: Vec<_> = rules
                 .allowed_values()
                 .iter()
                 .map(|v| v.name().to_owned())
                 .collect();
-            let got = match rules.enumeration.get_value(*number) {
+            let got = match rules.enumeration.get_value(number) {
                 Some(value) => value.name().to_owned(),
                 None => number.to_string(),
             };
@@ -528,10 +565,15 @@ impl Compiler {
         self.visiting.remove(&name);
         let mask = mask_binding(message);
         let compiled = (!fields.is_empty()).then(|| {
+            let wire = match mask {
+                None => FlatRules::of(message, &fields),
+                Some(_) => None,
+            };
             Arc::new(MessageRules {
                 descriptor: message.clone(),
                 fields,
                 mask,
+                wire,
             })
         });
         if compiled.is_some() && holds_itself(message) {

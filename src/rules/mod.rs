@@ -44,9 +44,12 @@
 
 mod check;
 mod declared;
+mod wire;
 
 pub use check::{MessageRules, MethodRules};
 pub use declared::*;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_tests;

@@ -29,7 +29,7 @@ fn violations(descriptor: &MessageDescriptor, value: serde_json::Value) -> Vec<S
 }
 
 /// A pool of `body` (a proto3 file importing the validate rules) compiled with protox.
-fn compiled(body: &str) -> DescriptorPool {
+pub(super) fn compiled(body: &str) -> DescriptorPool {
     let dir = std::env::temp_dir().join(format!(
         "protomesh-rules-{}-{}",
         std::process::id(),

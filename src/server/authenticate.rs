@@ -197,9 +197,14 @@ where
     }
 }
 
+/// The identity headers, named once (a name given as text is parsed on every use).
+static SUBJECT: HeaderName = HeaderName::from_static(identity::SUBJECT);
+static ROLES: HeaderName = HeaderName::from_static(identity::ROLES);
+static AUTH_METHOD: HeaderName = HeaderName::from_static(identity::AUTH_METHOD);
+
 /// Removes identity metadata the caller set itself.
 fn remove_identity(headers: &mut HeaderMap) {
-    for name in [identity::SUBJECT, identity::ROLES, identity::AUTH_METHOD] {
+    for name in [&SUBJECT, &ROLES, &AUTH_METHOD] {
         headers.remove(name);
     }
 }
@@ -207,16 +212,16 @@ fn remove_identity(headers: &mut HeaderMap) {
 /// Sets the identity metadata handlers read.
 fn set_identity(headers: &mut HeaderMap, identity: &Identity) {
     let values = [
-        (identity::SUBJECT, identity.subject.as_str()),
-        (identity::AUTH_METHOD, identity.method.as_str()),
+        (&SUBJECT, identity.subject.as_str()),
+        (&AUTH_METHOD, identity.method.as_str()),
     ];
     for (name, value) in values {
         if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name.clone(), value);
         }
     }
     if let Ok(roles) = HeaderValue::from_str(&identity.roles.join(",")) {
-        headers.insert(HeaderName::from_static(identity::ROLES), roles);
+        headers.insert(ROLES.clone(), roles);
     }
 }
 

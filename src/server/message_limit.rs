@@ -21,8 +21,9 @@ use tower::{Layer, Service};
 /// Most bytes of a `grpc-message` as sent (percent-encoded): 1 KiB.
 pub const MAX_GRPC_MESSAGE: usize = 1024;
 
-/// The header (or trailer) holding a gRPC answer's message.
-const GRPC_MESSAGE: &str = "grpc-message";
+/// The header (or trailer) holding a gRPC answer's message (named once: a name given as text
+/// is parsed on every lookup).
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
 /// What gRPC percent-encodes in `grpc-message`: controls, `%` and (as UTF-8 bytes) everything
 /// beyond ASCII; `0x7F` is a control.

@@ -1,6 +1,7 @@
 //! The request rules declared in the proto ([`crate::rules`]) enforced by the runtime, before the
-//! handler runs: [`ValidationLayer`] decodes the request of each method that has rules, checks
-//! it, and answers `INVALID_ARGUMENT` with every violation in one `google.rpc.BadRequest`
+//! handler runs: [`ValidationLayer`] checks the request of each method that has rules (a flat
+//! message on its wire bytes, [`MessageRules::passes_on_wire`]; any other, and every refusal,
+//! decoded), and answers `INVALID_ARGUMENT` with every violation in one `google.rpc.BadRequest`
 //! ([`crate::status::bad_request`]). Calls to methods without rules pass untouched (one map
 //! lookup).
 //!
@@ -24,7 +25,7 @@ use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::rules::MethodRules;
+use crate::rules::{MessageRules, MethodRules};
 
 /// Largest request message read for checking: tonic's default decoding limit.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
@@ -112,19 +113,12 @@ where
                 )
                 .into_http());
             };
-            let decoded = match DynamicMessage::decode(rules.descriptor().clone(), message) {
-                Ok(decoded) => decoded,
-                Err(err) => {
-                    return Ok(Status::invalid_argument(format!(
-                        "the request message cannot be decoded: {}",
-                        crate::status::echo(&err.to_string())
-                    ))
-                    .into_http());
+            // A flat message is checked on its bytes; the others, and every refusal (worded by
+            // the full check), are decoded first.
+            if !rules.passes_on_wire(&message) {
+                if let Err(refusal) = decode_and_check(&rules, message) {
+                    return Ok(refusal.into_http());
                 }
-            };
-            let violations = rules.check(&decoded);
-            if !violations.is_empty() {
-                return Ok(crate::status::bad_request(violations).into_http());
             }
             inner
                 .call(http::Request::from_parts(
@@ -133,6 +127,22 @@ where
                 ))
                 .await
         }))
+    }
+}
+
+/// Decodes `message` and checks it against `rules`: the refusal to answer, if any.
+fn decode_and_check(rules: &MessageRules, message: Bytes) -> Result<(), Status> {
+    let decoded = DynamicMessage::decode(rules.descriptor().clone(), message).map_err(|err| {
+        Status::invalid_argument(format!(
+            "the request message cannot be decoded: {}",
+            crate::status::echo(&err.to_string())
+        ))
+    })?;
+    let violations = rules.check(&decoded);
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::status::bad_request(violations))
     }
 }
 

@@ -43,10 +43,13 @@ pub enum CallSide {
     Http,
 }
 
+/// The `grpc-status` header's name (a name given as text is parsed on every lookup).
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` in `headers` (response headers or trailers).
 pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
         .and_then(|text| text.parse().ok())
 }

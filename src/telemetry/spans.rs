@@ -47,8 +47,10 @@ fn traced_service(service: &str) -> bool {
 
 /// The request id in `headers` (`x-request-id`), if it is text.
 fn request_id_in(headers: &HeaderMap) -> Option<&str> {
+    // Named once: a name given as text is parsed on every lookup.
+    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
     headers
-        .get(REQUEST_ID_HEADER)
+        .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty())
 }

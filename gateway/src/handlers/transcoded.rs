@@ -82,7 +82,10 @@ async fn transcode(
 
     let message = request_bytes(route, bindings, &parts, &body, &gateway.options)?;
 
-    let timeout = match parts.headers.get("grpc-timeout") {
+    let timeout = match parts
+        .headers
+        .get(protomesh::client::grpc_timeout::GRPC_TIMEOUT_HEADER)
+    {
         Some(value) => value
             .to_str()
             .ok()
