@@ -36,7 +36,7 @@ use tracing_subscriber::{fmt, Layer, Registry};
 pub use export::{ExporterError, SamplerSetting, TraceConfigError, TraceExportConfig};
 pub use exporting::tracing_enabled;
 pub use grpc::{CallSide, GrpcClientTraceLayer, GrpcServerTraceLayer, TracedBody};
-pub use request_id::{current_request_id, REQUEST_ID_HEADER};
+pub use request_id::{current_request_id, REQUEST_ID_HEADER, REQUEST_ID_HEADER_NAME};
 
 /// Why telemetry could not be set up.
 #[derive(Debug, thiserror::Error)]

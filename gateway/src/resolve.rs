@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::Method;
-use protomesh::telemetry::REQUEST_ID_HEADER;
+use protomesh::telemetry::REQUEST_ID_HEADER_NAME;
 use tokio::sync::watch;
 
 use crate::discovery::GatewayState;
@@ -140,7 +140,7 @@ impl Resolved {
         );
         let request_id = request
             .headers()
-            .get(REQUEST_ID_HEADER)
+            .get(REQUEST_ID_HEADER_NAME)
             .filter(|id| usable_request_id(id))
             .cloned()
             .unwrap_or_else(new_request_id);
@@ -161,7 +161,7 @@ pub(crate) async fn resolve(
     let resolved = Resolved::new(&request, Arc::clone(&state.borrow()));
     request
         .headers_mut()
-        .insert(REQUEST_ID_HEADER, resolved.request_id.clone());
+        .insert(REQUEST_ID_HEADER_NAME, resolved.request_id.clone());
     request.extensions_mut().insert(Arc::new(resolved));
     next.run(request).await
 }

@@ -304,12 +304,9 @@ impl Drop for CallRecord {
     }
 }
 
-/// The `grpc-status` header's name (a name given as text is parsed on every lookup).
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
 /// The `grpc-status` of a header map, if it has one (`UNKNOWN` when it is not a code).
 fn grpc_status(headers: &http::HeaderMap) -> Option<usize> {
-    let value = headers.get(GRPC_STATUS)?;
+    let value = headers.get(crate::client::grpc_timeout::GRPC_STATUS_HEADER)?;
     Some(
         std::str::from_utf8(value.as_bytes())
             .ok()

@@ -1,15 +1,16 @@
 //! A request's rules checked on its wire bytes, without decoding it into a `DynamicMessage`: the
 //! hot path of [`MessageRules::passes_on_wire`](super::MessageRules::passes_on_wire).
 //!
-//! It takes flat messages only: proto3, every field a singular scalar (no message, list, map or
-//! group fields, no oneof but proto3 `optional`'s own), at most 64 fields numbered below 1024.
+//! It takes flat messages only: proto3, every field a singular scalar whose default is its zero
+//! (no message, list, map or group fields, no oneof but proto3 `optional`'s own, no extensions),
+//! at most 64 fields numbered below 1024.
 //! It answers only "passes"; on anything else — a violation, bytes the decoder would refuse or
 //! read in a way this scan does not follow (a wrong wire type, invalid UTF-8 in a string, a
 //! group, a malformed varint or length) — it answers "undecided", and the caller decodes the
 //! message and checks it the full way, which words every error. A field given more than once is
 //! judged by its last value, the one the decoder keeps.
 
-use prost_reflect::{Kind, MessageDescriptor, Syntax};
+use prost_reflect::{Kind, MessageDescriptor, Syntax, Value};
 
 use super::check::{check_scalar, CompiledField, Scalar};
 use crate::status::FieldViolation;
@@ -71,9 +72,11 @@ enum Raw<'b> {
 impl FlatRules {
     /// The wire rules of `message` with `compiled` fields, `None` when it is not flat.
     pub(super) fn of(message: &MessageDescriptor, compiled: &[CompiledField]) -> Option<Self> {
+        // Extensions are typed by the decoder but would be skipped here as unknown fields.
         if message.parent_file().syntax() != Syntax::Proto3
             || message.oneofs().any(|oneof| !oneof.is_synthetic())
             || message.fields().len() > MOST_FIELDS
+            || message.extensions().next().is_some()
         {
             return None;
         }
@@ -85,6 +88,15 @@ impl FlatRules {
                 return None;
             }
             let kind = ScalarKind::of(&field.kind())?;
+            // An absent field is read here as its type's zero; a descriptor set built by hand
+            // may give it another default (a proto2 enum, a `default_value`).
+            let zero_default = match Value::default_value_for_field(&field) {
+                Value::EnumNumber(number) => number == 0,
+                default => default == Value::default_value(&field.kind()),
+            };
+            if !zero_default {
+                return None;
+            }
             let rules = compiled
                 .iter()
                 .position(|c| c.field.number() == field.number());

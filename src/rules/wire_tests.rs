@@ -36,12 +36,47 @@ message Flat {
   uint64 u = 17 [(buf.validate.field).uint64 = {lt: 1000}];
   sfixed32 x = 18 [(buf.validate.field).sfixed32 = {gt: -9}];
   optional string id = 19 [(buf.validate.field).string.uuid = true];
+  optional int32 must = 21 [(buf.validate.field).required = true];
+  optional string mail = 22 [(buf.validate.field) = {ignore: IGNORE_IF_ZERO_VALUE, string: {email: true}}];
+  Color pick = 23 [(buf.validate.field).enum = {not_in: [2]}];
+  string word = 24 [(buf.validate.field).string = {not_in: ["x"], in: ["", "a", "b", "x"]}];
+  uint32 n = 26 [(buf.validate.field).uint32.gt = 0];
 }
+message WithOneof { oneof choice { string a = 1 [(buf.validate.field).string.min_len = 1]; int32 b = 2; } }
+message WithList { repeated int32 items = 1; string name = 2 [(buf.validate.field).string.min_len = 1]; }
 message Nested { Flat flat = 1; string name = 2 [(buf.validate.field).string.min_len = 1]; }
 "#;
 
-/// The wire type each field of `Flat` is written with (by number; 0 is unused).
-const WIRE_TYPES: [u8; 20] = [0, 2, 0, 0, 0, 1, 5, 0, 0, 5, 1, 2, 0, 2, 2, 1, 0, 0, 5, 2];
+/// The wire type each field of `Flat` is written with (by number; 0, 20 and 25 are unused).
+const WIRE_TYPES: [Option<u8>; 27] = [
+    None,
+    Some(2),
+    Some(0),
+    Some(0),
+    Some(0),
+    Some(1),
+    Some(5),
+    Some(0),
+    Some(0),
+    Some(5),
+    Some(1),
+    Some(2),
+    Some(0),
+    Some(2),
+    Some(2),
+    Some(1),
+    Some(0),
+    Some(0),
+    Some(5),
+    Some(2),
+    None,
+    Some(0),
+    Some(2),
+    Some(0),
+    Some(2),
+    None,
+    Some(0),
+];
 
 /// `Flat` and its rules, compiled once for every case.
 fn flat() -> (MessageDescriptor, Arc<MessageRules>) {
@@ -120,10 +155,10 @@ fn text() -> impl Strategy<Value = Vec<u8>> {
 
 /// A field of `Flat`, mostly with its own wire type (`clean`), sometimes another or unknown.
 fn field(clean: bool) -> impl Strategy<Value = Field> {
-    let number = prop_oneof![8 => 1u32..20, 1 => 20u32..40, 1 => Just(1000u32)];
+    let number = prop_oneof![8 => 1u32..27, 1 => 27u32..40, 1 => Just(1000u32)];
     (number, 0u8..6, bits(), text(), any::<bool>()).prop_map(
         move |(number, other_wire, bits, bytes, keep)| {
-            let own = WIRE_TYPES.get(number as usize).copied();
+            let own = WIRE_TYPES.get(number as usize).copied().flatten();
             let wire_type = match own {
                 Some(own) if clean || keep => own,
                 _ if clean => [0, 1, 2, 5][usize::from(other_wire % 4)],
@@ -144,19 +179,24 @@ fn field(clean: bool) -> impl Strategy<Value = Field> {
     )
 }
 
-/// A message's fields: mostly the required `raw` first, then generated ones.
+/// A message's fields: mostly the fields an absent value breaks (`raw`, `must`, `n`) first with
+/// good values, then generated ones.
 fn message_fields(clean: bool) -> impl Strategy<Value = Vec<Field>> {
-    let raw = Field {
-        number: 11,
-        wire_type: 2,
-        bits: 0,
-        bytes: b"r".to_vec(),
+    let good = |number, wire_type, bits, bytes: &[u8]| Field {
+        number,
+        wire_type,
+        bits,
+        bytes: bytes.to_vec(),
     };
     (
-        prop::option::weighted(0.8, Just(raw)),
+        prop::option::weighted(0.9, Just(good(11, 2, 0, b"r"))),
+        prop::option::weighted(0.9, Just(good(21, 0, 0, b""))),
+        prop::option::weighted(0.9, Just(good(26, 0, 3, b""))),
         prop::collection::vec(field(clean), 0..10),
     )
-        .prop_map(|(raw, fields)| raw.into_iter().chain(fields).collect())
+        .prop_map(|(raw, must, n, fields)| {
+            raw.into_iter().chain(must).chain(n).chain(fields).collect()
+        })
 }
 
 proptest! {
@@ -252,8 +292,105 @@ fn a_message_that_is_not_flat_is_always_left_to_the_full_check() {
     let rules = MessageRules::compile(&nested)
         .expect("compiles")
         .expect("has rules");
-    // name "n", flat {raw "r"}: passes decoded, but the wire check does not decide it.
-    let bytes = b"\x12\x01n\x0a\x03\x5a\x01r";
+    // name "n", flat {raw "r", must 0, n 3}: passes decoded, but the wire check does not decide
+    // it.
+    let bytes = b"\x12\x01n\x0a\x09\x5a\x01r\xa8\x01\x00\xd0\x01\x03";
     assert!(passes_decoded(&nested, &rules, bytes));
     assert!(!rules.passes_on_wire(bytes));
+}
+
+#[test]
+fn hand_made_edge_cases_agree() {
+    let (descriptor, rules) = flat();
+    // raw "r", must 0, n 3: a message that passes, to which each case adds or changes a field.
+    let base: &[u8] = b"\x5a\x01r\xa8\x01\x00\xd0\x01\x03";
+    let cases: &[(&str, &[u8])] = &[
+        ("as it is", b""),
+        (
+            "an overlong varint value (a = 1 in three bytes)",
+            b"\x10\x81\x80\x00",
+        ),
+        ("an overlong tag", b"\x90\x80\x00\x01"),
+        (
+            "a negative int32 in ten bytes (a = -1)",
+            b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+        ),
+        (
+            "a ten-byte varint whose last byte is over 1",
+            b"\x10\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02",
+        ),
+        (
+            "an eleven-byte varint",
+            b"\x10\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x00",
+        ),
+        ("field number 0", b"\x00\x01"),
+        ("wire type 4 (end group)", b"\x14"),
+        (
+            "wire type 3 (start group) of an unknown field",
+            b"\xfb\x01\xfc\x01",
+        ),
+        ("wire type 6", b"\x16\x01"),
+        ("wire type 7", b"\x17\x01"),
+        ("an unknown field numbered 1000", b"\xc0\x3e\x05"),
+        (
+            "an unknown field in a gap of the numbers (20)",
+            b"\xa0\x01\x05",
+        ),
+        (
+            "an unknown length-delimited field cut short",
+            b"\xa2\x01\x05ab",
+        ),
+        ("a length past the end", b"\x0a\x05ab"),
+        ("a string that is not UTF-8", b"\x6a\x01\xff"),
+        (
+            "a wrong wire type for a known field",
+            b"\x15\x01\x00\x00\x00",
+        ),
+        ("n given twice, the last 0", b"\xd0\x01\x00"),
+        ("n given twice, the last 5", b"\xd0\x01\x00\xd0\x01\x05"),
+        ("word x (in the allowed set, but refused)", b"\xc2\x01\x01x"),
+        ("word a", b"\xc2\x01\x01a"),
+        ("pick 2 (refused)", b"\xb8\x01\x02"),
+        ("mail empty (ignored)", b"\xb2\x01\x00"),
+        ("mail not an address", b"\xb2\x01\x01m"),
+        ("a NaN double", b"\x29\x00\x00\x00\x00\x00\x00\xf8\x7f"),
+        ("a -0.0 float (zero, ignored)", b"\x35\x00\x00\x00\x80"),
+    ];
+    for (case, extra) in cases {
+        let bytes = [base, extra].concat();
+        let decoded = passes_decoded(&descriptor, &rules, &bytes);
+        let on_wire = rules.passes_on_wire(&bytes);
+        assert!(!on_wire || decoded, "{case}: passes on the wire only");
+        let clean = !matches!(*case, c if c.contains("wire type") || c.contains("UTF-8"));
+        if clean {
+            assert_eq!(on_wire, decoded, "{case}");
+        }
+    }
+    // Each answer is reached: the base passes, a broken rule does not.
+    assert!(rules.passes_on_wire(base));
+    assert!(!passes_decoded(
+        &descriptor,
+        &rules,
+        &[base, b"\xd0\x01\x00"].concat()
+    ));
+    assert!(
+        !passes_decoded(&descriptor, &rules, b"\x5a\x01r"),
+        "must and n are needed"
+    );
+}
+
+#[test]
+fn messages_with_a_oneof_or_a_list_are_left_to_the_full_check() {
+    let pool = compiled(FLAT);
+    for (name, bytes) in [
+        ("t.WithOneof", b"\x0a\x01a".as_slice()),
+        ("t.WithList", b"\x08\x01\x12\x01n".as_slice()),
+    ] {
+        let descriptor = pool.get_message_by_name(name).expect(name);
+        let rules = MessageRules::compile(&descriptor)
+            .expect("compiles")
+            .expect("has rules");
+        assert!(passes_decoded(&descriptor, &rules, bytes), "{name}");
+        assert!(!rules.passes_on_wire(bytes), "{name}");
+    }
 }

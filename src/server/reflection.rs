@@ -1,70 +1,60 @@
-//! Server reflection (`grpc.reflection.v1` and `v1alpha`), built on its first call.
+//! Server reflection (`grpc.reflection.v1` and `v1alpha`), built for each call.
 //!
 //! tonic-reflection decodes every registered descriptor set, comments included, into its own
 //! copy when it is built: about 0.75 MB of heap per version for a service of the workspace, the
-//! largest part of an idle process's heap. Most processes are never asked for reflection, so
-//! [`Lazy`] builds each version on the first call to it and keeps it from then on. The sets are
-//! the ones [`crate::descriptors::lean_pool`] has already decoded at start, so a build cannot
-//! fail on them; should it fail anyway, the call is answered `INTERNAL` and the reason logged.
+//! largest part of an idle process's heap. Reflection calls are rare — a developer's grpcurl, the
+//! gateway's descriptor fetch once per refresh period — and each is one stream that asks all it
+//! needs, so [`OnDemand`] builds the version asked for when a call comes (a few milliseconds) and
+//! lets it go when the call ends; an idle process holds neither copy. The sets are the ones
+//! [`crate::descriptors::lean_pool`] has already decoded at start, so a build should not fail;
+//! should it fail anyway, the call is answered `INTERNAL` and the reason logged.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
-/// A reflection service built when first called (module docs).
-pub(super) struct Lazy<S> {
-    shared: Arc<Shared<S>>,
+/// A reflection service built for each call (module docs).
+pub(super) struct OnDemand<S> {
+    build: Arc<dyn Fn() -> Result<S, tonic_reflection::server::Error> + Send + Sync>,
 }
 
-/// What every clone of one [`Lazy`] shares.
-struct Shared<S> {
-    service: OnceLock<Result<S, String>>,
-    build: Box<dyn Fn() -> Result<S, tonic_reflection::server::Error> + Send + Sync>,
-}
-
-impl<S> Clone for Lazy<S> {
+impl<S> Clone for OnDemand<S> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            build: Arc::clone(&self.build),
         }
     }
 }
 
-impl<S> Lazy<S> {
-    /// The service `build` makes, once, when it is first called.
+impl<S> OnDemand<S> {
+    /// The service `build` makes, made for each call.
     fn new(
         build: impl Fn() -> Result<S, tonic_reflection::server::Error> + Send + Sync + 'static,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                service: OnceLock::new(),
-                build: Box::new(build),
-            }),
+            build: Arc::new(build),
         }
     }
 
-    /// The built service, building it on the first call.
-    fn service(&self) -> &Result<S, String> {
-        self.shared.service.get_or_init(|| {
-            (self.shared.build)().map_err(|err| {
-                tracing::error!(error = %err, "server reflection cannot be built");
-                err.to_string()
-            })
+    /// A service for one call; the reason (logged) when it cannot be built.
+    fn service(&self) -> Result<S, ()> {
+        (self.build)().map_err(|err| {
+            tracing::error!(error = %err, "server reflection cannot be built");
         })
     }
 }
 
-impl<S: NamedService> NamedService for Lazy<S> {
+impl<S: NamedService> NamedService for OnDemand<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for Lazy<S>
+impl<S> Service<http::Request<Body>> for OnDemand<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -83,8 +73,8 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         match self.service() {
-            Ok(service) => Box::pin(service.clone().oneshot(request)),
-            Err(_) => Box::pin(std::future::ready(Ok(tonic::Status::internal(
+            Ok(service) => Box::pin(service.oneshot(request)),
+            Err(()) => Box::pin(std::future::ready(Ok(tonic::Status::internal(
                 "server reflection is unavailable on this instance",
             )
             .into_http()))),
@@ -96,13 +86,13 @@ where
 pub(super) fn v1(
     descriptor_sets: &[&'static [u8]],
     grpc_services: &[&'static str],
-) -> Lazy<
+) -> OnDemand<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
 > {
     let (sets, names) = (descriptor_sets.to_vec(), grpc_services.to_vec());
-    Lazy::new(move || {
+    OnDemand::new(move || {
         builder(&sets, &names)
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .build_v1()
@@ -113,13 +103,13 @@ pub(super) fn v1(
 pub(super) fn v1alpha(
     descriptor_sets: &[&'static [u8]],
     grpc_services: &[&'static str],
-) -> Lazy<
+) -> OnDemand<
     tonic_reflection::server::v1alpha::ServerReflectionServer<
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 > {
     let (sets, names) = (descriptor_sets.to_vec(), grpc_services.to_vec());
-    Lazy::new(move || {
+    OnDemand::new(move || {
         builder(&sets, &names)
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
             .build_v1alpha()
@@ -146,30 +136,75 @@ fn builder<'b>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_version_is_built_once_on_its_first_call() {
+    #[tokio::test]
+    async fn each_call_builds_the_version_and_lets_it_go() {
         let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = Arc::clone(&built);
-        let lazy = Lazy::new(move || {
+        let service = OnDemand::new(move || {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            builder(crate::test_protos::SETS, &[]).build_v1()
+            builder(
+                crate::test_protos::SETS,
+                &["protomesh.priority.v1.PriorityService"],
+            )
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .build_v1()
         });
         assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 0);
-        let clone = lazy.clone();
-        assert!(lazy.service().is_ok());
-        assert!(clone.service().is_ok());
-        assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for calls in 1..=2 {
+            let listed = list_services(service.clone()).await;
+            assert!(
+                listed
+                    .iter()
+                    .any(|name| name == "protomesh.priority.v1.PriorityService"),
+                "{listed:?}"
+            );
+            assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), calls);
+        }
+    }
+
+    /// The services `service` lists, asked as grpcurl asks.
+    async fn list_services<S>(service: OnDemand<S>) -> Vec<String>
+    where
+        OnDemand<S>: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        <OnDemand<S> as Service<http::Request<Body>>>::Future: Send,
+        S: NamedService + Send + 'static,
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let mut client = ServerReflectionClient::new(tonic::service::Routes::new(service));
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        match answer.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
     async fn a_version_that_cannot_be_built_answers_internal() {
-        let mut lazy = Lazy::new(|| builder(&[b"\x0a\x05broken".as_slice()], &[]).build_v1());
+        let mut service =
+            OnDemand::new(|| builder(&[b"\x0a\x05broken".as_slice()], &[]).build_v1());
         let request = http::Request::builder()
             .uri("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
             .header("content-type", "application/grpc")
             .body(Body::empty())
             .unwrap();
-        let response = lazy.call(request).await.unwrap();
+        let response = service.call(request).await.unwrap();
         let status = tonic::Status::from_header_map(response.headers()).unwrap();
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(!status.message().contains("decod"), "{}", status.message());

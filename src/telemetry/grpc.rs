@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 use tracing::{Instrument, Level, Span};
 
-use super::request_id::{current_request_id, REQUEST_ID_HEADER};
+use super::request_id::{current_request_id, REQUEST_ID_HEADER_NAME};
 use super::{propagation, spans};
 use tower::BoxError;
 
@@ -43,13 +43,10 @@ pub enum CallSide {
     Http,
 }
 
-/// The `grpc-status` header's name (a name given as text is parsed on every lookup).
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
 /// The `grpc-status` in `headers` (response headers or trailers).
 pub fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     headers
-        .get(GRPC_STATUS)
+        .get(crate::client::grpc_timeout::GRPC_STATUS_HEADER)
         .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
         .and_then(|text| text.parse().ok())
 }
@@ -303,11 +300,11 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        if !request.headers().contains_key(REQUEST_ID_HEADER) {
+        if !request.headers().contains_key(REQUEST_ID_HEADER_NAME) {
             if let Some(value) =
                 current_request_id().and_then(|id| http::HeaderValue::from_str(&id).ok())
             {
-                request.headers_mut().insert(REQUEST_ID_HEADER, value);
+                request.headers_mut().insert(REQUEST_ID_HEADER_NAME, value);
             }
         }
         let span = spans::grpc_client(request.uri().path(), &self.peer);

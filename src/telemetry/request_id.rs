@@ -13,6 +13,10 @@ use tracing_subscriber::Registry;
 /// The header (and gRPC metadata key) carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// [`REQUEST_ID_HEADER`] as a header name, so that lookups on every call skip parsing the name.
+pub const REQUEST_ID_HEADER_NAME: http::HeaderName =
+    http::HeaderName::from_static(REQUEST_ID_HEADER);
+
 /// The span field holding the request id.
 pub const REQUEST_ID_FIELD: &str = "request_id";
 

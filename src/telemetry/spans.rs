@@ -23,7 +23,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::propagation;
-use super::request_id::REQUEST_ID_HEADER;
+use super::request_id::REQUEST_ID_HEADER_NAME;
 
 /// Target of every trace span.
 pub const TARGET: &str = module_path!();
@@ -47,10 +47,8 @@ fn traced_service(service: &str) -> bool {
 
 /// The request id in `headers` (`x-request-id`), if it is text.
 fn request_id_in(headers: &HeaderMap) -> Option<&str> {
-    // Named once: a name given as text is parsed on every lookup.
-    const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
     headers
-        .get(REQUEST_ID)
+        .get(REQUEST_ID_HEADER_NAME)
         .and_then(|value| value.to_str().ok())
         .filter(|id| !id.is_empty())
 }

@@ -19,7 +19,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
-use protomesh::telemetry::REQUEST_ID_HEADER;
+use protomesh::telemetry::{REQUEST_ID_HEADER, REQUEST_ID_HEADER_NAME};
 
 use crate::codec::BytesCodec;
 use crate::errors::HttpError;
@@ -57,7 +57,7 @@ pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> 
 fn with_request_id(mut response: Response, resolved: &Resolved) -> Response {
     response
         .headers_mut()
-        .insert(REQUEST_ID_HEADER, resolved.request_id.clone());
+        .insert(REQUEST_ID_HEADER_NAME, resolved.request_id.clone());
     response
 }
 
