@@ -44,6 +44,7 @@
 
 mod check;
 mod declared;
+mod value;
 mod wire;
 
 pub use check::{MessageRules, MethodRules};

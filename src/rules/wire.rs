@@ -12,7 +12,8 @@
 
 use prost_reflect::{Kind, MessageDescriptor, Syntax, Value};
 
-use super::check::{check_scalar, CompiledField, Scalar};
+use super::declared::FieldRules;
+use super::value::{check_scalar, Scalar};
 use crate::status::FieldViolation;
 
 /// Most fields a flat message may have (presence is kept in a `u64`).
@@ -36,8 +37,8 @@ struct FlatField {
     kind: ScalarKind,
     /// Whether the field has explicit presence (proto3 `optional`).
     presence: bool,
-    /// The field's rules: an index into the message's compiled fields.
-    rules: Option<usize>,
+    /// The field's rules, if it has any.
+    rules: Option<FieldRules>,
 }
 
 /// How a scalar field is written on the wire and read back.
@@ -70,8 +71,12 @@ enum Raw<'b> {
 }
 
 impl FlatRules {
-    /// The wire rules of `message` with `compiled` fields, `None` when it is not flat.
-    pub(super) fn of(message: &MessageDescriptor, compiled: &[CompiledField]) -> Option<Self> {
+    /// The wire rules of `message` whose fields with rules are `ruled` (number, rules, whether
+    /// its message type has rules of its own), `None` when it is not flat.
+    pub(super) fn of(
+        message: &MessageDescriptor,
+        ruled: &[(u32, &FieldRules, bool)],
+    ) -> Option<Self> {
         // Extensions are typed by the decoder but would be skipped here as unknown fields.
         if message.parent_file().syntax() != Syntax::Proto3
             || message.oneofs().any(|oneof| !oneof.is_synthetic())
@@ -97,24 +102,18 @@ impl FlatRules {
             if !zero_default {
                 return None;
             }
-            let rules = compiled
-                .iter()
-                .position(|c| c.field.number() == field.number());
-            if let Some(index) = rules {
-                if compiled[index].nested.is_some() {
-                    return None;
-                }
+            let ruled = ruled.iter().find(|(number, ..)| *number == field.number());
+            if ruled.is_some_and(|(_, _, nested)| *nested) {
+                return None;
             }
             let flat = FlatField {
                 kind,
                 presence: field.supports_presence(),
-                rules,
+                rules: ruled.map(|(_, rules, _)| (*rules).clone()),
             };
             // What an absent field is: unset, or its zero value.
-            if let Some(index) = rules {
-                if !flat.passes(&compiled[index], None) {
-                    needed |= 1 << fields.len();
-                }
+            if flat.rules.is_some() && !flat.passes(None) {
+                needed |= 1 << fields.len();
             }
             let number = field.number() as usize;
             if by_number.len() <= number {
@@ -130,8 +129,8 @@ impl FlatRules {
         })
     }
 
-    /// Whether `bytes`, a message of this type, surely passes `compiled` (module docs).
-    pub(super) fn passes(&self, compiled: &[CompiledField], mut bytes: &[u8]) -> bool {
+    /// Whether `bytes`, a message of this type, surely passes (module docs).
+    pub(super) fn passes(&self, mut bytes: &[u8]) -> bool {
         // Bit `i`: field `i` was seen; its last value breaks its rules.
         let (mut seen, mut failing) = (0u64, 0u64);
         while !bytes.is_empty() {
@@ -158,10 +157,10 @@ impl FlatRules {
             let Some(value) = field.kind.read(&raw) else {
                 return false;
             };
-            if let Some(rules) = field.rules {
+            if field.rules.is_some() {
                 let bit = 1u64 << index;
                 seen |= bit;
-                if field.passes(&compiled[rules], Some(value)) {
+                if field.passes(Some(value)) {
                     failing &= !bit;
                 } else {
                     failing |= bit;
@@ -173,10 +172,12 @@ impl FlatRules {
 }
 
 impl FlatField {
-    /// Whether the field passes `compiled`'s rules with `value` as its last value (`None`:
-    /// absent), as `CompiledField::check` judges a decoded one.
-    fn passes(&self, compiled: &CompiledField, value: Option<WireValue<'_>>) -> bool {
-        let rules = &compiled.rules;
+    /// Whether the field passes its rules with `value` as its last value (`None`: absent), as
+    /// the check of a decoded message judges it (a field without rules passes).
+    fn passes(&self, value: Option<WireValue<'_>>) -> bool {
+        let Some(rules) = &self.rules else {
+            return true;
+        };
         let value = match value {
             Some(value) => value,
             None if self.presence => return !rules.required,

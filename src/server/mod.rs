@@ -371,8 +371,14 @@ impl BoundServer {
         let _stop_admin = stop_admin.drop_guard();
 
         let routes = routes
-            .add_service(reflection::v1(&descriptor_sets, &grpc_services))
-            .add_service(reflection::v1alpha(&descriptor_sets, &grpc_services));
+            .add_service(reflection::v1(
+                &descriptor_sets,
+                &advertised_names(&grpc_services),
+            ))
+            .add_service(reflection::v1alpha(
+                &descriptor_sets,
+                &advertised_names(&grpc_services),
+            ));
         for service in &grpc_services {
             health
                 .set_service_status(service, ServingStatus::Serving)

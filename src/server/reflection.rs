@@ -82,16 +82,17 @@ where
     }
 }
 
-/// The `grpc.reflection.v1` service over `descriptor_sets`, listing only served services.
+/// The `grpc.reflection.v1` service over `descriptor_sets`, listing the `advertised` services
+/// and itself.
 pub(super) fn v1(
     descriptor_sets: &[&'static [u8]],
-    grpc_services: &[&'static str],
+    advertised: &[&'static str],
 ) -> OnDemand<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
 > {
-    let (sets, names) = (descriptor_sets.to_vec(), grpc_services.to_vec());
+    let (sets, names) = (descriptor_sets.to_vec(), advertised.to_vec());
     OnDemand::new(move || {
         builder(&sets, &names)
             .with_service_name("grpc.reflection.v1.ServerReflection")
@@ -102,13 +103,13 @@ pub(super) fn v1(
 /// The `grpc.reflection.v1alpha` service (grpcurl 1.8 asks only for this one).
 pub(super) fn v1alpha(
     descriptor_sets: &[&'static [u8]],
-    grpc_services: &[&'static str],
+    advertised: &[&'static str],
 ) -> OnDemand<
     tonic_reflection::server::v1alpha::ServerReflectionServer<
         impl tonic_reflection::server::v1alpha::ServerReflection,
     >,
 > {
-    let (sets, names) = (descriptor_sets.to_vec(), grpc_services.to_vec());
+    let (sets, names) = (descriptor_sets.to_vec(), advertised.to_vec());
     OnDemand::new(move || {
         builder(&sets, &names)
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -116,17 +117,17 @@ pub(super) fn v1alpha(
     })
 }
 
-/// The reflection builder both versions share: our descriptors, health's, the served names.
+/// The reflection builder both versions share: our descriptors, health's, the advertised names.
 fn builder<'b>(
     descriptor_sets: &[&'b [u8]],
-    grpc_services: &[&'static str],
+    advertised: &[&'static str],
 ) -> tonic_reflection::server::Builder<'b> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     for set in descriptor_sets {
         builder = builder.register_encoded_file_descriptor_set(set);
     }
-    for name in super::advertised_names(grpc_services) {
+    for &name in advertised {
         builder = builder.with_service_name(name);
     }
     builder
