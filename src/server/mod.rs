@@ -370,15 +370,10 @@ impl BoundServer {
         // However run_until ends, the admin listener ends with it.
         let _stop_admin = stop_admin.drop_guard();
 
+        let advertised = advertised_names(&grpc_services);
         let routes = routes
-            .add_service(reflection::v1(
-                &descriptor_sets,
-                &advertised_names(&grpc_services),
-            ))
-            .add_service(reflection::v1alpha(
-                &descriptor_sets,
-                &advertised_names(&grpc_services),
-            ));
+            .add_service(reflection::v1(&descriptor_sets, &advertised))
+            .add_service(reflection::v1alpha(&descriptor_sets, &advertised));
         for service in &grpc_services {
             health
                 .set_service_status(service, ServingStatus::Serving)
@@ -574,7 +569,7 @@ fn metrics_layer(
     }
 }
 
-/// Names advertised by reflection: the mesh services, health, and reflection itself.
+/// Names advertised by reflection (each version adds its own): the mesh services and health.
 fn advertised_names(grpc_services: &[&'static str]) -> Vec<&'static str> {
     let mut names = grpc_services.to_vec();
     names.push(HEALTH_SERVICE);
