@@ -386,12 +386,14 @@ impl Compiler {
         self.visiting.remove(&name);
         let mask = mask_binding(message);
         let compiled = (!fields.is_empty()).then(|| {
-            let ruled: Vec<_> = fields
-                .iter()
-                .map(|c| (c.field.number(), &c.rules, c.nested.is_some()))
-                .collect();
             let wire = match mask {
-                None => FlatRules::of(message, &ruled),
+                None => {
+                    let ruled: Vec<_> = fields
+                        .iter()
+                        .map(|c| (c.field.number(), &c.rules, c.nested.is_some()))
+                        .collect();
+                    FlatRules::of(message, &ruled)
+                }
                 Some(_) => None,
             };
             Arc::new(MessageRules {

@@ -330,18 +330,8 @@ fn raw_value<'b>(wire_type: u64, bytes: &mut &'b [u8]) -> Option<Raw<'b>> {
     }
 }
 
-/// A varint as prost reads one: at most ten bytes, the tenth at most 1.
+/// A varint, read by prost's own decoder (at most ten bytes, the tenth at most 1), so that it
+/// refuses exactly what the decoder refuses.
 fn varint(bytes: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for (index, byte) in bytes.iter().enumerate().take(10) {
-        if index == 9 && *byte > 1 {
-            return None;
-        }
-        value |= u64::from(byte & 0x7f) << (7 * index);
-        if byte & 0x80 == 0 {
-            *bytes = &bytes[index + 1..];
-            return Some(value);
-        }
-    }
-    None
+    prost::encoding::decode_varint(bytes).ok()
 }
