@@ -1,0 +1,472 @@
+//! The collaboration hub end to end, across real processes: `tasks`, `priority` and two `hub`
+//! instances registered in a private Consul dev agent, on a database and key prefix of the test's
+//! own (Postgres and Redis of the machine); callers hold test tokens.
+//!
+//! - A scripted series of task changes and messages reaches a native gRPC subscriber exactly, in
+//!   order; one that leaves and resumes with its last cursor misses nothing and sees nothing twice.
+//! - A stranger is refused the project's topic, another user's topic, publishing and the stats.
+//! - A subscriber that stops reading is dropped with `RESOURCE_EXHAUSTED` and its cursor, while
+//!   another on the same topic gets every message.
+//! - A hub instance killed under its subscribers: they resume on the other one without a gap.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use protomesh::auth::testing::token;
+use protomesh_hub::proto::protomesh::hub::v1::{
+    hub_service_client::HubServiceClient, Event, PresenceRequest, PublishRequest, StatsRequest,
+    SubscribeRequest,
+};
+use protomesh_tasks::proto::protomesh::tasks::v1::{
+    tasks_service_client::TasksServiceClient, CompleteTaskRequest, CreateProjectRequest,
+    CreateTaskRequest, DeleteTaskRequest, Project, Task, UpdateTaskRequest,
+};
+use support::http::spawn;
+use support::mesh::{wait_passing, TestMesh};
+use support::{eventually, test_secret_file, Consul};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
+
+/// Longest wait for one event.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Channels to every passing instance of `service`, by address.
+async fn instances(consul: &Consul, service: &str) -> Vec<String> {
+    let mut addrs: Vec<String> = consul
+        .instances(service, true)
+        .await
+        .into_iter()
+        .map(|e| format!("http://{}:{}", e.service.address, e.service.port))
+        .collect();
+    addrs.sort();
+    addrs
+}
+
+async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(addr.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn subscribe(
+    channel: &Channel,
+    token: &str,
+    topics: &[String],
+    after: &str,
+) -> Result<Streaming<Event>, tonic::Status> {
+    HubServiceClient::new(channel.clone())
+        .subscribe(with_token(
+            SubscribeRequest {
+                topics: topics.to_vec(),
+                after: after.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The next event that is not a presence change.
+async fn next_event(stream: &mut Streaming<Event>) -> Result<Event, tonic::Status> {
+    loop {
+        let event = tokio::time::timeout(EVENT_WAIT, stream.message())
+            .await
+            .expect("no event within the wait")?
+            .expect("the stream ended");
+        if !event.r#type.starts_with("presence.") {
+            return Ok(event);
+        }
+    }
+}
+
+/// What identifies an event in the comparisons: its stream, id, type and event id.
+fn key(event: &Event) -> (String, String, String, String) {
+    (
+        event.stream.clone(),
+        event.stream_id.clone(),
+        event.r#type.clone(),
+        event.event_id.clone(),
+    )
+}
+
+/// The task id an event's data names.
+fn task_id(event: &Event) -> String {
+    let data = event.data.as_ref().unwrap();
+    match data.fields.get("id").and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(id)) => id,
+        other => panic!("no task id in {event:?}: {other:?}"),
+    }
+}
+
+struct Script {
+    tasks: TasksServiceClient<Channel>,
+    hub: HubServiceClient<Channel>,
+    project: String,
+    alice: String,
+    admin: String,
+    /// Events the script caused, in the order it caused them: (type, task id or message text).
+    expected: Vec<(String, String)>,
+}
+
+impl Script {
+    async fn create(&mut self, title: &str) -> String {
+        let task = self
+            .tasks
+            .create_task(with_token(
+                CreateTaskRequest {
+                    project_id: self.project.clone(),
+                    task: Some(Task {
+                        title: title.to_owned(),
+                        urgency: 5,
+                        impact: 5,
+                        ..Default::default()
+                    }),
+                },
+                &self.alice,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        self.expected.push(("task.created".into(), task.id.clone()));
+        task.id
+    }
+
+    async fn update(&mut self, id: &str, title: &str) {
+        self.tasks
+            .update_task(with_token(
+                UpdateTaskRequest {
+                    task: Some(Task {
+                        id: id.to_owned(),
+                        title: title.to_owned(),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["title".into()],
+                    }),
+                },
+                &self.alice,
+            ))
+            .await
+            .unwrap();
+        self.expected.push(("task.updated".into(), id.to_owned()));
+    }
+
+    async fn complete(&mut self, id: &str) {
+        self.tasks
+            .complete_task(with_token(
+                CompleteTaskRequest { id: id.to_owned() },
+                &self.alice,
+            ))
+            .await
+            .unwrap();
+        self.expected.push(("task.completed".into(), id.to_owned()));
+    }
+
+    async fn delete(&mut self, id: &str) {
+        self.tasks
+            .delete_task(with_token(
+                DeleteTaskRequest { id: id.to_owned() },
+                &self.admin,
+            ))
+            .await
+            .unwrap();
+        self.expected.push(("task.deleted".into(), id.to_owned()));
+    }
+
+    async fn say(&mut self, text: &str) {
+        self.hub
+            .publish(with_token(
+                PublishRequest {
+                    topic: format!("project/{}", self.project),
+                    body: Some(prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+                    }),
+                },
+                &self.alice,
+            ))
+            .await
+            .unwrap();
+        self.expected.push(("message".into(), text.to_owned()));
+    }
+}
+
+/// What an event stands for in [`Script::expected`].
+fn what(event: &Event) -> (String, String) {
+    if event.r#type == "message" {
+        let body = event.data.as_ref().unwrap().fields.get("body").cloned();
+        let Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(text)),
+        }) = body
+        else {
+            panic!("a message without a text body: {event:?}")
+        };
+        return (event.r#type.clone(), text);
+    }
+    (event.r#type.clone(), task_id(event))
+}
+
+/// Reads `count` events (presence changes left out) from `stream`.
+async fn read(stream: &mut Streaming<Event>, count: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(count);
+    for _ in 0..count {
+        events.push(next_event(stream).await.unwrap());
+    }
+    events
+}
+
+/// Task changes come in the order they were made; messages, in the order they were sent (the
+/// two are in different streams, whose entries may interleave differently for two readers).
+fn assert_same_per_stream(seen: &[(String, String)], expected: &[(String, String)]) {
+    for message in [true, false] {
+        let pick = |list: &[(String, String)]| -> Vec<(String, String)> {
+            list.iter()
+                .filter(|(kind, _)| (kind == "message") == message)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(pick(seen), pick(expected));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_every_change_once_and_strangers_see_none() {
+    let mesh = TestMesh::start().await;
+    let consul = &mesh.consul;
+    let mut env = mesh.env();
+    env.push(("PROTOMESH_JWT_SECRET_FILE", test_secret_file()));
+    let _priority = spawn("priority", &env, &[]);
+    let _tasks = spawn("tasks", &env, &[]);
+    let hub1 = spawn("hub", &env, &["--subscriber-buffer", "4"]);
+    wait_passing(consul, &["priority", "tasks", "hub"]).await;
+    let first_hub = instances(consul, "hub").await.remove(0);
+    let _hub2 = spawn("hub", &env, &["--subscriber-buffer", "4"]);
+    let second_hub = eventually(Duration::from_secs(60), "a second hub", || async {
+        instances(consul, "hub")
+            .await
+            .into_iter()
+            .find(|addr| *addr != first_hub)
+    })
+    .await;
+    let (on_first, on_second) = (channel(&first_hub).await, channel(&second_hub).await);
+
+    let alice = token("alice", &[]);
+    let bob = token("bob", &[]);
+    let admin = token("root", &["admin"]);
+    let tasks_channel = channel(&instances(consul, "tasks").await.remove(0)).await;
+    let mut tasks = TasksServiceClient::new(tasks_channel);
+    let project = tasks
+        .create_project(with_token(
+            CreateProjectRequest {
+                project: Some(Project {
+                    name: "hub test".into(),
+                    ..Default::default()
+                }),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = vec![format!("project/{}", project.id)];
+
+    // A reference subscriber on the second instance, another on the first that will be killed
+    // under it, and one that leaves and comes back.
+    let mut reference = subscribe(&on_second, &alice, &topic, "").await.unwrap();
+    let mut survivor = subscribe(&on_first, &alice, &topic, "").await.unwrap();
+    let mut leaver = subscribe(&on_second, &alice, &topic, "").await.unwrap();
+
+    let mut script = Script {
+        tasks,
+        hub: HubServiceClient::new(on_second.clone()),
+        project: project.id.clone(),
+        alice: alice.clone(),
+        admin: admin.clone(),
+        expected: Vec::new(),
+    };
+    let a = script.create("a").await;
+    let b = script.create("b").await;
+    script.say("hello").await;
+    script.update(&a, "a, renamed").await;
+
+    let seen = read(&mut reference, 4).await;
+    let seen_keys: Vec<(String, String)> = seen.iter().map(what).collect();
+    assert_same_per_stream(&seen_keys, &script.expected);
+    for event in &seen {
+        assert_eq!(event.topic, topic[0]);
+        assert!(!event.cursor.is_empty() && !event.event_id.is_empty());
+    }
+
+    // The leaver reads two events and goes away.
+    let left_with = read(&mut leaver, 2).await;
+    let cursor = left_with[1].cursor.clone();
+    drop(leaver);
+
+    // Strangers: Bob sees none of Alice's topics and may not read the stats.
+    let refused = subscribe(&on_first, &bob, &topic, "").await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains("not found"), "{refused:?}");
+    let refused = subscribe(&on_first, &bob, &["user/alice".into()], "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    let mut bobs_hub = HubServiceClient::new(on_first.clone());
+    let refused = bobs_hub
+        .publish(with_token(
+            PublishRequest {
+                topic: topic[0].clone(),
+                body: Some(prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue("hi".into())),
+                }),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    let refused = bobs_hub
+        .stats(with_token(StatsRequest {}, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = bobs_hub
+        .presence(with_token(
+            PresenceRequest {
+                topic: topic[0].clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    // Bad input names its field.
+    let refused = subscribe(&on_first, &alice, &["project/12".into()], "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("topics[0]"), "{refused:?}");
+    let refused = subscribe(&on_first, &alice, &topic, "tasks:nope")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("after"), "{refused:?}");
+
+    // More changes while the leaver is away; the survivor's instance is killed halfway.
+    script.complete(&b).await;
+    let survivor_seen = read(&mut survivor, 5).await;
+    let survivor_cursor = survivor_seen[4].cursor.clone();
+    hub1.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    script.say("while one hub is down").await;
+    let c = script.create("c").await;
+    script.delete(&c).await;
+
+    // The leaver resumes after its second event, on the same instance.
+    let mut resumed = subscribe(&on_second, &alice, &topic, &cursor)
+        .await
+        .unwrap();
+    let rest = read(&mut resumed, script.expected.len() - 2).await;
+    let mut leaver_seen: Vec<(String, String)> = left_with.iter().map(what).collect();
+    leaver_seen.extend(rest.iter().map(what));
+    assert_same_per_stream(&leaver_seen, &script.expected);
+
+    // The survivor's stream broke; it resumes on the other instance.
+    let broken = tokio::time::timeout(EVENT_WAIT, survivor.message())
+        .await
+        .unwrap();
+    assert!(broken.is_err(), "{broken:?}");
+    let mut survivor_again = subscribe(&on_second, &alice, &topic, &survivor_cursor)
+        .await
+        .unwrap();
+    let rest = read(&mut survivor_again, script.expected.len() - 5).await;
+    let mut survivor_all: Vec<(String, String)> = survivor_seen.iter().map(what).collect();
+    survivor_all.extend(rest.iter().map(what));
+    assert_same_per_stream(&survivor_all, &script.expected);
+
+    // The reference saw the same, and nothing more is pending anywhere.
+    let reference_rest = read(&mut reference, script.expected.len() - 4).await;
+    let mut reference_all = seen_keys;
+    reference_all.extend(reference_rest.iter().map(what));
+    assert_same_per_stream(&reference_all, &script.expected);
+    // Resumed and live copies of an event are the same entry.
+    let live: Vec<_> = reference_rest.iter().map(key).collect();
+    for event in &rest {
+        assert!(live.contains(&key(event)), "{event:?} not among {live:?}");
+    }
+
+    // Presence: Alice is on the topic.
+    let present = HubServiceClient::new(on_second.clone())
+        .presence(with_token(
+            PresenceRequest {
+                topic: topic[0].clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(present.subjects, ["alice"]);
+
+    // A subscriber that stops reading is dropped; the one reading gets every message.
+    let slow_channel = Endpoint::from_shared(second_hub.clone())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = subscribe(&slow_channel, &alice, &topic, "").await.unwrap();
+    let big = "x".repeat(12 * 1024);
+    for n in 0..60 {
+        script.say(&format!("{n} {big}")).await;
+    }
+    let mut count = 0;
+    while count < 60 {
+        let event = next_event(&mut reference).await.unwrap();
+        if event.r#type == "message" {
+            count += 1;
+        }
+    }
+    let mut ended = None;
+    for _ in 0..200 {
+        match tokio::time::timeout(EVENT_WAIT, slow.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                ended = Some(status);
+                break;
+            }
+        }
+    }
+    let ended = ended.expect("the slow subscriber was not dropped");
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
+    assert!(ended.message().contains("after=tasks:"), "{ended:?}");
+
+    // The admin reads the stats: the dropped subscriber is counted, and the reference's topic is
+    // served (instances report every 10 s).
+    eventually(Duration::from_secs(25), "stats with the drop", || async {
+        let stats = HubServiceClient::new(on_second.clone())
+            .stats(with_token(StatsRequest {}, &admin))
+            .await
+            .unwrap()
+            .into_inner();
+        stats
+            .instances
+            .iter()
+            .any(|i| i.dropped >= 1 && i.topics.get(&topic[0]).copied().unwrap_or(0) >= 1)
+            .then_some(())
+    })
+    .await;
+}
