@@ -2,17 +2,24 @@
 //! instances registered in a private Consul dev agent, on a database and key prefix of the test's
 //! own (Postgres and Redis of the machine); callers hold test tokens.
 //!
-//! - A scripted series of task changes and messages reaches a native gRPC subscriber exactly, in
-//!   order; one that leaves and resumes with its last cursor misses nothing and sees nothing twice.
-//! - A stranger is refused the project's topic, another user's topic, publishing and the stats.
+//! - A scripted series of task changes and messages reaches a native gRPC subscriber and one on a
+//!   WebSocket through the `gateway` exactly, in order; one that leaves and resumes with its last
+//!   cursor misses nothing and sees nothing twice.
+//! - A stranger is refused the project's topic (over gRPC and over the WebSocket), another user's
+//!   topic, publishing, presence and the stats; a WebSocket without a credential is refused at the
+//!   handshake.
 //! - A subscriber that stops reading is dropped with `RESOURCE_EXHAUSTED` and its cursor, while
-//!   another on the same topic gets every message.
+//!   another on the same topic gets every message; resuming from that cursor, it gets the rest.
 //! - A hub instance killed under its subscribers: they resume on the other one without a gap.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use protomesh::auth::testing::token;
 use protomesh_hub::proto::protomesh::hub::v1::{
@@ -24,8 +31,9 @@ use protomesh_tasks::proto::protomesh::tasks::v1::{
     CreateTaskRequest, DeleteTaskRequest, Project, Task, UpdateTaskRequest,
 };
 use support::http::spawn;
+use support::mesh::wait_routes;
 use support::mesh::{wait_passing, TestMesh};
-use support::{eventually, test_secret_file, Consul};
+use support::{eventually, gateway_addr, test_secret_file, Consul};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
 
@@ -52,9 +60,12 @@ async fn instances(consul: &Consul, service: &str) -> Vec<String> {
     addrs
 }
 
+/// A channel to `addr` with large flow-control windows (the slow subscriber's is small).
 async fn channel(addr: &str) -> Channel {
     Endpoint::from_shared(addr.to_owned())
         .unwrap()
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
         .connect()
         .await
         .unwrap()
@@ -89,6 +100,92 @@ async fn next_event(stream: &mut Streaming<Event>) -> Result<Event, tonic::Statu
             return Ok(event);
         }
     }
+}
+
+/// Nothing but presence changes arrives on `stream` for a second.
+async fn assert_nothing_more(stream: &mut Streaming<Event>) {
+    let more = tokio::time::timeout(Duration::from_secs(1), next_event(stream)).await;
+    assert!(more.is_err(), "an event too many: {more:?}");
+}
+
+/// Subscribes, retrying while the instance has not reached its streams yet (`UNAVAILABLE`).
+async fn subscribe_when_ready(
+    channel: &Channel,
+    token: &str,
+    topics: &[String],
+) -> Streaming<Event> {
+    eventually(
+        Duration::from_secs(30),
+        "a hub reading its streams",
+        || async { subscribe(channel, token, topics, "").await.ok() },
+    )
+    .await
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket subscription to `topic` through the gateway, the token as a subprotocol.
+async fn ws_subscribe(
+    gateway: SocketAddr,
+    token: &str,
+    topic: &str,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{gateway}/v1/hub/events?topics={topic}")
+        .into_client_request()
+        .unwrap();
+    let protocols = if token.is_empty() {
+        "protomesh.json".to_owned()
+    } else {
+        format!("protomesh.json, bearer.{token}")
+    };
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// The next frame of a WebSocket subscription that is not a ping, pong or presence change.
+async fn ws_next(socket: &mut Socket) -> WsMessage {
+    loop {
+        let frame = tokio::time::timeout(EVENT_WAIT, socket.next())
+            .await
+            .expect("no frame within the wait")
+            .expect("the socket ended")
+            .unwrap();
+        match &frame {
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            WsMessage::Text(text) => {
+                let json: serde_json::Value = serde_json::from_str(text).unwrap();
+                if json["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("presence."))
+                {
+                    continue;
+                }
+                return frame;
+            }
+            _ => return frame,
+        }
+    }
+}
+
+/// What a WebSocket event (proto3 JSON) stands for in [`Script::expected`].
+fn ws_what(frame: &WsMessage) -> (String, String) {
+    let WsMessage::Text(text) = frame else {
+        panic!("not an event: {frame:?}")
+    };
+    let json: serde_json::Value = serde_json::from_str(text).unwrap();
+    let kind = json["type"].as_str().unwrap().to_owned();
+    let what = if kind == "message" {
+        json["data"]["body"].as_str().unwrap().to_owned()
+    } else {
+        json["data"]["id"].as_str().unwrap().to_owned()
+    };
+    (kind, what)
 }
 
 /// What identifies an event in the comparisons: its stream, id, type and event id.
@@ -260,6 +357,9 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     })
     .await;
     let (on_first, on_second) = (channel(&first_hub).await, channel(&second_hub).await);
+    let gateway_process = spawn("gateway", &env, &[]);
+    let gateway = gateway_addr(&gateway_process).await;
+    wait_routes(gateway, &["HubService", "TasksService"]).await;
 
     let alice = token("alice", &[]);
     let bob = token("bob", &[]);
@@ -283,9 +383,12 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
 
     // A reference subscriber on the second instance, another on the first that will be killed
     // under it, and one that leaves and comes back.
-    let mut reference = subscribe(&on_second, &alice, &topic, "").await.unwrap();
-    let mut survivor = subscribe(&on_first, &alice, &topic, "").await.unwrap();
+    let mut reference = subscribe_when_ready(&on_second, &alice, &topic).await;
+    let mut survivor = subscribe_when_ready(&on_first, &alice, &topic).await;
     let mut leaver = subscribe(&on_second, &alice, &topic, "").await.unwrap();
+    // And one on a WebSocket through the gateway; the WebSocket has been answered (101) once the
+    // hub's stream is open, so the subscription is registered.
+    let mut socket = ws_subscribe(gateway, &alice, &topic[0]).await.unwrap();
 
     let mut script = Script {
         tasks,
@@ -398,6 +501,35 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     let mut reference_all = seen_keys;
     reference_all.extend(reference_rest.iter().map(what));
     assert_same_per_stream(&reference_all, &script.expected);
+    // Nothing more reaches any of them.
+    assert_nothing_more(&mut resumed).await;
+    assert_nothing_more(&mut survivor_again).await;
+    assert_nothing_more(&mut reference).await;
+
+    // The WebSocket subscriber saw the same series, as proto3 JSON.
+    let mut ws_seen = Vec::new();
+    for _ in 0..script.expected.len() {
+        ws_seen.push(ws_what(&ws_next(&mut socket).await));
+    }
+    assert_same_per_stream(&ws_seen, &script.expected);
+
+    // Over the WebSocket, a stranger's subscription fails as the call does (close 4005), and one
+    // without a credential is refused at the handshake (401).
+    let mut stranger = ws_subscribe(gateway, &bob, &topic[0]).await.unwrap();
+    let WsMessage::Text(error) = ws_next(&mut stranger).await else {
+        panic!("no error frame")
+    };
+    assert!(error.contains("not found"), "{error}");
+    let WsMessage::Close(Some(close)) = ws_next(&mut stranger).await else {
+        panic!("no close frame")
+    };
+    assert_eq!(u16::from(close.code), 4005);
+    let refused = ws_subscribe(gateway, "", &topic[0]).await.unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = refused else {
+        panic!("not an HTTP refusal: {refused:?}")
+    };
+    assert_eq!(response.status(), 401);
+
     // Resumed and live copies of an event are the same entry.
     let live: Vec<_> = reference_rest.iter().map(key).collect();
     for event in &rest {
@@ -437,11 +569,16 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
         }
     }
     let mut ended = None;
+    let mut numbers = Vec::new();
     for _ in 0..200 {
         match tokio::time::timeout(EVENT_WAIT, slow.message())
             .await
             .unwrap()
         {
+            Ok(Some(event)) if event.r#type == "message" => {
+                let (_, text) = what(&event);
+                numbers.push(text.split(' ').next().unwrap().parse::<u32>().unwrap());
+            }
             Ok(Some(_)) => continue,
             Ok(None) => break,
             Err(status) => {
@@ -452,7 +589,20 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     }
     let ended = ended.expect("the slow subscriber was not dropped");
     assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
-    assert!(ended.message().contains("after=tasks:"), "{ended:?}");
+    // It resumes from the cursor in the message and gets the messages it had not read.
+    let cursor = ended.message().split("after=").nth(1).unwrap().to_owned();
+    assert!(cursor.starts_with("tasks:"), "{ended:?}");
+    let mut resumed = subscribe(&on_second, &alice, &topic, &cursor)
+        .await
+        .unwrap();
+    assert!(numbers.len() < 60, "the slow subscriber was not behind");
+    while numbers.last() != Some(&59) {
+        let event = next_event(&mut resumed).await.unwrap();
+        let (_, text) = what(&event);
+        numbers.push(text.split(' ').next().unwrap().parse::<u32>().unwrap());
+    }
+    assert_nothing_more(&mut resumed).await;
+    assert_eq!(numbers, (0..60).collect::<Vec<_>>());
 
     // The admin reads the stats: the dropped subscriber is counted, and the reference's topic is
     // served (instances report every 10 s).

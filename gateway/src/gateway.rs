@@ -32,6 +32,8 @@ pub struct GatewayOptions {
     pub metadata_prefix: String,
     /// Authentication, authorization, rate limits and CORS ([`crate::edge`]).
     pub edge: EdgeOptions,
+    /// Keep-alive and limits of WebSockets bridged to streaming methods.
+    pub websocket: WebSocketOptions,
 }
 
 impl Default for GatewayOptions {
@@ -45,6 +47,7 @@ impl Default for GatewayOptions {
             forward_headers: Vec::new(),
             metadata_prefix: "grpc-metadata-".to_owned(),
             edge: EdgeOptions::default(),
+            websocket: WebSocketOptions::default(),
         }
     }
 }
@@ -82,5 +85,26 @@ impl Gateway {
     /// The state published last.
     pub(crate) fn current(&self) -> Arc<GatewayState> {
         Arc::clone(&self.state.borrow())
+    }
+}
+
+/// Keep-alive and limits of bridged WebSockets.
+#[derive(Debug, Clone)]
+pub struct WebSocketOptions {
+    /// How often the gateway pings. Default 20 s.
+    pub ping_interval: Duration,
+    /// A socket the client sent nothing on (not even a pong) for this long is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// The deadline of a bridged call whose method's policy states no default. Default 1 h.
+    pub max_duration: Duration,
+}
+
+impl Default for WebSocketOptions {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_duration: Duration::from_secs(3600),
+        }
     }
 }

@@ -49,6 +49,7 @@ pub mod template;
 mod test_support;
 mod trace;
 mod transcode;
+mod upgrade;
 mod well_known;
 
 pub use access::AccessConfig;
@@ -56,6 +57,6 @@ pub use app::{admin_app, app, app_with_admin};
 pub use cors::CorsConfig;
 pub use edge::EdgeOptions;
 pub use edge_config::EdgeConfig;
-pub use gateway::{Gateway, GatewayOptions};
+pub use gateway::{Gateway, GatewayOptions, WebSocketOptions};
 pub use ratelimit::RateLimitConfig;
 pub use transcode::JsonOptions;

@@ -12,7 +12,7 @@ use protomesh::config::LogFormat;
 use protomesh::consul::{ConsulClient, ConsulConfig};
 use protomesh_gateway::discovery::{self, DiscoveryOptions};
 use protomesh_gateway::reflection::ServiceDescriptors;
-use protomesh_gateway::{Gateway, GatewayOptions, JsonOptions};
+use protomesh_gateway::{Gateway, GatewayOptions, JsonOptions, WebSocketOptions};
 
 /// JSON/HTTP to gRPC for every service in the mesh.
 #[derive(Debug, Parser)]
@@ -53,6 +53,15 @@ struct Cli {
     /// Deadline of a call when the request sends no `Grpc-Timeout`.
     #[arg(long, env = "PROTOMESH_GATEWAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     default_timeout: Duration,
+    /// How often a WebSocket bridged to a streaming method is pinged.
+    #[arg(long = "ws-ping-interval", env = "PROTOMESH_GATEWAY_WS_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    ws_ping_interval: Duration,
+    /// A WebSocket the client sent nothing on, not even a pong, for this long is closed (1001).
+    #[arg(long = "ws-idle-timeout", env = "PROTOMESH_GATEWAY_WS_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    ws_idle_timeout: Duration,
+    /// Deadline of a call bridged from a WebSocket when its method's policy states none.
+    #[arg(long = "ws-max-duration", env = "PROTOMESH_GATEWAY_WS_MAX_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    ws_max_duration: Duration,
     /// Extra request headers passed to services as gRPC metadata (repeat the flag).
     #[arg(
         long = "forward-header",
@@ -186,6 +195,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         forward_headers,
         metadata_prefix: cli.metadata_prefix.to_ascii_lowercase(),
         edge: cli.edge.options()?,
+        websocket: WebSocketOptions {
+            ping_interval: cli.ws_ping_interval,
+            idle_timeout: cli.ws_idle_timeout,
+            max_duration: cli.ws_max_duration,
+        },
         ..GatewayOptions::default()
     };
     let listener = tokio::net::TcpListener::bind(cli.listen)

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::discovery::GatewayState;
 use crate::routes::{Lookup, Route};
 use crate::template::Binding;
+use crate::upgrade;
 
 /// Longest request id taken from a caller; a longer (or empty, or non-text) one is replaced.
 const MAX_REQUEST_ID: usize = 128;
@@ -73,6 +74,14 @@ impl Target {
     ) -> Self {
         if is_grpc(headers) {
             return Self::of_grpc(state, path);
+        }
+        if upgrade::is_upgrade(method, headers) {
+            if let Some((route, bindings)) = state.table.lookup_streaming(path) {
+                return Self::Route {
+                    route: Arc::clone(route),
+                    bindings,
+                };
+            }
         }
         match state.table.lookup(method, path) {
             Lookup::Found(route, bindings) => Self::Route {
@@ -158,6 +167,8 @@ pub(crate) async fn resolve(
     mut request: Request,
     next: Next,
 ) -> Response {
+    // A browser's WebSocket carries its credential as a subprotocol, for the edge to verify.
+    upgrade::credential_from_protocols(&request.method().clone(), request.headers_mut());
     let resolved = Resolved::new(&request, Arc::clone(&state.borrow()));
     request
         .headers_mut()

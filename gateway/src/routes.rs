@@ -187,6 +187,15 @@ impl RouteTable {
         }
     }
 
+    /// The streaming route (server, client or bidirectional) whose template matches `path`,
+    /// whatever its HTTP method: a WebSocket opens on it with `GET`.
+    pub(crate) fn lookup_streaming(&self, path: &str) -> Option<(&Arc<Route>, Vec<Binding>)> {
+        self.routes
+            .iter()
+            .filter(|r| r.method.is_client_streaming() || r.method.is_server_streaming())
+            .find_map(|r| r.template.matches(path).map(|bindings| (r, bindings)))
+    }
+
     /// Every route, most specific first.
     pub(crate) fn routes(&self) -> &[Arc<Route>] {
         &self.routes

@@ -23,6 +23,7 @@ pub mod validate;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -48,6 +49,12 @@ pub use shutdown::shutdown_signal;
 /// deadline expiries (each a reset) arrive in one burst, and closing the connection then fails
 /// every other call on it. Each such stream is a few hundred bytes.
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
+/// How often the server pings a connection over HTTP/2, and how long it waits for the answer
+/// before closing it: a caller that went away without a word (a dead host, a half-open
+/// connection) loses its calls, and long streams their resources, within 40 s.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
@@ -388,7 +395,9 @@ impl BoundServer {
             .with_nodelay(Some(true))
             .map(move |conn| conn.map(|stream| cuttable::CuttableStream::new(stream, cut.clone())));
         let builder = tonic::transport::Server::builder()
-            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS));
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         // TLS only, client certificates signed by the mesh CA required.
         #[cfg(feature = "tls")]
         let builder = match &tls {

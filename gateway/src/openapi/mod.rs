@@ -1816,7 +1816,7 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count);
-        assert_eq!(count, 5, "{ids:?}");
+        assert_eq!(count, 7, "{ids:?}");
     }
 
     #[test]

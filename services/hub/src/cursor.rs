@@ -87,8 +87,9 @@ impl Cursor {
         &self.positions
     }
 
-    /// Reads a client's cursor over `streams`: `name:id` pairs separated by commas, every name one
-    /// of `streams` at most once; a stream it leaves out is at `0-0`.
+    /// Reads a client's cursor over `streams`: `name:id` pairs separated by commas, every one of
+    /// `streams` once (a cursor the hub wrote names them all; one that left a stream out would
+    /// read it from its start).
     pub fn parse(streams: &[&'static str], text: &str) -> Result<Self, CursorError> {
         let mut cursor = Self::at(streams, StreamId::ZERO);
         let mut seen = Vec::new();
@@ -105,6 +106,9 @@ impl Cursor {
             }
             seen.push(*stream);
             cursor.set(stream, id.parse()?);
+        }
+        if let Some(missing) = streams.iter().find(|s| !seen.contains(s)) {
+            return Err(CursorError(format!("stream {missing:?} is missing")));
         }
         Ok(cursor)
     }
@@ -164,10 +168,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_left_out_starts_at_zero() {
-        let cursor = Cursor::parse(&STREAMS, "hub:5-1").unwrap();
+    fn a_cursor_names_every_stream_in_any_order() {
+        let cursor = Cursor::parse(&STREAMS, "hub:5-1,tasks:0-0,timetrack:2-0").unwrap();
         assert_eq!(cursor.get("hub"), StreamId { ms: 5, seq: 1 });
-        assert_eq!(cursor.get("tasks"), StreamId::ZERO);
+        assert_eq!(cursor.get("timetrack"), StreamId { ms: 2, seq: 0 });
     }
 
     #[test]
@@ -177,6 +181,7 @@ mod tests {
             ("orders:1-0", "no stream"),
             ("tasks:1-0,tasks:2-0", "given twice"),
             ("tasks:x", "is not a stream id"),
+            ("tasks:1-0,hub:2-0", "stream \"timetrack\" is missing"),
         ] {
             let err = Cursor::parse(&STREAMS, text).unwrap_err();
             assert!(err.to_string().contains(reason), "{text}: {err}");

@@ -21,19 +21,51 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fred::prelude::{Client, ClientLike, StreamsInterface};
-use fred::types::streams::XReadValue;
+use fred::types::Key;
 use futures::Stream;
 use protomesh_data::fred;
 use protomesh_data::stream::Event as StreamEvent;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::cursor::{Cursor, StreamId};
+use crate::cursor::{Cursor, CursorError, StreamId};
 use crate::json;
-use crate::presence::Change;
 use crate::proto::protomesh::hub::v1::Event;
 use crate::topic::topics_of;
 use crate::STREAMS;
+
+/// Why a read of the streams failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// Redis refused or did not answer.
+    #[error(transparent)]
+    Redis(#[from] fred::error::Error),
+    /// Redis answered an entry id that is not one.
+    #[error("Redis answered an entry id that is not one: {0}")]
+    Id(#[from] CursorError),
+}
+
+/// The fields of a stream entry, each read apart (one that is not UTF-8 spoils only its entry).
+type RawEntry = (String, HashMap<Key, fred::types::Value>);
+
+/// A subject's first subscription to a topic opened on this instance, or its last closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The first opened.
+    Joined {
+        /// The topic.
+        topic: String,
+        /// Who.
+        subject: String,
+    },
+    /// The last closed.
+    Left {
+        /// The topic.
+        topic: String,
+        /// Who.
+        subject: String,
+    },
+}
 
 /// Settings of a [`Hub`].
 #[derive(Debug, Clone)]
@@ -48,6 +80,9 @@ pub struct HubOptions {
     pub batch: u64,
     /// Most entries of one stream a resuming subscriber may be behind. Default 10,000.
     pub max_catch_up: u64,
+    /// Most subscriptions resuming at once (each reads up to `max_catch_up` entries per stream).
+    /// Default 8.
+    pub max_resuming: usize,
 }
 
 impl HubOptions {
@@ -59,6 +94,7 @@ impl HubOptions {
             block: Duration::from_secs(1),
             batch: 512,
             max_catch_up: 10_000,
+            max_resuming: 8,
         }
     }
 }
@@ -126,6 +162,7 @@ struct Shared {
     registry: Mutex<Registry>,
     dropped: AtomicU64,
     presence: mpsc::Sender<Change>,
+    resuming: tokio::sync::Semaphore,
 }
 
 /// The fan-out of one hub instance (see the [module](self)); clones share it.
@@ -139,7 +176,7 @@ pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Status>
 
 impl Hub {
     /// A hub on `redis` with keys under `prefix`; presence changes go to `presence` (see
-    /// [`crate::presence`]). Nothing is read until [`Hub::run_reader`] runs.
+    /// [`crate::presence::run`]). Nothing is read until [`Hub::run_reader`] runs.
     pub fn new(
         redis: Client,
         prefix: impl Into<String>,
@@ -150,10 +187,11 @@ impl Hub {
             shared: Arc::new(Shared {
                 redis,
                 prefix: prefix.into(),
-                options,
                 registry: Mutex::new(Registry::default()),
                 dropped: AtomicU64::new(0),
+                resuming: tokio::sync::Semaphore::new(options.max_resuming),
                 presence,
+                options,
             }),
         }
     }
@@ -367,13 +405,12 @@ impl Hub {
     }
 
     /// Sets the reader's position to the last entry of every stream.
-    async fn find_ends(&self, reader: &Client, keys: &[String]) -> Result<(), fred::error::Error> {
+    async fn find_ends(&self, reader: &Client, keys: &[String]) -> Result<(), ReadError> {
         let mut positions = Cursor::at(&STREAMS, StreamId::ZERO);
         for (stream, key) in STREAMS.iter().zip(keys) {
-            let last: Vec<XReadValue<String, String, String>> =
-                reader.xrevrange(key.as_str(), "+", "-", Some(1)).await?;
+            let last: Vec<RawEntry> = reader.xrevrange(key.as_str(), "+", "-", Some(1)).await?;
             if let Some((id, _)) = last.first() {
-                positions.set(stream, parse_id(id)?);
+                positions.set(stream, id.parse()?);
             }
         }
         tracing::info!(%positions, "following the event streams");
@@ -387,7 +424,7 @@ impl Hub {
         reader: &Client,
         keys: &[String],
         positions: &Cursor,
-    ) -> Result<(), fred::error::Error> {
+    ) -> Result<(), ReadError> {
         let ids: Vec<String> = positions
             .positions()
             .iter()
@@ -409,12 +446,11 @@ impl Hub {
         if reply.is_null() {
             return Ok(());
         }
-        let mut messages: HashMap<String, Vec<XReadValue<String, String, String>>> =
-            reply.into_xread_response()?;
+        let mut messages: HashMap<String, Vec<RawEntry>> = reply.into_xread_response()?;
         for (stream, key) in STREAMS.iter().zip(keys) {
             for (id, fields) in messages.remove(key).unwrap_or_default() {
-                let id = parse_id(&id)?;
-                let entry = entry(stream, id, &fields);
+                let id = id.parse()?;
+                let entry = entry(stream, id, fields);
                 self.deliver(stream, id, entry);
             }
         }
@@ -457,15 +493,16 @@ impl Hub {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             subscriber.lagged.store(true, Ordering::Relaxed);
+                            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                             lagging.push(*id);
                         }
+                        // Its client went away; its registration is being dropped.
                         Err(mpsc::error::TrySendError::Closed(_)) => lagging.push(*id),
                     }
                 }
             }
         }
         for id in lagging {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             self.remove(id);
         }
     }
@@ -478,7 +515,17 @@ impl Hub {
         after: &Cursor,
         upto: &Cursor,
     ) -> Result<VecDeque<Event>, Status> {
-        let redis_error = |err: fred::error::Error| {
+        let wait = Duration::from_secs(5);
+        let _permit = tokio::time::timeout(wait, self.shared.resuming.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "too many subscriptions are resuming on this hub instance; retry",
+                )
+            })?;
+        let redis_error = |err: ReadError| {
             tracing::warn!(error = %err, "reading a stream to resume a subscription failed");
             Status::unavailable(format!("cannot read the event streams: {err}"))
         };
@@ -486,32 +533,34 @@ impl Hub {
         let mut entries = Vec::new();
         for (stream, from) in after.positions() {
             let key = self.key(stream);
-            self.check_retained(stream, &key, *from).await?;
             let to = upto.get(stream);
-            if *from >= to {
-                continue;
-            }
-            let read: Vec<XReadValue<String, String, String>> = self
-                .shared
-                .redis
-                .xrange(key, format!("({from}"), to.to_string(), Some(max + 1))
-                .await
-                .map_err(redis_error)?;
-            if read.len() as u64 > max {
-                return Err(Status::out_of_range(format!(
-                    "the cursor is more than {max} events behind in stream {stream}: subscribe without after"
-                )));
-            }
-            for (id, fields) in read {
-                let id = parse_id(&id).map_err(redis_error)?;
-                if let Some(entry) = entry(stream, id, &fields) {
-                    if let Some(topic) = entry.topics.iter().find(|t| topics.contains(t)) {
-                        let mut event = entry.event.clone();
-                        event.topic = topic.clone();
-                        entries.push((id, *stream, event));
+            if *from < to {
+                let read: Vec<RawEntry> = self
+                    .shared
+                    .redis
+                    .xrange(&key, format!("({from}"), to.to_string(), Some(max + 1))
+                    .await
+                    .map_err(|err| redis_error(err.into()))?;
+                if read.len() as u64 > max {
+                    return Err(Status::out_of_range(format!(
+                        "the cursor is more than {max} events behind in stream {stream}: subscribe without after"
+                    )));
+                }
+                for (id, fields) in read {
+                    let id = id
+                        .parse()
+                        .map_err(|err: CursorError| redis_error(err.into()))?;
+                    if let Some(entry) = entry(stream, id, fields) {
+                        if let Some(topic) = entry.topics.iter().find(|t| topics.contains(t)) {
+                            let mut event = entry.event.clone();
+                            event.topic.clone_from(topic);
+                            entries.push((id, *stream, event));
+                        }
                     }
                 }
             }
+            // After the read: a trim between the two cannot go unnoticed.
+            self.check_retained(stream, &key, *from).await?;
         }
         // Oldest first across the streams; within a stream, in its order.
         entries.sort_by_key(|(id, stream, _)| (*id, STREAMS.iter().position(|s| s == stream)));
@@ -526,8 +575,9 @@ impl Hub {
             .collect())
     }
 
-    /// `OUT_OF_RANGE` when `stream` no longer holds what follows `from`: an entry after it was
-    /// trimmed, or the stream ends before it (Redis lost it).
+    /// `OUT_OF_RANGE` when `stream` no longer holds all that follows `from`: an entry after it
+    /// was deleted (`max-deleted-entry-id`), the stream was trimmed past it (it lost entries, and
+    /// its first is after `from`), or it ends before `from` (Redis lost the stream).
     async fn check_retained(&self, stream: &str, key: &str, from: StreamId) -> Result<(), Status> {
         let info: Result<HashMap<String, fred::types::Value>, _> =
             self.shared.redis.xinfo_stream(key, false, None).await;
@@ -538,7 +588,8 @@ impl Hub {
         };
         let info = match info {
             Ok(info) => info,
-            // No such stream: nothing was ever published to it, or Redis lost it.
+            // No such stream (fred has no kind of its own for it): nothing was ever published to
+            // it, or Redis lost it.
             Err(err) if err.details().contains("no such key") => {
                 return if from == StreamId::ZERO {
                     Ok(())
@@ -558,23 +609,40 @@ impl Hub {
                 .and_then(|text| text.parse::<StreamId>().ok())
                 .unwrap_or(StreamId::ZERO)
         };
-        if id_of("max-deleted-entry-id") > from || from > id_of("last-generated-id") {
+        let number = |name: &str| info.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+        let lost_entries = number("entries-added") > number("length");
+        let first = if number("length") == 0 {
+            id_of("last-generated-id")
+        } else {
+            id_of("recorded-first-entry-id")
+        };
+        if id_of("max-deleted-entry-id") > from
+            || (lost_entries && from < first)
+            || from > id_of("last-generated-id")
+        {
             return Err(gone());
         }
         Ok(())
     }
 }
 
-/// A stream entry id as Redis wrote it.
-fn parse_id(text: &str) -> Result<StreamId, fred::error::Error> {
-    text.parse().map_err(|err: crate::cursor::CursorError| {
-        fred::error::Error::new(fred::error::ErrorKind::Parse, err.to_string())
-    })
-}
-
 /// The entry `id` of `stream` with `fields`, when it is an event routed to some topic.
-fn entry(stream: &'static str, id: StreamId, fields: &HashMap<String, String>) -> Option<Entry> {
-    let event = match StreamEvent::from_fields(stream, &id.to_string(), fields) {
+fn entry(
+    stream: &'static str,
+    id: StreamId,
+    raw: HashMap<Key, fred::types::Value>,
+) -> Option<Entry> {
+    let mut fields = HashMap::with_capacity(raw.len());
+    for (name, value) in raw {
+        match (name.into_string(), value.into_string()) {
+            (Some(name), Some(value)) => fields.insert(name, value),
+            _ => {
+                tracing::warn!(stream, %id, "a stream entry has a field that is not text; skipped");
+                return None;
+            }
+        };
+    }
+    let event = match StreamEvent::from_fields(stream, &id.to_string(), &fields) {
         Ok(event) => event,
         Err(err) => {
             tracing::warn!(stream, %id, error = %err, "a stream entry is not an event; skipped");

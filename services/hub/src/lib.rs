@@ -17,12 +17,12 @@ pub mod proto {
     ::protomesh::include_protos!();
 }
 
-pub mod cursor;
+mod cursor;
 pub mod fanout;
-pub mod json;
-pub mod messages;
+mod json;
+mod messages;
 pub mod presence;
-pub mod topic;
+mod topic;
 
 use protomesh::client::Mesh;
 use protomesh::identity;
@@ -102,7 +102,7 @@ fn parse_topics(texts: &[String]) -> Result<Vec<Topic>, Status> {
     }
 }
 
-fn unavailable(err: protomesh_data::fred::error::Error) -> Status {
+fn unavailable(err: impl std::fmt::Display) -> Status {
     tracing::warn!(error = %err, "a Redis command of the hub failed");
     Status::unavailable(format!("the hub's store is unavailable: {err}"))
 }

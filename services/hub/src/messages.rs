@@ -19,6 +19,17 @@ pub const RETAINED: i64 = 100_000;
 /// Bound on one write to the stream.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why an entry was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Redis refused or did not answer.
+    #[error(transparent)]
+    Redis(#[from] fred::error::Error),
+    /// Redis answered an entry id that is not one.
+    #[error("Redis answered an entry id that is not one: {0}")]
+    Id(#[from] crate::cursor::CursorError),
+}
+
 /// A new entry of the hub's stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
@@ -36,7 +47,7 @@ pub async fn append(
     event_type: &str,
     topic: &str,
     mut payload: serde_json::Map<String, serde_json::Value>,
-) -> Result<Written, fred::error::Error> {
+) -> Result<Written, AppendError> {
     payload.insert("topic".to_owned(), json!(topic));
     let event_id = Uuid::new_v4();
     let created_at = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
@@ -54,9 +65,7 @@ pub async fn append(
         })
         .xadd(key, false, ("MAXLEN", "~", RETAINED), "*", fields)
         .await?;
-    let stream_id = id.parse().map_err(|err: crate::cursor::CursorError| {
-        fred::error::Error::new(fred::error::ErrorKind::Parse, err.to_string())
-    })?;
+    let stream_id = id.parse()?;
     Ok(Written {
         event_id,
         stream_id,

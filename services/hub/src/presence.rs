@@ -4,7 +4,8 @@
 //!   fields are `<subject>\t<instance>` and whose values are when the field expires (Unix ms).
 //!   It writes a field when a subject's first subscription to the topic opens on it, removes it
 //!   when the last closes, and renews its fields every [`HEARTBEAT`]; a field not renewed for
-//!   [`EXPIRY`] (its instance died) is left out and removed when read. Joins and leaves are also
+//!   [`EXPIRY`] (its instance died) is left out and removed when read, and a hash not written for
+//!   [`EXPIRY`] expires. Joins and leaves are also
 //!   `presence.joined` and `presence.left` events of the topic in the hub's stream.
 //! - **Stats**: every [`HEARTBEAT`], each instance writes its counts to the hash
 //!   `{prefix}hub:instances` under its name; instances not heard from for [`EXPIRY`] are left out.
@@ -16,11 +17,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protomesh_data::fred;
-use protomesh_data::fred::prelude::{Client, HashesInterface};
+use protomesh_data::fred::prelude::{Client, HashesInterface, KeysInterface};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::fanout::Hub;
+use crate::fanout::{Change, Hub};
 use crate::messages;
 use crate::proto::protomesh::hub::v1::InstanceStats;
 
@@ -32,25 +33,6 @@ pub const EXPIRY: Duration = Duration::from_secs(30);
 
 /// Changes the channel to [`run`] holds before new ones are skipped.
 pub const CHANGES_BUFFER: usize = 4096;
-
-/// A subject's first subscription to a topic opened on this instance, or its last closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// The first opened.
-    Joined {
-        /// The topic.
-        topic: String,
-        /// Who.
-        subject: String,
-    },
-    /// The last closed.
-    Left {
-        /// The topic.
-        topic: String,
-        /// Who.
-        subject: String,
-    },
-}
 
 /// Unix milliseconds of `time`.
 fn unix_ms(time: SystemTime) -> u64 {
@@ -91,12 +73,13 @@ async fn apply(hub: &Hub, change: Change) {
     let (event_type, topic, subject, written) = match &change {
         Change::Joined { topic, subject } => {
             let expires = unix_ms(SystemTime::now() + EXPIRY);
-            let written: Result<(), _> = redis
-                .hset(
-                    presence_key(hub, topic),
-                    (field(subject, instance), expires),
-                )
-                .await;
+            let key = presence_key(hub, topic);
+            let written: Result<(), _> =
+                redis.hset(&key, (field(subject, instance), expires)).await;
+            let written = match written {
+                Ok(()) => expire(redis, &key).await,
+                Err(err) => Err(err),
+            };
             ("presence.joined", topic, subject, written)
         }
         Change::Left { topic, subject } => {
@@ -108,6 +91,9 @@ async fn apply(hub: &Hub, change: Change) {
     };
     let mut payload = serde_json::Map::new();
     payload.insert("subject".to_owned(), json!(subject));
+    if let Err(err) = written {
+        tracing::warn!(error = %err, ?change, "a presence field was not written");
+    }
     let appended = messages::append(
         redis,
         &hub.key(crate::HUB_STREAM),
@@ -115,10 +101,9 @@ async fn apply(hub: &Hub, change: Change) {
         topic,
         payload,
     )
-    .await
-    .map(drop);
-    if let Err(err) = written.and(appended) {
-        tracing::warn!(error = %err, ?change, "a presence change was not written");
+    .await;
+    if let Err(err) = appended {
+        tracing::warn!(error = %err, ?change, "a presence event was not written");
     }
 }
 
@@ -136,8 +121,9 @@ async fn renew(hub: &Hub) {
             .push((field(subject, instance), expires));
     }
     for (topic, fields) in by_topic {
-        let written: Result<(), _> = redis.hset(presence_key(hub, topic), fields).await;
-        if let Err(err) = written {
+        let key = presence_key(hub, topic);
+        let written: Result<(), _> = redis.hset(&key, fields).await;
+        if let Err(err) = written.and(expire(redis, &key).await) {
             tracing::warn!(error = %err, topic, "presence was not renewed");
         }
     }
@@ -153,6 +139,12 @@ async fn renew(hub: &Hub) {
     if let Err(err) = written {
         tracing::warn!(error = %err, "stats were not written");
     }
+}
+
+/// Lets a presence hash go [`EXPIRY`] after its last write (a topic nobody reads again).
+async fn expire(redis: &Client, key: &str) -> Result<(), fred::error::Error> {
+    let expiry = i64::try_from(EXPIRY.as_millis()).unwrap_or(i64::MAX);
+    redis.pexpire(key, expiry, None).await
 }
 
 /// Takes this instance out of the stats (at shutdown; its presence fields expire).

@@ -3,8 +3,11 @@
 //! | topic | its events | who may see it |
 //! |---|---|---|
 //! | `project/<project id>` | the project's and its tasks' events, messages to it | its members (tasks service: `GetProject`) |
-//! | `task/<task id>` | the task's events, timers started and stopped on it, messages to it | members of its project (tasks service: `GetTask`) |
-//! | `user/<user id>` | the user's timers, messages to them | the user |
+//! | `task/<task id>` | the task's events, messages to it | members of its project (tasks service: `GetTask`) |
+//! | `user/<user id>` | the user's timers (started, stopped), messages to them | the user |
+//!
+//! Timers go to their user's topic alone: a time entry (its note, its hours) is its user's, as
+//! the timetrack service has it.
 //!
 //! Admins see every topic. A topic the caller may not see answers `NOT_FOUND`, as one that does
 //! not exist. Projects and tasks belong to the tasks service, so it decides, asked through the
@@ -136,9 +139,6 @@ pub fn topics_of(event: &Event) -> Vec<String> {
             if let Some(user) = text("user_id") {
                 topics.push(format!("user/{user}"));
             }
-            if let Some(task) = text("task_id") {
-                topics.push(format!("task/{task}"));
-            }
         }
         crate::HUB_STREAM => {
             if let Some(topic) = text("topic") {
@@ -215,14 +215,14 @@ mod tests {
     }
 
     #[test]
-    fn timer_events_go_to_their_user_and_task() {
+    fn timer_events_go_to_their_user_alone() {
         let timer = event(
             crate::TIMETRACK_STREAM,
             "time.started",
             "e1",
             json!({"user_id": "ada", "task_id": "t1"}),
         );
-        assert_eq!(topics_of(&timer), ["user/ada", "task/t1"]);
+        assert_eq!(topics_of(&timer), ["user/ada"]);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::protomesh::probe::v1::{
-    probe_service_server::ProbeService, EchoRequest, EchoResponse, GetStatsRequest,
-    GetStatsResponse,
+    probe_service_server::ProbeService, CollectResponse, EchoRequest, EchoResponse,
+    GetStatsRequest, GetStatsResponse,
 };
 use protomesh::client::grpc_timeout;
 use protomesh::status::invalid_argument;
@@ -81,24 +81,12 @@ impl ProbeHandler {
                 format!("must be at most {MAX_DELAY_MS}, got {}", request.delay_ms),
             ));
         }
-        let fail = match request.fail_code {
-            0 => None,
-            code @ 1..=16 => Some(Code::from_i32(code)),
-            other => {
-                return Err(invalid_argument(
-                    "fail_code",
-                    format!("must be a gRPC status code 0..16, got {other}"),
-                ))
-            }
-        };
+        let fail = asked_failure(&request)?;
         if request.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(u64::from(request.delay_ms))).await;
         }
-        if let Some(code) = fail {
-            return Err(Status::new(
-                code,
-                format!("failing as asked (fail_code {})", request.fail_code),
-            ));
+        if let Some(status) = fail {
+            return Err(status);
         }
         Ok(Response::new(EchoResponse {
             message: request.message,
@@ -108,8 +96,81 @@ impl ProbeHandler {
     }
 }
 
+/// The status a request's `fail_code` asks for (`None` for 0), or why it is not one.
+fn asked_failure(request: &EchoRequest) -> Result<Option<Status>, Status> {
+    match request.fail_code {
+        0 => Ok(None),
+        code @ 1..=16 => Ok(Some(Status::new(
+            Code::from_i32(code),
+            format!("failing as asked (fail_code {code})"),
+        ))),
+        other => Err(invalid_argument(
+            "fail_code",
+            format!("must be a gRPC status code 0..16, got {other}"),
+        )),
+    }
+}
+
+/// The answers of a `Chat` call, as its server stream.
+pub type ChatStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<EchoResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl ProbeService for ProbeHandler {
+    type ChatStream = ChatStream;
+
+    async fn collect(
+        &self,
+        request: Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<Response<CollectResponse>, Status> {
+        let mut requests = request.into_inner();
+        let mut messages = Vec::new();
+        while let Some(request) = requests.message().await? {
+            if let Some(status) = asked_failure(&request)? {
+                return Err(status);
+            }
+            messages.push(request.message);
+        }
+        Ok(Response::new(CollectResponse {
+            messages,
+            instance: self.instance.to_string(),
+        }))
+    }
+
+    async fn chat(
+        &self,
+        request: Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<Response<ChatStream>, Status> {
+        let instance = self.instance.to_string();
+        let answers = futures::stream::unfold(Some(request.into_inner()), move |requests| {
+            let instance = instance.clone();
+            async move {
+                let mut requests = requests?;
+                let request = match requests.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                let failure = match asked_failure(&request) {
+                    Ok(failure) => failure,
+                    Err(status) => Some(status),
+                };
+                if let Some(status) = failure {
+                    return Some((Err(status), None));
+                }
+                let delay = request.delay_ms.min(MAX_DELAY_MS);
+                tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                let answer = EchoResponse {
+                    message: request.message,
+                    instance,
+                    grpc_timeout_us: None,
+                };
+                Some((Ok(answer), Some(requests)))
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.echo_calls.fetch_add(1, Ordering::Relaxed);
         self.answer(request).await
