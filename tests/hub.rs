@@ -5,6 +5,8 @@
 //! - A scripted series of task changes and messages reaches a native gRPC subscriber and one on a
 //!   WebSocket through the `gateway` exactly, in order; one that leaves and resumes with its last
 //!   cursor misses nothing and sees nothing twice.
+//! - A gRPC-Web subscriber (binary framing, as a browser's gRPC-Web client frames it) through the
+//!   gateway sees the same series.
 //! - A stranger is refused the project's topic (over gRPC and over the WebSocket), another user's
 //!   topic, publishing, presence and the stats; a WebSocket without a credential is refused at the
 //!   handshake.
@@ -18,7 +20,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use protomesh::auth::testing::token;
@@ -130,9 +135,10 @@ async fn ws_subscribe(
     gateway: SocketAddr,
     token: &str,
     topic: &str,
+    after: &str,
 ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{gateway}/v1/hub/events?topics={topic}")
+    let mut request = format!("ws://{gateway}/v1/hub/events?topics={topic}&after={after}")
         .into_client_request()
         .unwrap();
     let protocols = if token.is_empty() {
@@ -173,19 +179,193 @@ async fn ws_next(socket: &mut Socket) -> WsMessage {
     }
 }
 
+/// A WebSocket subscriber as a client would write one: when the call ends with `UNAVAILABLE`
+/// (close 4014: its hub instance went away), it opens a new socket with its last cursor.
+struct WsSubscriber {
+    gateway: SocketAddr,
+    token: String,
+    topic: String,
+    socket: Socket,
+    cursor: String,
+    resumed: usize,
+}
+
+impl WsSubscriber {
+    async fn open(gateway: SocketAddr, token: &str, topic: &str) -> Self {
+        Self {
+            gateway,
+            token: token.to_owned(),
+            topic: topic.to_owned(),
+            socket: ws_subscribe(gateway, token, topic, "").await.unwrap(),
+            cursor: String::new(),
+            resumed: 0,
+        }
+    }
+
+    /// The next event (presence changes left out), resuming as needed.
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            let frame = ws_next(&mut self.socket).await;
+            match &frame {
+                WsMessage::Text(text) => {
+                    let json: serde_json::Value = serde_json::from_str(text).unwrap();
+                    if json.get("error").is_some() {
+                        assert_eq!(json["error"]["code"], 14, "{json}");
+                        continue;
+                    }
+                    self.cursor = json["cursor"].as_str().unwrap().to_owned();
+                    return ws_what(&frame);
+                }
+                WsMessage::Close(Some(close)) if u16::from(close.code) == 4014 => {
+                    self.resumed += 1;
+                    self.socket =
+                        ws_subscribe(self.gateway, &self.token, &self.topic, &self.cursor)
+                            .await
+                            .unwrap();
+                }
+                other => panic!("not an event: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A gRPC-Web subscriber that resumes with its last cursor when its answer ends early.
+struct GrpcWebSubscriber {
+    gateway: SocketAddr,
+    token: String,
+    topic: String,
+    body: Incoming,
+    buffer: Vec<u8>,
+    cursor: String,
+    resumed: usize,
+}
+
+impl GrpcWebSubscriber {
+    async fn open(gateway: SocketAddr, token: &str, topic: &str) -> Self {
+        Self {
+            gateway,
+            token: token.to_owned(),
+            topic: topic.to_owned(),
+            body: grpc_web_subscribe(gateway, token, topic, "").await,
+            buffer: Vec::new(),
+            cursor: String::new(),
+            resumed: 0,
+        }
+    }
+
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            match grpc_web_next(&mut self.body, &mut self.buffer).await {
+                Ok(event) => {
+                    self.cursor.clone_from(&event.cursor);
+                    return what(&event);
+                }
+                Err(ended) => {
+                    assert!(
+                        ended.contains("grpc-status:14") || ended.is_empty(),
+                        "{ended}"
+                    );
+                    self.resumed += 1;
+                    self.buffer.clear();
+                    self.body =
+                        grpc_web_subscribe(self.gateway, &self.token, &self.topic, &self.cursor)
+                            .await;
+                }
+            }
+        }
+    }
+}
+
 /// What a WebSocket event (proto3 JSON) stands for in [`Script::expected`].
 fn ws_what(frame: &WsMessage) -> (String, String) {
     let WsMessage::Text(text) = frame else {
         panic!("not an event: {frame:?}")
     };
     let json: serde_json::Value = serde_json::from_str(text).unwrap();
-    let kind = json["type"].as_str().unwrap().to_owned();
+    let kind = json["type"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an event: {json}"))
+        .to_owned();
     let what = if kind == "message" {
         json["data"]["body"].as_str().unwrap().to_owned()
     } else {
         json["data"]["id"].as_str().unwrap().to_owned()
     };
     (kind, what)
+}
+
+/// A gRPC-Web (`application/grpc-web+proto`) subscription to `topic` through the gateway: the
+/// answer's body, whose frames are the events.
+async fn grpc_web_subscribe(
+    gateway: SocketAddr,
+    token: &str,
+    topic: &str,
+    after: &str,
+) -> Incoming {
+    use prost::Message;
+    let request = SubscribeRequest {
+        topics: vec![topic.to_owned()],
+        after: after.to_owned(),
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(request.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&request);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!(
+        "http://{gateway}/protomesh.hub.v1.HubService/Subscribe"
+    ))
+    .header("content-type", "application/grpc-web+proto")
+    .header("x-grpc-web", "1")
+    .header("authorization", format!("Bearer {token}"))
+    .body(Full::new(Bytes::from(body)))
+    .unwrap();
+    let response = tokio::time::timeout(EVENT_WAIT, client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web+proto"
+    );
+    response.into_body()
+}
+
+/// The next event of a gRPC-Web answer that is not a presence change (`buffer` keeps the bytes
+/// of frames not read yet); at the end of the answer, its trailers (empty when it broke off).
+async fn grpc_web_next(body: &mut Incoming, buffer: &mut Vec<u8>) -> Result<Event, String> {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    loop {
+        if buffer.len() >= 5 {
+            let length = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
+            if buffer.len() >= 5 + length {
+                let frame: Vec<u8> = buffer.drain(..5 + length).collect();
+                if frame[0] & 0x80 != 0 {
+                    return Err(String::from_utf8_lossy(&frame[5..]).into_owned());
+                }
+                let event = Event::decode(&frame[5..]).unwrap();
+                if event.r#type.starts_with("presence.") {
+                    continue;
+                }
+                return Ok(event);
+            }
+        }
+        let frame = tokio::time::timeout(EVENT_WAIT, body.frame())
+            .await
+            .expect("no gRPC-Web frame within the wait");
+        match frame {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffer.extend_from_slice(&data);
+                }
+            }
+            // The answer broke off or ended without trailers.
+            Some(Err(_)) | None => return Err(String::new()),
+        }
+    }
 }
 
 /// What identifies an event in the comparisons: its stream, id, type and event id.
@@ -388,7 +568,9 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     let mut leaver = subscribe(&on_second, &alice, &topic, "").await.unwrap();
     // And one on a WebSocket through the gateway; the WebSocket has been answered (101) once the
     // hub's stream is open, so the subscription is registered.
-    let mut socket = ws_subscribe(gateway, &alice, &topic[0]).await.unwrap();
+    let mut socket = WsSubscriber::open(gateway, &alice, &topic[0]).await;
+    // And one with gRPC-Web. Either may be on the instance that will be killed: they resume.
+    let mut grpc_web = GrpcWebSubscriber::open(gateway, &alice, &topic[0]).await;
 
     let mut script = Script {
         tasks,
@@ -509,13 +691,24 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     // The WebSocket subscriber saw the same series, as proto3 JSON.
     let mut ws_seen = Vec::new();
     for _ in 0..script.expected.len() {
-        ws_seen.push(ws_what(&ws_next(&mut socket).await));
+        ws_seen.push(socket.next().await);
     }
     assert_same_per_stream(&ws_seen, &script.expected);
 
+    // So did the gRPC-Web subscriber.
+    let mut grpc_web_seen = Vec::new();
+    for _ in 0..script.expected.len() {
+        grpc_web_seen.push(grpc_web.next().await);
+    }
+    assert_same_per_stream(&grpc_web_seen, &script.expected);
+    eprintln!(
+        "the WebSocket subscriber resumed {} times, the gRPC-Web one {}",
+        socket.resumed, grpc_web.resumed
+    );
+
     // Over the WebSocket, a stranger's subscription fails as the call does (close 4005), and one
     // without a credential is refused at the handshake (401).
-    let mut stranger = ws_subscribe(gateway, &bob, &topic[0]).await.unwrap();
+    let mut stranger = ws_subscribe(gateway, &bob, &topic[0], "").await.unwrap();
     let WsMessage::Text(error) = ws_next(&mut stranger).await else {
         panic!("no error frame")
     };
@@ -524,7 +717,7 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
         panic!("no close frame")
     };
     assert_eq!(u16::from(close.code), 4005);
-    let refused = ws_subscribe(gateway, "", &topic[0]).await.unwrap_err();
+    let refused = ws_subscribe(gateway, "", &topic[0], "").await.unwrap_err();
     let tokio_tungstenite::tungstenite::Error::Http(response) = refused else {
         panic!("not an HTTP refusal: {refused:?}")
     };

@@ -22,6 +22,10 @@
 //! 6. **handler** ([`crate::handlers::transcoded`]): transcodes an HTTP request and calls the
 //!    service through the mesh client, or forwards a native gRPC one ([`crate::grpc_proxy`]).
 //!
+//! In front of all of them, gRPC-Web (binary and `-text`, from browsers) is turned into native
+//! gRPC, and its answer back into gRPC-Web ([`crate::grpc_web`]), so every layer above
+//! treats it as the native gRPC it carries.
+//!
 //! Every refusal and error on the way becomes an answer in [`crate::errors`].
 
 use std::net::SocketAddr;
@@ -107,8 +111,11 @@ fn pipeline(gateway: Gateway, metrics: Option<GatewayMetrics>) -> Router {
         Some(metrics) => router.layer(from_fn_with_state(metrics, crate::metrics::record)),
         None => router,
     };
-    // 1: the request id and the target, first.
-    router.layer(from_fn_with_state(state, resolve))
+    // 1: the request id and the target.
+    let router = router.layer(from_fn_with_state(state, resolve));
+    // 0: gRPC-Web (`application/grpc-web`, `+proto`, `-text`) becomes native gRPC before anything
+    // looks at the request, and its answer gRPC-Web again (trailers in the body) after.
+    router.layer(axum::middleware::from_fn(crate::grpc_web::translate))
 }
 
 /// The edge policies ([`crate::edge`]) in front of every routed request.
@@ -333,5 +340,169 @@ mod tests {
             .unwrap()
             .iter()
             .any(|r| r["path"] == "/v1/priority:score" && r["auth"] == "role:admin"));
+    }
+
+    /// A gRPC-Web message frame: flag 0, the length, the message.
+    fn grpc_web_frame(message: &impl prost::Message) -> Vec<u8> {
+        let bytes = message.encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        frame
+    }
+
+    /// The message frames and the trailers (the frame flagged 0x80) of a gRPC-Web body.
+    fn grpc_web_frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
+        let (mut messages, mut trailers) = (Vec::new(), String::new());
+        while body.len() >= 5 {
+            let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+            let payload = body[5..5 + length].to_vec();
+            if body[0] & 0x80 != 0 {
+                trailers = String::from_utf8(payload).unwrap();
+            } else {
+                messages.push(payload);
+            }
+            body = &body[5 + length..];
+        }
+        (messages, trailers)
+    }
+
+    fn grpc_web_request(content_type: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Request {
+        let mut request = http::Request::builder()
+            .method("POST")
+            .uri(format!("/{PRIORITY}/Score"))
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn grpc_web_calls_are_answered_in_grpc_web_binary_and_text() {
+        use base64::Engine;
+        use prost::Message;
+        let app = gateway_app(
+            priority_server(Scorer::default()).await,
+            GatewayOptions::default(),
+        );
+        let request = ScoreRequest {
+            title: "web".into(),
+            urgency: 2,
+            impact: 5,
+        };
+        for content_type in ["application/grpc-web", "application/grpc-web+proto"] {
+            let response = app
+                .clone()
+                .oneshot(grpc_web_request(
+                    content_type,
+                    grpc_web_frame(&request),
+                    &[],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), http::StatusCode::OK);
+            assert!(response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/grpc-web"));
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let (messages, trailers) = grpc_web_frames(&body);
+            assert_eq!(messages.len(), 1);
+            assert_eq!(ScoreResponse::decode(&messages[0][..]).unwrap().score, 10);
+            assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+        }
+
+        // The text form: base64 both ways.
+        let engine = base64::engine::general_purpose::STANDARD;
+        let body = engine.encode(grpc_web_frame(&request)).into_bytes();
+        let response = app
+            .clone()
+            .oneshot(grpc_web_request(
+                "application/grpc-web-text",
+                body,
+                // As the grpc-web client sends it.
+                &[("accept", "application/grpc-web-text")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web-text"));
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        // Each chunk is encoded on its own (padding and all).
+        let mut decoded = Vec::new();
+        for chunk in String::from_utf8(text.to_vec())
+            .unwrap()
+            .split_inclusive('=')
+        {
+            decoded.extend(
+                engine
+                    .decode(chunk.trim_start_matches('='))
+                    .unwrap_or_default(),
+            );
+        }
+        let (messages, trailers) = grpc_web_frames(&decoded);
+        assert_eq!(ScoreResponse::decode(&messages[0][..]).unwrap().score, 10);
+        assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    }
+
+    #[tokio::test]
+    async fn grpc_web_refusals_and_errors_come_back_as_grpc_statuses_and_preflights_are_answered() {
+        let mut options = GatewayOptions::default();
+        options.edge.access.overrides =
+            vec![format!("{PRIORITY}/Score=role:admin").parse().unwrap()];
+        options.edge.cors = crate::cors::CorsConfig::with_origins(&["https://app.example".into()]);
+        let app = gateway_app(priority_server(Scorer::default()).await, options);
+        let request = ScoreRequest::default();
+        let response = app
+            .clone()
+            .oneshot(grpc_web_request(
+                "application/grpc-web+proto",
+                grpc_web_frame(&request),
+                &[("origin", "https://app.example")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        // A trailers-only answer: the status in the headers, readable by the page.
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let (_, trailers) = grpc_web_frames(&body);
+        let status = headers
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_else(|| trailers.clone());
+        assert!(status.contains("16"), "{headers:?} {trailers:?}");
+        assert!(headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("grpc-status"));
+
+        // The browser's preflight for a gRPC method's path: POST, with the gRPC-Web headers.
+        let preflight = http::Request::builder()
+            .method("OPTIONS")
+            .uri(format!("/{PRIORITY}/Score"))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,x-grpc-web,x-user-agent,authorization",
+            )
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(preflight).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::NO_CONTENT);
+        assert_eq!(response.headers()["access-control-allow-methods"], "POST");
+        let allowed = response.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        for header in ["x-grpc-web", "x-user-agent", "authorization"] {
+            assert!(allowed.contains(header), "{allowed}");
+        }
     }
 }

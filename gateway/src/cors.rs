@@ -4,7 +4,7 @@
 //!
 //! - A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) is answered by the
 //!   gateway, `204`, without authentication: the methods allowed are those the route table has
-//!   for the path; the requested headers are echoed when allowed (the ones listed in
+//!   for the path (`POST` for a gRPC method's path, which gRPC-Web clients call); the requested headers are echoed when allowed (the ones listed in
 //!   [`CorsConfig::allowed_headers`], and the CORS-safelisted ones).
 //! - Every other answer gets `Access-Control-Allow-Origin` (and `Access-Control-Expose-Headers`)
 //!   only when the request's `Origin` is allowed, and `Vary: Origin` always (CORS enabled).
@@ -21,7 +21,8 @@ use http::{Method, StatusCode};
 
 /// Headers a page may read in an answer besides the safelisted ones.
 const EXPOSED_HEADERS: &str = "x-request-id, ratelimit-limit, ratelimit-remaining, \
-                               ratelimit-reset, retry-after, www-authenticate";
+                               ratelimit-reset, retry-after, www-authenticate, grpc-status, \
+                               grpc-message, grpc-status-details-bin";
 
 /// Request headers a browser sends without asking (the CORS-safelisted request headers).
 const SAFELISTED: [&str; 4] = [
@@ -66,6 +67,9 @@ impl Default for CorsConfig {
                 "grpc-timeout",
                 "traceparent",
                 "tracestate",
+                // gRPC-Web clients send these.
+                "x-grpc-web",
+                "x-user-agent",
             ]
             .into_iter()
             .map(HeaderName::from_static)

@@ -36,6 +36,7 @@ mod edge_config;
 mod errors;
 mod gateway;
 pub mod grpc_proxy;
+mod grpc_web;
 mod handlers;
 pub mod listener;
 mod metrics;

@@ -89,6 +89,10 @@ impl Target {
                 bindings,
             },
             Lookup::MethodNotAllowed(allowed) => Self::NoRoute { allowed },
+            // A gRPC method's path is POSTed to, as gRPC or gRPC-Web (a browser's preflight asks).
+            Lookup::NotFound if Self::of_grpc(state, path).is_served() => Self::NoRoute {
+                allowed: vec![Method::POST],
+            },
             Lookup::NotFound => Self::NoRoute {
                 allowed: Vec::new(),
             },
@@ -111,6 +115,11 @@ impl Target {
                 service: service.to_owned(),
             },
         }
+    }
+
+    /// Whether a native gRPC target is answered (by a service or by the gateway's reflection).
+    fn is_served(&self) -> bool {
+        matches!(self, Self::Grpc { .. } | Self::Reflection)
     }
 
     /// Whether the request is native gRPC (answered in gRPC, errors included).

@@ -285,12 +285,27 @@ async fn call(
         let answer = match stream.message().await {
             Ok(Some(message)) => Answer::Message(message),
             Ok(None) => Answer::End(Ok(())),
-            Err(status) => Answer::End(Err(status)),
+            Err(status) => Answer::End(Err(lost_connection_unavailable(status))),
         };
         let end = matches!(answer, Answer::End(_));
         if answers.send(answer).await.is_err() || end {
             return;
         }
+    }
+}
+
+/// A status tonic made of a broken connection (`UNKNOWN`, with the transport's error as its
+/// source; a service's own statuses have none) as `UNAVAILABLE`: the service instance went away,
+/// and the client may try again or resume elsewhere.
+fn lost_connection_unavailable(status: tonic::Status) -> tonic::Status {
+    use std::error::Error;
+    if status.code() == tonic::Code::Unknown && status.source().is_some() {
+        tonic::Status::unavailable(format!(
+            "the connection to the service was lost: {}",
+            status.message()
+        ))
+    } else {
+        status
     }
 }
 
@@ -315,4 +330,25 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
         reason: reason[..end].into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_a_service_s_unknown_stays_unknown() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let lost = tonic::Status::from_error(Box::new(io));
+        assert_eq!(lost.code(), tonic::Code::Unknown);
+        assert_eq!(
+            lost_connection_unavailable(lost).code(),
+            tonic::Code::Unavailable
+        );
+        let own = tonic::Status::unknown("the service's own");
+        assert_eq!(
+            lost_connection_unavailable(own).code(),
+            tonic::Code::Unknown
+        );
+    }
 }
