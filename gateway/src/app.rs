@@ -14,7 +14,8 @@
 //!    caller's `traceparent`; outside the edge and the handler, so the mesh call the handler makes
 //!    (and a refusal) sits inside it. The probes are not traced.
 //! 4. **router**: the gateway's own endpoints (`/healthz`, `/readyz`, `/routes`,
-//!    `/openapi.json`; [`crate::handlers::info`]) answer here, before any edge policy; everything
+//!    `/openapi.json`; [`crate::handlers::info`]; the dashboard under `/ui/`,
+//!    [`crate::dashboard`]) answer here, before any edge policy; everything
 //!    else falls back to the routed requests below.
 //! 5. **edge** ([`crate::edge`]): CORS, reserved headers, authentication, authorization, rate
 //!    limits — only for routed requests (HTTP and native gRPC alike), after routing so a request
@@ -102,6 +103,7 @@ fn pipeline(gateway: Gateway, metrics: Option<GatewayMetrics>) -> Router {
         .route("/readyz", get(info::readyz))
         .route("/routes", get(info::routes))
         .route("/openapi.json", get(info::openapi))
+        .merge(crate::dashboard::routes(metrics.clone()))
         .fallback(routed)
         .with_state(gateway)
         // 3: the span.

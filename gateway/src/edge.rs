@@ -89,6 +89,29 @@ impl Edge {
         self.access.policy(grpc_path, state.policies.get(grpc_path))
     }
 
+    /// The verified caller of `headers` when it holds `role`: 401 without a valid credential,
+    /// 403 without the role.
+    pub(crate) async fn require_role(
+        &self,
+        headers: &HeaderMap,
+        role: &str,
+    ) -> Result<Identity, Refusal> {
+        let identity = match Credential::from_headers(headers) {
+            Ok(Some(credential)) => self
+                .authenticator
+                .verify(credential)
+                .await
+                .map_err(|err| Refusal::Unauthenticated(Some(err)))?,
+            Ok(None) => return Err(Refusal::Unauthenticated(None)),
+            Err(err) => return Err(Refusal::Unauthenticated(Some(err))),
+        };
+        if identity.has_role(role) {
+            Ok(identity)
+        } else {
+            Err(Refusal::Forbidden)
+        }
+    }
+
     /// Rate-limit refusals so far, per class.
     pub(crate) fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
         self.limits.rejections()

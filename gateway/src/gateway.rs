@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use protomesh::client::Mesh;
+use protomesh_consul::ConsulClient;
 use tokio::sync::watch;
 
 use crate::discovery::GatewayState;
@@ -59,6 +60,8 @@ pub struct Gateway {
     pub(crate) state: watch::Receiver<Arc<GatewayState>>,
     pub(crate) options: Arc<GatewayOptions>,
     pub(crate) edge: Arc<Edge>,
+    /// The Consul agent the dashboard reads instances' health from (none in tests without one).
+    pub(crate) consul: Option<ConsulClient>,
 }
 
 impl Gateway {
@@ -74,7 +77,14 @@ impl Gateway {
             state,
             options: Arc::new(options),
             edge: Arc::new(edge),
+            consul: None,
         }
+    }
+
+    /// The gateway with `consul` as the source of the dashboard's instance health.
+    pub fn with_consul(mut self, consul: ConsulClient) -> Self {
+        self.consul = Some(consul);
+        self
     }
 
     /// Rate-limit refusals so far, per rate-limit class.

@@ -30,6 +30,7 @@ mod access;
 mod app;
 pub mod codec;
 mod cors;
+mod dashboard;
 pub mod discovery;
 mod edge;
 mod edge_config;

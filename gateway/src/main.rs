@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         mesh.use_tls(tls);
     }
     let state = discovery::spawn(
-        consul,
+        consul.clone(),
         mesh.clone(),
         DiscoveryOptions {
             tag: cli.tag,
@@ -207,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--listen)", cli.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening (HTTP/1.1 and h2c)");
-    let gateway = Gateway::new(mesh, state, options);
+    let gateway = Gateway::new(mesh, state, options).with_consul(consul);
     let (app, _admin) = protomesh_gateway::app_with_admin(cli.admin, gateway)
         .await
         .context("--admin / PROTOMESH_GATEWAY_ADMIN")?;

@@ -55,6 +55,8 @@ struct RouteLabels {
 pub(crate) struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// The request counts alone, for the dashboard ([`GatewayMetrics::requests_text`]).
+    requests_only: Arc<prometheus_client::registry::Registry>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -66,9 +68,17 @@ impl std::fmt::Debug for GatewayMetrics {
 impl GatewayMetrics {
     /// Registers the `gateway_http_*` families in `metrics`.
     pub(crate) fn register(metrics: &Metrics) -> Self {
+        let requests: Family<RequestLabels, Counter> = Family::default();
+        let mut requests_only = prometheus_client::registry::Registry::default();
+        requests_only.register(
+            "gateway_http_requests",
+            "HTTP requests answered by the gateway, by route template, method and status code",
+            requests.clone(),
+        );
         let this = Self {
-            requests: Family::default(),
+            requests,
             duration: Family::new_with_constructor(latency_histogram),
+            requests_only: Arc::new(requests_only),
         };
         metrics.register(
             "gateway_http_requests",
@@ -81,6 +91,17 @@ impl GatewayMetrics {
             this.duration.clone(),
         );
         this
+    }
+
+    /// `gateway_http_requests_total` in the text exposition format (what `/metrics` shows of it),
+    /// for the dashboard's per-route rates and errors.
+    pub(crate) fn requests_text(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.requests_only)
+        {
+            tracing::warn!(error = %err, "the request counts could not be encoded");
+        }
+        text
     }
 
     fn observe(&self, route: Arc<str>, method: &'static str, code: u16, seconds: f64) {

@@ -16,6 +16,7 @@ pub const DESCRIPTORS: &[&[u8]] = &[
 
 pub mod http;
 pub mod mesh;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

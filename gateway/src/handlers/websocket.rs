@@ -11,10 +11,11 @@
 //! logs, proxies' logs and browser history, and leak through `Referer`.
 //!
 //! **Frames.** Every text frame from the client is one request message in proto3 JSON, merged
-//! with the path's bindings (and, for a method taking one request message, the query) as the
-//! route's body rule says. An empty text frame ends the client's stream (a half-close: answers
-//! keep coming). A method taking one request message starts at once when its route takes no body,
-//! else with the first text frame; its stream then ends by itself. Every answer message is one
+//! with the path's bindings and query as the route's body rule says. An empty text frame ends the
+//! client's stream (a half-close: answers keep coming). A method taking one request message
+//! whose route takes no body is called from the URL alone, before the handshake is answered, so
+//! the socket opens once the service has taken the call (a hub subscriber is subscribed by
+//! then); with a body, it starts with the first text frame, and its stream then ends by itself. Every answer message is one
 //! text frame of proto3 JSON. Binary frames are refused (close 1003).
 //!
 //! **Close codes.** The call's end closes the socket: `1000` when it ended with `OK`; else first a
@@ -40,7 +41,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::Method;
 use prost_reflect::DescriptorPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec::BytesCodec;
@@ -59,6 +60,9 @@ const REQUEST_BUFFER: usize = 16;
 
 /// Answer messages waiting for the socket.
 const ANSWER_BUFFER: usize = 16;
+
+/// Longest wait for a call started before the socket opens to be taken by its service.
+const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest close reason (a close frame's payload is at most 125 bytes, 2 of them the code).
 const MAX_CLOSE_REASON: usize = 123;
@@ -105,12 +109,26 @@ pub(crate) async fn bridge(
         metadata,
         deadline,
     };
+    // A call whose one request message the URL makes starts now, and the socket opens once the
+    // service has taken it: a subscriber is subscribed when its socket opens.
+    let (opened, call_opened) = oneshot::channel();
+    let mut running = call.start(opened);
+    let mut refused = None;
+    if !route.method.is_client_streaming() && matches!(route.body, BodyRule::None) {
+        match call.request(None) {
+            Ok(message) => {
+                let _ = running.requests.take().map(|tx| tx.try_send(message));
+                let _ = tokio::time::timeout(OPEN_WAIT.min(deadline), call_opened).await;
+            }
+            Err(error) => refused = Some(error),
+        }
+    }
     upgrade
         .protocols([PROTOCOL])
         .max_message_size(options.body_limit)
         .max_frame_size(options.body_limit)
         .on_failed_upgrade(|err| tracing::debug!(error = %err, "a WebSocket upgrade failed"))
-        .on_upgrade(move |socket| call.run(socket))
+        .on_upgrade(move |socket| call.serve(socket, running, refused))
 }
 
 /// The request's head, for building each request message.
@@ -138,6 +156,14 @@ enum Answer {
     End(Result<(), tonic::Status>),
 }
 
+/// A started call: where its request messages go (until the client's stream ends), where its
+/// answers come from, and its task.
+struct Running {
+    requests: Option<mpsc::Sender<Bytes>>,
+    answers: mpsc::Receiver<Answer>,
+    _task: AbortOnDrop,
+}
+
 /// Aborts a task when dropped (the socket went away: the call is cancelled).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -160,27 +186,37 @@ impl Call {
         )
     }
 
-    async fn run(self, mut socket: WebSocket) {
+    /// Starts the call; `opened` fires once the service has answered its opening (or refused).
+    fn start(&self, opened: oneshot::Sender<()>) -> Running {
         let (requests, request_stream) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
-        let (answers, mut answer_stream) = mpsc::channel::<Answer>(ANSWER_BUFFER);
-        let _call = AbortOnDrop(tokio::spawn(call(
+        let (answers, answer_stream) = mpsc::channel::<Answer>(ANSWER_BUFFER);
+        let task = tokio::spawn(call(
             self.gateway.mesh.channel(&self.route.service),
             self.route.grpc_path.clone(),
             self.metadata.clone(),
             self.deadline,
             request_stream,
             answers,
-        )));
-        let one_request = !self.route.method.is_client_streaming();
-        let mut requests = Some(requests);
-        if one_request && matches!(self.route.body, BodyRule::None) {
-            match self.request(None) {
-                Ok(message) => {
-                    let _ = requests.take().map(|tx| tx.try_send(message));
-                }
-                Err(error) => return close_with_error(&mut socket, error).await,
-            }
+            opened,
+        ));
+        Running {
+            requests: Some(requests),
+            answers: answer_stream,
+            _task: AbortOnDrop(task),
         }
+    }
+
+    /// Bridges the open `socket` and the running call (or tells why it was refused).
+    async fn serve(self, mut socket: WebSocket, running: Running, refused: Option<HttpError>) {
+        if let Some(error) = refused {
+            return close_with_error(&mut socket, error).await;
+        }
+        let Running {
+            mut requests,
+            answers: mut answer_stream,
+            _task,
+        } = running;
+        let one_request = !self.route.method.is_client_streaming();
         let options = &self.gateway.options.websocket;
         let mut ping = tokio::time::interval(options.ping_interval);
         ping.reset();
@@ -261,9 +297,11 @@ async fn call(
     deadline: Duration,
     requests: mpsc::Receiver<Bytes>,
     answers: mpsc::Sender<Answer>,
+    opened: oneshot::Sender<()>,
 ) {
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(err) = grpc.ready().await {
+        let _ = opened.send(());
         let _ = answers
             .send(Answer::End(Err(tonic::Status::unavailable(
                 err.to_string(),
@@ -274,7 +312,9 @@ async fn call(
     let mut request = tonic::Request::new(ReceiverStream::new(requests));
     *request.metadata_mut() = metadata;
     request.set_timeout(deadline);
-    let mut stream = match grpc.streaming(request, path, BytesCodec).await {
+    let opening = grpc.streaming(request, path, BytesCodec).await;
+    let _ = opened.send(());
+    let mut stream = match opening {
         Ok(response) => response.into_inner(),
         Err(status) => {
             let _ = answers.send(Answer::End(Err(status))).await;
