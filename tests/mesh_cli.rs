@@ -1,6 +1,7 @@
 //! The `mesh` command end to end: `mesh up` starts its own Consul dev agent, the whole default mesh
-//! (three priority instances, tasks, timetrack, analytics on a database and key prefix of the
-//! test's own) and the gateway, prints what to try — the README's lines, which the test runs — and
+//! (three priority instances, users, tasks, timetrack, analytics and the hub on a database and key
+//! prefix of the test's own) and the gateway, prints what to try (the dashboard's address and the
+//! live-update lines too) — the README's lines, which the test runs — and
 //! stops everything on Ctrl-C; `mesh status` shows the instances.
 #![allow(clippy::unwrap_used)]
 
@@ -99,7 +100,7 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     let port = free_port();
     let consul_addr = format!("127.0.0.1:{port}");
     let priority = binary("priority");
-    for name in ["users", "tasks", "timetrack", "analytics", "gateway"] {
+    for name in ["users", "tasks", "timetrack", "analytics", "hub", "gateway"] {
         binary(name);
     }
     // A database name the server does not have yet: the services create it (racing) on the
@@ -267,7 +268,44 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
         "{report}"
     );
 
+    // The hub is up, the live-update lines and the dashboard are printed, and the page answers.
+    assert!(
+        banner.contains("/v1/hub/events?topics=project/$project")
+            && banner.contains("protomesh.hub.v1.HubService/Subscribe"),
+        "{banner}"
+    );
+    let dashboard = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("Dashboard: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dashboard line: {banner}"))
+        .to_owned();
+    let page = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-s", "--max-time", "10", &dashboard])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("<title>protomesh"),
+        "{page:?}"
+    );
+
     let client = ConsulClient::new(ConsulConfig::new(&consul_addr).unwrap()).unwrap();
+    let hub = client
+        .health_service(
+            "hub",
+            &QueryOptions {
+                passing: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(hub.len(), 1, "{banner}");
     let passing = client
         .health_service(
             "priority",

@@ -39,7 +39,14 @@ struct Cli {
 }
 
 /// What `mesh up` starts without `--service`: the whole reference mesh.
-const DEFAULT_SERVICES: [&str; 5] = ["priority=3", "users", "tasks", "timetrack", "analytics"];
+const DEFAULT_SERVICES: [&str; 6] = [
+    "priority=3",
+    "users",
+    "tasks",
+    "timetrack",
+    "analytics",
+    "hub",
+];
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -47,8 +54,10 @@ enum Command {
     /// run until Ctrl-C.
     Up {
         /// Services to start, `name=count` (binary name = Consul service name). The data services
-        /// (users, tasks, timetrack, analytics) read DATABASE_URL, REDIS_URL and PROTOMESH_KEY_PREFIX
-        /// from the environment, which they inherit.
+        /// (users, tasks, timetrack, analytics, hub) read DATABASE_URL, REDIS_URL and
+        /// PROTOMESH_KEY_PREFIX from the environment, which they inherit; accounts registered
+        /// with an email in PROTOMESH_USERS_ADMIN_EMAILS (default admin@protomesh.localhost) are
+        /// admins, who may open the dashboard.
         #[arg(long = "service", default_values_t = DEFAULT_SERVICES.map(str::to_owned))]
         services: Vec<String>,
         /// Folder of the service binaries (defaults to the folder of this `mesh` binary).

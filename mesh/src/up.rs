@@ -112,6 +112,7 @@ pub async fn up(
                     &[
                         ("CONSUL_HTTP_ADDR".to_owned(), client.address().to_owned()),
                         ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
+                        (ADMIN_EMAILS_VAR.to_owned(), admin_email()),
                     ],
                     options.log_dir.join(format!("{name}.log")),
                 )?;
@@ -125,7 +126,13 @@ pub async fn up(
                 processes.push(ServiceProcess::spawn(
                     "gateway",
                     &options.bin_dir.join("gateway"),
-                    &["--listen".to_owned(), addr.to_string()],
+                    // The admin listener on: the dashboard shows the gateway's request counts.
+                    &[
+                        "--listen".to_owned(),
+                        addr.to_string(),
+                        "--admin".to_owned(),
+                        "127.0.0.1:0".to_owned(),
+                    ],
                     &[
                         ("CONSUL_HTTP_ADDR".to_owned(), client.address().to_owned()),
                         ("PROTOMESH_LOG_FORMAT".to_owned(), "json".to_owned()),
@@ -344,6 +351,23 @@ async fn supervise(
     }
 }
 
+/// The users service's variable of the accounts that get the `admin` role.
+const ADMIN_EMAILS_VAR: &str = "PROTOMESH_USERS_ADMIN_EMAILS";
+
+/// The account that signs in to the dashboard as an admin: the first of
+/// `PROTOMESH_USERS_ADMIN_EMAILS` when set, else `admin@protomesh.localhost`.
+fn admin_email() -> String {
+    std::env::var(ADMIN_EMAILS_VAR)
+        .ok()
+        .and_then(|list| {
+            list.split(',')
+                .map(str::trim)
+                .find(|e| !e.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "admin@protomesh.localhost".to_owned())
+}
+
 /// A shell filter printing the `id` of the JSON object on its input.
 const JSON_ID: &str = r#"python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'"#;
 
@@ -416,6 +440,25 @@ fn try_lines(
         }
         lines.push(format!("  curl -s http://{gateway}/routes"));
         lines.push(format!("  grpcurl -plaintext {gateway} list"));
+        if runs("hub") && runs("tasks") {
+            // Streams: after the lines above (each runs until Ctrl-C).
+            lines.push(String::new());
+            lines.push("Live updates (in another terminal, with $auth and $project set as above; change a task to see it):".to_owned());
+            lines.push(format!(
+                r#"  curl -sN{auth} -H 'accept: text/event-stream' "http://{gateway}/v1/hub/events?topics=project/$project""#
+            ));
+            lines.push(format!(
+                r#"  grpcurl -plaintext{auth} -d '{{"topics":["project/'$project'"]}}' {gateway} protomesh.hub.v1.HubService/Subscribe"#
+            ));
+            lines.push(format!(
+                "  In a browser's console (WebSocket, the token as a subprotocol): new WebSocket('ws://{gateway}/v1/hub/events?topics=project/' + PROJECT, ['protomesh.json', 'bearer.' + TOKEN]).onmessage = (e) => console.log(e.data)"
+            ));
+        }
+        lines.push(String::new());
+        lines.push(format!(
+            "Dashboard: http://{gateway}/ui/ (sign in as {}: register that email first, as above)",
+            admin_email()
+        ));
     }
     if let Some(priority) = report.instances.iter().find(|i| i.service == "priority") {
         let a = &priority.address;
