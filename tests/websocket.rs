@@ -1,7 +1,9 @@
 //! The gateway's WebSocket bridge against the real `probe` service and `gateway` binaries in a
 //! private Consul dev agent: a client-streaming and a bidirectional method, message by message;
-//! the close codes of a failed call, a bad message, a binary frame and a half-closed stream; the
-//! handshake's subprotocol; and a streaming route's ordinary HTTP request still answered as before.
+//! the close codes of a failed call, a bad message, a binary frame, a message over the body limit,
+//! a half-closed stream, a silent client (idle timeout) and a call past its deadline; the
+//! handshake's subprotocol and origin; and a streaming route's ordinary HTTP request still
+//! answered as before.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
@@ -30,11 +32,26 @@ async fn open(
     path: &str,
     protocols: &str,
 ) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    open_from(addr, path, protocols, None).await
+}
+
+/// Opens a WebSocket to `path` offering `protocols`, as a page of `origin` would.
+async fn open_from(
+    addr: SocketAddr,
+    path: &str,
+    protocols: &str,
+    origin: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
     let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     if !protocols.is_empty() {
         request
             .headers_mut()
             .insert("sec-websocket-protocol", protocols.parse().unwrap());
+    }
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
     }
     let (socket, response) = tokio_tungstenite::connect_async(request).await?;
     assert_eq!(
@@ -87,7 +104,20 @@ async fn streaming_methods_work_message_by_message_over_a_websocket() {
         ("RUST_LOG", "info".to_owned()),
     ];
     let _probe = spawn("probe", &env, &[]);
-    let gateway = spawn("gateway", &env, &["--ws-ping-interval", "1s"]);
+    let gateway = spawn(
+        "gateway",
+        &env,
+        &[
+            "--ws-ping-interval",
+            "1s",
+            "--ws-idle-timeout",
+            "3s",
+            "--ws-max-duration",
+            "6s",
+            "--body-limit",
+            "65536",
+        ],
+    );
     let addr = gateway_addr(&gateway).await;
     wait_routes(addr, &["ProbeService.Chat"]).await;
 
@@ -177,6 +207,63 @@ async fn streaming_methods_work_message_by_message_over_a_websocket() {
         "{error}"
     );
     assert_eq!(closed(&mut late).await.0, 4003);
+
+    // A message over the body limit: close 1009.
+    let mut big = open(addr, "/v1/probe:chat", "protomesh.json")
+        .await
+        .unwrap();
+    let message = format!(r#"{{"message":"{}"}}"#, "x".repeat(100_000));
+    send(&mut big, &message).await;
+    assert_eq!(closed(&mut big).await.0, 1009);
+
+    // A client that reads nothing (so answers no ping) for the idle timeout: close 1001.
+    let mut silent = open(addr, "/v1/probe:chat", "protomesh.json")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, reason) = closed(&mut silent).await;
+    assert_eq!(code, 1001, "{reason}");
+    assert!(reason.contains("idle"), "{reason}");
+
+    // A call past its deadline (--ws-max-duration, the probe stating none): 4004, while the client
+    // keeps answering pings.
+    let mut long = open(addr, "/v1/probe:chat", "protomesh.json")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let error = next_json(&mut long).await;
+    assert_eq!(error["error"]["code"], 4, "{error}");
+    assert_eq!(closed(&mut long).await.0, 4004);
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Browsers apply no CORS to WebSockets: a page of another origin is refused (403), the
+    // gateway's own origin is served.
+    let refused = open_from(
+        addr,
+        "/v1/probe:chat",
+        "protomesh.json",
+        Some("https://evil.example"),
+    )
+    .await
+    .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = refused else {
+        panic!("not an HTTP refusal: {refused:?}")
+    };
+    assert_eq!(response.status(), 403);
+    let mut own = open_from(
+        addr,
+        "/v1/probe:chat",
+        "protomesh.json",
+        Some(&format!("http://{addr}")),
+    )
+    .await
+    .unwrap();
+    send(&mut own, r#"{"message":"same origin"}"#).await;
+    assert_eq!(next_json(&mut own).await["message"], "same origin");
 
     // No subprotocol offered: refused before the upgrade, with the reason.
     let refused = open(addr, "/v1/probe:chat", "").await.unwrap_err();

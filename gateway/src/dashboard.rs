@@ -28,9 +28,9 @@ const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
 const APP_CSS: &str = include_str!("../ui/app.css");
 
-/// What the page may load and connect to: this origin only (the WebSocket included).
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
-                   frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// What the page may load and connect to: this origin only (`'self'` covers its WebSocket).
+const CSP: &str = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; \
+                   base-uri 'none'; form-action 'none'";
 
 /// The role the status endpoint requires.
 const ADMIN_ROLE: &str = "admin";

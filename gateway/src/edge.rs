@@ -112,6 +112,11 @@ impl Edge {
         }
     }
 
+    /// Whether CORS allows pages of `origin` (a WebSocket's handshake is checked with it).
+    pub(crate) fn allows_origin(&self, origin: &HeaderValue) -> bool {
+        self.cors.allow_origin(origin).is_some()
+    }
+
     /// Rate-limit refusals so far, per class.
     pub(crate) fn rate_limit_rejections(&self) -> Vec<(String, u64)> {
         self.limits.rejections()

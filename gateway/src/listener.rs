@@ -94,6 +94,7 @@ pub(crate) static COUNTERS: ConnectionCounters = ConnectionCounters {
 };
 
 /// Counts a connection open while it lives.
+#[derive(Debug)]
 struct OpenConnection;
 
 impl OpenConnection {
@@ -249,10 +250,16 @@ pub async fn serve(
                 let activity = Arc::new(Activity::new());
                 // The peer address, for the edge policies (`x-protomesh-client-ip`, rate limits).
                 let with_peer = tower::Layer::layer(&axum::Extension(ConnectInfo(peer)), app.clone());
+                let hold = Arc::new(ConnectionHold {
+                    _slot: slot,
+                    _open: OpenConnection::new(),
+                    stopping: stopping.clone(),
+                });
                 let service = hyper_util::service::TowerToHyperService::new(RequestLimits {
                     inner: with_peer,
                     activity: Arc::clone(&activity),
                     max_uri_length: limits.max_uri_length,
+                    hold: Arc::clone(&hold),
                 });
                 let connection = builder
                     .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
@@ -263,7 +270,7 @@ pub async fn serve(
                     activity,
                     Arc::clone(&limits),
                     stopping.clone(),
-                    slot,
+                    hold,
                 ));
             }
             () = &mut shutdown => break,
@@ -284,21 +291,39 @@ pub async fn serve(
     }
 }
 
+/// A connection's place under the cap and in the open-connection count, and the server's shutdown
+/// signal: held by the connection's task and handed to every request (in its extensions), so a
+/// WebSocket, which outlives the HTTP connection it was upgraded from, keeps the place until it
+/// closes, and closes when the server shuts down.
+#[derive(Debug)]
+pub(crate) struct ConnectionHold {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _open: OpenConnection,
+    stopping: watch::Receiver<bool>,
+}
+
+impl ConnectionHold {
+    /// Becomes `true` when the server shuts down.
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.clone()
+    }
+}
+
 /// Drives one connection to its end, closing it when it stays too long without a request in
 /// flight (no first head yet: the request-head timeout; after a response: the idle timeout) or
 /// when the server shuts down (`shut_down`: HTTP/1 closes after the response in flight, at once
-/// when idle; HTTP/2 sends GOAWAY). `_slot` is its place under the connection cap.
+/// when idle; HTTP/2 sends GOAWAY). `_hold` is its place under the connection cap, shared with a
+/// WebSocket upgraded from it.
 async fn watch_connection<C>(
     connection: C,
     shut_down: impl Fn(Pin<&mut C>),
     activity: Arc<Activity>,
     limits: Arc<ConnectionLimits>,
     mut stopping: watch::Receiver<bool>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _hold: Arc<ConnectionHold>,
 ) where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
-    let _open = OpenConnection::new();
     tokio::pin!(connection);
     // When the connection, asked to close, is dropped if it has not closed by itself.
     let mut drop_at: Option<Instant> = None;
@@ -420,6 +445,7 @@ struct RequestLimits<S> {
     inner: S,
     activity: Arc<Activity>,
     max_uri_length: usize,
+    hold: Arc<ConnectionHold>,
 }
 
 impl<S> tower::Service<Request<Incoming>> for RequestLimits<S>
@@ -438,7 +464,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(Arc::clone(&self.hold));
         let in_flight = self.activity.begin();
         let http1 = request.version() <= Version::HTTP_11;
         if let Some(refusal) = refuse_head(&request, self.max_uri_length) {

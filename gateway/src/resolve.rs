@@ -89,10 +89,14 @@ impl Target {
                 bindings,
             },
             Lookup::MethodNotAllowed(allowed) => Self::NoRoute { allowed },
-            // A gRPC method's path is POSTed to, as gRPC or gRPC-Web (a browser's preflight asks).
-            Lookup::NotFound if Self::of_grpc(state, path).is_served() => Self::NoRoute {
-                allowed: vec![Method::POST],
-            },
+            // A browser's preflight of a gRPC-Web call: a gRPC method's path is POSTed to.
+            Lookup::NotFound
+                if method == Method::OPTIONS && Self::of_grpc(state, path).is_served() =>
+            {
+                Self::NoRoute {
+                    allowed: vec![Method::POST],
+                }
+            }
             Lookup::NotFound => Self::NoRoute {
                 allowed: Vec::new(),
             },
@@ -173,11 +177,13 @@ impl Resolved {
 /// The front of the pipeline: gives `request` a usable `x-request-id` and its context.
 pub(crate) async fn resolve(
     State(state): State<watch::Receiver<Arc<GatewayState>>>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     // A browser's WebSocket carries its credential as a subprotocol, for the edge to verify.
-    upgrade::credential_from_protocols(&request.method().clone(), request.headers_mut());
+    let (mut parts, body) = request.into_parts();
+    upgrade::credential_from_protocols(&parts.method, &mut parts.headers);
+    let mut request = Request::from_parts(parts, body);
     let resolved = Resolved::new(&request, Arc::clone(&state.borrow()));
     request
         .headers_mut()

@@ -34,10 +34,13 @@ pub(crate) fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &st
         .map(str::trim)
 }
 
-/// For a WebSocket handshake without `Authorization`: the token of an offered `bearer.<token>`
+/// For a WebSocket handshake with neither `Authorization` nor an API key: the token of an offered `bearer.<token>`
 /// subprotocol becomes `Authorization: Bearer <token>`, for the edge to verify.
 pub(crate) fn credential_from_protocols(method: &Method, headers: &mut HeaderMap) {
-    if !is_upgrade(method, headers) || headers.contains_key(header::AUTHORIZATION) {
+    if !is_upgrade(method, headers)
+        || headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(protomesh::auth::API_KEY_HEADER)
+    {
         return;
     }
     let token = offered_protocols(headers)
@@ -93,6 +96,14 @@ mod tests {
         ]);
         credential_from_protocols(&Method::GET, &mut explicit);
         assert_eq!(explicit[header::AUTHORIZATION], "Bearer mine");
+        // An API key is a credential: no second one is made (two are refused).
+        let mut keyed = headers(&[
+            ("upgrade", "websocket"),
+            ("x-api-key", "k"),
+            ("sec-websocket-protocol", "protomesh.json, bearer.other"),
+        ]);
+        credential_from_protocols(&Method::GET, &mut keyed);
+        assert!(!keyed.contains_key(header::AUTHORIZATION));
         let mut plain = headers(&[("sec-websocket-protocol", "bearer.x")]);
         credential_from_protocols(&Method::GET, &mut plain);
         assert!(!plain.contains_key(header::AUTHORIZATION));

@@ -149,6 +149,7 @@ function describe(event) {
   const data = event.data || {};
   if (event.type === 'message') return `${data.sender}: ${typeof data.body === 'string' ? data.body : JSON.stringify(data.body)}`;
   if (event.type.startsWith('presence.')) return `${data.subject}`;
+  if (event.type === 'resumed') return data.note;
   if (event.type.startsWith('task.')) return `${data.title ?? ''} (${data.status ?? ''}, priority ${data.priority_score ?? data.priorityScore ?? '?'}) ${data.id ?? ''}`;
   return JSON.stringify(data);
 }
@@ -183,8 +184,16 @@ function follow(project) {
   };
   socket.onclose = (close) => {
     if (state.socket !== socket) return;
+    // 4011: the cursor is past the streams' retention; 4003 with a cursor: it is not one (any
+    // more). Follow from now on.
+    if (close.code === 4011 || (close.code === 4003 && state.cursor)) {
+      state.cursor = '';
+      showEvent({ type: 'resumed', data: { note: 'some events were missed: following from now on' } });
+      state.retryTimer = setTimeout(() => follow(state.project), 0);
+      return;
+    }
     // 4000 + a gRPC code: 3 invalid, 5 not found, 7 denied, 16 unauthenticated are final.
-    if ([4003, 4005, 4007, 4011, 4016].includes(close.code)) {
+    if ([4003, 4005, 4007, 4016].includes(close.code)) {
       setFeedStatus(`refused: ${refusal?.message || close.reason}`, 'refused');
       return;
     }

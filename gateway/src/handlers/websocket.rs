@@ -4,33 +4,38 @@
 //! the route.
 //!
 //! **Handshake.** `GET <the route's path>` with `Upgrade: websocket`, whatever the route's HTTP
-//! verb, offering the subprotocol [`PROTOCOL`](crate::upgrade::PROTOCOL) (`Sec-WebSocket-Protocol`), which the answer
-//! selects. Browsers cannot set headers on a WebSocket, so a credential may come as a second
-//! offered subprotocol `bearer.<token>` ([`credential_from_protocols`](crate::upgrade::credential_from_protocols), applied before the edge;
-//! never selected, so never echoed back). Not in the query string: URLs are written to access
-//! logs, proxies' logs and browser history, and leak through `Referer`.
+//! verb, offering the subprotocol `protomesh.json` ([`PROTOCOL`]), which the answer selects.
+//! Browsers cannot set headers on a WebSocket, so a credential may come as a second offered
+//! subprotocol `bearer.<token>` (turned into `Authorization` before the edge by
+//! [`crate::upgrade`]; never selected, so never echoed back). Not in the query string: URLs are
+//! written to access logs, proxies' logs and browser history, and leak through `Referer`.
+//! Browsers apply no CORS to WebSockets, so a handshake whose `Origin` is neither the gateway's
+//! own nor one `--cors-origin` allows is refused (403).
 //!
 //! **Frames.** Every text frame from the client is one request message in proto3 JSON, merged
 //! with the path's bindings and query as the route's body rule says. An empty text frame ends the
-//! client's stream (a half-close: answers keep coming). A method taking one request message
-//! whose route takes no body is called from the URL alone, before the handshake is answered, so
-//! the socket opens once the service has taken the call (a hub subscriber is subscribed by
-//! then); with a body, it starts with the first text frame, and its stream then ends by itself. Every answer message is one
-//! text frame of proto3 JSON. Binary frames are refused (close 1003).
+//! client's stream (a half-close: answers keep coming). A method taking one request message whose
+//! route takes no body is called from the URL alone, before the handshake is answered, so the
+//! socket opens once the service has taken the call (a hub subscriber is subscribed by then);
+//! with a body, it starts with the first text frame, and its stream then ends by itself. Every
+//! answer message is one text frame of proto3 JSON. Binary frames are refused (close 1003).
 //!
-//! **Close codes.** The call's end closes the socket: `1000` when it ended with `OK`; else first a
-//! text frame `{"error": {"code", "message", "details"}}` (the JSON error of any route), then
+//! **Close codes.** The call's end closes the socket: `1000` when it ended with `OK`; else first
+//! a text frame `{"error": {"code", "message", "details"}}` (the JSON error of any route), then
 //! close code `4000 + the gRPC code` (`4003` invalid argument, `4004` deadline exceeded, `4005`
-//! not found, `4007` permission denied, `4008` resource exhausted, `4014` unavailable, `4016`
-//! unauthenticated, …) with the status message, shortened to fit, as the reason. `1001` when the
-//! client sent nothing, not even a pong, for [`WebSocketOptions::idle_timeout`](crate::gateway::WebSocketOptions::idle_timeout); `1003` for a
-//! binary frame; `1009` for a message over the gateway's body limit.
+//! not found, `4007` permission denied, `4008` resource exhausted, `4011` out of range, `4014`
+//! unavailable, `4016` unauthenticated, …) with the status message, shortened to fit, as the
+//! reason. `1001`: the client sent nothing, not even a pong, for the idle timeout, or the gateway
+//! is shutting down; `1003`: a binary frame; `1009`: a message over the gateway's body limit.
 //!
-//! **Keep-alive and limits.** The gateway pings every [`WebSocketOptions::ping_interval`](crate::gateway::WebSocketOptions::ping_interval)
-//! (browsers answer by themselves). A call's deadline is its method's default timeout when its
-//! policy states one, else [`WebSocketOptions::max_duration`](crate::gateway::WebSocketOptions::max_duration); subscribers then resume (the hub's
-//! cursors). Messages are capped at the body limit; the client's messages are read only as fast
-//! as the service takes them.
+//! **Keep-alive and limits** ([`WebSocketOptions`](crate::gateway::WebSocketOptions)): the
+//! gateway pings every `ping_interval` (browsers answer by themselves); a socket whose client sent
+//! nothing for `idle_timeout` while the gateway was reading, or that does not take a frame within
+//! it, is closed. A call's deadline is its method's default timeout when its policy states one,
+//! else `max_duration`; at the deadline the socket closes with `4004` (subscribers resume with the
+//! hub's cursors). Messages are capped at the body limit, and the client's messages are read only
+//! as fast as the service takes them. An open socket keeps its place under the listener's
+//! connection cap ([`crate::listener::ConnectionHold`]) until it closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,14 +44,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::Method;
+use http::header;
+use http::{Method, StatusCode};
 use prost_reflect::DescriptorPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec::BytesCodec;
 use crate::errors::HttpError;
 use crate::gateway::Gateway;
+use crate::listener::ConnectionHold;
 use crate::resolve::Resolved;
 use crate::routes::Route;
 use crate::template::Binding;
@@ -63,6 +70,9 @@ const ANSWER_BUFFER: usize = 16;
 
 /// Longest wait for a call started before the socket opens to be taken by its service.
 const OPEN_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest wait for the client's side of the closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest close reason (a close frame's payload is at most 125 bytes, 2 of them the code).
 const MAX_CLOSE_REASON: usize = 123;
@@ -82,12 +92,25 @@ pub(crate) async fn bridge(
         ))
         .into_response();
     }
+    if let Some(origin) = parts.headers.get(header::ORIGIN) {
+        if !same_origin(origin, &parts.headers) && !gateway.edge.allows_origin(origin) {
+            return HttpError::new(
+                StatusCode::FORBIDDEN,
+                tonic::Code::PermissionDenied,
+                format!(
+                    "a WebSocket from origin {} is not allowed (--cors-origin)",
+                    String::from_utf8_lossy(origin.as_bytes())
+                ),
+            )
+            .into_response();
+        }
+    }
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let state = &resolved.state;
-    let pool = state
+    let pool = resolved
+        .state
         .services
         .get(&route.service)
         .map(|s| s.pool.clone())
@@ -100,6 +123,7 @@ pub(crate) async fn bridge(
         .get::<Arc<protomesh::policy::ResolvedPolicy>>()
         .and_then(|policy| policy.default_timeout)
         .unwrap_or(options.websocket.max_duration);
+    let hold = parts.extensions.get::<Arc<ConnectionHold>>().cloned();
     let call = Call {
         gateway: gateway.clone(),
         route: Arc::clone(route),
@@ -110,25 +134,40 @@ pub(crate) async fn bridge(
         deadline,
     };
     // A call whose one request message the URL makes starts now, and the socket opens once the
-    // service has taken it: a subscriber is subscribed when its socket opens.
-    let (opened, call_opened) = oneshot::channel();
-    let mut running = call.start(opened);
-    let mut refused = None;
+    // service has taken it: a subscriber is subscribed when its socket opens. A bad URL is told
+    // on the socket (a browser sees nothing of a refused handshake).
+    let mut opening = Opening::AfterUpgrade;
     if !route.method.is_client_streaming() && matches!(route.body, BodyRule::None) {
-        match call.request(None) {
+        opening = match call.request(None) {
             Ok(message) => {
-                let _ = running.requests.take().map(|tx| tx.try_send(message));
+                let (opened, call_opened) = oneshot::channel();
+                let running = call.start(Some(message), Some(opened));
                 let _ = tokio::time::timeout(OPEN_WAIT.min(deadline), call_opened).await;
+                Opening::Started(running)
             }
-            Err(error) => refused = Some(error),
-        }
+            Err(error) => Opening::Refused(error),
+        };
     }
     upgrade
         .protocols([PROTOCOL])
         .max_message_size(options.body_limit)
         .max_frame_size(options.body_limit)
         .on_failed_upgrade(|err| tracing::debug!(error = %err, "a WebSocket upgrade failed"))
-        .on_upgrade(move |socket| call.serve(socket, running, refused))
+        .on_upgrade(move |socket| call.serve(socket, opening, hold))
+}
+
+/// Whether `origin` is the gateway's own (the request's `Host`, over HTTP or HTTPS).
+fn same_origin(origin: &http::HeaderValue, headers: &http::HeaderMap) -> bool {
+    let (Ok(origin), Some(host)) = (
+        origin.to_str(),
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
 /// The request's head, for building each request message.
@@ -148,6 +187,16 @@ struct Call {
     pool: DescriptorPool,
     metadata: tonic::metadata::MetadataMap,
     deadline: Duration,
+}
+
+/// How the call of a socket starts.
+enum Opening {
+    /// Before the handshake was answered, from the URL alone.
+    Started(Running),
+    /// Its URL makes no request: the socket only tells why.
+    Refused(HttpError),
+    /// Once the socket is open, with the client's first messages.
+    AfterUpgrade,
 }
 
 /// What the call task hands the socket.
@@ -186,10 +235,19 @@ impl Call {
         )
     }
 
-    /// Starts the call; `opened` fires once the service has answered its opening (or refused).
-    fn start(&self, opened: oneshot::Sender<()>) -> Running {
+    /// Starts the call: with its only request message (`only`), or taking the client's as they
+    /// come; `opened` fires once the service has answered its opening (or refused it).
+    fn start(&self, only: Option<Bytes>, opened: Option<oneshot::Sender<()>>) -> Running {
         let (requests, request_stream) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
         let (answers, answer_stream) = mpsc::channel::<Answer>(ANSWER_BUFFER);
+        let requests = match only {
+            Some(message) => {
+                // Room for it: the channel is new.
+                let _ = requests.try_send(message);
+                None
+            }
+            None => Some(requests),
+        };
         let task = tokio::spawn(call(
             self.gateway.mesh.channel(&self.route.service),
             self.route.grpc_path.clone(),
@@ -200,56 +258,85 @@ impl Call {
             opened,
         ));
         Running {
-            requests: Some(requests),
+            requests,
             answers: answer_stream,
             _task: AbortOnDrop(task),
         }
     }
 
-    /// Bridges the open `socket` and the running call (or tells why it was refused).
-    async fn serve(self, mut socket: WebSocket, running: Running, refused: Option<HttpError>) {
-        if let Some(error) = refused {
-            return close_with_error(&mut socket, error).await;
-        }
+    /// Bridges the open `socket` and the call until either ends.
+    async fn serve(self, socket: WebSocket, opening: Opening, hold: Option<Arc<ConnectionHold>>) {
+        let options = &self.gateway.options.websocket;
+        let mut socket = Socket {
+            inner: socket,
+            send_timeout: options.idle_timeout,
+        };
+        let running = match opening {
+            Opening::Refused(error) => return socket.close_with_error(error).await,
+            Opening::Started(running) => running,
+            Opening::AfterUpgrade => self.start(None, None),
+        };
         let Running {
             mut requests,
             answers: mut answer_stream,
             _task,
         } = running;
         let one_request = !self.route.method.is_client_streaming();
-        let options = &self.gateway.options.websocket;
+        // The server's shutdown (a socket outlives the connection it came from).
+        let (_never, never) = watch::channel(false);
+        let mut stopping = hold.as_ref().map_or(never, |hold| hold.stopping());
+        let mut room: Option<mpsc::OwnedPermit<Bytes>> = None;
         let mut ping = tokio::time::interval(options.ping_interval);
         ping.reset();
         let idle = tokio::time::sleep(options.idle_timeout);
-        tokio::pin!(idle);
+        let deadline = tokio::time::sleep(self.deadline);
+        tokio::pin!(idle, deadline);
         loop {
-            let can_read = requests.as_ref().is_none_or(|tx| tx.capacity() > 0);
+            // The client is read while its messages have room, or once its stream ended; the
+            // idle timer runs only while it is read.
+            let reading = requests.is_none() || room.is_some();
             tokio::select! {
-                frame = socket.recv(), if can_read => {
+                reserved = reserve(requests.as_ref()), if !reading => match reserved {
+                    Some(permit) => {
+                        room = Some(permit);
+                        idle.as_mut().reset(tokio::time::Instant::now() + options.idle_timeout);
+                    }
+                    // The call no longer takes messages: it is ending, its answer follows.
+                    None => requests = None,
+                },
+                frame = socket.inner.recv(), if reading => {
                     idle.as_mut().reset(tokio::time::Instant::now() + options.idle_timeout);
                     let text = match frame {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Binary(_))) => {
-                            return close(&mut socket, 1003, "send request messages as text frames of JSON").await;
+                            return socket.close(1003, "send request messages as text frames of JSON").await;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        // The client closed or went away: the call is cancelled.
-                        Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-                    };
-                    let Some(sender) = &requests else {
-                        let error = HttpError::bad_request("the request stream has ended: no more messages are taken");
-                        return close_with_error(&mut socket, error).await;
+                        // The client closed: answer its close, and the call is cancelled.
+                        Some(Ok(Message::Close(_))) => return socket.finish().await,
+                        Some(Err(err)) if too_large(&err) => {
+                            return socket.close(1009, "a message is over the gateway's body limit").await;
+                        }
+                        // The client went away: the call is cancelled.
+                        Some(Err(_)) | None => return,
                     };
                     if text.is_empty() {
+                        // The end of the client's stream (again, if it had ended).
                         requests = None;
+                        room = None;
                         continue;
                     }
+                    let Some(permit) = room.take() else {
+                        let error = HttpError::bad_request(
+                            "the request stream has ended: no more messages are taken",
+                        );
+                        return socket.close_with_error(error).await;
+                    };
                     match self.request(Some(text.as_str())) {
-                        // There is room: checked before reading.
                         Ok(message) => {
-                            let _ = sender.try_send(message);
+                            permit.send(message);
                         }
-                        Err(error) => return close_with_error(&mut socket, error).await,
+                        Err(error) => return socket.close_with_error(error).await,
                     }
                     if one_request {
                         requests = None;
@@ -258,34 +345,111 @@ impl Call {
                 answer = answer_stream.recv() => match answer {
                     Some(Answer::Message(message)) => {
                         let json = answer_json(&self.route, &message, &self.gateway.options.json, &self.pool);
-                        let sent = match json {
-                            Ok(json) => match String::from_utf8(json) {
-                                Ok(text) => socket.send(Message::Text(text.into())).await,
-                                Err(_) => return close(&mut socket, 1011, "an answer is not UTF-8 JSON").await,
-                            },
-                            Err(error) => return close_with_error(&mut socket, error).await,
+                        let text = match json.map(String::from_utf8) {
+                            Ok(Ok(text)) => text,
+                            Ok(Err(_)) => return socket.close(1011, "an answer is not UTF-8 JSON").await,
+                            Err(error) => return socket.close_with_error(error).await,
                         };
-                        if sent.is_err() {
+                        if !socket.send(Message::Text(text.into())).await {
                             return;
                         }
                     }
-                    Some(Answer::End(Ok(()))) | None => return close(&mut socket, 1000, "OK").await,
+                    Some(Answer::End(Ok(()))) | None => return socket.close(1000, "OK").await,
                     Some(Answer::End(Err(status))) => {
                         let error = HttpError::from_status(&status, &self.pool);
-                        return close_with_error(&mut socket, error).await;
+                        return socket.close_with_error(error).await;
                     }
                 },
                 _ = ping.tick() => {
-                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                    if !socket.send(Message::Ping(Bytes::new())).await {
                         return;
                     }
                 }
-                () = &mut idle => {
+                () = &mut idle, if reading => {
                     let reason = format!("idle for {}", humantime::format_duration(options.idle_timeout));
-                    return close(&mut socket, 1001, &reason).await;
+                    return socket.close(1001, &reason).await;
+                }
+                () = &mut deadline => {
+                    let status = tonic::Status::deadline_exceeded(format!(
+                        "the call reached its deadline ({})",
+                        humantime::format_duration(self.deadline)
+                    ));
+                    return socket.close_with_error(HttpError::from_status(&status, &self.pool)).await;
+                }
+                Ok(()) = stopping.changed() => {
+                    return socket.close(1001, "the gateway is shutting down").await;
                 }
             }
         }
+    }
+}
+
+/// Room for one more request message (`None` once the call takes no more, or without a stream).
+async fn reserve(requests: Option<&mpsc::Sender<Bytes>>) -> Option<mpsc::OwnedPermit<Bytes>> {
+    requests?.clone().reserve_owned().await.ok()
+}
+
+/// Whether a read failed on a message over the size limit.
+fn too_large(err: &axum::Error) -> bool {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = err.source();
+    while let Some(cause) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = cause.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// The socket, each send bounded (a client that does not read is let go).
+struct Socket {
+    inner: WebSocket,
+    send_timeout: Duration,
+}
+
+impl Socket {
+    /// Sends `message`; `false` when the client is gone or did not take it in time.
+    async fn send(&mut self, message: Message) -> bool {
+        matches!(
+            tokio::time::timeout(self.send_timeout, self.inner.send(message)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends `error` as a text frame, then closes with `4000 +` its gRPC code.
+    async fn close_with_error(&mut self, error: HttpError) {
+        let frame = serde_json::json!({ "error": error.body }).to_string();
+        if !self.send(Message::Text(frame.into())).await {
+            return;
+        }
+        let code = 4000 + u16::try_from(error.body.code).unwrap_or(2);
+        self.close(code, &error.body.message).await;
+    }
+
+    /// Closes with `code` and `reason` (shortened to fit a close frame), then waits a little
+    /// for the client's close, so nothing sent is lost to a reset.
+    async fn close(&mut self, code: u16, reason: &str) {
+        let mut end = reason.len().min(MAX_CLOSE_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason[..end].into(),
+        };
+        if self.send(Message::Close(Some(frame))).await {
+            self.finish().await;
+        }
+    }
+
+    /// Reads until the closing handshake ends (answering the client's close), for a moment at
+    /// most.
+    async fn finish(&mut self) {
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Some(Ok(_)) = self.inner.recv().await {}
+        })
+        .await;
     }
 }
 
@@ -297,11 +461,13 @@ async fn call(
     deadline: Duration,
     requests: mpsc::Receiver<Bytes>,
     answers: mpsc::Sender<Answer>,
-    opened: oneshot::Sender<()>,
+    mut opened: Option<oneshot::Sender<()>>,
 ) {
     let mut grpc = tonic::client::Grpc::new(channel);
     if let Err(err) = grpc.ready().await {
-        let _ = opened.send(());
+        if let Some(opened) = opened.take() {
+            let _ = opened.send(());
+        }
         let _ = answers
             .send(Answer::End(Err(tonic::Status::unavailable(
                 err.to_string(),
@@ -313,7 +479,9 @@ async fn call(
     *request.metadata_mut() = metadata;
     request.set_timeout(deadline);
     let opening = grpc.streaming(request, path, BytesCodec).await;
-    let _ = opened.send(());
+    if let Some(opened) = opened.take() {
+        let _ = opened.send(());
+    }
     let mut stream = match opening {
         Ok(response) => response.into_inner(),
         Err(status) => {
@@ -347,29 +515,6 @@ fn lost_connection_unavailable(status: tonic::Status) -> tonic::Status {
     } else {
         status
     }
-}
-
-/// Sends `error` as a text frame, then closes with `4000 +` its gRPC code.
-async fn close_with_error(socket: &mut WebSocket, error: HttpError) {
-    let frame = serde_json::json!({ "error": error.body }).to_string();
-    if socket.send(Message::Text(frame.into())).await.is_err() {
-        return;
-    }
-    let code = 4000 + u16::try_from(error.body.code).unwrap_or(2);
-    close(socket, code, &error.body.message).await;
-}
-
-/// Closes with `code` and `reason` (shortened to fit a close frame).
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let frame = CloseFrame {
-        code,
-        reason: reason[..end].into(),
-    };
-    let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 #[cfg(test)]
