@@ -36,6 +36,7 @@
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod credential;
 pub mod descriptors;

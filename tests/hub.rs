@@ -13,6 +13,7 @@
 //! - A subscriber that stops reading is dropped with `RESOURCE_EXHAUSTED` and its cursor, while
 //!   another on the same topic gets every message; resuming from that cursor, it gets the rest.
 //! - A hub instance killed under its subscribers: they resume on the other one without a gap.
+//! - A member removed from the project loses the subscription (`NOT_FOUND`) at its next check.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
@@ -32,8 +33,9 @@ use protomesh_hub::proto::protomesh::hub::v1::{
     SubscribeRequest,
 };
 use protomesh_tasks::proto::protomesh::tasks::v1::{
-    tasks_service_client::TasksServiceClient, CompleteTaskRequest, CreateProjectRequest,
-    CreateTaskRequest, DeleteTaskRequest, Project, Task, UpdateTaskRequest,
+    tasks_service_client::TasksServiceClient, AddProjectMemberRequest, CompleteTaskRequest,
+    CreateProjectRequest, CreateTaskRequest, DeleteTaskRequest, Project,
+    RemoveProjectMemberRequest, Task, UpdateTaskRequest,
 };
 use support::http::spawn;
 use support::mesh::wait_routes;
@@ -525,10 +527,11 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     env.push(("PROTOMESH_JWT_SECRET_FILE", test_secret_file()));
     let _priority = spawn("priority", &env, &[]);
     let _tasks = spawn("tasks", &env, &[]);
-    let hub1 = spawn("hub", &env, &["--subscriber-buffer", "4"]);
+    let hub_flags = ["--subscriber-buffer", "4", "--recheck-interval", "1s"];
+    let hub1 = spawn("hub", &env, &hub_flags);
     wait_passing(consul, &["priority", "tasks", "hub"]).await;
     let first_hub = instances(consul, "hub").await.remove(0);
-    let _hub2 = spawn("hub", &env, &["--subscriber-buffer", "4"]);
+    let _hub2 = spawn("hub", &env, &hub_flags);
     let second_hub = eventually(Duration::from_secs(60), "a second hub", || async {
         instances(consul, "hub")
             .await
@@ -796,6 +799,43 @@ async fn subscribers_see_every_change_once_and_strangers_see_none() {
     }
     assert_nothing_more(&mut resumed).await;
     assert_eq!(numbers, (0..60).collect::<Vec<_>>());
+
+    // Carol, a member, follows the project until Alice removes her: her subscription ends with
+    // NOT_FOUND at its next check (every second here), while it lasted she saw the project's events.
+    let carol = token("carol", &[]);
+    script
+        .tasks
+        .add_project_member(with_token(
+            AddProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "carol".into(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let mut carols = subscribe(&on_second, &carol, &topic, "").await.unwrap();
+    script.say("for the members").await;
+    let seen = next_event(&mut carols).await.unwrap();
+    assert_eq!(what(&seen).1, "for the members");
+    script
+        .tasks
+        .remove_project_member(with_token(
+            RemoveProjectMemberRequest {
+                project_id: project.id.clone(),
+                user_id: "carol".into(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(EVENT_WAIT, next_event(&mut carols))
+        .await
+        .expect("the removed member's subscription did not end")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::NotFound, "{ended:?}");
+    let refused = subscribe(&on_second, &carol, &topic, "").await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
 
     // The admin reads the stats: the dropped subscriber is counted, and the reference's topic is
     // served (instances report every 10 s).

@@ -74,6 +74,8 @@ pub struct Protos {
     runtime_types: bool,
     /// Packages (with a leading dot) whose Rust types another crate has generated, and where.
     extern_packages: Vec<(String, String)>,
+    /// The services' codec, when not tonic-prost's.
+    codec_path: Option<String>,
 }
 
 impl Default for Protos {
@@ -90,7 +92,17 @@ impl Protos {
             includes: Vec::new(),
             runtime_types: true,
             extern_packages: Vec::new(),
+            codec_path: None,
         }
+    }
+
+    /// Generates the services with the codec at `path` (a `Codec + Default` generic over the
+    /// request and answer types, like `tonic_prost::ProstCodec`, the default), for example
+    /// `::protomesh::codec::SmallBuffers`: a service holding thousands of streams open keeps a
+    /// small buffer per stream.
+    pub fn codec_path(mut self, path: &str) -> Self {
+        self.codec_path = Some(path.to_owned());
+        self
     }
 
     /// Adds a folder that `.proto` paths (and imports) are relative to, before the shared protos.
@@ -160,6 +172,9 @@ impl Protos {
         }
         for (package, path) in &externs {
             config = config.extern_path(package, path);
+        }
+        if let Some(path) = &self.codec_path {
+            config = config.codec_path(path);
         }
         config.compile_fds(set).map_err(|source| BuildError::Write {
             path: out_dir.join(GENERATED_FILE),

@@ -40,7 +40,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -73,6 +73,9 @@ const OPEN_WAIT: Duration = Duration::from_secs(10);
 
 /// Longest wait for the client's side of the closing handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The socket's read buffer (it grows for a larger message, up to the body limit).
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Longest close reason (a close frame's payload is at most 125 bytes, 2 of them the code).
 const MAX_CLOSE_REASON: usize = 123;
@@ -150,6 +153,10 @@ pub(crate) async fn bridge(
     }
     upgrade
         .protocols([PROTOCOL])
+        // Small buffers (tungstenite's defaults are 128 KiB each): thousands of sockets stay
+        // open, and a frame is written as soon as it is sent.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(options.body_limit)
         .max_frame_size(options.body_limit)
         .on_failed_upgrade(|err| tracing::debug!(error = %err, "a WebSocket upgrade failed"))
@@ -264,6 +271,29 @@ impl Call {
         }
     }
 
+    /// An answer message as the text of its frame: the last answer's text again when the same
+    /// bytes come for the same route (every subscriber of a topic gets the same event).
+    fn answer_text(&self, message: Bytes) -> Result<Utf8Bytes, HttpError> {
+        if let Some(text) = LAST_ANSWER.get(&self.route, &message) {
+            return Ok(text);
+        }
+        let json = answer_json(
+            &self.route,
+            &message,
+            &self.gateway.options.json,
+            &self.pool,
+        )?;
+        let text = Utf8Bytes::try_from(json).map_err(|_| {
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                "an answer is not UTF-8 JSON",
+            )
+        })?;
+        LAST_ANSWER.put(&self.route, message, text.clone());
+        Ok(text)
+    }
+
     /// Bridges the open `socket` and the call until either ends.
     async fn serve(self, socket: WebSocket, opening: Opening, hold: Option<Arc<ConnectionHold>>) {
         let options = &self.gateway.options.websocket;
@@ -344,13 +374,11 @@ impl Call {
                 }
                 answer = answer_stream.recv() => match answer {
                     Some(Answer::Message(message)) => {
-                        let json = answer_json(&self.route, &message, &self.gateway.options.json, &self.pool);
-                        let text = match json.map(String::from_utf8) {
-                            Ok(Ok(text)) => text,
-                            Ok(Err(_)) => return socket.close(1011, "an answer is not UTF-8 JSON").await,
+                        let text = match self.answer_text(message) {
+                            Ok(text) => text,
                             Err(error) => return socket.close_with_error(error).await,
                         };
-                        if !socket.send(Message::Text(text.into())).await {
+                        if !socket.send(Message::Text(text)).await {
                             return;
                         }
                     }
@@ -380,6 +408,29 @@ impl Call {
                     return socket.close(1001, "the gateway is shutting down").await;
                 }
             }
+        }
+    }
+}
+
+/// The last answer written as a frame's text, with the route and the bytes it was written from:
+/// when one event goes to thousands of sockets, it is turned into JSON once and the text is
+/// shared (one entry: answers of different streams that interleave are written each time).
+struct LastAnswer(std::sync::Mutex<Option<(Arc<Route>, Bytes, Utf8Bytes)>>);
+
+static LAST_ANSWER: LastAnswer = LastAnswer(std::sync::Mutex::new(None));
+
+impl LastAnswer {
+    /// The text of `message` when it is the last answer of `route`.
+    fn get(&self, route: &Arc<Route>, message: &Bytes) -> Option<Utf8Bytes> {
+        let last = self.0.lock().ok()?;
+        let (last_route, bytes, text) = last.as_ref()?;
+        (Arc::ptr_eq(last_route, route) && bytes == message).then(|| text.clone())
+    }
+
+    /// Keeps `text`, written from `message` of `route`, as the last answer.
+    fn put(&self, route: &Arc<Route>, message: Bytes, text: Utf8Bytes) {
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some((Arc::clone(route), message, text));
         }
     }
 }

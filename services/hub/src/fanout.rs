@@ -83,6 +83,10 @@ pub struct HubOptions {
     /// Most subscriptions resuming at once (each reads up to `max_catch_up` entries per stream).
     /// Default 8.
     pub max_resuming: usize,
+    /// How often a subscription checks again that its subscriber may still see its topics
+    /// (a member removed from a project loses its events within it). Default 60 s, each
+    /// subscription's first check at a random point of the first period.
+    pub recheck_every: Duration,
 }
 
 impl HubOptions {
@@ -95,6 +99,7 @@ impl HubOptions {
             batch: 512,
             max_catch_up: 10_000,
             max_resuming: 8,
+            recheck_every: Duration::from_secs(60),
         }
     }
 }
@@ -171,6 +176,11 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// Checks again that a subscriber may still see its topics: `Err` with the status that ends the
+/// subscription (`NOT_FOUND`: no longer visible), `Ok` to go on (also when nobody could say).
+pub type Recheck =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), Status>> + Send + Sync>;
+
 /// The stream of one subscription, as the gRPC answer sends it.
 pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 
@@ -246,12 +256,14 @@ impl Hub {
         }
     }
 
-    /// Subscribes `subject` to `topics` (checked and visible to it) from `after`, when given.
+    /// Subscribes `subject` to `topics` (checked and visible to it) from `after`, when given;
+    /// `recheck` checks again every [`HubOptions::recheck_every`].
     pub async fn subscribe(
         &self,
         topics: Vec<String>,
         subject: String,
         after: Option<Cursor>,
+        recheck: Recheck,
     ) -> Result<EventStream, Status> {
         let (registration, receiver) = self.register(topics.clone(), subject)?;
         let mut backlog = VecDeque::new();
@@ -272,6 +284,14 @@ impl Hub {
             cursor: cursor.to_string(),
             registration,
             buffer: self.shared.options.buffer,
+            recheck,
+            recheck_every: self.shared.options.recheck_every,
+            next_check: tokio::time::Instant::now()
+                + self
+                    .shared
+                    .options
+                    .recheck_every
+                    .mul_f64(rand::random_range(0.5..1.0)),
             done: false,
         };
         Ok(Box::pin(futures::stream::unfold(
@@ -701,10 +721,27 @@ struct Subscription {
     cursor: String,
     registration: Registration,
     buffer: usize,
+    recheck: Recheck,
+    recheck_every: Duration,
+    next_check: tokio::time::Instant,
     done: bool,
 }
 
 impl Subscription {
+    /// The next delivery; meanwhile, the subscriber's visibility is checked when due. `Err` ends
+    /// the subscription with that status.
+    async fn delivery(&mut self) -> Result<Option<Delivery>, Status> {
+        loop {
+            tokio::select! {
+                delivery = self.receiver.recv() => return Ok(delivery),
+                () = tokio::time::sleep_until(self.next_check) => {
+                    self.next_check = tokio::time::Instant::now() + self.recheck_every;
+                    (self.recheck)().await?;
+                }
+            }
+        }
+    }
+
     async fn next(&mut self) -> Option<Result<Event, Status>> {
         if self.done {
             return None;
@@ -713,7 +750,15 @@ impl Subscription {
             self.cursor.clone_from(&event.cursor);
             return Some(Ok(event));
         }
-        while let Some(delivery) = self.receiver.recv().await {
+        loop {
+            let delivery = match self.delivery().await {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => break,
+                Err(status) => {
+                    self.done = true;
+                    return Some(Err(status));
+                }
+            };
             let entry = &delivery.entry;
             let cursor = match &self.floor {
                 None => delivery.cursor.to_string(),

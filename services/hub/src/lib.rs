@@ -24,6 +24,8 @@ mod messages;
 pub mod presence;
 mod topic;
 
+use std::sync::Arc;
+
 use protomesh::client::Mesh;
 use protomesh::identity;
 use protomesh::status::{bad_request, FieldViolation};
@@ -102,6 +104,42 @@ fn parse_topics(texts: &[String]) -> Result<Vec<Topic>, Status> {
     }
 }
 
+/// Passes when `caller` may see every one of `topics`.
+async fn all_visible(
+    mesh: &Mesh,
+    caller: &identity::Identity,
+    topics: &[Topic],
+) -> Result<(), Status> {
+    futures::future::try_join_all(topics.iter().map(|topic| topic.check_visible(mesh, caller)))
+        .await
+        .map(drop)
+}
+
+/// A subscription's later check of its topics, made with the credential of the call that opened
+/// it: a topic no longer visible ends it (`NOT_FOUND`); a check nobody could answer lets it go on.
+fn recheck(mesh: Mesh, caller: identity::Identity, topics: Vec<Topic>) -> fanout::Recheck {
+    let credential = protomesh::credential::caller_credential();
+    let shared = Arc::new((mesh, caller, topics));
+    Arc::new(move || {
+        let credential = credential.clone();
+        let shared = Arc::clone(&shared);
+        Box::pin(async move {
+            let (mesh, caller, topics) = &*shared;
+            let checked = protomesh::credential::with_caller_credential(
+                credential,
+                all_visible(mesh, caller, topics),
+            )
+            .await;
+            match checked {
+                Err(status) if status.code() == tonic::Code::NotFound => Err(Status::not_found(
+                    format!("{}: the subscription ends", status.message()),
+                )),
+                _ => Ok(()),
+            }
+        })
+    })
+}
+
 fn unavailable(err: impl std::fmt::Display) -> Status {
     tracing::warn!(error = %err, "a Redis command of the hub failed");
     Status::unavailable(format!("the hub's store is unavailable: {err}"))
@@ -126,14 +164,13 @@ impl HubService for HubHandler {
                     bad_request(vec![FieldViolation::new("after", err.to_string())])
                 })?)
             };
-        futures::future::try_join_all(
-            topics
-                .iter()
-                .map(|topic| topic.check_visible(&self.mesh, &caller)),
-        )
-        .await?;
+        all_visible(&self.mesh, &caller, &topics).await?;
         let names = topics.iter().map(ToString::to_string).collect();
-        let stream = self.hub.subscribe(names, caller.subject, after).await?;
+        let recheck = recheck(self.mesh.clone(), caller.clone(), topics);
+        let stream = self
+            .hub
+            .subscribe(names, caller.subject, after, recheck)
+            .await?;
         Ok(Response::new(stream))
     }
 

@@ -30,6 +30,11 @@ struct Flags {
     /// RESOURCE_EXHAUSTED and resumes with its cursor.
     #[arg(long = "subscriber-buffer", env = "PROTOMESH_HUB_SUBSCRIBER_BUFFER", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     subscriber_buffer: u32,
+
+    /// How often a subscription checks again that its subscriber may still see its topics (a
+    /// member removed from a project stops getting its events within it).
+    #[arg(long = "recheck-interval", env = "PROTOMESH_HUB_RECHECK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    recheck_interval: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,9 @@ async fn run(ctx: Context<Flags>) -> Result<(), StartError> {
 
     let mut options = HubOptions::new(instance_name());
     options.buffer = flags.subscriber_buffer as usize;
+    options.recheck_every = flags
+        .recheck_interval
+        .max(std::time::Duration::from_secs(1));
     let (changes, changed) = mpsc::channel(presence::CHANGES_BUFFER);
     let hub = Hub::new(redis, config.key_prefix.clone(), options, changes);
     let reader = tokio::spawn(hub.clone().run_reader());
