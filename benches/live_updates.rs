@@ -15,7 +15,9 @@
 //!
 //! `cargo bench --bench live_updates`. Settings: `BENCH_SUBSCRIBERS` (default 10000),
 //! `BENCH_ROUNDS` (updates, default 10), `BENCH_CONNECT_CONCURRENCY` (handshakes in flight,
-//! default 256). Quick run: `BENCH_SUBSCRIBERS=500 BENCH_ROUNDS=3 cargo bench --bench live_updates`.
+//! default 256), `BENCH_GATEWAY_WRAPPER` (a command the gateway runs under, such as
+//! `valgrind --tool=massif --massif-out-file=/tmp/gateway.massif`; the gateway then gets SIGTERM
+//! at the end so the tool writes its report). Quick run: `BENCH_SUBSCRIBERS=500 BENCH_ROUNDS=3 cargo bench --bench live_updates`.
 //!
 //! Goals (issue 15): gateway ≤ 150 MiB, hub ≤ 100 MiB, p99 ≤ 100 ms.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -134,20 +136,27 @@ async fn main() {
     }
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let max_connections = (subscribers + 1000).to_string();
-    children.0.push(spawn(
-        &gateway,
-        &[
-            "--listen",
-            &addr.to_string(),
-            "--max-connections",
-            &max_connections,
-            "--rate-limit",
-            "default=1000000/1s",
-            "--rate-limit",
-            "public=1000000/1s",
-        ],
-        &env,
-    ));
+    let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER").unwrap_or_default();
+    let mut gateway_args: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+    let gateway_command = if gateway_args.is_empty() {
+        gateway.clone()
+    } else {
+        gateway_args.push(gateway.display().to_string());
+        std::path::PathBuf::from(gateway_args.remove(0))
+    };
+    let listen_at = addr.to_string();
+    let mut args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
+    args.extend([
+        "--listen",
+        &listen_at,
+        "--max-connections",
+        &max_connections,
+        "--rate-limit",
+        "default=1000000/1s",
+        "--rate-limit",
+        "public=1000000/1s",
+    ]);
+    children.0.push(spawn(&gateway_command, &args, &env));
     let gateway_pid = children.0[3].id();
     let hub_pid = children.0[2].id();
     let base = format!("http://{addr}");
@@ -315,6 +324,13 @@ async fn main() {
         gateway_cpu * tick_us / delivered,
         hub_cpu * tick_us / delivered
     );
+    if !wrapper.is_empty() {
+        // A profiler around the gateway writes its report when the gateway exits by itself.
+        let _ = Command::new("kill")
+            .args(["-TERM", &gateway_pid.to_string()])
+            .status();
+        let _ = children.0[3].wait();
+    }
     drop(children);
     let _ = std::fs::remove_file(secret);
 }

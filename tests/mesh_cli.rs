@@ -294,26 +294,14 @@ async fn mesh_up_starts_the_whole_mesh_and_ctrl_c_stops_all() {
     );
 
     let client = ConsulClient::new(ConsulConfig::new(&consul_addr).unwrap()).unwrap();
-    let hub = client
-        .health_service(
-            "hub",
-            &QueryOptions {
-                passing: true,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .value;
-    assert_eq!(hub.len(), 1, "{banner}");
+    let passing_only = QueryOptions {
+        passing: true,
+        ..Default::default()
+    };
+    let hub = client.health_service("hub", &passing_only).await.unwrap();
+    assert_eq!(hub.value.len(), 1, "{banner}");
     let passing = client
-        .health_service(
-            "priority",
-            &QueryOptions {
-                passing: true,
-                ..Default::default()
-            },
-        )
+        .health_service("priority", &passing_only)
         .await
         .unwrap()
         .value;

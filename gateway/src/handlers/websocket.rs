@@ -177,11 +177,13 @@ fn same_origin(origin: &http::HeaderValue, headers: &http::HeaderMap) -> bool {
         .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
-/// The request's head, for building each request message.
+/// The request's head, for building each request message. The URI is copied, not cloned: hyper
+/// parses a request's head without copying, so a clone would keep the connection's whole read
+/// buffer (16 KiB) alive for as long as the socket is open.
 fn parts_without_body(parts: &http::request::Parts) -> http::request::Parts {
     let mut request = http::Request::new(());
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = parts.uri.clone();
+    *request.uri_mut() = http::Uri::try_from(parts.uri.to_string()).unwrap_or_default();
     request.into_parts().0
 }
 
