@@ -75,7 +75,7 @@ const OPEN_WAIT: Duration = Duration::from_secs(10);
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The socket's read buffer (it grows for a larger message, up to the body limit).
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// Longest close reason (a close frame's payload is at most 125 bytes, 2 of them the code).
 const MAX_CLOSE_REASON: usize = 123;
