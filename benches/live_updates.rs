@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use protomesh::auth::testing::{token, TEST_SECRET};
+use protomesh::auth::testing::token;
 use protomesh_data::testing::{redis_url, TestDatabase, TestKeys};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -38,7 +38,7 @@ mod support;
 
 use support::{
     env_u64, free_port, histogram, machine, mib, pid_ticks, proc_status, release_binaries,
-    start_consul, verdict, wait_passing, Children, GATEWAY, PRIORITY,
+    start_consul, test_secret_file, verdict, wait_passing, Children, GATEWAY, PRIORITY,
 };
 
 const TASKS: (&str, &str) = ("protomesh-tasks", "tasks");
@@ -47,12 +47,6 @@ const HUB: (&str, &str) = ("protomesh-hub", "hub");
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for every subscriber to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn secret_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("protomesh-bench-secret-{}", std::process::id()));
-    std::fs::write(&path, TEST_SECRET).expect("secret file");
-    path
-}
 
 /// Starts `binary` with `args` and the mesh's environment.
 fn spawn(binary: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> Child {
@@ -117,7 +111,7 @@ async fn main() {
     let (_agent, consul) = start_consul().await;
     let database = TestDatabase::create().await.unwrap();
     let keys = TestKeys::new();
-    let secret = secret_file();
+    let secret = test_secret_file();
     let env = vec![
         ("CONSUL_HTTP_ADDR", consul.address().to_owned()),
         ("DATABASE_URL", database.url().to_owned()),

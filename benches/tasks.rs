@@ -44,8 +44,8 @@ mod support;
 
 use support::{
     closed_loop, cpu_ticks, env_u64, histogram, machine, machine_busy_ticks, pid_ticks,
-    print_errors, release_binaries, spawn_priority, start_consul, verdict, wait_passing, Children,
-    Load, Score, Tally, PRIORITY, STRAGGLER_TIMEOUT,
+    print_errors, release_binaries, spawn_priority, start_consul, test_secret_file, verdict,
+    wait_passing, Children, Load, Score, Tally, PRIORITY, STRAGGLER_TIMEOUT,
 };
 
 /// The package and binary of the tasks service.
@@ -171,13 +171,6 @@ fn spawn_tasks(
         .stderr(Stdio::null())
         .spawn()
         .expect("tasks starts")
-}
-
-/// A file holding the test issuer's HS256 secret.
-fn test_secret_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("protomesh-bench-secret-{}", std::process::id()));
-    std::fs::write(&path, protomesh::auth::testing::TEST_SECRET).expect("secret file");
-    path
 }
 
 /// The pids of the processes named `name` (`postgres`, `redis-server`).

@@ -38,12 +38,11 @@ const PASSWORD: &str = "correct horse battery staple";
 
 /// A request with `authorization: Bearer token` (none when empty) and `extra` metadata.
 fn request<T>(message: T, token: &str, extra: &[(&'static str, &str)]) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if !token.is_empty() {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
+    let mut request = if token.is_empty() {
+        tonic::Request::new(message)
+    } else {
+        support::with_token(message, token)
+    };
     for (key, value) in extra {
         request.metadata_mut().insert(*key, value.parse().unwrap());
     }

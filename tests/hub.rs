@@ -40,20 +40,12 @@ use protomesh_tasks::proto::protomesh::tasks::v1::{
 use support::http::spawn;
 use support::mesh::wait_routes;
 use support::mesh::{wait_passing, TestMesh};
-use support::{eventually, gateway_addr, test_secret_file, Consul};
+use support::{eventually, gateway_addr, test_secret_file, with_token, Consul};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Streaming};
 
 /// Longest wait for one event.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
 
 /// Channels to every passing instance of `service`, by address.
 async fn instances(consul: &Consul, service: &str) -> Vec<String> {

@@ -126,6 +126,14 @@ pub fn spawn_priority(binary: &Path, consul_http_addr: &str) -> Child {
         .expect("priority starts")
 }
 
+/// A file holding the test issuer's HS256 secret: services given it as
+/// `PROTOMESH_JWT_SECRET_FILE` accept the test tokens (`protomesh::auth::testing::token`).
+pub fn test_secret_file() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("protomesh-bench-secret-{}", std::process::id()));
+    std::fs::write(&path, protomesh::auth::testing::TEST_SECRET).expect("secret file");
+    path
+}
+
 /// A free loopback port (bound, then released for a server to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

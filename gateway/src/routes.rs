@@ -44,6 +44,11 @@ impl Route {
     pub(crate) fn grpc_path(&self) -> &str {
         self.grpc_path.as_str()
     }
+
+    /// Whether its method streams (server, client or both ways): a WebSocket may open on it.
+    pub(crate) fn is_streaming(&self) -> bool {
+        self.method.is_client_streaming() || self.method.is_server_streaming()
+    }
 }
 
 impl fmt::Display for Route {
@@ -192,7 +197,7 @@ impl RouteTable {
     pub(crate) fn lookup_streaming(&self, path: &str) -> Option<(&Arc<Route>, Vec<Binding>)> {
         self.routes
             .iter()
-            .filter(|r| r.method.is_client_streaming() || r.method.is_server_streaming())
+            .filter(|r| r.is_streaming())
             .find_map(|r| r.template.matches(path).map(|bindings| (r, bindings)))
     }
 

@@ -175,6 +175,15 @@ pub fn spawn_service(name: &str, consul_addr: &str, extra_args: &[&str]) -> Serv
 /// Polls for a condition with a deadline (shared with every crate's tests).
 pub use protomesh::testing::eventually;
 
+/// A gRPC request carrying `authorization: Bearer token`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
 /// Runs grpcurl with `args` (plaintext is up to the caller).
 pub fn grpcurl(args: &[&str]) -> Output {
     Command::new(tool("grpcurl")).args(args).output().unwrap()

@@ -1,6 +1,6 @@
 //! What the HTTP and WebSocket handlers share: a request message's protobuf bytes from the
-//! route's path, query and JSON body; a response message's JSON; and the request headers a
-//! service sees as metadata.
+//! route's path, query and JSON body; a response message's JSON; the request headers a service
+//! sees as metadata; and the descriptors that word a route's errors.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -9,11 +9,21 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use protomesh::telemetry::REQUEST_ID_HEADER;
 
+use crate::discovery::GatewayState;
 use crate::errors::HttpError;
 use crate::gateway::GatewayOptions;
 use crate::routes::Route;
 use crate::template::Binding;
 use crate::transcode::{self, RequestParts};
+
+/// The descriptors that word `route`'s errors: its service's pool, else its method's own.
+pub(crate) fn route_pool(state: &GatewayState, route: &Route) -> DescriptorPool {
+    state
+        .services
+        .get(&route.service)
+        .map(|s| s.pool.clone())
+        .unwrap_or_else(|| route.method.parent_pool().clone())
+}
 
 /// The request message's protobuf bytes: written straight from the JSON where the route's plan
 /// can, else built as a message by the descriptors (which also words every error).

@@ -27,7 +27,7 @@ use crate::resolve::{Resolved, Target};
 use crate::routes::Route;
 use crate::template::Binding;
 
-use super::messages::{answer_json, copy_metadata, request_bytes};
+use super::messages::{answer_json, copy_metadata, request_bytes, route_pool};
 use super::websocket;
 use crate::upgrade;
 
@@ -48,8 +48,7 @@ pub(crate) async fn handle(State(gateway): State<Gateway>, request: Request) -> 
         // Native gRPC (h2c) goes to the service by its path, reflection is answered here.
         _ => return crate::grpc_proxy::forward_resolved(&gateway.mesh, &resolved, request).await,
     };
-    let streaming = route.method.is_client_streaming() || route.method.is_server_streaming();
-    if streaming && upgrade::is_upgrade(request.method(), request.headers()) {
+    if route.is_streaming() && upgrade::is_upgrade(request.method(), request.headers()) {
         let response = websocket::bridge(&gateway, &resolved, route, bindings, request).await;
         return with_request_id(response, &resolved);
     }
@@ -79,11 +78,7 @@ async fn transcode(
     let state = &resolved.state;
     let request_id = &resolved.request_id;
     let (parts, body) = request.into_parts();
-    let pool = state
-        .services
-        .get(&route.service)
-        .map(|s| s.pool.clone())
-        .unwrap_or_else(|| route.method.parent_pool().clone());
+    let pool = route_pool(state, route);
 
     let body = read_body(body, &parts.headers, &gateway.options).await?;
 

@@ -60,7 +60,7 @@ use crate::template::Binding;
 use crate::transcode::BodyRule;
 use crate::upgrade::{offered_protocols, PROTOCOL};
 
-use super::messages::{answer_json, copy_metadata, request_bytes};
+use super::messages::{answer_json, copy_metadata, request_bytes, route_pool};
 
 /// Request messages waiting for the service.
 const REQUEST_BUFFER: usize = 16;
@@ -112,12 +112,7 @@ pub(crate) async fn bridge(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let pool = resolved
-        .state
-        .services
-        .get(&route.service)
-        .map(|s| s.pool.clone())
-        .unwrap_or_else(|| route.method.parent_pool().clone());
+    let pool = route_pool(&resolved.state, route);
     let options = &gateway.options;
     let mut metadata = tonic::metadata::MetadataMap::new();
     copy_metadata(&parts.headers, &resolved.request_id, options, &mut metadata);
