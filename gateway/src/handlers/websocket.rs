@@ -37,6 +37,8 @@
 //! as fast as the service takes them. An open socket keeps its place under the listener's
 //! connection cap ([`crate::listener::ConnectionHold`]) until it closes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,10 +46,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::future::Either;
 use http::header;
 use http::{Method, StatusCode};
 use prost_reflect::DescriptorPool;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::codec::BytesCodec;
@@ -64,9 +67,6 @@ use super::messages::{answer_json, copy_metadata, request_bytes, route_pool};
 
 /// Request messages waiting for the service.
 const REQUEST_BUFFER: usize = 16;
-
-/// Answer messages waiting for the socket.
-const ANSWER_BUFFER: usize = 16;
 
 /// Longest wait for a call started before the socket opens to be taken by its service.
 const OPEN_WAIT: Duration = Duration::from_secs(10);
@@ -138,9 +138,8 @@ pub(crate) async fn bridge(
     if !route.method.is_client_streaming() && matches!(route.body, BodyRule::None) {
         opening = match call.request(None) {
             Ok(message) => {
-                let (opened, call_opened) = oneshot::channel();
-                let running = call.start(Some(message), Some(opened));
-                let _ = tokio::time::timeout(OPEN_WAIT.min(deadline), call_opened).await;
+                let mut running = call.start(Some(message));
+                running.answers.opened(OPEN_WAIT.min(deadline)).await;
                 Opening::Started(running)
             }
             Err(error) => Opening::Refused(error),
@@ -203,26 +202,82 @@ enum Opening {
     AfterUpgrade,
 }
 
-/// What the call task hands the socket.
+/// A started call: where its request messages go (until the client's stream ends), and its
+/// answers. The socket's task drives both: a call has no task or channel of its own (with
+/// thousands of sockets open, each would cost memory, and each hop CPU on every answer).
+struct Running {
+    requests: Option<mpsc::Sender<Bytes>>,
+    answers: Answers,
+}
+
+/// The future of a call's opening: the service's answer stream, or the status refusing it.
+type OpeningCall =
+    Pin<Box<dyn Future<Output = Result<tonic::Streaming<Bytes>, tonic::Status>> + Send>>;
+
+/// A call's answers: its opening, then the service's stream.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the stream is the state a call spends its life in: boxing it would only add an allocation"
+)]
+enum Answers {
+    /// Until the service takes the call (or refuses it).
+    Opening(OpeningCall),
+    /// The service refused the call before the socket opened.
+    Refused(tonic::Status),
+    /// The service's answers.
+    Open(tonic::Streaming<Bytes>),
+    /// The call's end was handed on.
+    Ended,
+}
+
+/// What the call hands the socket.
 enum Answer {
     Message(Bytes),
     End(Result<(), tonic::Status>),
 }
 
-/// A started call: where its request messages go (until the client's stream ends), where its
-/// answers come from, and its task.
-struct Running {
-    requests: Option<mpsc::Sender<Bytes>>,
-    answers: mpsc::Receiver<Answer>,
-    _task: AbortOnDrop,
-}
+impl Answers {
+    /// The call's next answer, then its end; pending for ever after the end. Cancel-safe: the
+    /// opening and the stream keep their place in `self`.
+    async fn next(&mut self) -> Answer {
+        loop {
+            match self {
+                Answers::Opening(opening) => match opening.as_mut().await {
+                    Ok(stream) => *self = Answers::Open(stream),
+                    Err(status) => {
+                        *self = Answers::Ended;
+                        return Answer::End(Err(status));
+                    }
+                },
+                Answers::Refused(status) => {
+                    let status = status.clone();
+                    *self = Answers::Ended;
+                    return Answer::End(Err(status));
+                }
+                Answers::Open(stream) => {
+                    let end = match stream.message().await {
+                        Ok(Some(message)) => return Answer::Message(message),
+                        Ok(None) => Ok(()),
+                        Err(status) => Err(lost_connection_unavailable(status)),
+                    };
+                    *self = Answers::Ended;
+                    return Answer::End(end);
+                }
+                Answers::Ended => std::future::pending::<()>().await,
+            }
+        }
+    }
 
-/// Aborts a task when dropped (the socket went away: the call is cancelled).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    /// Waits, `wait` at most, for the service to take the call or refuse it.
+    async fn opened(&mut self, wait: Duration) {
+        if let Answers::Opening(opening) = self {
+            if let Ok(opened) = tokio::time::timeout(wait, opening.as_mut()).await {
+                *self = match opened {
+                    Ok(stream) => Answers::Open(stream),
+                    Err(status) => Answers::Refused(status),
+                };
+            }
+        }
     }
 }
 
@@ -240,31 +295,34 @@ impl Call {
     }
 
     /// Starts the call: with its only request message (`only`), or taking the client's as they
-    /// come; `opened` fires once the service has answered its opening (or refused it).
-    fn start(&self, only: Option<Bytes>, opened: Option<oneshot::Sender<()>>) -> Running {
-        let (requests, request_stream) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
-        let (answers, answer_stream) = mpsc::channel::<Answer>(ANSWER_BUFFER);
-        let requests = match only {
-            Some(message) => {
-                // Room for it: the channel is new.
-                let _ = requests.try_send(message);
-                None
+    /// come.
+    fn start(&self, only: Option<Bytes>) -> Running {
+        let (requests, request_stream) = match only {
+            Some(message) => (None, Either::Left(tokio_stream::once(message))),
+            None => {
+                let (requests, request_stream) = mpsc::channel::<Bytes>(REQUEST_BUFFER);
+                (
+                    Some(requests),
+                    Either::Right(ReceiverStream::new(request_stream)),
+                )
             }
-            None => Some(requests),
         };
-        let task = tokio::spawn(call(
-            self.gateway.mesh.channel(&self.route.service),
-            self.route.grpc_path.clone(),
-            self.metadata.clone(),
-            self.deadline,
-            request_stream,
-            answers,
-            opened,
-        ));
+        let channel = self.gateway.mesh.channel(&self.route.service);
+        let path = self.route.grpc_path.clone();
+        let mut request = tonic::Request::new(request_stream);
+        *request.metadata_mut() = self.metadata.clone();
+        request.set_timeout(self.deadline);
+        let opening: OpeningCall = Box::pin(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready()
+                .await
+                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+            let response = grpc.streaming(request, path, BytesCodec).await?;
+            Ok(response.into_inner())
+        });
         Running {
             requests,
-            answers: answer_stream,
-            _task: AbortOnDrop(task),
+            answers: Answers::Opening(opening),
         }
     }
 
@@ -301,12 +359,11 @@ impl Call {
         let running = match opening {
             Opening::Refused(error) => return socket.close_with_error(error).await,
             Opening::Started(running) => running,
-            Opening::AfterUpgrade => self.start(None, None),
+            Opening::AfterUpgrade => self.start(None),
         };
         let Running {
             mut requests,
-            answers: mut answer_stream,
-            _task,
+            mut answers,
         } = running;
         let one_request = !self.route.method.is_client_streaming();
         // The server's shutdown (a socket outlives the connection it came from).
@@ -369,8 +426,8 @@ impl Call {
                         requests = None;
                     }
                 }
-                answer = answer_stream.recv() => match answer {
-                    Some(Answer::Message(message)) => {
+                answer = answers.next() => match answer {
+                    Answer::Message(message) => {
                         let text = match self.answer_text(message) {
                             Ok(text) => text,
                             Err(error) => return socket.close_with_error(error).await,
@@ -379,8 +436,8 @@ impl Call {
                             return;
                         }
                     }
-                    Some(Answer::End(Ok(()))) | None => return socket.close(1000, "OK").await,
-                    Some(Answer::End(Err(status))) => {
+                    Answer::End(Ok(())) => return socket.close(1000, "OK").await,
+                    Answer::End(Err(status)) => {
                         let error = HttpError::from_status(&status, &self.pool);
                         return socket.close_with_error(error).await;
                     }
@@ -498,55 +555,6 @@ impl Socket {
             while let Some(Ok(_)) = self.inner.recv().await {}
         })
         .await;
-    }
-}
-
-/// The gRPC call: the request messages as they come, every answer and the end handed on.
-async fn call(
-    channel: protomesh::client::MeshChannel,
-    path: http::uri::PathAndQuery,
-    metadata: tonic::metadata::MetadataMap,
-    deadline: Duration,
-    requests: mpsc::Receiver<Bytes>,
-    answers: mpsc::Sender<Answer>,
-    mut opened: Option<oneshot::Sender<()>>,
-) {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    if let Err(err) = grpc.ready().await {
-        if let Some(opened) = opened.take() {
-            let _ = opened.send(());
-        }
-        let _ = answers
-            .send(Answer::End(Err(tonic::Status::unavailable(
-                err.to_string(),
-            ))))
-            .await;
-        return;
-    }
-    let mut request = tonic::Request::new(ReceiverStream::new(requests));
-    *request.metadata_mut() = metadata;
-    request.set_timeout(deadline);
-    let opening = grpc.streaming(request, path, BytesCodec).await;
-    if let Some(opened) = opened.take() {
-        let _ = opened.send(());
-    }
-    let mut stream = match opening {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            let _ = answers.send(Answer::End(Err(status))).await;
-            return;
-        }
-    };
-    loop {
-        let answer = match stream.message().await {
-            Ok(Some(message)) => Answer::Message(message),
-            Ok(None) => Answer::End(Ok(())),
-            Err(status) => Answer::End(Err(lost_connection_unavailable(status))),
-        };
-        let end = matches!(answer, Answer::End(_));
-        if answers.send(answer).await.is_err() || end {
-            return;
-        }
     }
 }
 
