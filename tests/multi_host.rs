@@ -1,0 +1,289 @@
+//! Across hosts of our own ([`protomesh_hosts::Lab`]: network namespaces on a bridge, traffic only
+//! inside them): a real three-server Consul cluster plus a client agent, `priority` on three
+//! hosts each registering with its own agent and advertising its host's address, the gateway on
+//! the first host. Callers in the test process (the machine, on the bridge) score under load
+//! through the gateway's JSON route and through the mesh client while a host fails; every test
+//! prints its figures (calls, failures, time to detect).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use protomesh::client::Mesh;
+use protomesh::consul::QueryOptions;
+use protomesh_hosts::{HostsError, Lab, LabOptions};
+use protomesh_mesh::ServiceProcess;
+use support::{binary, eventually, tempdir, tool, unique, Load};
+
+/// Callers of each kind (HTTP through the gateway, gRPC through the mesh client).
+const WORKERS: usize = 8;
+
+/// The gateway's port on its host.
+const GATEWAY_PORT: u16 = 8080;
+
+/// The hosts, with priority on `host2`..`host4` and the gateway on `host1`.
+struct Cluster {
+    lab: Lab,
+    priorities: Vec<ServiceProcess>,
+    _gateway: ServiceProcess,
+    gateway: String,
+}
+
+/// Starts a process on the host at `index` of `lab`, registering with that host's agent.
+fn spawn_on(lab: &Lab, index: usize, name: &str, args: &[String]) -> ServiceProcess {
+    let host = lab.host(index);
+    let mut command = host.exec();
+    command.remove(0);
+    command.push(binary(name).display().to_string());
+    command.extend(args.iter().cloned());
+    ServiceProcess::spawn(
+        unique(&format!("{name}-{}", host.name)),
+        &tool("ip"),
+        &command,
+        &[
+            ("CONSUL_HTTP_ADDR".into(), "127.0.0.1:8500".into()),
+            ("PROTOMESH_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ],
+        tempdir().join(format!("{name}-{}.log", host.name)),
+    )
+    .unwrap()
+}
+
+/// Four hosts (three Consul servers, one client agent), priority on hosts 2–4, the gateway on
+/// host 1; `None` (the test says SKIPPED) where namespaces cannot be made (not root).
+async fn start() -> Option<Cluster> {
+    let options = LabOptions::new(4, tool("consul"), tempdir().join("lab"));
+    let mut lab = match Lab::create(options) {
+        Ok(lab) => lab,
+        Err(HostsError::NotPermitted(why)) => {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        Err(err) => panic!("{err}"),
+    };
+    lab.start_consul().unwrap();
+    let started = Instant::now();
+    lab.wait_cluster(Duration::from_secs(60)).await.unwrap();
+    eprintln!("cluster elected a leader in {:?}", started.elapsed());
+    let priorities = (1..4)
+        .map(|index| {
+            let listen = format!("{}:0", lab.host(index).address);
+            spawn_on(&lab, index, "priority", &["--listen".into(), listen])
+        })
+        .collect();
+    let gateway = format!("{}:{GATEWAY_PORT}", lab.host(0).address);
+    // Limits far above the load: the callers are eight, not a crowd.
+    let gateway_args = [
+        "--listen",
+        &gateway,
+        "--rate-limit",
+        "public=1000000/1s",
+        "--rate-limit",
+        "default=1000000/1s",
+    ]
+    .map(str::to_owned);
+    let gateway_process = spawn_on(&lab, 0, "gateway", &gateway_args);
+    let consul = lab.consul(0).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "3 passing priority instances",
+        || async {
+            let entries = consul
+                .health_service("priority", &passing_only())
+                .await
+                .ok()?;
+            (entries.value.len() == 3).then_some(())
+        },
+    )
+    .await;
+    Some(Cluster {
+        lab,
+        priorities,
+        _gateway: gateway_process,
+        gateway,
+    })
+}
+
+/// HTTP callers scoring through the gateway until stopped; counts calls and failures.
+struct HttpLoad {
+    stop: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpLoad {
+    fn start(gateway: &str, workers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let url = format!("http://{gateway}/v1/priority:score");
+        let workers = (0..workers)
+            .map(|_| {
+                let (client, url) = (client.clone(), url.clone());
+                let (stop, calls, failures) = (stop.clone(), calls.clone(), failures.clone());
+                tokio::spawn(async move {
+                    // Bounded in count as well as by the stop flag.
+                    for _ in 0..2_000_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        let request = hyper::Request::post(&url)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(
+                                br#"{"title":"t","urgency":9,"impact":8}"#,
+                            )))
+                            .unwrap();
+                        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                            let response = client.request(request).await?;
+                            let status = response.status();
+                            let body = response.into_body().collect().await?.to_bytes();
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+                        })
+                        .await;
+                        match answer {
+                            Ok(Ok((status, body))) if status == 200 && body.starts_with(b"{") => {}
+                            other => {
+                                eprintln!("HTTP call failed: {other:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            calls,
+            failures,
+            workers,
+        }
+    }
+
+    /// Stops the callers; returns (calls, failures).
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.unwrap();
+        }
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Both kinds of callers at once.
+struct Callers {
+    http: HttpLoad,
+    grpc: Load,
+    _mesh: Mesh,
+}
+
+impl Callers {
+    async fn start(cluster: &Cluster) -> Self {
+        let mesh = Mesh::from_consul(cluster.lab.consul(0).unwrap(), support::DESCRIPTORS).unwrap();
+        let grpc = Load::start(&mesh.channel("priority"), WORKERS);
+        let http = HttpLoad::start(&cluster.gateway, WORKERS);
+        // Warm: every caller has answers before anything fails.
+        eventually(Duration::from_secs(20), "calls flowing", || async {
+            (http.calls.load(Ordering::Relaxed) > 200 && grpc.calls.load(Ordering::Relaxed) > 200)
+                .then_some(())
+        })
+        .await;
+        Self {
+            http,
+            grpc,
+            _mesh: mesh,
+        }
+    }
+
+    /// Stops both; asserts no call failed and prints the figures under `label`.
+    async fn finish(self, label: &str) {
+        let (http_calls, http_failures) = self.http.finish().await;
+        let (grpc_calls, grpc_failures) = self.grpc.finish().await;
+        eprintln!(
+            "{label}: through the gateway {http_calls} calls, {http_failures} failed; \
+             through the mesh client {grpc_calls} calls, {grpc_failures} failed"
+        );
+        assert_eq!(
+            http_failures, 0,
+            "{label}: failed calls through the gateway"
+        );
+        assert_eq!(
+            grpc_failures, 0,
+            "{label}: failed calls through the mesh client"
+        );
+    }
+}
+
+/// A health query for passing instances only.
+fn passing_only() -> QueryOptions {
+    QueryOptions {
+        passing: true,
+        ..Default::default()
+    }
+}
+
+/// The priority instances Consul says pass, as the agent of `host1` sees them.
+async fn passing(lab: &Lab) -> Vec<String> {
+    let Ok(entries) = lab
+        .consul(0)
+        .unwrap()
+        .health_service("priority", &passing_only())
+        .await
+    else {
+        return Vec::new();
+    };
+    entries
+        .value
+        .into_iter()
+        .map(|entry| entry.service.address)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_host_that_dies_without_a_goodbye_fails_no_call() {
+    let Some(mut cluster) = start().await else {
+        return;
+    };
+    // Every host's instance registered with its own agent, under its host's address.
+    let mut addresses = passing(&cluster.lab).await;
+    addresses.sort();
+    let mut hosts: Vec<String> = (1..4)
+        .map(|index| cluster.lab.host(index).address.to_string())
+        .collect();
+    hosts.sort();
+    assert_eq!(addresses, hosts);
+
+    let callers = Callers::start(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // host4 (a client agent's host, with a priority instance) dies: link down, then kill -9.
+    cluster.lab.silence(3).unwrap();
+    let died = Instant::now();
+    let dead = cluster.lab.host(3).address.to_string();
+    let detected = eventually(
+        Duration::from_secs(30),
+        "Consul marking the dead host's instance critical",
+        || async {
+            let passing = passing(&cluster.lab).await;
+            (passing.len() == 2 && !passing.contains(&dead)).then(|| died.elapsed())
+        },
+    )
+    .await;
+    // Calls go on past the detection.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("Consul marked host4's instance critical {detected:?} after it died");
+    callers.finish("host4 died silently").await;
+    cluster.priorities.truncate(2);
+}
