@@ -16,7 +16,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo clippy: the runtime without its optional parts (no TLS, no OTLP export)"
 cargo clippy -p protomesh --no-default-features --lib --locked -- -D warnings
 echo "== import circles: no file imports one that imports it back"
-for src in src build/src consul/src data/src gateway/src memory/src mesh/src services/*/src; do
+for src in src build/src consul/src data/src gateway/src hosts/src memory/src mesh/src services/*/src; do
   python3 scripts/import-cycles.py "$src"
 done
 echo "== cargo build (binaries the integration tests start)"

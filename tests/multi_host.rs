@@ -3,7 +3,8 @@
 //! hosts each registering with its own agent and advertising its host's address, the gateway on
 //! the first host. Callers in the test process (the machine, on the bridge) score under load
 //! through the gateway's JSON route and through the mesh client while a host fails; every test
-//! prints its figures (calls, failures, time to detect).
+//! prints its figures (calls, failures, time to detect, to elect, to recover). Labs run one at a
+//! time.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -28,8 +29,13 @@ const WORKERS: usize = 8;
 /// The gateway's port on its host.
 const GATEWAY_PORT: u16 = 8080;
 
+/// One lab at a time: each runs four Consul agents, four services and sixteen callers on the
+/// machine's two cores, and the failures they test are timed.
+static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The hosts, with priority on `host2`..`host4` and the gateway on `host1`.
 struct Cluster {
+    _one: tokio::sync::MutexGuard<'static, ()>,
     lab: Lab,
     priorities: Vec<ServiceProcess>,
     _gateway: ServiceProcess,
@@ -60,6 +66,7 @@ fn spawn_on(lab: &Lab, index: usize, name: &str, args: &[String]) -> ServiceProc
 /// Four hosts (three Consul servers, one client agent), priority on hosts 2–4, the gateway on
 /// host 1; `None` (the test says SKIPPED) where namespaces cannot be made (not root).
 async fn start() -> Option<Cluster> {
+    let one = ONE_LAB.lock().await;
     let options = LabOptions::new(4, tool("consul"), tempdir().join("lab"));
     let mut lab = match Lab::create(options) {
         Ok(lab) => lab,
@@ -105,6 +112,7 @@ async fn start() -> Option<Cluster> {
     )
     .await;
     Some(Cluster {
+        _one: one,
         lab,
         priorities,
         _gateway: gateway_process,
@@ -187,7 +195,7 @@ impl HttpLoad {
 struct Callers {
     http: HttpLoad,
     grpc: Load,
-    _mesh: Mesh,
+    mesh: Mesh,
 }
 
 impl Callers {
@@ -201,11 +209,19 @@ impl Callers {
                 .then_some(())
         })
         .await;
-        Self {
-            http,
-            grpc,
-            _mesh: mesh,
-        }
+        Self { http, grpc, mesh }
+    }
+
+    /// Calls the mesh client sent to the instance at `address` (`host:port`) so far.
+    fn requests_to(&self, host: &str) -> u64 {
+        let prefix = format!("{host}:");
+        self.mesh
+            .balancers()
+            .iter()
+            .flat_map(|balancer| balancer.snapshot())
+            .filter(|endpoint| endpoint.address.starts_with(&prefix))
+            .map(|endpoint| endpoint.requests)
+            .sum()
     }
 
     /// Stops both; asserts no call failed and prints the figures under `label`.
@@ -235,8 +251,8 @@ fn passing_only() -> QueryOptions {
     }
 }
 
-/// The priority instances Consul says pass, as the agent of `host1` sees them.
-async fn passing(lab: &Lab) -> Vec<String> {
+/// The priority instances Consul says pass, as the agent of `host1` sees them: (ID, address).
+async fn passing_instances(lab: &Lab) -> Vec<(String, String)> {
     let Ok(entries) = lab
         .consul(0)
         .unwrap()
@@ -248,7 +264,16 @@ async fn passing(lab: &Lab) -> Vec<String> {
     entries
         .value
         .into_iter()
-        .map(|entry| entry.service.address)
+        .map(|entry| (entry.service.id, entry.service.address))
+        .collect()
+}
+
+/// The addresses of the priority instances Consul says pass.
+async fn passing(lab: &Lab) -> Vec<String> {
+    passing_instances(lab)
+        .await
+        .into_iter()
+        .map(|(_, address)| address)
         .collect()
 }
 
@@ -286,4 +311,139 @@ async fn a_host_that_dies_without_a_goodbye_fails_no_call() {
     eprintln!("Consul marked host4's instance critical {detected:?} after it died");
     callers.finish("host4 died silently").await;
     cluster.priorities.truncate(2);
+}
+
+#[tokio::test]
+async fn the_consul_leader_dying_fails_no_call_and_another_is_elected() {
+    let Some(mut cluster) = start().await else {
+        return;
+    };
+    let callers = Callers::start(&cluster).await;
+    let leader = cluster.lab.leader(0).await.unwrap().expect("a leader");
+    let asking = (0..3).find(|&index| index != leader).unwrap();
+    // The leader's agent dies at once (kill -9, no leave); its host's services stay up.
+    cluster.lab.stop_agent(leader);
+    let died = Instant::now();
+    let elected = eventually(Duration::from_secs(30), "a new leader", || async {
+        match cluster.lab.leader(asking).await {
+            Ok(Some(new)) if new != leader => Some((new, died.elapsed())),
+            _ => None,
+        }
+    })
+    .await;
+    eprintln!(
+        "the leader ({}) died; {} elected {:?} later",
+        cluster.lab.host(leader).name,
+        cluster.lab.host(elected.0).name,
+        elected.1
+    );
+    // The cluster still answers the live agents' queries.
+    let entries = cluster
+        .lab
+        .consul(asking)
+        .unwrap()
+        .health_service("priority", &QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.value.len(),
+        3,
+        "every instance still in the catalog"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    callers.finish("the Consul leader died").await;
+    // Its agent back: it rejoins, and every agent agrees on one leader again.
+    cluster.lab.start_agent(leader).unwrap();
+    cluster
+        .lab
+        .wait_cluster(Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_host_cut_off_for_30_s_fails_no_call_and_comes_back() {
+    let Some(cluster) = start().await else {
+        return;
+    };
+    let callers = Callers::start(&cluster).await;
+    let cut = cluster.lab.host(3).address.to_string();
+    cluster.lab.partition(3).unwrap();
+    let partitioned = Instant::now();
+    let detected = eventually(
+        Duration::from_secs(30),
+        "the cut-off host's instance critical",
+        || async {
+            let passing = passing(&cluster.lab).await;
+            (passing.len() == 2 && !passing.contains(&cut)).then(|| partitioned.elapsed())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(partitioned.elapsed())).await;
+    cluster.lab.heal(3).unwrap();
+    let healed = Instant::now();
+    let before = callers.requests_to(&cut);
+    let back = eventually(
+        Duration::from_secs(90),
+        "the healed host's instance passing again",
+        || async {
+            passing(&cluster.lab)
+                .await
+                .contains(&cut)
+                .then(|| healed.elapsed())
+        },
+    )
+    .await;
+    let served = eventually(
+        Duration::from_secs(30),
+        "calls reaching the healed host",
+        || async { (callers.requests_to(&cut) > before + 100).then(|| healed.elapsed()) },
+    )
+    .await;
+    eprintln!(
+        "host4 cut off for 30 s: critical after {detected:?}; healed, passing after {back:?}, \
+         serving calls after {served:?}"
+    );
+    callers.finish("host4 cut off for 30 s").await;
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_instance_fails_no_call() {
+    let Some(mut cluster) = start().await else {
+        return;
+    };
+    let callers = Callers::start(&cluster).await;
+    let started = Instant::now();
+    for index in 1..4 {
+        let host = cluster.lab.host(index).address.to_string();
+        let old_id = passing_instances(&cluster.lab)
+            .await
+            .into_iter()
+            .find(|(_, address)| *address == host)
+            .unwrap()
+            .0;
+        let old = &mut cluster.priorities[index - 1];
+        old.stop(Duration::from_secs(10)).await.unwrap();
+        let listen = format!("{}:0", cluster.lab.host(index).address);
+        cluster.priorities[index - 1] = spawn_on(
+            &cluster.lab,
+            index,
+            "priority",
+            &["--listen".into(), listen],
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the restarted instance passing",
+            || async {
+                let passing = passing_instances(&cluster.lab).await;
+                (passing.len() == 3 && passing.iter().all(|(id, _)| *id != old_id)).then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "every priority instance restarted, one host after another, in {:?}",
+        started.elapsed()
+    );
+    callers.finish("a rolling restart").await;
 }
