@@ -46,12 +46,12 @@ struct Cluster {
 fn spawn_on(lab: &Lab, index: usize, name: &str, args: &[String]) -> ServiceProcess {
     let host = lab.host(index);
     let mut command = host.exec();
-    command.remove(0);
+    let ip = std::path::PathBuf::from(command.remove(0));
     command.push(binary(name).display().to_string());
     command.extend(args.iter().cloned());
     ServiceProcess::spawn(
         unique(&format!("{name}-{}", host.name)),
-        &tool("ip"),
+        &ip,
         &command,
         &[
             ("CONSUL_HTTP_ADDR".into(), "127.0.0.1:8500".into()),
@@ -446,4 +446,110 @@ async fn a_rolling_restart_of_every_instance_fails_no_call() {
         started.elapsed()
     );
     callers.finish("a rolling restart").await;
+}
+
+#[tokio::test]
+async fn mesh_up_hosts_brings_the_topology_up_and_ctrl_c_deletes_it() {
+    let _one = ONE_LAB.lock().await;
+    binary("priority");
+    binary("gateway");
+    let mut mesh = Interrupted(
+        std::process::Command::new(binary("mesh"))
+            .args(["up", "--hosts", "2", "--gateway", "127.0.0.1:8080"])
+            .arg("--log-dir")
+            .arg(tempdir().join("mesh-up-hosts"))
+            .env("CONSUL_BIN", tool("consul"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = tokio::process::ChildStdout::from_std(mesh.0.stdout.take().unwrap()).unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut printed = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = line.starts_with("Ctrl-C");
+            printed.push(line);
+            if done {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = printed.join("\n");
+    if text.is_empty() && read.is_ok() {
+        let status = mesh.0.wait().unwrap();
+        eprintln!("SKIPPED: mesh up --hosts exited with {status} (needs root)");
+        return;
+    }
+    assert!(read.is_ok(), "mesh up --hosts printed only:\n{text}");
+    assert!(text.contains("2 hosts up, datacenter dc1"), "{text}");
+    let namespaces: Vec<String> = printed
+        .iter()
+        .filter(|line| line.starts_with("  host"))
+        .filter_map(|line| line.split("netns ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(namespaces.len(), 2, "{text}");
+    // The printed curl line works as printed (through the gateway on host1 to priority on host2).
+    let curl = printed
+        .iter()
+        .find_map(|line| line.strip_prefix("Try: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let url = curl
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap();
+    let answer = support::http::http(
+        "POST",
+        url.to_owned(),
+        vec![],
+        Some(r#"{"title":"t","urgency":9,"impact":8}"#.to_owned()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains(r#""score":72"#), "{}", answer.body);
+
+    let status = mesh.interrupt();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let listed = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for namespace in &namespaces {
+        assert!(
+            !listed.contains(namespace.as_str()),
+            "{namespace} left behind"
+        );
+    }
+}
+
+/// A `mesh` process that gets Ctrl-C (SIGINT) when dropped, so that it deletes its hosts even
+/// when the test fails halfway (SIGKILL would leave them behind).
+struct Interrupted(std::process::Child);
+
+impl Interrupted {
+    /// Sends SIGINT and waits (60 s at most) for the exit.
+    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+        }
+    }
 }

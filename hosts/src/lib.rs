@@ -107,11 +107,21 @@ pub struct Host {
 }
 
 impl Host {
-    /// The words that run a program on this host: `ip netns exec <netns>`, then the program.
+    /// The words that run a program on this host: `ip netns exec <netns>` (`ip` by its full
+    /// path), then the program.
     pub fn exec(&self) -> Vec<String> {
-        ["ip", "netns", "exec", &self.netns]
-            .map(str::to_owned)
-            .to_vec()
+        vec![
+            net::ip_program().display().to_string(),
+            "netns".to_owned(),
+            "exec".to_owned(),
+            self.netns.clone(),
+        ]
+    }
+
+    /// The host's end of its link, inside its namespace (`ip netns exec <netns> ip link set
+    /// <link> down` cuts it off).
+    pub fn link(&self) -> &str {
+        &self.inner_link
     }
 
     /// A command running `program` on this host.
@@ -249,6 +259,7 @@ impl Lab {
             .arg(format!("-advertise={}", host.address))
             .arg(format!("-client=127.0.0.1 {}", host.address))
             .arg("-disable-host-node-id")
+            .arg("-ui")
             .arg("-log-level=warn")
             // Elections and leader leases at their production timing (the default is 5× slower,
             // for small machines).

@@ -6,6 +6,17 @@ use std::process::Command;
 
 use crate::HostsError;
 
+/// The `ip` program: the first on `PATH`, else iproute2's usual place.
+pub(crate) fn ip_program() -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join("ip"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| "/usr/sbin/ip".into())
+}
+
 /// Runs `ip` with `args`; the error names the command and what it said.
 pub fn ip(args: &[&str]) -> Result<(), HostsError> {
     let command = format!("ip {}", args.join(" "));

@@ -1,12 +1,15 @@
 //! protomesh-mesh: the development mesh behind the `mesh` command: `up` starts a Consul dev agent when none answers,
 //! starts service processes, waits until Consul says they pass, and stops it all on Ctrl-C;
 //! `status` reads services, instances, addresses and check states from Consul, or with `--client`
-//! what one process's mesh client knows (from its admin listener).
+//! what one process's mesh client knows (from its admin listener); `up --hosts N` the same on N
+//! hosts of their own (network namespaces) with a Consul cluster across them.
 
+mod hosts;
 mod process;
 mod status;
 mod up;
 
+pub use hosts::{up_hosts, HostsUpOptions};
 pub use process::ServiceProcess;
 pub use status::{client_status, status, InstanceStatus, StatusReport};
 pub use up::{up, ServiceSpec, UpOptions};
@@ -73,6 +76,9 @@ pub enum DevMeshError {
         /// What went wrong.
         reason: String,
     },
+    /// The hosts of `mesh up --hosts` could not be built or changed.
+    #[error(transparent)]
+    Hosts(#[from] protomesh_hosts::HostsError),
     /// A service specification could not be parsed.
     #[error("invalid service spec {spec:?}: {reason}")]
     InvalidSpec {

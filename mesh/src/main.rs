@@ -82,6 +82,12 @@ enum Command {
         /// How long to wait for every instance to pass.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         ready_timeout: Duration,
+        /// Instead: N hosts of their own on this machine (network namespaces on a bridge; needs
+        /// root), a Consul cluster across them (servers on the first three), priority on every
+        /// host but the first and the gateway on the first (at --gateway's port), as the
+        /// multi-host tests run them.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=200))]
+        hosts: Option<u8>,
     },
     /// List services, instances, addresses and check states from Consul; with `--client`, what
     /// one process's mesh client sees: per service it calls, the endpoints, their Consul
@@ -138,6 +144,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", devmesh::status(&client).await?);
         }
         Command::Up {
+            bin_dir,
+            log_dir,
+            consul_bin,
+            ready_timeout,
+            gateway,
+            hosts: Some(hosts),
+            ..
+        } => {
+            let options = devmesh::HostsUpOptions {
+                hosts: usize::from(hosts),
+                consul_binary: consul_bin
+                    .or_else(protomesh_consul::DevAgentOptions::find_binary)
+                    .context("no consul binary: run scripts/setup.sh, or set CONSUL_BIN")?,
+                bin_dir: bin_dir_or_own(bin_dir)?,
+                log_dir,
+                gateway_port: gateway.port(),
+                ready_timeout,
+                stop_grace: Duration::from_secs(15),
+            };
+            let mut stdout = std::io::stdout();
+            devmesh::up_hosts(options, &mut stdout, protomesh::server::shutdown_signal()).await?;
+        }
+        Command::Up {
             services,
             bin_dir,
             log_dir,
@@ -145,18 +174,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ready_timeout,
             gateway,
             no_gateway,
+            hosts: None,
         } => {
             let services = services
                 .iter()
                 .map(|s| s.parse::<ServiceSpec>())
                 .collect::<Result<Vec<_>, _>>()?;
-            let bin_dir = match bin_dir {
-                Some(dir) => dir,
-                None => std::env::current_exe()?
-                    .parent()
-                    .context("the mesh binary has no parent folder")?
-                    .to_path_buf(),
-            };
+            let bin_dir = bin_dir_or_own(bin_dir)?;
             let options = UpOptions {
                 consul,
                 consul_binary: consul_bin,
@@ -172,4 +196,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The folder of the service binaries: `bin_dir`, else this `mesh` binary's own.
+fn bin_dir_or_own(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(dir) => Ok(dir),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("the mesh binary has no parent folder")?
+            .to_path_buf()),
+    }
 }
