@@ -24,10 +24,13 @@ use std::time::Duration;
 
 use protomesh_consul::{ConsulClient, ConsulConfig, ConsulError};
 
-pub use net::ip;
+use net::ip;
 
 /// Consul's HTTP port on every host (each host has its own network stack).
 pub const CONSUL_HTTP_PORT: u16 = 8500;
+
+/// The most hosts a lab has (their addresses are `.11` to `.210` of its /24).
+pub const MAX_HOSTS: usize = 200;
 
 /// What can go wrong while building or changing the hosts.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,18 @@ pub enum HostsError {
         command: String,
         /// What it said, or why it did not run.
         message: String,
+    },
+    /// The lab's shape is not one Consul can run.
+    #[error("{0}")]
+    InvalidShape(String),
+    /// A file or folder of the agents could not be made.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
     },
     /// No private /24 was free for the lab's hosts.
     #[error("no free 10.215.x.0/24 subnet for the hosts")]
@@ -125,8 +140,8 @@ impl Host {
     }
 
     /// A command running `program` on this host.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(net::ip_program());
         command.args(["netns", "exec", &self.netns]).arg(program);
         command
     }
@@ -148,8 +163,29 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the bridge and the hosts, without agents.
+    /// Builds the bridge and the hosts, without agents (and without the agents' data of an
+    /// earlier lab in the same folder: hosts of the same names would find its services).
     pub fn create(options: LabOptions) -> Result<Self, HostsError> {
+        if !(1..=MAX_HOSTS).contains(&options.hosts) {
+            return Err(HostsError::InvalidShape(format!(
+                "{} hosts: a lab has 1 to {MAX_HOSTS}",
+                options.hosts
+            )));
+        }
+        if !(1..=options.hosts).contains(&options.servers) {
+            return Err(HostsError::InvalidShape(format!(
+                "{} Consul servers among {} hosts: 1 to the number of hosts",
+                options.servers, options.hosts
+            )));
+        }
+        for index in 0..options.hosts {
+            let data = options.dir.join(format!("host{}", index + 1)).join("data");
+            match std::fs::remove_dir_all(&data) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(HostsError::Io { path: data, source }),
+            }
+        }
         static LABS: AtomicU32 = AtomicU32::new(0);
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         // Link names are at most 15 bytes: a letter pair, 5 hex digits of the pid, the lab's
@@ -166,10 +202,8 @@ impl Lab {
             hosts: Vec::new(),
         };
         for index in 0..lab.options.hosts {
-            let number = u8::try_from(index + 1).map_err(|_| HostsError::Command {
-                command: "Lab::create".to_owned(),
-                message: "at most 200 hosts".to_owned(),
-            })?;
+            // At most MAX_HOSTS (checked above): the number fits, and `10 + number` too.
+            let number = u8::try_from(index + 1).unwrap_or(u8::MAX);
             let host = Host {
                 name: format!("host{number}"),
                 netns: format!("pm{tag}-h{number}"),
@@ -199,7 +233,8 @@ impl Lab {
         &self.hosts
     }
 
-    /// The host at `index` (0 is `host1`).
+    /// The host at `index` (0 is `host1`). Methods taking a host's index panic on an index past
+    /// the last host, as slices do.
     pub fn host(&self, index: usize) -> &Host {
         &self.hosts[index]
     }
@@ -223,8 +258,10 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts the agent of the host at `index` (again, after [`Lab::stop_agent`]).
+    /// Starts the agent of the host at `index` (again, after [`Lab::stop_agent`]; one still
+    /// running is killed first).
     pub fn start_agent(&mut self, index: usize) -> Result<(), HostsError> {
+        self.stop_agent(index);
         let joins: Vec<String> = self
             .hosts
             .iter()
@@ -233,22 +270,15 @@ impl Lab {
             .collect();
         let host = &self.hosts[index];
         let dir = self.options.dir.join(&host.name);
-        std::fs::create_dir_all(&dir).map_err(|err| HostsError::Command {
-            command: format!("mkdir {}", dir.display()),
-            message: err.to_string(),
-        })?;
+        let io = |path: PathBuf| move |source| HostsError::Io { path, source };
+        std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
+        let log_path = dir.join("consul.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("consul.log"))
-            .map_err(|err| HostsError::Command {
-                command: format!("open {}", dir.join("consul.log").display()),
-                message: err.to_string(),
-            })?;
-        let log_err = log.try_clone().map_err(|err| HostsError::Command {
-            command: "dup consul.log".to_owned(),
-            message: err.to_string(),
-        })?;
+            .open(&log_path)
+            .map_err(io(log_path.clone()))?;
+        let log_err = log.try_clone().map_err(io(log_path))?;
         let mut command = host.command(&self.options.consul);
         command
             .arg("agent")
@@ -300,19 +330,19 @@ impl Lab {
 
     /// Waits until every running agent knows the same leader.
     pub async fn wait_cluster(&self, timeout: Duration) -> Result<(), HostsError> {
-        let until = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.cluster_ready().await {
-                return Ok(());
+        let elected = async {
+            while !self.cluster_ready().await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if tokio::time::Instant::now() >= until {
-                return Err(HostsError::Timeout {
-                    what: "the Consul cluster's election".to_owned(),
-                    waited: timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        };
+        tokio::time::timeout(timeout, elected)
+            .await
+            .map_err(|_| HostsError::Timeout {
+                what: "the Consul cluster's election (where hosts cannot reach each other, a \
+                       firewall may drop the bridge's traffic: net.bridge.bridge-nf-call-iptables)"
+                    .to_owned(),
+                waited: timeout,
+            })
     }
 
     /// Whether every running agent names a leader, and the same one (the servers elect one only

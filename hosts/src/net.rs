@@ -17,10 +17,12 @@ pub(crate) fn ip_program() -> std::path::PathBuf {
         .unwrap_or_else(|| "/usr/sbin/ip".into())
 }
 
-/// Runs `ip` with `args`; the error names the command and what it said.
-pub fn ip(args: &[&str]) -> Result<(), HostsError> {
+/// Runs `ip` with `args`; the error names the command and what it said (in English: the
+/// messages are read).
+pub(crate) fn ip(args: &[&str]) -> Result<(), HostsError> {
     let command = format!("ip {}", args.join(" "));
-    let output = Command::new("ip")
+    let output = Command::new(ip_program())
+        .env("LC_ALL", "C")
         .args(args)
         .output()
         .map_err(|err| HostsError::Command {

@@ -55,11 +55,13 @@ pub async fn up_hosts(
         options.log_dir.join("hosts"),
     );
     let mut lab = Lab::create(lab_options)?;
-    lab.start_consul()?;
-    lab.wait_cluster(options.ready_timeout).await?;
     let mut processes = Vec::new();
-    let result = async {
-        let on = if options.hosts > 1 { 1 } else { 0 };
+    // Ctrl-C is heard from here on, while the hosts come up too: the hosts are always deleted.
+    tokio::pin!(shutdown);
+    let started = async {
+        lab.start_consul()?;
+        lab.wait_cluster(options.ready_timeout).await?;
+        let on = usize::from(options.hosts > 1);
         for index in on..options.hosts {
             let listen = format!("{}:0", lab.host(index).address);
             processes.push(spawn_on(
@@ -79,11 +81,20 @@ pub async fn up_hosts(
             &["--listen", &gateway],
         )?);
         wait_passing(&lab, &options, options.hosts - on).await?;
+        wait_routed(&gateway, &options).await?;
         report(&lab, &gateway, out);
-        shutdown.await;
-        Ok(())
-    }
-    .await;
+        Ok::<(), DevMeshError>(())
+    };
+    let result = tokio::select! {
+        started = started => match started {
+            Ok(()) => {
+                (&mut shutdown).await;
+                Ok(())
+            }
+            Err(err) => Err(err),
+        },
+        () = &mut shutdown => Ok(()),
+    };
     for process in processes.iter_mut().rev() {
         let _ = process.stop(options.stop_grace).await;
     }
@@ -143,6 +154,27 @@ async fn wait_passing(
             return Err(DevMeshError::NotPassing {
                 after: options.ready_timeout,
                 waiting: format!("{SERVICE} ({found} of {count} passing)"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the gateway at `gateway` routes the service (it learns routes from the
+/// instances' reflection, after they pass).
+async fn wait_routed(gateway: &str, options: &HostsUpOptions) -> Result<(), DevMeshError> {
+    let started = Instant::now();
+    let routed = format!("\"service\":\"{SERVICE}\"");
+    loop {
+        if let Ok((status, body)) = crate::status::http_get(gateway, "/routes").await {
+            if status.is_success() && body.contains(&routed) {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > options.ready_timeout {
+            return Err(DevMeshError::NotPassing {
+                after: options.ready_timeout,
+                waiting: format!("the gateway at {gateway} to route {SERVICE}"),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

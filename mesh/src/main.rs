@@ -86,7 +86,12 @@ enum Command {
         /// root), a Consul cluster across them (servers on the first three), priority on every
         /// host but the first and the gateway on the first (at --gateway's port), as the
         /// multi-host tests run them.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=200))]
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u8).range(1..=200),
+            conflicts_with_all = ["services", "no_gateway"]
+        )]
         hosts: Option<u8>,
     },
     /// List services, instances, addresses and check states from Consul; with `--client`, what
@@ -152,6 +157,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             hosts: Some(hosts),
             ..
         } => {
+            anyhow::ensure!(
+                gateway.port() != 0,
+                "--hosts: give the gateway a port (--gateway 0.0.0.0:8080): it listens on the first host"
+            );
             let options = devmesh::HostsUpOptions {
                 hosts: usize::from(hosts),
                 consul_binary: consul_bin
