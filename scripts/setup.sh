@@ -160,6 +160,11 @@ install_load_tools() {
   fi
 }
 
+# --- iproute2: the multi-host tests' hosts are network namespaces (`ip netns`, veth, bridges) ---
+install_host_tools() {
+  command -v ip >/dev/null 2>&1 || { log "installing iproute2"; apt_install iproute2; }
+}
+
 # --- Chromium and ChromeDriver (the dashboard's browser test drives headless Chromium) --------
 install_browser() {
   local missing=()
@@ -186,4 +191,5 @@ ensure_postgres
 ensure_redis
 install_load_tools
 install_browser
+install_host_tools
 echo "$tools/bin"

@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -121,80 +120,41 @@ async fn start() -> Option<Cluster> {
     })
 }
 
-/// HTTP callers scoring through the gateway until stopped; counts calls and failures.
-struct HttpLoad {
-    stop: Arc<AtomicBool>,
-    calls: Arc<AtomicUsize>,
-    failures: Arc<AtomicUsize>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl HttpLoad {
-    fn start(gateway: &str, workers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(AtomicUsize::new(0));
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let url = format!("http://{gateway}/v1/priority:score");
-        let workers = (0..workers)
-            .map(|_| {
-                let (client, url) = (client.clone(), url.clone());
-                let (stop, calls, failures) = (stop.clone(), calls.clone(), failures.clone());
-                tokio::spawn(async move {
-                    // Bounded in count as well as by the stop flag.
-                    for _ in 0..2_000_000 {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        calls.fetch_add(1, Ordering::Relaxed);
-                        let request = hyper::Request::post(&url)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(
-                                br#"{"title":"t","urgency":9,"impact":8}"#,
-                            )))
-                            .unwrap();
-                        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-                            let response = client.request(request).await?;
-                            let status = response.status();
-                            let body = response.into_body().collect().await?.to_bytes();
-                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                        })
-                        .await;
-                        match answer {
-                            Ok(Ok((status, body))) if status == 200 && body.starts_with(b"{") => {}
-                            other => {
-                                eprintln!("HTTP call failed: {other:?}");
-                                failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
+/// `workers` HTTP callers scoring through the gateway's JSON route (anything but a 200 with a
+/// JSON body within 10 s is a failure).
+fn http_load(gateway: &str, workers: usize) -> Load {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{gateway}/v1/priority:score");
+    Load::run(workers, || {
+        let (client, url) = (client.clone(), url.clone());
+        move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let request = hyper::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"title":"t","urgency":9,"impact":8}"#,
+                    )))
+                    .unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                    let response = client.request(request).await?;
+                    let status = response.status();
+                    let body = response.into_body().collect().await?.to_bytes();
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
                 })
-            })
-            .collect();
-        Self {
-            stop,
-            calls,
-            failures,
-            workers,
+                .await;
+                match answer {
+                    Ok(Ok((status, body))) if status == 200 && body.starts_with(b"{") => Ok(()),
+                    other => Err(format!("HTTP: {other:?}")),
+                }
+            }
         }
-    }
-
-    /// Stops the callers; returns (calls, failures).
-    async fn finish(self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers {
-            worker.await.unwrap();
-        }
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-        )
-    }
+    })
 }
 
 /// Both kinds of callers at once.
 struct Callers {
-    http: HttpLoad,
+    http: Load,
     grpc: Load,
     mesh: Mesh,
 }
@@ -203,7 +163,7 @@ impl Callers {
     async fn start(cluster: &Cluster) -> Self {
         let mesh = Mesh::from_consul(cluster.lab.consul(0).unwrap(), support::DESCRIPTORS).unwrap();
         let grpc = Load::start(&mesh.channel("priority"), WORKERS);
-        let http = HttpLoad::start(&cluster.gateway, WORKERS);
+        let http = http_load(&cluster.gateway, WORKERS);
         // Warm: every caller has answers before anything fails.
         eventually(Duration::from_secs(20), "calls flowing", || async {
             (http.calls.load(Ordering::Relaxed) > 200 && grpc.calls.load(Ordering::Relaxed) > 200)

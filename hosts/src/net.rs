@@ -109,10 +109,18 @@ pub(crate) fn wire_host(
 
 /// Kills every process in the namespace `netns` (`SIGKILL`), and waits for none.
 pub(crate) fn kill_all(netns: &str) {
-    let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() else {
+    let Ok(output) = Command::new(ip_program())
+        .args(["netns", "pids", netns])
+        .output()
+    else {
         return;
     };
     for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }

@@ -140,45 +140,56 @@ async fn wait_passing(
         passing: true,
         ..Default::default()
     };
-    let started = Instant::now();
-    loop {
-        let found = consul
-            .health_service(SERVICE, &passing)
-            .await
-            .map(|entries| entries.value.len())
-            .unwrap_or(0);
-        if found >= count {
-            return Ok(());
-        }
-        if started.elapsed() > options.ready_timeout {
-            return Err(DevMeshError::NotPassing {
-                after: options.ready_timeout,
-                waiting: format!("{SERVICE} ({found} of {count} passing)"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let found = std::cell::Cell::new(0);
+    let ready = || async {
+        found.set(
+            consul
+                .health_service(SERVICE, &passing)
+                .await
+                .map(|entries| entries.value.len())
+                .unwrap_or(0),
+        );
+        found.get() >= count
+    };
+    poll_until(options.ready_timeout, ready, || {
+        format!("{SERVICE} ({} of {count} passing)", found.get())
+    })
+    .await
 }
 
 /// Waits until the gateway at `gateway` routes the service (it learns routes from the
 /// instances' reflection, after they pass).
 async fn wait_routed(gateway: &str, options: &HostsUpOptions) -> Result<(), DevMeshError> {
-    let started = Instant::now();
     let routed = format!("\"service\":\"{SERVICE}\"");
-    loop {
-        if let Ok((status, body)) = crate::status::http_get(gateway, "/routes").await {
-            if status.is_success() && body.contains(&routed) {
-                return Ok(());
-            }
-        }
-        if started.elapsed() > options.ready_timeout {
+    let ready = || async {
+        crate::status::http_get(gateway, "/routes")
+            .await
+            .is_ok_and(|(status, body)| status.is_success() && body.contains(&routed))
+    };
+    poll_until(options.ready_timeout, ready, || {
+        format!("the gateway at {gateway} to route {SERVICE}")
+    })
+    .await
+}
+
+/// Asks `ready` every 250 ms until it says yes, for `timeout` at most; the error names what was
+/// `waiting`.
+async fn poll_until<F: std::future::Future<Output = bool>>(
+    timeout: Duration,
+    mut ready: impl FnMut() -> F,
+    waiting: impl FnOnce() -> String,
+) -> Result<(), DevMeshError> {
+    let started = Instant::now();
+    while !ready().await {
+        if started.elapsed() > timeout {
             return Err(DevMeshError::NotPassing {
-                after: options.ready_timeout,
-                waiting: format!("the gateway at {gateway} to route {SERVICE}"),
+                after: timeout,
+                waiting: waiting(),
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(())
 }
 
 /// Prints the hosts and what to try.

@@ -198,7 +198,7 @@ pub fn score_request() -> ScoreRequest {
     }
 }
 
-/// Keeps `workers` callers scoring through `channel` until stopped; counts calls and failures.
+/// Keeps `workers` callers calling until stopped; counts calls and failures.
 pub struct Load {
     stop: Arc<AtomicBool>,
     pub calls: Arc<AtomicUsize>,
@@ -207,13 +207,36 @@ pub struct Load {
 }
 
 impl Load {
+    /// `workers` callers scoring through `channel`.
     pub fn start(channel: &MeshChannel, workers: usize) -> Self {
+        Self::run(workers, || {
+            let client = PriorityServiceClient::new(channel.clone());
+            move || {
+                let mut client = client.clone();
+                async move {
+                    client
+                        .score(score_request())
+                        .await
+                        .map(drop)
+                        .map_err(|status| format!("{status:?}"))
+                }
+            }
+        })
+    }
+
+    /// `workers` callers, each made by `new_caller`, calling one call after another (an `Err`
+    /// is a failed call, printed).
+    pub fn run<C, F>(workers: usize, new_caller: impl Fn() -> C) -> Self
+    where
+        C: FnMut() -> F + Send + 'static,
+        F: std::future::Future<Output = Result<(), String>> + Send,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(AtomicUsize::new(0));
         let failures = Arc::new(AtomicUsize::new(0));
         let workers = (0..workers)
             .map(|_| {
-                let mut client = PriorityServiceClient::new(channel.clone());
+                let mut call = new_caller();
                 let (stop, calls, failures) = (stop.clone(), calls.clone(), failures.clone());
                 tokio::spawn(async move {
                     // Bounded in count as well as by the stop flag.
@@ -222,8 +245,8 @@ impl Load {
                             break;
                         }
                         calls.fetch_add(1, Ordering::Relaxed);
-                        if let Err(status) = client.score(score_request()).await {
-                            eprintln!("call failed: {status:?}");
+                        if let Err(failure) = call().await {
+                            eprintln!("call failed: {failure}");
                             failures.fetch_add(1, Ordering::Relaxed);
                         }
                     }
