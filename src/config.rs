@@ -1,5 +1,6 @@
 //! Configuration every mesh service binary shares: where to listen, what to advertise, which Consul
-//! agent to register with, how to shut down, how to log, how to verify callers. Filled from flags and environment by clap
+//! agent to register with, where it runs (zone, failover datacenters), how to shut down, how to
+//! log, how to verify callers. Filled from flags and environment by clap
 //! and validated once at start-up with errors that name the setting.
 
 use std::net::SocketAddr;
@@ -84,6 +85,10 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub tls: TlsConfig,
 
+    /// The zone this instance runs in and the datacenters its calls fail over to.
+    #[command(flatten)]
+    pub locality: Locality,
+
     /// How callers' credentials are verified (the same flags as the gateway's).
     #[command(flatten)]
     pub credentials: CredentialArgs,
@@ -117,6 +122,7 @@ impl ServeConfig {
             drain_timeout: Duration::from_secs(10),
             log_format: LogFormat::Auto,
             tls: TlsConfig::default(),
+            locality: Locality::default(),
             credentials: CredentialArgs::default(),
             default_auth: DefaultAuth::Authenticated,
             authenticate_with: None,
@@ -133,6 +139,41 @@ impl ServeConfig {
             config = config.with_datacenter(dc);
         }
         Ok(config)
+    }
+}
+
+/// Where a process runs, as the mesh client needs it to choose instances (the gateway and every
+/// service take these flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct Locality {
+    /// The zone this process runs in: an instance writes it to its Consul meta `zone`, and calls
+    /// prefer instances of the same zone while they are healthy and not overloaded.
+    #[arg(long, env = "PROTOMESH_ZONE", value_parser = parse_locality_name)]
+    pub zone: Option<String>,
+
+    /// Datacenters to call, in this order, when a service has no passing instance in the local
+    /// one (comma-separated; the Consul datacenters must be joined over the WAN).
+    #[arg(
+        long = "failover-datacenters",
+        env = "PROTOMESH_FAILOVER_DATACENTERS",
+        value_delimiter = ',',
+        value_parser = parse_locality_name
+    )]
+    pub failover_datacenters: Vec<String>,
+}
+
+/// A zone or datacenter name: what Consul accepts as a datacenter name (letters, digits, `-`
+/// and `_`, at most 64 characters), so that it goes into meta and query strings unescaped.
+fn parse_locality_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-' or '_'".to_owned())
     }
 }
 
@@ -193,6 +234,30 @@ mod tests {
             Some(std::path::Path::new("/etc/mesh/ca.pem"))
         );
         assert!(!ServeConfig::with_listen(cli.serve.listen).tls.is_enabled());
+    }
+
+    #[test]
+    fn zone_and_failover_datacenters_parse_and_bad_names_are_refused() {
+        let cli = Cli::try_parse_from([
+            "svc",
+            "--zone",
+            "eu-west-1a",
+            "--failover-datacenters",
+            "dc2,dc_3",
+        ])
+        .expect("flags parse");
+        assert_eq!(cli.serve.locality.zone.as_deref(), Some("eu-west-1a"));
+        assert_eq!(cli.serve.locality.failover_datacenters, ["dc2", "dc_3"]);
+        for bad in [
+            ["--zone", "a b"],
+            ["--zone", ""],
+            ["--failover-datacenters", "dc2,dc?3"],
+        ] {
+            let err = Cli::try_parse_from(["svc", bad[0], bad[1]])
+                .err()
+                .expect("must fail");
+            assert!(err.to_string().contains(bad[0]), "{err}");
+        }
     }
 
     #[test]

@@ -179,15 +179,17 @@ impl<F> Context<F> {
         MeshServer::new(self.name, self.serve.clone()).version(self.version)
     }
 
-    /// A mesh client through the configured Consul agent. Handed to the server
+    /// A mesh client through the configured Consul agent, for this instance's zone and failover
+    /// datacenters. Handed to the server
     /// ([`MeshServer::with_mesh`]), it learns the methods it calls (their retry and deadline
     /// policies) from the server's descriptor sets when the server binds: a service's own
     /// `proto::FILE_DESCRIPTOR_SET` holds the protos it imports, so the services it calls.
     /// [`Mesh::learn_methods`] teaches it others.
     pub fn mesh(&self) -> Result<Mesh, MeshClientError> {
-        Ok(Mesh::from_consul(
+        Ok(Mesh::located(
             ConsulClient::new(self.serve.consul()?)?,
             &[],
+            &self.serve.locality,
         )?)
     }
 }

@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protomesh::consul::{ConsulClient, ConsulConfig, QueryOptions};
 use protomesh_data::testing::{TestDatabase, TestKeys};
-use support::{binary, eventually, spawn_priority, tempdir, tool, Consul};
+use support::{binary, eventually, free_port, spawn_priority, tempdir, tool, Consul};
 
 /// The live child processes of `parent` (zombies excluded): process ID and command name.
 fn children_of(parent: u32) -> Vec<(u32, String)> {
@@ -40,14 +40,6 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
         }
     }
     children
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -23,15 +23,7 @@ use protomesh_tasks::proto::protomesh::tasks::v1::tasks_service_client::TasksSer
 use protomesh_tasks::proto::protomesh::tasks::v1::{
     CreateProjectRequest, CreateTaskRequest, GetTaskRequest, Project, Task,
 };
-use support::{binary, eventually, tempdir, test_secret_file, tool, unique, Consul};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::{binary, eventually, free_port, tempdir, test_secret_file, tool, unique, Consul};
 
 /// Starts the binary `name` with `args` and `envs` (plus the Consul address and JSON logs).
 fn spawn(name: &str, consul: &Consul, args: &[&str], envs: &[(&str, &str)]) -> ServiceProcess {

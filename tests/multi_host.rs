@@ -12,10 +12,6 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use protomesh::client::Mesh;
 use protomesh::consul::QueryOptions;
 use protomesh_hosts::{HostsError, Lab, LabOptions};
@@ -120,38 +116,6 @@ async fn start() -> Option<Cluster> {
     })
 }
 
-/// `workers` HTTP callers scoring through the gateway's JSON route (anything but a 200 with a
-/// JSON body within 10 s is a failure).
-fn http_load(gateway: &str, workers: usize) -> Load {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("http://{gateway}/v1/priority:score");
-    Load::run(workers, || {
-        let (client, url) = (client.clone(), url.clone());
-        move || {
-            let (client, url) = (client.clone(), url.clone());
-            async move {
-                let request = hyper::Request::post(&url)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from_static(
-                        br#"{"title":"t","urgency":9,"impact":8}"#,
-                    )))
-                    .unwrap();
-                let answer = tokio::time::timeout(Duration::from_secs(10), async {
-                    let response = client.request(request).await?;
-                    let status = response.status();
-                    let body = response.into_body().collect().await?.to_bytes();
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                })
-                .await;
-                match answer {
-                    Ok(Ok((status, body))) if status == 200 && body.starts_with(b"{") => Ok(()),
-                    other => Err(format!("HTTP: {other:?}")),
-                }
-            }
-        }
-    })
-}
-
 /// Both kinds of callers at once.
 struct Callers {
     http: Load,
@@ -163,7 +127,7 @@ impl Callers {
     async fn start(cluster: &Cluster) -> Self {
         let mesh = Mesh::from_consul(cluster.lab.consul(0).unwrap(), support::DESCRIPTORS).unwrap();
         let grpc = Load::start(&mesh.channel("priority"), WORKERS);
-        let http = http_load(&cluster.gateway, WORKERS);
+        let http = support::http::score_load(&cluster.gateway, WORKERS);
         // Warm: every caller has answers before anything fails.
         eventually(Duration::from_secs(20), "calls flowing", || async {
             (http.calls.load(Ordering::Relaxed) > 200 && grpc.calls.load(Ordering::Relaxed) > 200)

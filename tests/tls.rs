@@ -22,7 +22,9 @@ use rcgen::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use support::{eventually, score_request, spawn_priority, tempdir, test_secret_file, Consul};
+use support::{
+    eventually, free_port, score_request, spawn_priority, tempdir, test_secret_file, Consul,
+};
 
 /// Certificate and key files of one identity.
 struct KeyFiles {
@@ -165,15 +167,6 @@ fn identity(files: &KeyFiles) -> Identity {
         std::fs::read(&files.cert).unwrap(),
         std::fs::read(&files.key).unwrap(),
     )
-}
-
-/// A free loopback port (very likely still free a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `POST path` with a JSON body over plain HTTP/1.1; the status code and body.

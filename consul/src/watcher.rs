@@ -129,6 +129,9 @@ pub struct WatchOptions {
     /// Shortest time between the starts of two consecutive queries (default 50 ms), so that a
     /// query that keeps returning at once cannot hammer the agent.
     pub min_interval: Duration,
+    /// The datacenter asked (`?dc=`; the client's own when `None`): the local agent forwards
+    /// the query to that datacenter's servers over the WAN.
+    pub datacenter: Option<String>,
 }
 
 impl Default for WatchOptions {
@@ -140,6 +143,7 @@ impl Default for WatchOptions {
             min_backoff: DEFAULT_MIN_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
             min_interval: DEFAULT_MIN_INTERVAL,
+            datacenter: None,
         }
     }
 }
@@ -170,6 +174,12 @@ impl WatchOptions {
         self
     }
 
+    /// Asks `datacenter` instead of the client's own.
+    pub fn in_datacenter(mut self, datacenter: impl Into<String>) -> Self {
+        self.datacenter = Some(datacenter.into());
+        self
+    }
+
     /// Sets the shortest time between two queries.
     pub fn with_min_interval(mut self, min_interval: Duration) -> Self {
         self.min_interval = min_interval;
@@ -194,7 +204,7 @@ impl WatchOptions {
             tag: self.tag.clone(),
             index: blocking.then_some(index),
             wait: blocking.then_some(self.wait),
-            datacenter: None,
+            datacenter: self.datacenter.clone(),
         }
     }
 }
@@ -217,13 +227,17 @@ pub struct WatchState {
     pub last_error: Option<String>,
     /// Failed queries since the last success.
     pub consecutive_errors: u32,
+    /// The datacenter the instances are in, when the watcher asks another one than its client's
+    /// own ([`WatchOptions::datacenter`]).
+    pub datacenter: Option<String>,
 }
 
 impl WatchState {
     /// The state of a watcher that has no answer yet.
-    fn new(service: String) -> Self {
+    fn new(service: String, datacenter: Option<String>) -> Self {
         Self {
             service,
+            datacenter,
             instances: Arc::new(BTreeMap::new()),
             index: 0,
             initialized: false,
@@ -425,7 +439,7 @@ impl HealthWatcher {
         options: WatchOptions,
     ) -> WatchHandle {
         let service: String = service.into();
-        let (tx, rx) = watch::channel(WatchState::new(service.clone()));
+        let (tx, rx) = watch::channel(WatchState::new(service.clone(), options.datacenter.clone()));
         tracing::debug!(
             service = %service,
             consul = %client.address(),
@@ -844,7 +858,7 @@ mod tests {
 
     #[test]
     fn publishes_only_on_changes_and_status_transitions() {
-        let mut state = WatchState::new("svc".to_owned());
+        let mut state = WatchState::new("svc".to_owned(), None);
         assert!(!state.is_stale());
         assert_eq!(state.staleness(), None);
         let t0 = Instant::now();

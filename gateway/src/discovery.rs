@@ -16,6 +16,10 @@
 //! A service that answered once keeps its routes while a later fetch fails (its calls then fail
 //! with `503` if no instance is healthy); its descriptors are fetched again every
 //! [`DiscoveryOptions::refresh`], so a redeployed service's new methods appear too.
+//!
+//! With failover datacenters ([`DiscoveryOptions::failover_datacenters`]), the catalog routed is
+//! the union of the local datacenter's and theirs: a service whose every instance left the local
+//! datacenter keeps its routes, and the mesh client sends its calls to the failover datacenter.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -55,6 +59,9 @@ pub struct DiscoveryOptions {
     /// Descriptors given up front, by Consul service name: used instead of reflection for those
     /// services (the fallback for services that do not serve reflection).
     pub static_descriptors: BTreeMap<String, Arc<ServiceDescriptors>>,
+    /// Datacenters whose catalogs are routed too (their services reached through the mesh
+    /// client's failover).
+    pub failover_datacenters: Vec<String>,
 }
 
 impl Default for DiscoveryOptions {
@@ -67,6 +74,7 @@ impl Default for DiscoveryOptions {
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
             static_descriptors: BTreeMap::new(),
+            failover_datacenters: Vec::new(),
         }
     }
 }
@@ -143,10 +151,11 @@ async fn follow(
 ) {
     let (catalog_tx, mut catalog) = watch::channel(None::<BTreeSet<String>>);
     let mut tasks = JoinSet::new();
-    tasks.spawn(follow_catalog(
+    tasks.spawn(follow_catalogs(
         consul,
         options.tag.clone(),
         options.wait,
+        options.failover_datacenters.clone(),
         catalog_tx,
     ));
     let (fetched_tx, mut fetched) = mpsc::channel::<Fetched>(64);
@@ -314,12 +323,65 @@ fn record(
     }
 }
 
-/// Follows the set of catalog services carrying `tag` with blocking queries, publishing each
-/// new answer; Consul errors are retried with backoff, keeping the last set.
+/// Follows the local catalog and the failover datacenters' (see [`follow_catalog`]), publishing
+/// the union of the services they list once the local one answered.
+async fn follow_catalogs(
+    consul: ConsulClient,
+    tag: String,
+    wait: Duration,
+    failover: Vec<String>,
+    tx: watch::Sender<Option<BTreeSet<String>>>,
+) {
+    if failover.is_empty() {
+        return follow_catalog(consul, tag, wait, None, tx).await;
+    }
+    let mut catalogs = JoinSet::new();
+    let receivers: Vec<_> = std::iter::once(None)
+        .chain(failover.into_iter().map(Some))
+        .map(|datacenter| {
+            let (catalog_tx, catalog) = watch::channel(None);
+            catalogs.spawn(follow_catalog(
+                consul.clone(),
+                tag.clone(),
+                wait,
+                datacenter,
+                catalog_tx,
+            ));
+            catalog
+        })
+        .collect();
+    let mut changes = tokio_stream::StreamMap::new();
+    for (i, catalog) in receivers.iter().enumerate() {
+        changes.insert(i, tokio_stream::wrappers::WatchStream::new(catalog.clone()));
+    }
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            next = tokio_stream::StreamExt::next(&mut changes) => if next.is_none() { return },
+        }
+        let local = receivers[0].borrow().clone();
+        let Some(mut union) = local else { continue };
+        for catalog in &receivers[1..] {
+            union.extend(catalog.borrow().iter().flatten().cloned());
+        }
+        tx.send_if_modified(|current| {
+            if current.as_ref() == Some(&union) {
+                return false;
+            }
+            *current = Some(union);
+            true
+        });
+    }
+}
+
+/// Follows the set of catalog services carrying `tag` in `datacenter` (the agent's own when
+/// `None`) with blocking queries, publishing each new answer; Consul errors are retried with
+/// backoff, keeping the last set.
 async fn follow_catalog(
     consul: ConsulClient,
     tag: String,
     wait: Duration,
+    datacenter: Option<String>,
     tx: watch::Sender<Option<BTreeSet<String>>>,
 ) {
     let mut index = 0u64;
@@ -328,6 +390,7 @@ async fn follow_catalog(
         let query = QueryOptions {
             index: (index > 0).then_some(index),
             wait: (index > 0).then_some(wait),
+            datacenter: datacenter.clone(),
             ..QueryOptions::default()
         };
         match consul.catalog_services(&query).await {
@@ -356,7 +419,7 @@ async fn follow_catalog(
             Err(err) => {
                 errors = errors.saturating_add(1);
                 let backoff = backoff(Duration::from_millis(100), Duration::from_secs(5), errors);
-                tracing::warn!(error = %err, ?backoff, "gateway: cannot read the Consul catalog; keeping the current routes");
+                tracing::warn!(error = %err, ?backoff, datacenter = datacenter.as_deref().unwrap_or("local"), "gateway: cannot read the Consul catalog; keeping the current routes");
                 tokio::time::sleep(backoff).await;
             }
         }

@@ -106,6 +106,10 @@ struct Cli {
     /// Mutual TLS to the services (the gateway's own HTTP side stays plain).
     #[command(flatten)]
     tls: protomesh::tls::TlsConfig,
+    /// The gateway's zone (its calls prefer instances in it) and the datacenters its calls fail
+    /// over to.
+    #[command(flatten)]
+    locality: protomesh::config::Locality,
 }
 
 fn main() -> ExitCode {
@@ -161,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_context(|| format!("--descriptor-set {spec:?}"))?;
         static_descriptors.insert(name.to_owned(), std::sync::Arc::new(descriptors));
     }
-    let mesh = Mesh::from_consul(consul.clone(), &[])?;
+    let mesh = Mesh::located(consul.clone(), &[], &cli.locality)?;
     if let Some(tls) = cli.tls.load()? {
         mesh.use_tls(tls);
     }
@@ -171,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         DiscoveryOptions {
             tag: cli.tag,
             static_descriptors,
+            failover_datacenters: cli.locality.failover_datacenters.clone(),
             ..DiscoveryOptions::default()
         },
     );

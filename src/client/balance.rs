@@ -4,7 +4,9 @@
 //! ejection (an endpoint failing N times in a row — connection errors, `UNAVAILABLE`, or attempts
 //! abandoned at their attempt timeout — sits out a growing backoff, and its connections are
 //! dropped) and a panic threshold (when ejection would leave too few endpoints, balance over all
-//! of them). A retry goes to an endpoint the call has not tried yet when there is one.
+//! of them). A retry goes to an endpoint the call has not tried yet when there is one. A caller
+//! in a zone picks among its own zone's endpoints while one is left to try and they are not
+//! overloaded, and among all of them otherwise (see [`super::zone`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +27,7 @@ use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::latency::PeakEwma;
 pub use super::options::{BalancePolicy, ConnectionPolicy, OutlierPolicy};
 use super::options::{BoxError, ChannelOptions};
+use super::zone::{SameZone, ZoneBalance, ZonePool, ZoneStatus, ZONE_META};
 
 /// Between TCP keep-alive probes of an idle connection.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -134,6 +137,8 @@ pub struct Endpoint {
     target: tonic::transport::Endpoint,
     connections: RwLock<Vec<Arc<Connection>>>,
     stats: EndpointStats,
+    /// In the caller's zone (false for every endpoint when the caller has no zone).
+    same_zone: bool,
 }
 
 impl Endpoint {
@@ -205,6 +210,8 @@ pub struct EndpointSnapshot {
     pub id: String,
     /// `host:port`.
     pub address: String,
+    /// The instance's zone (its Consul meta `zone`), if it has one.
+    pub zone: Option<String>,
     /// Calls in flight.
     pub pending: usize,
     /// HTTP/2 connections opened to it.
@@ -245,20 +252,25 @@ struct Shared {
     empty_since: Mutex<Option<Instant>>,
     /// True while `empty_since` is set (read on every call without the lock).
     keeping_empty: AtomicBool,
+    /// The caller's zone and what it decided, when the caller has one.
+    zone: Option<ZoneBalance>,
 }
 
 impl Balancer {
     /// A balancer for `watch`'s service; a background task keeps the endpoints in step with it
     /// and ends when the last clone of the balancer is dropped.
     pub fn new(watch: WatchHandle, options: &ChannelOptions) -> Self {
-        Self::with_tls(watch, options, None)
+        Self::located(watch, options, None, None)
     }
 
-    /// Like [`Balancer::new`], connecting to the endpoints with mutual TLS when `tls` is given.
-    pub fn with_tls(
+    /// Like [`Balancer::new`], connecting to the endpoints with mutual TLS when `tls` is given,
+    /// and preferring the endpoints of the caller's `zone` when it is given (see
+    /// [`super::zone`]).
+    pub fn located(
         watch: WatchHandle,
         options: &ChannelOptions,
         tls: Option<&crate::tls::MeshTls>,
+        zone: Option<&str>,
     ) -> Self {
         let shared = Arc::new(Shared {
             service: watch.service().to_owned(),
@@ -276,6 +288,9 @@ impl Balancer {
             tls: tls.cloned(),
             empty_since: Mutex::new(None),
             keeping_empty: AtomicBool::new(false),
+            zone: zone
+                .filter(|z| !z.is_empty())
+                .map(|z| ZoneBalance::new(z, options.zones)),
         });
         shared.apply();
         let weak = Arc::downgrade(&shared);
@@ -304,6 +319,7 @@ impl Balancer {
             .map(|e| EndpointSnapshot {
                 id: e.instance.id.clone(),
                 address: e.instance.socket_addr_text(),
+                zone: e.instance.meta.get(ZONE_META).cloned(),
                 pending: e.stats.pending.load(Ordering::Relaxed),
                 connections: e.connection_count(),
                 requests: e.stats.requests.load(Ordering::Relaxed),
@@ -312,6 +328,11 @@ impl Balancer {
                 ejected_for: e.stats.ejected_for(now),
             })
             .collect()
+    }
+
+    /// Where this caller's calls went by zone, when the caller has a zone.
+    pub fn zone_status(&self) -> Option<ZoneStatus> {
+        self.shared.zone.as_ref().map(ZoneBalance::status)
     }
 
     /// The discovery states behind this balancer, from the next change on.
@@ -417,17 +438,23 @@ impl Shared {
             channel: target.connect_lazy(),
             pending: AtomicUsize::new(0),
         });
+        let same_zone = self.zone.as_ref().is_some_and(|zone| {
+            zone.is_same_zone(instance.meta.get(ZONE_META).map(String::as_str))
+        });
         Ok(Endpoint {
             instance: instance.clone(),
             target,
             connections: RwLock::new(vec![first]),
             stats: EndpointStats::new(),
+            same_zone,
         })
     }
 
     /// Picks an endpoint, skipping ejected ones unless too few would be left, and, when there is
-    /// a choice, ones this call already tried. Allocates nothing: the candidates are the
-    /// endpoints in rotation, or all of them under the panic threshold.
+    /// a choice, ones this call already tried; a caller in a zone picks in the
+    /// [`ZoneBalance::pool`] of zones (every zone when the other zones have no candidate).
+    /// Allocates nothing: the candidates are the endpoints in rotation (all of them under the
+    /// panic threshold), filtered by zone.
     fn pick(&self, attempts: Option<&Attempts>) -> Option<Arc<Endpoint>> {
         let all = self.current();
         if all.is_empty() {
@@ -439,20 +466,46 @@ impl Shared {
             && in_rotation as f64 >= (all.len() as f64 * self.outliers.min_healthy_share).ceil();
         // Under the panic threshold every endpoint is a candidate.
         let skip_ejected = enough && in_rotation < all.len();
-        let count = if skip_ejected { in_rotation } else { all.len() };
+        let candidate = |e: &Arc<Endpoint>| !skip_ejected || !e.stats.is_ejected(now);
+        let mut pool = self.zone.as_ref().map_or(ZonePool::Every, |zone| {
+            zone.pool(same_zone(&all, candidate, attempts))
+        });
+        let in_pool = |e: &Arc<Endpoint>, pool: ZonePool| match pool {
+            ZonePool::SameZone => e.same_zone,
+            ZonePool::OtherZones => !e.same_zone,
+            ZonePool::Every => true,
+        };
+        let count_in = |pool: ZonePool| {
+            all.iter()
+                .filter(|e| candidate(e) && in_pool(e, pool))
+                .count()
+        };
+        let mut count = if skip_ejected || pool != ZonePool::Every {
+            count_in(pool)
+        } else {
+            all.len()
+        };
+        if count == 0 && pool == ZonePool::OtherZones {
+            // Only the same zone has endpoints: they are all there is.
+            pool = ZonePool::Every;
+            count = count_in(pool);
+        }
+        if count == 0 {
+            return None;
+        }
+        let eligible = |e: &&Arc<Endpoint>| candidate(e) && in_pool(e, pool);
+        let filtered = skip_ejected || pool != ZonePool::Every;
         let nth = |n: usize| -> &Arc<Endpoint> {
-            if skip_ejected {
-                all.iter()
-                    .filter(|e| !e.stats.is_ejected(now))
-                    .nth(n)
-                    .unwrap_or(&all[0])
+            if filtered {
+                all.iter().filter(eligible).nth(n).unwrap_or(&all[0])
             } else {
                 &all[n]
             }
         };
         let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
         if let Some(attempts) = attempts {
-            attempts.set_had_choice(count > 1);
+            // A same-zone pick has the other zones to go to as well.
+            attempts.set_had_choice(count > 1 || (pool == ZonePool::SameZone && all.len() > 1));
         }
         let chosen = match (self.policy, count) {
             (_, 1) => nth(0),
@@ -481,8 +534,34 @@ impl Shared {
                 }
             }
         };
+        if let Some(zone) = &self.zone {
+            zone.count(chosen.same_zone);
+        }
         Some(Arc::clone(chosen))
     }
+}
+
+/// The same-zone endpoints among `all`, as a pick sees them: known, candidates, those this call
+/// has not tried (whether or not this attempt avoids tried ones: a call that tried every
+/// same-zone endpoint goes elsewhere), and their calls in flight.
+fn same_zone(
+    all: &[Arc<Endpoint>],
+    candidate: impl Fn(&Arc<Endpoint>) -> bool,
+    attempts: Option<&Attempts>,
+) -> SameZone {
+    let mut seen = SameZone::default();
+    for endpoint in all.iter().filter(|e| e.same_zone) {
+        seen.known += 1;
+        if !candidate(endpoint) {
+            continue;
+        }
+        seen.in_rotation += 1;
+        seen.in_flight += endpoint.stats.pending.load(Ordering::Relaxed);
+        if !attempts.is_some_and(|a| a.has_tried(endpoint.identity())) {
+            seen.untried += 1;
+        }
+    }
+    seen
 }
 
 /// Counts a call in flight on its endpoint and connection until it ends, however it ends; an
@@ -823,6 +902,139 @@ mod tests {
         let status = err.downcast::<tonic::Status>().unwrap();
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("nobody"), "{status:?}");
+    }
+
+    /// A balancer for a caller in zone `a` over instances `(port, zone)`.
+    fn zoned_balancer(instances: &[(u16, &str)]) -> Balancer {
+        let instances: BTreeMap<String, ServiceInstance> = instances
+            .iter()
+            .map(|(port, zone)| {
+                let instance = ServiceInstance {
+                    id: format!("svc-{port}"),
+                    address: "127.0.0.1".into(),
+                    port: *port,
+                    tags: Vec::new(),
+                    meta: BTreeMap::from([(ZONE_META.to_owned(), (*zone).to_owned())]),
+                };
+                (instance.id.clone(), instance)
+            })
+            .collect();
+        let (_, rx) = tokio::sync::watch::channel(WatchState {
+            service: "svc".into(),
+            instances: Arc::new(instances),
+            index: 1,
+            initialized: true,
+            last_success: None,
+            last_error: None,
+            consecutive_errors: 0,
+            datacenter: None,
+        });
+        let options = ChannelOptions {
+            zones: super::super::ZonePolicy {
+                spill_above: 4.0,
+                return_below: 2.0,
+            },
+            ..ChannelOptions::default()
+        };
+        Balancer::located(WatchHandle::from_receiver(rx), &options, None, Some("a"))
+    }
+
+    fn endpoint_at(balancer: &Balancer, port: u16) -> Arc<Endpoint> {
+        let endpoints = balancer.shared.current();
+        Arc::clone(endpoints.iter().find(|e| e.instance.port == port).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_caller_in_a_zone_stays_in_it_until_its_endpoints_fail_are_tried_or_overload() {
+        let balancer = zoned_balancer(&[(1, "a"), (2, "a"), (3, "b"), (4, "c")]);
+        for _ in 0..50 {
+            assert!([1, 2].contains(&picked_port(&balancer, None)));
+        }
+        let status = balancer.zone_status().unwrap();
+        assert_eq!((status.same_zone_calls, status.other_zone_calls), (50, 0));
+        assert!(balancer
+            .snapshot()
+            .iter()
+            .any(|e| e.zone.as_deref() == Some("b")));
+
+        // A retry that tried both same-zone endpoints goes to another zone, even on the last
+        // attempt (which does not avoid tried endpoints).
+        let attempts = Attempts::default();
+        attempts.tried(endpoint_at(&balancer, 1).identity());
+        attempts.tried(endpoint_at(&balancer, 2).identity());
+        assert!([3, 4].contains(&picked_port(&balancer, Some(&attempts))));
+        assert!(attempts.has_other_endpoint());
+
+        // Overloaded: more than 4 in flight each → every zone, the least loaded first; back
+        // below 2 each.
+        endpoint_at(&balancer, 1)
+            .stats
+            .pending
+            .fetch_add(5, Ordering::Relaxed);
+        endpoint_at(&balancer, 2)
+            .stats
+            .pending
+            .fetch_add(5, Ordering::Relaxed);
+        let spilled = (0..50)
+            .filter(|_| [3, 4].contains(&picked_port(&balancer, None)))
+            .count();
+        assert!(spilled > 25, "{spilled} of 50 left the zone");
+        assert!(balancer.zone_status().unwrap().overloaded);
+        endpoint_at(&balancer, 1)
+            .stats
+            .pending
+            .fetch_sub(4, Ordering::Relaxed);
+        endpoint_at(&balancer, 2)
+            .stats
+            .pending
+            .fetch_sub(4, Ordering::Relaxed);
+        assert!(
+            [1, 2].contains(&picked_port(&balancer, None)),
+            "1 each: back"
+        );
+
+        // Both same-zone endpoints ejected: the other zones take the calls.
+        eject(&balancer, 1);
+        eject(&balancer, 2);
+        for _ in 0..20 {
+            assert!([3, 4].contains(&picked_port(&balancer, None)));
+        }
+        let status = balancer.zone_status().unwrap();
+        assert_eq!(
+            status.spilled_unavailable, 21,
+            "the retry and the 20 after ejection"
+        );
+        assert!(status.spilled_overloaded >= 50);
+        assert!(status.same_zone_share() < 0.9);
+    }
+
+    #[tokio::test]
+    async fn a_caller_in_a_zone_with_no_endpoint_there_uses_every_zone_and_counts_no_spill() {
+        let balancer = zoned_balancer(&[(3, "b"), (4, "c")]);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            seen.insert(picked_port(&balancer, None));
+        }
+        assert_eq!(seen, [3, 4].into());
+        let status = balancer.zone_status().unwrap();
+        assert_eq!(
+            (status.other_zone_calls, status.spilled_unavailable),
+            (40, 0)
+        );
+        // Only the caller's zone has endpoints, and this call tried them all: they are all
+        // there is.
+        let only_here = zoned_balancer(&[(1, "a"), (2, "a")]);
+        let attempts = Attempts::default();
+        attempts.tried(endpoint_at(&only_here, 1).identity());
+        attempts.tried(endpoint_at(&only_here, 2).identity());
+        assert!([1, 2].contains(&picked_port(&only_here, Some(&attempts))));
+        // A caller with no zone counts nothing.
+        let discovery = StaticDiscovery::new().with("svc", [addr(1)]);
+        assert!(balancer_without_zone(&discovery).zone_status().is_none());
+    }
+
+    fn balancer_without_zone(discovery: &StaticDiscovery) -> Balancer {
+        balancer(discovery, BalancePolicy::PeakEwma)
     }
 
     #[test]

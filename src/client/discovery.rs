@@ -3,6 +3,13 @@
 //! queries, what every service and the gateway use) and [`StaticDiscovery`] (a fixed list of
 //! addresses, changed by hand: tests and set-ups without Consul).
 //!
+//! Datacenter failover, as Consul's prepared queries do it: a [`ConsulDiscovery`] given failover
+//! datacenters follows the service in each of them too (the local agent forwards the queries over
+//! the WAN), and publishes the local datacenter's instances while it has a passing one, else
+//! those of the first failover datacenter in order that has one; when the local datacenter has
+//! instances again, calls come back to it. The followed state says which datacenter it is
+//! ([`WatchState::datacenter`]).
+//!
 //! A balancer ([`super::Balancer`]) follows one [`WatchHandle`]: the newest [`WatchState`] of its
 //! service, published whenever the set changes.
 
@@ -15,6 +22,8 @@ use protomesh_consul::{
     ConsulClient, HealthWatcher, ServiceInstance, WatchHandle, WatchOptions, WatchState,
 };
 use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::{StreamExt, StreamMap};
 
 /// A source of service instances.
 pub trait Discover: Send + Sync + 'static {
@@ -22,11 +31,14 @@ pub trait Discover: Send + Sync + 'static {
     fn watch(&self, service: &str) -> WatchHandle;
 }
 
-/// Discovery through Consul: one [`HealthWatcher`] per service (passing instances only).
+/// Discovery through Consul: one [`HealthWatcher`] per service (passing instances only), and one
+/// more per failover datacenter.
 #[derive(Debug, Clone)]
 pub struct ConsulDiscovery {
     consul: ConsulClient,
     options: WatchOptions,
+    /// Datacenters whose instances are used, in this order, while the local one has none.
+    failover: Arc<[String]>,
 }
 
 impl ConsulDiscovery {
@@ -35,14 +47,93 @@ impl ConsulDiscovery {
         Self {
             consul,
             options: WatchOptions::default(),
+            failover: Arc::from([]),
         }
+    }
+
+    /// Fails over to `datacenters`, in this order, while the local datacenter has no passing
+    /// instance of a service.
+    pub fn with_failover(mut self, datacenters: &[String]) -> Self {
+        self.failover = datacenters
+            .iter()
+            .filter(|dc| !dc.is_empty())
+            .cloned()
+            .collect();
+        self
+    }
+
+    /// Uses `options` for the watchers (shorter blocking queries in tests).
+    pub fn with_watch_options(mut self, options: WatchOptions) -> Self {
+        self.options = options;
+        self
     }
 }
 
 impl Discover for ConsulDiscovery {
     fn watch(&self, service: &str) -> WatchHandle {
-        HealthWatcher::spawn(self.consul.clone(), service, self.options.clone())
+        let local = HealthWatcher::spawn(self.consul.clone(), service, self.options.clone());
+        if self.failover.is_empty() {
+            return local;
+        }
+        let failover = self
+            .failover
+            .iter()
+            .map(|dc| {
+                let options = self.options.clone().in_datacenter(dc.as_str());
+                HealthWatcher::spawn(self.consul.clone(), service, options)
+            })
+            .collect();
+        follow_with_failover(local, failover)
     }
+}
+
+/// A handle on the state [`with_failover`] chooses from `local` and `failover`, kept up to date by
+/// a task that ends (stopping the watchers) once the last receiver of it is gone.
+fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> WatchHandle {
+    let (tx, rx) = watch::channel(with_failover(&local, &failover));
+    let mut changes = StreamMap::new();
+    changes.insert(0, WatchStream::from_changes(local.subscribe()));
+    for (i, watcher) in failover.iter().enumerate() {
+        changes.insert(i + 1, WatchStream::from_changes(watcher.subscribe()));
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                next = changes.next() => if next.is_none() { return },
+            }
+            let chosen = with_failover(&local, &failover);
+            tx.send_if_modified(|current| {
+                if *current == chosen {
+                    return false;
+                }
+                if current.datacenter != chosen.datacenter {
+                    match &chosen.datacenter {
+                        Some(dc) => tracing::warn!(service = %chosen.service, datacenter = %dc, "no passing instance in the local datacenter: calls fail over"),
+                        None => tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back"),
+                    }
+                }
+                *current = chosen;
+                true
+            });
+        }
+    });
+    WatchHandle::from_receiver(rx)
+}
+
+/// The local state while it lists an instance (or Consul has not answered yet: calls wait for the
+/// local answer rather than fail over at start-up), else the first failover datacenter's that
+/// lists one, else the local one (empty).
+fn with_failover(local: &WatchHandle, failover: &[WatchHandle]) -> WatchState {
+    let here = local.current();
+    if !here.initialized || !here.instances.is_empty() {
+        return here;
+    }
+    failover
+        .iter()
+        .map(WatchHandle::current)
+        .find(|there| there.initialized && !there.instances.is_empty())
+        .unwrap_or(here)
 }
 
 /// A fixed list of addresses per service, changed with [`StaticDiscovery::set`]. A service it
@@ -122,6 +213,7 @@ fn static_state(
         last_success: Some(Instant::now()),
         last_error: None,
         consecutive_errors: 0,
+        datacenter: None,
     }
 }
 
@@ -132,6 +224,57 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn failover_follows_the_first_datacenter_with_instances_and_comes_back() {
+        let dc1 = StaticDiscovery::new().with("svc", [addr(1)]);
+        let dc2 = StaticDiscovery::new();
+        let dc3 = StaticDiscovery::new().with("svc", [addr(3)]);
+        let in_dc = |discovery: &StaticDiscovery, dc: &str| {
+            let (tx, rx) = watch::channel(WatchState {
+                datacenter: Some(dc.to_owned()),
+                ..discovery.watch("svc").current()
+            });
+            let mut source = discovery.watch("svc").subscribe();
+            let dc = dc.to_owned();
+            tokio::spawn(async move {
+                while source.changed().await.is_ok() {
+                    let state = source.borrow_and_update().clone();
+                    let _ = tx.send(WatchState {
+                        datacenter: Some(dc.clone()),
+                        ..state
+                    });
+                }
+            });
+            WatchHandle::from_receiver(rx)
+        };
+        let handle = follow_with_failover(
+            dc1.watch("svc"),
+            vec![in_dc(&dc2, "dc2"), in_dc(&dc3, "dc3")],
+        );
+        let ports =
+            |state: &WatchState| -> Vec<u16> { state.instances.values().map(|i| i.port).collect() };
+        assert_eq!(ports(&handle.current()), [1]);
+        assert_eq!(handle.current().datacenter, None);
+
+        let mut updates = handle.subscribe();
+        dc1.set("svc", []);
+        let state = updates
+            .wait_for(|s| !ports(s).contains(&1))
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(ports(&state), [3], "dc2 has none: dc3");
+        assert_eq!(state.datacenter.as_deref(), Some("dc3"));
+
+        dc2.set("svc", [addr(2)]);
+        let state = updates.wait_for(|s| ports(s) == [2]).await.unwrap().clone();
+        assert_eq!(state.datacenter.as_deref(), Some("dc2"), "in order");
+
+        dc1.set("svc", [addr(4)]);
+        let state = updates.wait_for(|s| ports(s) == [4]).await.unwrap().clone();
+        assert_eq!(state.datacenter, None, "back home");
     }
 
     #[tokio::test]

@@ -19,11 +19,17 @@
 //!    and sent elsewhere, when there is an elsewhere); each retry goes back through the balancer, which picks an endpoint the
 //!    call has not tried yet when there is one. Inside the limit, so attempts share the call's
 //!    slot; outside the balancer, so every attempt is balanced anew;
-//! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default), ejects outliers
+//! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default; among the
+//!    caller's zone's endpoints while they can take the call, see [`zone`]), ejects outliers
 //!    (failures in a row, abandoned attempts included; an ejection also drops the endpoint's
 //!    connections), and spreads calls over as many connections per endpoint as the load needs.
 //!    Its connections find a silent peer by TCP keep-alive while idle and, when
 //!    [`ChannelOptions::http2_keep_alive`] is set, by HTTP/2 pings.
+//!
+//! Where a caller runs ([`crate::config::Locality`]) shapes two of them: its zone makes the
+//! balancer prefer same-zone endpoints, and its failover datacenters make discovery
+//! ([`ConsulDiscovery::with_failover`]) hand the balancer another datacenter's instances while
+//! the local one has none.
 
 mod attempt;
 pub mod balance;
@@ -37,6 +43,7 @@ pub mod methods;
 mod options;
 pub mod retry;
 pub mod status;
+pub mod zone;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -53,8 +60,10 @@ pub use breaker::{
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
 pub use discovery::{ConsulDiscovery, Discover, StaticDiscovery};
 pub use methods::MethodTable;
+pub use options::ZonePolicy;
 pub use options::{BoxError, ChannelOptions};
 pub use retry::RetryPolicy;
+pub use zone::{ZoneStatus, ZONE_META};
 
 /// The process's entry to the mesh: shared discovery and one balancer per target service.
 #[derive(Clone)]
@@ -72,6 +81,8 @@ struct MeshInner {
     /// Mutual TLS for the connections of services first called from now on (see
     /// [`Mesh::use_tls`]).
     tls: RwLock<Option<crate::tls::MeshTls>>,
+    /// The zone this process runs in: its calls prefer endpoints in it.
+    zone: Option<String>,
 }
 
 /// What the process shares about one target service: its balancer (with the discovery watch
@@ -92,6 +103,12 @@ impl Mesh {
     /// A mesh client whose services' instances come from `discovery` (a [`StaticDiscovery`]
     /// calls fixed addresses, with no Consul agent); otherwise as [`Mesh::new`].
     pub fn with_discovery(discovery: impl Discover, methods: MethodTable) -> Self {
+        Self::in_zone(discovery, methods, None)
+    }
+
+    /// Like [`Mesh::with_discovery`], for a process running in `zone` (its calls prefer the
+    /// endpoints whose Consul meta `zone` is the same; see [`zone`]).
+    pub fn in_zone(discovery: impl Discover, methods: MethodTable, zone: Option<&str>) -> Self {
         Self {
             inner: Arc::new(MeshInner {
                 discovery: Box::new(discovery),
@@ -99,8 +116,29 @@ impl Mesh {
                 targets: Mutex::new(HashMap::new()),
                 channels: Mutex::new(HashMap::new()),
                 tls: RwLock::new(None),
+                zone: zone.filter(|z| !z.is_empty()).map(str::to_owned),
             }),
         }
+    }
+
+    /// A mesh client discovering through `consul` for a process at `locality`: its calls prefer
+    /// its zone's endpoints and fail over to its failover datacenters in order while the local
+    /// datacenter has no passing instance; otherwise as [`Mesh::from_consul`].
+    pub fn located(
+        consul: ConsulClient,
+        descriptor_sets: &[&[u8]],
+        locality: &crate::config::Locality,
+    ) -> Result<Self, methods::DescriptorError> {
+        Ok(Self::in_zone(
+            ConsulDiscovery::new(consul).with_failover(&locality.failover_datacenters),
+            MethodTable::from_descriptor_sets(descriptor_sets)?,
+            locality.zone.as_deref(),
+        ))
+    }
+
+    /// The zone this process runs in, if it was given one.
+    pub fn zone(&self) -> Option<&str> {
+        self.inner.zone.as_deref()
     }
 
     /// Makes this client call with mutual TLS: `https://`, presenting `tls`'s certificate and
@@ -233,7 +271,12 @@ impl Mesh {
                     Err(poisoned) => poisoned.into_inner().clone(),
                 };
                 Target {
-                    balancer: Balancer::with_tls(watch, options, tls.as_ref()),
+                    balancer: Balancer::located(
+                        watch,
+                        options,
+                        tls.as_ref(),
+                        self.inner.zone.as_deref(),
+                    ),
                     breaker: CircuitBreaker::new(service, options.breaker),
                 }
             })

@@ -1,6 +1,6 @@
 //! What every layer of a channel shares: the error type that travels through them
 //! ([`BoxError`]) and how channels to one service behave ([`ChannelOptions`] and the policies
-//! of its layers: balancing, outlier ejection, connections, circuit breaker, retries).
+//! of its layers: balancing, zones, outlier ejection, connections, circuit breaker, retries).
 
 use std::time::Duration;
 
@@ -16,6 +16,8 @@ pub struct ChannelOptions {
     pub concurrency_limit: usize,
     /// Endpoint choice.
     pub balance: BalancePolicy,
+    /// When a caller with a zone leaves its own zone's endpoints.
+    pub zones: ZonePolicy,
     /// Outlier ejection.
     pub outliers: OutlierPolicy,
     /// Retries.
@@ -46,6 +48,7 @@ impl Default for ChannelOptions {
             default_timeout: Duration::from_secs(10),
             concurrency_limit: 10_000,
             balance: BalancePolicy::default(),
+            zones: ZonePolicy::default(),
             outliers: OutlierPolicy::default(),
             retry: RetryPolicy::default(),
             connections: ConnectionPolicy::default(),
@@ -67,6 +70,29 @@ pub enum BalancePolicy {
     PeakEwma,
     /// Each endpoint in turn.
     RoundRobin,
+}
+
+/// When a caller in a zone sends calls to other zones: a caller prefers the endpoints of its own
+/// zone (Consul meta `zone`) and spills to every zone when none of them is left to try (all
+/// ejected, or all tried by this call) or when they are overloaded. Overload has a hysteresis:
+/// spilling starts when the same-zone endpoints carry more than
+/// [`ZonePolicy::spill_above`] calls in flight each on average, and stops once they carry fewer
+/// than [`ZonePolicy::return_below`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ZonePolicy {
+    /// Average calls in flight per same-zone endpoint above which calls spill to other zones.
+    pub spill_above: f64,
+    /// Average calls in flight per same-zone endpoint below which calls stay in the zone again.
+    pub return_below: f64,
+}
+
+impl Default for ZonePolicy {
+    fn default() -> Self {
+        Self {
+            spill_above: 16.0,
+            return_below: 8.0,
+        }
+    }
 }
 
 /// When an endpoint is taken out of rotation before Consul notices it is unwell.

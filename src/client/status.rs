@@ -1,5 +1,6 @@
-//! What a process's mesh client knows about each service it calls — discovery state, breaker
-//! state, and per endpoint its Consul health, ejection, calls in flight and peak-EWMA latency —
+//! What a process's mesh client knows about each service it calls — discovery state (and the
+//! failover datacenter in use), breaker state, where its calls went by zone, and per endpoint its
+//! zone, Consul health, ejection, calls in flight and peak-EWMA latency —
 //! as a serializable value (the admin endpoint's JSON) and as a table (`mesh status --client`).
 
 use std::fmt;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::balance::Balancer;
 use super::breaker::{BreakerState, CircuitBreaker};
+use super::zone::ZoneStatus;
 
 /// One target service as this process sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +24,9 @@ pub struct TargetStatus {
     pub breaker_open_ms: Option<u64>,
     /// Times the breaker opened.
     pub breaker_opened: u64,
+    /// Where the calls went by zone, when this process runs in a zone.
+    #[serde(default)]
+    pub zone: Option<ZoneStatus>,
     /// Endpoints in the balancer.
     pub endpoints: Vec<EndpointStatus>,
 }
@@ -38,6 +43,9 @@ pub struct DiscoveryStatus {
     pub stale_ms: Option<u64>,
     /// The latest query error, while queries fail.
     pub last_error: Option<String>,
+    /// The failover datacenter whose instances are called, while the local one has none.
+    #[serde(default)]
+    pub datacenter: Option<String>,
 }
 
 /// One endpoint of a target service.
@@ -47,6 +55,9 @@ pub struct EndpointStatus {
     pub id: String,
     /// `host:port`.
     pub address: String,
+    /// The instance's zone (Consul meta `zone`), if it has one.
+    #[serde(default)]
+    pub zone: Option<String>,
     /// Consul health as the cache knows it: `passing` (the cache holds passing instances only),
     /// or `passing (stale)` while Consul is unreachable.
     pub consul_health: String,
@@ -85,16 +96,19 @@ impl TargetStatus {
                 consul_index: discovery.index,
                 stale_ms: discovery.staleness().map(millis),
                 last_error: discovery.last_error.clone(),
+                datacenter: discovery.datacenter.clone(),
             },
             breaker: breaker_state.to_owned(),
             breaker_open_ms,
             breaker_opened: breaker.times_opened(),
+            zone: balancer.zone_status(),
             endpoints: balancer
                 .snapshot()
                 .into_iter()
                 .map(|e| EndpointStatus {
                     id: e.id,
                     address: e.address,
+                    zone: e.zone,
                     consul_health: if stale { "passing (stale)" } else { "passing" }.to_owned(),
                     ejected_ms: e.ejected_for.map(millis),
                     in_flight: e.pending,
@@ -136,14 +150,31 @@ impl fmt::Display for ClientStatus {
                     target.discovery.consul_index
                 )?,
             }
+            if let Some(dc) = &target.discovery.datacenter {
+                write!(f, "  FAILED OVER to datacenter {dc}")?;
+            }
             writeln!(f)?;
-            let rows: Vec<[String; 9]> = target
+            if let Some(zone) = &target.zone {
+                writeln!(
+                    f,
+                    "  zone {}: {:.1}% of calls in the zone ({} in, {} out); spilled {}x with no endpoint left in the zone, {}x overloaded{}",
+                    zone.zone,
+                    zone.same_zone_share() * 100.0,
+                    zone.same_zone_calls,
+                    zone.other_zone_calls,
+                    zone.spilled_unavailable,
+                    zone.spilled_overloaded,
+                    if zone.overloaded { " (overloaded now)" } else { "" },
+                )?;
+            }
+            let rows: Vec<[String; 10]> = target
                 .endpoints
                 .iter()
                 .map(|e| {
                     [
                         e.id.clone(),
                         e.address.clone(),
+                        e.zone.clone().unwrap_or_else(|| "-".to_owned()),
                         e.consul_health.clone(),
                         e.ejected_ms
                             .map_or_else(|| "in".to_owned(), |ms| format!("ejected {ms}ms")),
@@ -158,6 +189,7 @@ impl fmt::Display for ClientStatus {
             let header = [
                 "ENDPOINT",
                 "ADDRESS",
+                "ZONE",
                 "CONSUL",
                 "ROTATION",
                 "IN-FLIGHT",

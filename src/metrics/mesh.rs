@@ -4,7 +4,13 @@
 //! Per service (label `service`): `mesh_client_discovery_stale` (1 while Consul queries fail and
 //! the last known instances are used), `mesh_client_discovery_age_seconds` (while stale, the time
 //! since Consul last answered; 0 while live), `mesh_client_breaker_state` (0 closed, 1 half-open,
-//! 2 open) and `mesh_client_breaker_opened_total`. Per endpoint (labels `service`, `endpoint`,
+//! 2 open), `mesh_client_breaker_opened_total` and `mesh_client_failed_over` (1, labelled with
+//! the `datacenter`, while the local datacenter has no instance and another one's are called).
+//! For a process in a zone, per service: `mesh_client_zone_calls_total` (label `locality`:
+//! `same-zone` or `other-zone`; the same-zone share is the first over both),
+//! `mesh_client_zone_spills_total` (label `reason`: `unavailable`, no same-zone endpoint left to
+//! try, or `overloaded`) and `mesh_client_zone_overloaded` (1 while calls spill for load). Per
+//! endpoint (labels `service`, `endpoint`,
 //! the endpoint being its `host:port`): `mesh_client_endpoint_requests_total`,
 //! `mesh_client_endpoint_failures_total`, `mesh_client_endpoint_in_flight`,
 //! `mesh_client_endpoint_ewma_seconds` (peak-EWMA latency), `mesh_client_endpoint_ejected` (0/1)
@@ -16,6 +22,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use super::exposition::{encode_counters, encode_gauges};
 use crate::client::status::{ClientStatus, EndpointStatus, TargetStatus};
 use crate::client::Mesh;
+use crate::client::ZoneStatus;
 
 /// Collects the `mesh_client_*` metrics from a source of [`ClientStatus`] (a [`Mesh`]).
 pub struct MeshClientCollector {
@@ -54,6 +61,21 @@ fn breaker_state(name: &str) -> i64 {
 
 type ServiceLabels<'a> = [(&'static str, &'a str); 1];
 type EndpointLabels<'a> = [(&'static str, &'a str); 2];
+
+/// Per service in a zone, one row per `(label, value)` pair of `label`.
+fn per_zone_service<'a, V: 'a>(
+    targets: &'a [TargetStatus],
+    label: &'static str,
+    rows: impl Fn(&ZoneStatus) -> [(&'static str, V); 2] + 'a,
+) -> impl Iterator<Item = (EndpointLabels<'a>, V)> + 'a {
+    targets
+        .iter()
+        .filter_map(move |t| t.zone.as_ref().map(|zone| (t, rows(zone))))
+        .flat_map(move |(t, rows)| {
+            rows.into_iter()
+                .map(move |(value, v)| ([("service", t.service.as_str()), (label, value)], v))
+        })
+}
 
 fn per_service<'a, V>(
     targets: &'a [TargetStatus],
@@ -111,6 +133,50 @@ impl Collector for MeshClientCollector {
             "Times the service's circuit breaker opened.",
             per_service(&targets, |t| t.breaker_opened),
         )?;
+        encode_gauges(
+            e,
+            "mesh_client_failed_over",
+            "1 while the local datacenter has no instance of the service and the failover datacenter named is called.",
+            targets.iter().map(|t| {
+                let dc = t.discovery.datacenter.as_deref();
+                (
+                    [
+                        ("service", t.service.as_str()),
+                        ("datacenter", dc.unwrap_or("")),
+                    ],
+                    i64::from(dc.is_some()),
+                )
+            }),
+        )?;
+        encode_counters(
+            e,
+            "mesh_client_zone_calls",
+            "Calls (attempts) of this process, in a zone, to endpoints of the same zone or of others.",
+            per_zone_service(&targets, "locality", |z| {
+                [
+                    ("same-zone", z.same_zone_calls),
+                    ("other-zone", z.other_zone_calls),
+                ]
+            }),
+        )?;
+        encode_counters(
+            e,
+            "mesh_client_zone_spills",
+            "Calls that left the same-zone endpoints: none left to try (unavailable) or too many calls in flight on them (overloaded).",
+            per_zone_service(&targets, "reason", |z| {
+                [
+                    ("unavailable", z.spilled_unavailable),
+                    ("overloaded", z.spilled_overloaded),
+                ]
+            }),
+        )?;
+        encode_gauges(
+            e,
+            "mesh_client_zone_overloaded",
+            "1 while the same-zone endpoints carry too many calls in flight and calls spill to other zones.",
+            per_service(&targets, |t| t.zone.as_ref().map(|z| i64::from(z.overloaded)))
+                .filter_map(|(labels, v)| v.map(|v| (labels, v))),
+        )?;
         encode_counters(
             e,
             "mesh_client_endpoint_requests",
@@ -160,6 +226,7 @@ mod tests {
         EndpointStatus {
             id: format!("priority-{address}"),
             address: address.to_owned(),
+            zone: Some("a".into()),
             consul_health: "passing".into(),
             ejected_ms: ejected.then_some(900),
             in_flight: 2,
@@ -179,10 +246,19 @@ mod tests {
                     consul_index: 7,
                     stale_ms: Some(2500),
                     last_error: Some("connection refused".into()),
+                    datacenter: Some("dc2".into()),
                 },
                 breaker: "half-open".into(),
                 breaker_open_ms: None,
                 breaker_opened: 3,
+                zone: Some(ZoneStatus {
+                    zone: "a".into(),
+                    same_zone_calls: 95,
+                    other_zone_calls: 5,
+                    spilled_unavailable: 4,
+                    spilled_overloaded: 1,
+                    overloaded: true,
+                }),
                 endpoints: vec![
                     endpoint("127.0.0.1:4000", 10, false),
                     endpoint("127.0.0.1:4001", 5, true),
@@ -195,10 +271,12 @@ mod tests {
                     consul_index: 0,
                     stale_ms: None,
                     last_error: None,
+                    datacenter: None,
                 },
                 breaker: "closed".into(),
                 breaker_open_ms: None,
                 breaker_opened: 0,
+                zone: None,
                 endpoints: Vec::new(),
             },
         ])
@@ -225,10 +303,21 @@ mod tests {
             "mesh_client_endpoint_ejected{service=\"priority\",endpoint=\"127.0.0.1:4001\"} 1\n",
             "mesh_client_endpoint_ejected{service=\"priority\",endpoint=\"127.0.0.1:4000\"} 0\n",
             "mesh_client_endpoint_connections{service=\"priority\",endpoint=\"127.0.0.1:4000\"} 1\n",
+            "mesh_client_failed_over{service=\"priority\",datacenter=\"dc2\"} 1\n",
+            "mesh_client_failed_over{service=\"tasks\",datacenter=\"\"} 0\n",
+            "mesh_client_zone_calls_total{service=\"priority\",locality=\"same-zone\"} 95\n",
+            "mesh_client_zone_calls_total{service=\"priority\",locality=\"other-zone\"} 5\n",
+            "mesh_client_zone_spills_total{service=\"priority\",reason=\"unavailable\"} 4\n",
+            "mesh_client_zone_spills_total{service=\"priority\",reason=\"overloaded\"} 1\n",
+            "mesh_client_zone_overloaded{service=\"priority\"} 1\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(!text.contains("service=\"tasks\",endpoint"), "{text}");
+        assert!(
+            !text.contains("zone_calls_total{service=\"tasks\""),
+            "no zone series for a service called from no zone: {text}"
+        );
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl MeshServer {
             None => {
                 let consul = self.config.consul().map_err(ServeError::ConsulConfig)?;
                 let client = ConsulClient::new(consul).map_err(ServeError::ConsulConfig)?;
-                let mesh = crate::client::Mesh::from_consul(client, &[])?;
+                let mesh = crate::client::Mesh::located(client, &[], &self.config.locality)?;
                 if let Some(tls) = tls {
                     mesh.use_tls(tls.clone());
                 }

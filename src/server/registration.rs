@@ -23,8 +23,8 @@ pub const GRPC_TAG: &str = "grpc";
 /// The Consul registration of one instance of service `name` reachable at `advertise`.
 ///
 /// The ID is `<name>-<host>-<port>`, unique per instance on a network. Meta carries the service
-/// `version`, the `proto_package` of its first gRPC service, every `grpc_services` name and the
-/// `runtime`.
+/// `version`, the `proto_package` of its first gRPC service, every `grpc_services` name, the
+/// `runtime` and, when it has one, its `zone`.
 pub fn instance_registration(
     name: &str,
     version: &str,
@@ -46,6 +46,9 @@ pub fn instance_registration(
         meta.insert("proto_package".to_owned(), package.to_owned());
     }
     meta.insert("grpc_services".to_owned(), grpc_services.join(","));
+    if let Some(zone) = &config.locality.zone {
+        meta.insert(crate::client::ZONE_META.to_owned(), zone.clone());
+    }
 
     let id = format!("{name}-{host}-{}", advertise.port());
     let checks = if config.tls.is_enabled() {
@@ -192,6 +195,11 @@ mod tests {
         assert_eq!(reg.tags, vec!["grpc", "canary"]);
         assert_eq!(reg.meta["version"], "1.2.3");
         assert_eq!(reg.meta["proto_package"], "protomesh.priority.v1");
+        assert!(!reg.meta.contains_key("zone"), "no zone unless given");
+        let mut zoned = config();
+        zoned.locality.zone = Some("b".into());
+        let in_zone = instance_registration("priority", "1", addr, &["x.v1.X"], &zoned);
+        assert_eq!(in_zone.meta["zone"], "b");
         assert_eq!(reg.checks.len(), 1);
         assert_eq!(
             reg.checks[0].grpc.as_deref(),

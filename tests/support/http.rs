@@ -1,12 +1,19 @@
 //! HTTP helpers of the cross-process tests: requests with curl (the client a user would run),
-//! JSON fields of the answers, and service processes started with an environment.
+//! JSON fields of the answers, service processes started with an environment, and callers
+//! scoring under load through a gateway.
 
 use std::collections::HashMap;
 use std::process::Command;
 
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use protomesh_mesh::ServiceProcess;
 
-use super::{binary, tempdir, unique};
+use super::{binary, tempdir, unique, Load};
 
 /// An HTTP answer: status, headers (lower-case names) and body.
 pub struct Answer {
@@ -89,4 +96,36 @@ pub fn spawn(name: &str, env: &[(&str, String)], args: &[&str]) -> ServiceProces
         log,
     )
     .unwrap()
+}
+
+/// `workers` HTTP callers scoring through the JSON route of the gateway at `gateway`
+/// (`host:port`); anything but a 200 with a JSON body within 10 s is a failure.
+pub fn score_load(gateway: &str, workers: usize) -> Load {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("http://{gateway}/v1/priority:score");
+    Load::run(workers, || {
+        let (client, url) = (client.clone(), url.clone());
+        move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                let request = hyper::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(
+                        br#"{"title":"t","urgency":9,"impact":8}"#,
+                    )))
+                    .unwrap();
+                let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                    let response = client.request(request).await?;
+                    let status = response.status();
+                    let body = response.into_body().collect().await?.to_bytes();
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+                })
+                .await;
+                match answer {
+                    Ok(Ok((status, body))) if status == 200 && body.starts_with(b"{") => Ok(()),
+                    other => Err(format!("HTTP: {other:?}")),
+                }
+            }
+        }
+    })
 }

@@ -133,6 +133,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A loopback port free a moment ago (for a process that must be told its port up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh folder under the system temp dir.
 pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(unique("protomesh-test"));

@@ -1,0 +1,429 @@
+//! Where callers and instances run, against real Consul and real `priority` processes, under
+//! load through the gateway's JSON route and through the mesh client:
+//! - zones: three zones of two instances each, callers in zone `a` keep their calls in it, spill
+//!   to `b` and `c` without a failed call when `a`'s instances are killed, and come back when `a`
+//!   has instances again;
+//! - datacenters: two Consul datacenters joined over the WAN; while every instance of `dc1`
+//!   is stopped, calls go to `dc2`; when `dc1` has instances again, they come back.
+//!
+//! Each test prints its figures (calls, failures, shares, times to move).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use protomesh::client::{Balancer, Mesh};
+use protomesh::config::Locality;
+use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
+use protomesh_mesh::ServiceProcess;
+use support::http::{http, score_load};
+use support::{binary, eventually, free_port, spawn_priority, tempdir, tool, unique, Consul, Load};
+
+/// Callers of each kind.
+const WORKERS: usize = 8;
+
+/// How long each phase runs under load.
+const PHASE: Duration = Duration::from_secs(3);
+
+/// Calls each endpoint of the mesh client's balancer got so far, by instance id, with its zone.
+fn calls_by_endpoint(balancer: &Balancer) -> BTreeMap<String, (Option<String>, u64)> {
+    balancer
+        .snapshot()
+        .into_iter()
+        .map(|e| (e.id, (e.zone, e.requests)))
+        .collect()
+}
+
+/// Calls per zone between two readings of [`calls_by_endpoint`] (an endpoint that left counts
+/// nothing; one that came counts from 0).
+fn calls_by_zone(
+    before: &BTreeMap<String, (Option<String>, u64)>,
+    after: &BTreeMap<String, (Option<String>, u64)>,
+) -> BTreeMap<String, u64> {
+    let mut zones = BTreeMap::new();
+    for (id, (zone, calls)) in after {
+        let earlier = before.get(id).map_or(0, |(_, calls)| *calls);
+        *zones.entry(zone.clone().unwrap_or_default()).or_insert(0) +=
+            calls.saturating_sub(earlier);
+    }
+    zones
+}
+
+fn share(zones: &BTreeMap<String, u64>, zone: &str) -> f64 {
+    let all: u64 = zones.values().sum();
+    zones.get(zone).copied().unwrap_or(0) as f64 / all.max(1) as f64
+}
+
+/// The gateway's `mesh_client_*` series for priority: `name{labels}` → value.
+async fn gateway_series(admin: &str) -> BTreeMap<String, f64> {
+    let text = http("GET", format!("http://{admin}/metrics"), vec![], None)
+        .await
+        .body;
+    text.lines()
+        .filter(|line| line.starts_with("mesh_client_") && line.contains("service=\"priority\""))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The gateway's same-zone share of calls to priority since `before` (its zone counters).
+fn gateway_share(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> f64 {
+    let delta = |locality: &str| {
+        let key =
+            format!("mesh_client_zone_calls_total{{service=\"priority\",locality=\"{locality}\"}}");
+        after.get(&key).copied().unwrap_or(0.0) - before.get(&key).copied().unwrap_or(0.0)
+    };
+    let (same, other) = (delta("same-zone"), delta("other-zone"));
+    same / (same + other).max(1.0)
+}
+
+/// A gateway on free ports with `args`, rate limits far above the load; (process, address,
+/// admin address) once it routes priority.
+async fn gateway(consul_addr: &str, args: &[&str]) -> (ServiceProcess, String, String) {
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut all = vec![
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--rate-limit",
+        "public=1000000/1s",
+        "--rate-limit",
+        "default=1000000/1s",
+    ];
+    all.extend(args);
+    let process = ServiceProcess::spawn(
+        unique("gateway"),
+        &binary("gateway"),
+        &all.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>(),
+        &[
+            ("CONSUL_HTTP_ADDR".into(), consul_addr.into()),
+            ("PROTOMESH_LOG_FORMAT".into(), "json".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ],
+        tempdir().join("gateway.log"),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the gateway routing priority",
+        || async {
+            let routes = http("GET", format!("http://{listen}/routes"), vec![], None).await;
+            (routes.status == 200 && routes.body.contains("PriorityService")).then_some(())
+        },
+    )
+    .await;
+    (process, listen, admin)
+}
+
+/// Both kinds of callers, and the mesh client's balancer.
+struct Callers {
+    http: Load,
+    grpc: Load,
+    balancer: Balancer,
+}
+
+impl Callers {
+    async fn start(mesh: &Mesh, gateway: &str) -> Self {
+        let grpc = Load::start(&mesh.channel("priority"), WORKERS);
+        let http = score_load(gateway, WORKERS);
+        let balancer = eventually(Duration::from_secs(10), "the balancer", || async {
+            mesh.balancers().into_iter().next()
+        })
+        .await;
+        Self {
+            http,
+            grpc,
+            balancer,
+        }
+    }
+
+    /// Stops them; asserts no call failed and prints the calls.
+    async fn finish(self, label: &str) {
+        let (http_calls, http_failures) = self.http.finish().await;
+        let (grpc_calls, grpc_failures) = self.grpc.finish().await;
+        eprintln!(
+            "{label}: through the gateway {http_calls} calls, {http_failures} failed; \
+             through the mesh client {grpc_calls} calls, {grpc_failures} failed"
+        );
+        assert!(http_calls > 100 && grpc_calls > 100, "load was applied");
+        assert_eq!(
+            http_failures, 0,
+            "{label}: failed calls through the gateway"
+        );
+        assert_eq!(
+            grpc_failures, 0,
+            "{label}: failed calls through the mesh client"
+        );
+    }
+}
+
+/// Waits until Consul (`consul`, in `datacenter` when given) has `n` passing priority instances.
+async fn passing(consul: &protomesh::consul::ConsulClient, datacenter: Option<&str>, n: usize) {
+    let options = QueryOptions {
+        passing: true,
+        datacenter: datacenter.map(str::to_owned),
+        ..QueryOptions::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} passing priority instances"),
+        || async {
+            let entries = consul.health_service("priority", &options).await.ok()?;
+            (entries.value.len() == n).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_in_zone_a_stay_in_it_spill_to_b_and_c_when_it_dies_and_come_back() {
+    let consul = Consul::start().await;
+    let mut zones: BTreeMap<&str, Vec<ServiceProcess>> = BTreeMap::new();
+    for zone in ["a", "b", "c"] {
+        for _ in 0..2 {
+            let instance = spawn_priority(&consul.addr(), &["--zone", zone]);
+            zones.entry(zone).or_default().push(instance);
+        }
+    }
+    passing(&consul.client, None, 6).await;
+    let (_gateway, gateway_addr, admin) = gateway(&consul.addr(), &["--zone", "a"]).await;
+    let locality = Locality {
+        zone: Some("a".into()),
+        failover_datacenters: Vec::new(),
+    };
+    let mesh = Mesh::located(consul.client.clone(), support::DESCRIPTORS, &locality).unwrap();
+    let callers = Callers::start(&mesh, &gateway_addr).await;
+
+    // Normal load: the calls stay in zone a.
+    let (start, gateway_start) = (
+        calls_by_endpoint(&callers.balancer),
+        gateway_series(&admin).await,
+    );
+    tokio::time::sleep(PHASE).await;
+    let (normal, gateway_normal) = (
+        calls_by_endpoint(&callers.balancer),
+        gateway_series(&admin).await,
+    );
+    let by_zone = calls_by_zone(&start, &normal);
+    let (mesh_share, gateway_normal_share) = (
+        share(&by_zone, "a"),
+        gateway_share(&gateway_start, &gateway_normal),
+    );
+    eprintln!(
+        "normal load: mesh client calls by zone {by_zone:?} ({:.1}% in a); gateway {:.1}% in a",
+        mesh_share * 100.0,
+        gateway_normal_share * 100.0
+    );
+    assert!(mesh_share >= 0.95, "mesh client: {by_zone:?}");
+    assert!(gateway_normal_share >= 0.95, "gateway: {gateway_normal:?}");
+
+    // Zone a's instances are killed: the calls go to b and c, none fails.
+    let killed_at = Instant::now();
+    for mut instance in zones.remove("a").unwrap() {
+        instance.signal(Signal::SIGKILL).unwrap();
+        instance.wait().await.unwrap();
+    }
+    tokio::time::sleep(PHASE).await;
+    let (dead, gateway_dead) = (
+        calls_by_endpoint(&callers.balancer),
+        gateway_series(&admin).await,
+    );
+    let by_zone = calls_by_zone(&normal, &dead);
+    let zone_status = mesh.status().0[0].zone.clone().unwrap();
+    eprintln!(
+        "zone a killed: mesh client calls by zone {by_zone:?} in {:?}; spilled {} times with no \
+         zone-a endpoint left; gateway {:.1}% in a",
+        killed_at.elapsed(),
+        zone_status.spilled_unavailable,
+        gateway_share(&gateway_normal, &gateway_dead) * 100.0
+    );
+    assert!(
+        by_zone.get("b").copied().unwrap_or(0) > 100
+            && by_zone.get("c").copied().unwrap_or(0) > 100,
+        "b and c take the calls: {by_zone:?}"
+    );
+    assert!(zone_status.spilled_unavailable > 0);
+    assert!(
+        gateway_share(&gateway_normal, &gateway_dead) < 0.05,
+        "the gateway's calls left a too: {gateway_dead:?}"
+    );
+
+    // Zone a has instances again: the calls come back.
+    let restarted: Vec<ServiceProcess> = (0..2)
+        .map(|_| spawn_priority(&consul.addr(), &["--zone", "a"]))
+        .collect();
+    passing(&consul.client, None, 6).await;
+    let passing_at = Instant::now();
+    let back = eventually(Duration::from_secs(10), "calls back in zone a", || async {
+        let now = calls_by_endpoint(&callers.balancer);
+        let back = now
+            .values()
+            .filter(|(zone, calls)| zone.as_deref() == Some("a") && *calls > 0)
+            .count()
+            == 2;
+        back.then_some(now)
+    })
+    .await;
+    let back_after = passing_at.elapsed();
+    let gateway_back = gateway_series(&admin).await;
+    tokio::time::sleep(PHASE).await;
+    let (end, gateway_end) = (
+        calls_by_endpoint(&callers.balancer),
+        gateway_series(&admin).await,
+    );
+    let by_zone = calls_by_zone(&back, &end);
+    let gateway_back_share = gateway_share(&gateway_back, &gateway_end);
+    eprintln!(
+        "zone a back: both instances called {back_after:?} after passing; then mesh client calls \
+         by zone {by_zone:?} ({:.1}% in a); gateway {:.1}% in a",
+        share(&by_zone, "a") * 100.0,
+        gateway_back_share * 100.0
+    );
+    assert!(share(&by_zone, "a") >= 0.95, "mesh client: {by_zone:?}");
+    assert!(gateway_back_share >= 0.95, "gateway: {gateway_end:?}");
+    callers.finish("zones").await;
+    drop(restarted);
+}
+
+/// A dev agent of datacenter `dc` on free ports.
+async fn datacenter(dc: &str) -> Consul {
+    let agent = DevAgent::start(
+        DevAgentOptions::new(tool("consul"))
+            .with_log_file(tempdir().join(format!("consul-{dc}.log")))
+            .with_arg("-datacenter")
+            .with_arg(dc),
+    )
+    .unwrap();
+    agent.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let client = agent.client().unwrap();
+    Consul { agent, client }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_over_to_dc2_while_dc1_has_no_instance_and_come_back() {
+    let (dc1, dc2) = (datacenter("dc1").await, datacenter("dc2").await);
+    // Join them over the WAN, as an operator would.
+    let joined = std::process::Command::new(tool("consul"))
+        .args([
+            "join",
+            "-wan",
+            &format!("-http-addr={}", dc2.addr()),
+            &format!("127.0.0.1:{}", dc1.agent.ports().serf_wan),
+        ])
+        .output()
+        .unwrap();
+    assert!(joined.status.success(), "{joined:?}");
+    let home: Vec<ServiceProcess> = (0..2).map(|_| spawn_priority(&dc1.addr(), &[])).collect();
+    let _away: Vec<ServiceProcess> = (0..2).map(|_| spawn_priority(&dc2.addr(), &[])).collect();
+    passing(&dc1.client, None, 2).await;
+    // dc1's agent answers for dc2 over the WAN.
+    passing(&dc1.client, Some("dc2"), 2).await;
+    let (_gateway, gateway_addr, admin) =
+        gateway(&dc1.addr(), &["--failover-datacenters", "dc2"]).await;
+    let locality = Locality {
+        zone: None,
+        failover_datacenters: vec!["dc2".into()],
+    };
+    let mesh = Mesh::located(dc1.client.clone(), support::DESCRIPTORS, &locality).unwrap();
+    let callers = Callers::start(&mesh, &gateway_addr).await;
+    let failed_over = "mesh_client_failed_over{service=\"priority\",datacenter=\"dc2\"}";
+
+    // dc1 serves.
+    tokio::time::sleep(PHASE).await;
+    assert_eq!(callers.balancer.discovery().datacenter, None);
+    let at_home = calls_by_endpoint(&callers.balancer);
+    assert_eq!(at_home.len(), 2, "dc1's instances only: {at_home:?}");
+
+    // Every dc1 instance stops: calls go to dc2 and succeed.
+    let stopped_at = Instant::now();
+    for mut instance in home {
+        instance.stop(Duration::from_secs(15)).await.unwrap();
+    }
+    let stopped_in = stopped_at.elapsed();
+    let moved = eventually(
+        Duration::from_secs(10),
+        "the mesh client in dc2",
+        || async {
+            (callers.balancer.discovery().datacenter.as_deref() == Some("dc2"))
+                .then(|| stopped_at.elapsed())
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "the gateway in dc2", || async {
+        (gateway_series(&admin).await.get(failed_over) == Some(&1.0)).then_some(())
+    })
+    .await;
+    let away_start = calls_by_endpoint(&callers.balancer);
+    tokio::time::sleep(PHASE).await;
+    let away = calls_by_endpoint(&callers.balancer);
+    let away_calls: u64 = calls_by_zone(&away_start, &away).values().sum();
+    eprintln!(
+        "dc1 stopped (in {stopped_in:?}): the mesh client called dc2 {moved:?} after the stop \
+         began; {away_calls} calls to dc2 in {PHASE:?}"
+    );
+    assert!(away_calls > 100, "calls went to dc2");
+    assert!(mesh
+        .status()
+        .to_string()
+        .contains("FAILED OVER to datacenter dc2"));
+
+    // dc1 has instances again: calls come back.
+    let _back: Vec<ServiceProcess> = (0..2).map(|_| spawn_priority(&dc1.addr(), &[])).collect();
+    passing(&dc1.client, None, 2).await;
+    let passing_at = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the mesh client back in dc1",
+        || async {
+            callers
+                .balancer
+                .discovery()
+                .datacenter
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let back_in = passing_at.elapsed();
+    eventually(
+        Duration::from_secs(10),
+        "the gateway back in dc1",
+        || async {
+            let series = gateway_series(&admin).await;
+            (!series.contains_key(failed_over)
+                && series.get("mesh_client_failed_over{service=\"priority\",datacenter=\"\"}")
+                    == Some(&0.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let home_start = calls_by_endpoint(&callers.balancer);
+    tokio::time::sleep(PHASE).await;
+    let home_end = calls_by_endpoint(&callers.balancer);
+    let dc1_ids: Vec<String> = dc1
+        .client
+        .health_service("priority", &QueryOptions::default())
+        .await
+        .unwrap()
+        .value
+        .into_iter()
+        .map(|e| e.service.id)
+        .collect();
+    assert!(
+        home_end.keys().all(|id| dc1_ids.contains(id)),
+        "only dc1's instances: {home_end:?} vs {dc1_ids:?}"
+    );
+    let home_calls: u64 = calls_by_zone(&home_start, &home_end).values().sum();
+    eprintln!("dc1 back: calls came back {back_in:?} after it passed; {home_calls} calls to dc1 in {PHASE:?}");
+    assert!(home_calls > 100);
+    callers.finish("datacenters").await;
+}
