@@ -148,7 +148,7 @@ impl ServeConfig {
 pub struct Locality {
     /// The zone this process runs in: an instance writes it to its Consul meta `zone`, and calls
     /// prefer instances of the same zone while they are healthy and not overloaded.
-    #[arg(long, env = "PROTOMESH_ZONE", value_parser = parse_locality_name)]
+    #[arg(long, env = "PROTOMESH_ZONE", value_parser = parse_zone)]
     pub zone: Option<String>,
 
     /// Datacenters to call, in this order, when a service has no passing instance in the local
@@ -157,14 +157,13 @@ pub struct Locality {
         long = "failover-datacenters",
         env = "PROTOMESH_FAILOVER_DATACENTERS",
         value_delimiter = ',',
-        value_parser = parse_locality_name
+        value_parser = parse_datacenter
     )]
     pub failover_datacenters: Vec<String>,
 }
 
-/// A zone or datacenter name: what Consul accepts as a datacenter name (letters, digits, `-`
-/// and `_`, at most 64 characters), so that it goes into meta and query strings unescaped.
-fn parse_locality_name(name: &str) -> Result<String, String> {
+/// A zone name: 1 to 64 letters, digits, `-` or `_` (it goes into Consul meta and logs as is).
+fn parse_zone(name: &str) -> Result<String, String> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -174,6 +173,20 @@ fn parse_locality_name(name: &str) -> Result<String, String> {
         Ok(name.to_owned())
     } else {
         Err("expected 1 to 64 letters, digits, '-' or '_'".to_owned())
+    }
+}
+
+/// A datacenter name as Consul accepts it (it lowercases the names it is given and checks them
+/// against `^[a-z0-9_-]+$`), so that it matches the datacenter's own name.
+fn parse_datacenter(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("expected a Consul datacenter name: lowercase letters, digits, '-' or '_'".to_owned())
     }
 }
 
@@ -252,6 +265,7 @@ mod tests {
             ["--zone", "a b"],
             ["--zone", ""],
             ["--failover-datacenters", "dc2,dc?3"],
+            ["--failover-datacenters", "DC2"],
         ] {
             let err = Cli::try_parse_from(["svc", bad[0], bad[1]])
                 .err()

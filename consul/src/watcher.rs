@@ -70,6 +70,9 @@ pub struct ServiceInstance {
     pub tags: Vec<String>,
     /// The instance's metadata.
     pub meta: BTreeMap<String, String>,
+    /// The datacenter the instance is in, when the watcher asks another one than its client's
+    /// own ([`WatchOptions::datacenter`]); `None` for the local datacenter.
+    pub datacenter: Option<String>,
 }
 
 impl ServiceInstance {
@@ -81,6 +84,7 @@ impl ServiceInstance {
             port: entry.service.port,
             tags: entry.service.tags.clone(),
             meta: entry.service.meta.clone(),
+            datacenter: None,
         }
     }
 
@@ -94,9 +98,13 @@ impl ServiceInstance {
     }
 }
 
-/// Turns a health answer into the instance set keyed by instance id; ids registered on more
-/// than one node are keyed (and named) `<id>@<node>` so that no instance is lost.
-fn instance_map(entries: &[ServiceEntry]) -> BTreeMap<String, ServiceInstance> {
+/// Turns a health answer from `datacenter` (the local one when `None`) into the instance set
+/// keyed by instance id; ids registered on more than one node are keyed (and named)
+/// `<id>@<node>` so that no instance is lost.
+fn instance_map(
+    entries: &[ServiceEntry],
+    datacenter: Option<&str>,
+) -> BTreeMap<String, ServiceInstance> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for entry in entries {
         *counts.entry(entry.service.id.as_str()).or_default() += 1;
@@ -105,6 +113,7 @@ fn instance_map(entries: &[ServiceEntry]) -> BTreeMap<String, ServiceInstance> {
         .iter()
         .map(|entry| {
             let mut instance = ServiceInstance::from_entry(entry);
+            instance.datacenter = datacenter.map(str::to_owned);
             if counts.get(entry.service.id.as_str()).copied().unwrap_or(0) > 1 {
                 instance.id = format!("{}@{}", entry.service.id, entry.node.node);
             }
@@ -227,17 +236,13 @@ pub struct WatchState {
     pub last_error: Option<String>,
     /// Failed queries since the last success.
     pub consecutive_errors: u32,
-    /// The datacenter the instances are in, when the watcher asks another one than its client's
-    /// own ([`WatchOptions::datacenter`]).
-    pub datacenter: Option<String>,
 }
 
 impl WatchState {
     /// The state of a watcher that has no answer yet.
-    fn new(service: String, datacenter: Option<String>) -> Self {
+    fn new(service: String) -> Self {
         Self {
             service,
-            datacenter,
             instances: Arc::new(BTreeMap::new()),
             index: 0,
             initialized: false,
@@ -439,7 +444,7 @@ impl HealthWatcher {
         options: WatchOptions,
     ) -> WatchHandle {
         let service: String = service.into();
-        let (tx, rx) = watch::channel(WatchState::new(service.clone(), options.datacenter.clone()));
+        let (tx, rx) = watch::channel(WatchState::new(service.clone()));
         tracing::debug!(
             service = %service,
             consul = %client.address(),
@@ -489,6 +494,18 @@ impl WatchHandle {
             service,
             rx,
             task: Arc::new(AbortOnDrop(None)),
+        }
+    }
+
+    /// A handle on the states `task` publishes on `rx` (a source that combines watchers): the
+    /// task is aborted when the last clone of the handle (and the last [`InstanceChanges`]) is
+    /// dropped, as a watcher's is.
+    pub fn from_task(rx: watch::Receiver<WatchState>, task: JoinHandle<()>) -> Self {
+        let service = Arc::from(rx.borrow().service.as_str());
+        Self {
+            service,
+            rx,
+            task: Arc::new(AbortOnDrop(Some(task))),
         }
     }
 
@@ -629,7 +646,7 @@ async fn watch_loop(
                         "Consul health query recovered"
                     );
                 }
-                let instances = instance_map(&resp.value);
+                let instances = instance_map(&resp.value, options.datacenter.as_deref());
                 let now = Instant::now();
                 tx.send_if_modified(|state| state.apply_success(instances, resp.index, now));
             }
@@ -673,6 +690,7 @@ mod tests {
             port,
             tags: vec!["v1".to_owned()],
             meta: BTreeMap::new(),
+            datacenter: None,
         }
     }
 
@@ -858,7 +876,7 @@ mod tests {
 
     #[test]
     fn publishes_only_on_changes_and_status_transitions() {
-        let mut state = WatchState::new("svc".to_owned(), None);
+        let mut state = WatchState::new("svc".to_owned());
         assert!(!state.is_stale());
         assert_eq!(state.staleness(), None);
         let t0 = Instant::now();
@@ -908,7 +926,7 @@ mod tests {
             entry("web", "n1", "10.0.0.2", 82),
             entry("web", "n2", "10.0.0.3", 82),
         ];
-        let map = instance_map(&entries);
+        let map = instance_map(&entries, None);
         let ids: Vec<&str> = map.keys().map(String::as_str).collect();
         assert_eq!(ids, ["a", "b", "web@n1", "web@n2"]);
         assert_eq!(map["a"].address, "10.0.0.1");

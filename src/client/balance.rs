@@ -6,7 +6,8 @@
 //! dropped) and a panic threshold (when ejection would leave too few endpoints, balance over all
 //! of them). A retry goes to an endpoint the call has not tried yet when there is one. A caller
 //! in a zone picks among its own zone's endpoints while one is left to try and they are not
-//! overloaded, and among all of them otherwise (see [`super::zone`]).
+//! overloaded, and among all of them otherwise (see [`super::zone`]). Endpoints of a failover
+//! datacenter (see [`super::discovery`]) are picked only when no local one is left to try.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,6 +34,11 @@ use super::zone::{SameZone, ZoneBalance, ZonePool, ZoneStatus, ZONE_META};
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// Unanswered TCP keep-alive probes before the kernel drops the connection.
 const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
+/// Attempts of one call in one tier (the caller's zone, the local datacenter) before its next
+/// attempt goes to the next (other zones, the failover datacenter): with the default three
+/// attempts, a call whose zone (or datacenter) just died still reaches another.
+pub(crate) const ATTEMPTS_PER_TIER: usize = 2;
 
 /// Latency assumed for an endpoint before it answered anything.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
@@ -139,6 +145,8 @@ pub struct Endpoint {
     stats: EndpointStats,
     /// In the caller's zone (false for every endpoint when the caller has no zone).
     same_zone: bool,
+    /// In a failover datacenter: called only when no local endpoint is left to try.
+    failover: bool,
 }
 
 impl Endpoint {
@@ -212,6 +220,8 @@ pub struct EndpointSnapshot {
     pub address: String,
     /// The instance's zone (its Consul meta `zone`), if it has one.
     pub zone: Option<String>,
+    /// The failover datacenter the instance is in (`None`: the local one).
+    pub datacenter: Option<String>,
     /// Calls in flight.
     pub pending: usize,
     /// HTTP/2 connections opened to it.
@@ -247,8 +257,8 @@ struct Shared {
     tcp_keepalive: Option<Duration>,
     /// Mutual TLS of the endpoints' connections; plaintext when `None`.
     tls: Option<crate::tls::MeshTls>,
-    /// Since when Consul reports an empty set while endpoints are kept; also the lock that makes
-    /// `apply` one at a time.
+    /// Since when Consul reports no local instance while the local endpoints are kept; also the
+    /// lock that makes `apply` one at a time.
     empty_since: Mutex<Option<Instant>>,
     /// True while `empty_since` is set (read on every call without the lock).
     keeping_empty: AtomicBool,
@@ -320,6 +330,7 @@ impl Balancer {
                 id: e.instance.id.clone(),
                 address: e.instance.socket_addr_text(),
                 zone: e.instance.meta.get(ZONE_META).cloned(),
+                datacenter: e.instance.datacenter.clone(),
                 pending: e.stats.pending.load(Ordering::Relaxed),
                 connections: e.connection_count(),
                 requests: e.stats.requests.load(Ordering::Relaxed),
@@ -328,6 +339,23 @@ impl Balancer {
                 ejected_for: e.stats.ejected_for(now),
             })
             .collect()
+    }
+
+    /// The failover datacenter calls go to now: the one of the failover endpoints when no local
+    /// endpoint is in rotation (`None` while calls stay local, or have nowhere to go).
+    pub fn failed_over_to(&self) -> Option<String> {
+        let now = Instant::now();
+        let endpoints = self.shared.current();
+        if endpoints
+            .iter()
+            .any(|e| !e.failover && !e.stats.is_ejected(now))
+        {
+            return None;
+        }
+        endpoints
+            .iter()
+            .find(|e| e.failover)
+            .and_then(|e| e.instance.datacenter.clone())
     }
 
     /// Where this caller's calls went by zone, when the caller has a zone.
@@ -379,18 +407,22 @@ impl Shared {
         };
         let state = self.watch.current();
         let old = self.current();
-        if state.instances.is_empty() && !old.is_empty() {
+        // No local instance (with or without a failover datacenter's) while local endpoints are
+        // known: the local ones are kept for the grace period.
+        let mut keep_local = false;
+        if !state.instances.values().any(|i| i.datacenter.is_none())
+            && old.iter().any(|e| !e.failover)
+        {
             let since = *empty_since.get_or_insert_with(|| {
-                tracing::warn!(service = %self.service, grace = ?self.empty_set_grace, "Consul reports no instance; keeping the known endpoints for a grace period");
+                tracing::warn!(service = %self.service, grace = ?self.empty_set_grace, "Consul reports no local instance; keeping the known ones for a grace period");
                 Instant::now()
             });
-            if since.elapsed() < self.empty_set_grace {
-                self.keeping_empty.store(true, Ordering::Relaxed);
-                return;
-            }
+            keep_local = since.elapsed() < self.empty_set_grace;
         }
-        *empty_since = None;
-        self.keeping_empty.store(false, Ordering::Relaxed);
+        if !keep_local {
+            *empty_since = None;
+        }
+        self.keeping_empty.store(keep_local, Ordering::Relaxed);
 
         let by_id: HashMap<&str, &Arc<Endpoint>> =
             old.iter().map(|e| (e.instance.id.as_str(), e)).collect();
@@ -406,6 +438,11 @@ impl Shared {
                 },
             }
         }
+        if keep_local {
+            next.extend(old.iter().filter(|e| !e.failover).cloned());
+        }
+        // Local endpoints first, a failover datacenter's last (`pick` relies on it).
+        next.sort_by_key(|e| e.failover);
         tracing::debug!(service = %self.service, endpoints = next.len(), "endpoints updated");
         if let Ok(mut endpoints) = self.endpoints.write() {
             *endpoints = Arc::new(next);
@@ -438,38 +475,68 @@ impl Shared {
             channel: target.connect_lazy(),
             pending: AtomicUsize::new(0),
         });
-        let same_zone = self.zone.as_ref().is_some_and(|zone| {
-            zone.is_same_zone(instance.meta.get(ZONE_META).map(String::as_str))
-        });
+        // Zones are the local datacenter's: another datacenter's zone of the same name is not it.
+        let same_zone = instance.datacenter.is_none()
+            && self.zone.as_ref().is_some_and(|zone| {
+                zone.is_same_zone(instance.meta.get(ZONE_META).map(String::as_str))
+            });
         Ok(Endpoint {
             instance: instance.clone(),
             target,
             connections: RwLock::new(vec![first]),
             stats: EndpointStats::new(),
             same_zone,
+            failover: instance.datacenter.is_some(),
         })
     }
 
-    /// Picks an endpoint, skipping ejected ones unless too few would be left, and, when there is
-    /// a choice, ones this call already tried; a caller in a zone picks in the
+    /// Picks an endpoint: among the local datacenter's while one is left to try, else among the
+    /// failover datacenter's; in that tier, skipping ejected ones unless too few would be left,
+    /// and, when there is a choice, ones this call already tried; a caller in a zone picks in the
     /// [`ZoneBalance::pool`] of zones (every zone when the other zones have no candidate).
-    /// Allocates nothing: the candidates are the endpoints in rotation (all of them under the
-    /// panic threshold), filtered by zone.
+    /// Allocates nothing: the candidates are the tier's endpoints in rotation (all of them under
+    /// the panic threshold), filtered by zone.
     fn pick(&self, attempts: Option<&Attempts>) -> Option<Arc<Endpoint>> {
         let all = self.current();
         if all.is_empty() {
             return None;
         }
         let now = Instant::now();
-        let in_rotation = all.iter().filter(|e| !e.stats.is_ejected(now)).count();
+        let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.has_tried(e.identity()));
+        // The failover datacenter's endpoints (last in the list) only when no local one is left
+        // to try: every one ejected or tried, or this call tried enough of them already.
+        let tiered = all.last().is_some_and(|e| e.failover);
+        let failover = tiered && {
+            let (mut left, mut tried_here) = (0, 0);
+            for e in all.iter().take_while(|e| !e.failover) {
+                if tried(e) {
+                    tried_here += 1;
+                } else if !e.stats.is_ejected(now) {
+                    left += 1;
+                }
+            }
+            left == 0 || tried_here >= ATTEMPTS_PER_TIER
+        };
+        let in_tier = |e: &Arc<Endpoint>| e.failover == failover;
+        let (tier, in_rotation) =
+            all.iter()
+                .filter(|e| in_tier(e))
+                .fold((0, 0), |(tier, in_rotation), e| {
+                    (
+                        tier + 1,
+                        in_rotation + usize::from(!e.stats.is_ejected(now)),
+                    )
+                });
         let enough = in_rotation > 0
-            && in_rotation as f64 >= (all.len() as f64 * self.outliers.min_healthy_share).ceil();
-        // Under the panic threshold every endpoint is a candidate.
-        let skip_ejected = enough && in_rotation < all.len();
-        let candidate = |e: &Arc<Endpoint>| !skip_ejected || !e.stats.is_ejected(now);
-        let mut pool = self.zone.as_ref().map_or(ZonePool::Every, |zone| {
-            zone.pool(same_zone(&all, candidate, attempts))
-        });
+            && in_rotation as f64 >= (tier as f64 * self.outliers.min_healthy_share).ceil();
+        // Under the panic threshold every endpoint of the tier is a candidate.
+        let skip_ejected = enough && in_rotation < tier;
+        let candidate =
+            |e: &Arc<Endpoint>| in_tier(e) && (!skip_ejected || !e.stats.is_ejected(now));
+        let (mut pool, spill) = match &self.zone {
+            Some(zone) if !failover => zone.pool(same_zone(&all, now, attempts)),
+            _ => (ZonePool::Every, None),
+        };
         let in_pool = |e: &Arc<Endpoint>, pool: ZonePool| match pool {
             ZonePool::SameZone => e.same_zone,
             ZonePool::OtherZones => !e.same_zone,
@@ -480,7 +547,7 @@ impl Shared {
                 .filter(|e| candidate(e) && in_pool(e, pool))
                 .count()
         };
-        let mut count = if skip_ejected || pool != ZonePool::Every {
+        let mut count = if skip_ejected || tiered || pool != ZonePool::Every {
             count_in(pool)
         } else {
             all.len()
@@ -494,7 +561,7 @@ impl Shared {
             return None;
         }
         let eligible = |e: &&Arc<Endpoint>| candidate(e) && in_pool(e, pool);
-        let filtered = skip_ejected || pool != ZonePool::Every;
+        let filtered = skip_ejected || tiered || pool != ZonePool::Every;
         let nth = |n: usize| -> &Arc<Endpoint> {
             if filtered {
                 all.iter().filter(eligible).nth(n).unwrap_or(&all[0])
@@ -504,8 +571,13 @@ impl Shared {
         };
         let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
         if let Some(attempts) = attempts {
-            // A same-zone pick has the other zones to go to as well.
-            attempts.set_had_choice(count > 1 || (pool == ZonePool::SameZone && all.len() > 1));
+            // A same-zone pick has the other zones' candidates to go to as well, a local one the
+            // failover datacenter's.
+            let elsewhere = || {
+                (pool == ZonePool::SameZone && count_in(ZonePool::OtherZones) > 0)
+                    || (tiered && !failover)
+            };
+            attempts.set_had_choice(count > 1 || elsewhere());
         }
         let chosen = match (self.policy, count) {
             (_, 1) => nth(0),
@@ -535,24 +607,23 @@ impl Shared {
             }
         };
         if let Some(zone) = &self.zone {
-            zone.count(chosen.same_zone);
+            zone.count(chosen.same_zone, spill);
         }
         Some(Arc::clone(chosen))
     }
 }
 
-/// The same-zone endpoints among `all`, as a pick sees them: known, candidates, those this call
-/// has not tried (whether or not this attempt avoids tried ones: a call that tried every
-/// same-zone endpoint goes elsewhere), and their calls in flight.
-fn same_zone(
-    all: &[Arc<Endpoint>],
-    candidate: impl Fn(&Arc<Endpoint>) -> bool,
-    attempts: Option<&Attempts>,
-) -> SameZone {
+/// The same-zone endpoints among `all`, as a pick sees them: known, not ejected (whatever the
+/// panic threshold: ejected ones are no reason to stay in the zone), not ejected and not tried by
+/// this call (whether or not this attempt avoids tried ones), tried, and their calls in flight.
+fn same_zone(all: &[Arc<Endpoint>], now: Instant, attempts: Option<&Attempts>) -> SameZone {
     let mut seen = SameZone::default();
     for endpoint in all.iter().filter(|e| e.same_zone) {
         seen.known += 1;
-        if !candidate(endpoint) {
+        if attempts.is_some_and(|a| a.has_tried(endpoint.identity())) {
+            seen.tried += 1;
+        }
+        if endpoint.stats.is_ejected(now) {
             continue;
         }
         seen.in_rotation += 1;
@@ -904,31 +975,21 @@ mod tests {
         assert!(status.message().contains("nobody"), "{status:?}");
     }
 
-    /// A balancer for a caller in zone `a` over instances `(port, zone)`.
+    /// A balancer for a caller in zone `a` over instances `(port, zone)` of the local datacenter.
     fn zoned_balancer(instances: &[(u16, &str)]) -> Balancer {
-        let instances: BTreeMap<String, ServiceInstance> = instances
-            .iter()
-            .map(|(port, zone)| {
-                let instance = ServiceInstance {
-                    id: format!("svc-{port}"),
-                    address: "127.0.0.1".into(),
-                    port: *port,
-                    tags: Vec::new(),
-                    meta: BTreeMap::from([(ZONE_META.to_owned(), (*zone).to_owned())]),
-                };
-                (instance.id.clone(), instance)
-            })
-            .collect();
-        let (_, rx) = tokio::sync::watch::channel(WatchState {
-            service: "svc".into(),
-            instances: Arc::new(instances),
-            index: 1,
-            initialized: true,
-            last_success: None,
-            last_error: None,
-            consecutive_errors: 0,
-            datacenter: None,
-        });
+        let local: Vec<(u16, &str, Option<&str>)> =
+            instances.iter().map(|(p, z)| (*p, *z, None)).collect();
+        located_balancer(&local)
+    }
+
+    /// A balancer for a caller in zone `a` over instances `(port, zone, failover datacenter)`.
+    fn located_balancer(instances: &[(u16, &str, Option<&str>)]) -> Balancer {
+        let (_, rx) = tokio::sync::watch::channel(located_state(instances));
+        zone_a_balancer(rx)
+    }
+
+    /// A balancer for a caller in zone `a` following `rx`.
+    fn zone_a_balancer(rx: tokio::sync::watch::Receiver<WatchState>) -> Balancer {
         let options = ChannelOptions {
             zones: super::super::ZonePolicy {
                 spill_above: 4.0,
@@ -937,6 +998,79 @@ mod tests {
             ..ChannelOptions::default()
         };
         Balancer::located(WatchHandle::from_receiver(rx), &options, None, Some("a"))
+    }
+
+    /// A discovery state listing instances `(port, zone, failover datacenter)`.
+    fn located_state(instances: &[(u16, &str, Option<&str>)]) -> WatchState {
+        let instances: BTreeMap<String, ServiceInstance> = instances
+            .iter()
+            .map(|(port, zone, datacenter)| {
+                let instance = ServiceInstance {
+                    id: format!("svc-{port}"),
+                    address: "127.0.0.1".into(),
+                    port: *port,
+                    tags: Vec::new(),
+                    meta: BTreeMap::from([(ZONE_META.to_owned(), (*zone).to_owned())]),
+                    datacenter: datacenter.map(str::to_owned),
+                };
+                (instance.id.clone(), instance)
+            })
+            .collect();
+        WatchState {
+            service: "svc".into(),
+            instances: Arc::new(instances),
+            index: 1,
+            initialized: true,
+            last_success: None,
+            last_error: None,
+            consecutive_errors: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_leaves_its_zone_after_two_attempts_there_and_ejected_ones_keep_no_call_in_it() {
+        // Three same-zone endpoints: a call that tried two of them goes to another zone.
+        let balancer = zoned_balancer(&[(1, "a"), (2, "a"), (5, "a"), (3, "b")]);
+        let attempts = Attempts::default();
+        attempts.tried(endpoint_at(&balancer, 1).identity());
+        attempts.tried(endpoint_at(&balancer, 2).identity());
+        assert_eq!(picked_port(&balancer, Some(&attempts)), 3);
+
+        // Zone a's two ejected, zone b's one left: under the panic threshold (1 of 3), but the
+        // calls go to b rather than back to the ejected ones.
+        let balancer = zoned_balancer(&[(1, "a"), (2, "a"), (3, "b")]);
+        eject(&balancer, 1);
+        eject(&balancer, 2);
+        for _ in 0..20 {
+            assert_eq!(picked_port(&balancer, None), 3);
+        }
+
+        // One same-zone endpoint, the other zone's ejected: no other endpoint to retry on.
+        let balancer = zoned_balancer(&[(1, "a"), (3, "b")]);
+        eject(&balancer, 3);
+        let attempts = Attempts::default();
+        assert_eq!(picked_port(&balancer, Some(&attempts)), 1);
+        assert!(!attempts.has_other_endpoint());
+    }
+
+    #[tokio::test]
+    async fn the_local_endpoints_are_kept_for_the_grace_when_only_a_failover_datacenter_answers() {
+        let (tx, rx) =
+            tokio::sync::watch::channel(located_state(&[(1, "a", None), (3, "a", Some("dc2"))]));
+        let balancer = zone_a_balancer(rx);
+        let mut updates = balancer.instance_updates();
+        tx.send(located_state(&[(3, "a", Some("dc2"))])).unwrap();
+        updates.changed().await.unwrap();
+        balancer.shared.apply();
+        let ports: Vec<u16> = balancer
+            .shared
+            .current()
+            .iter()
+            .map(|e| e.instance.port)
+            .collect();
+        assert_eq!(ports, [1, 3], "the local endpoint is kept");
+        assert_eq!(picked_port(&balancer, None), 1);
+        assert!(balancer.shared.keeping_empty.load(Ordering::Relaxed));
     }
 
     fn endpoint_at(balancer: &Balancer, port: u16) -> Arc<Endpoint> {
@@ -1004,7 +1138,10 @@ mod tests {
             status.spilled_unavailable, 21,
             "the retry and the 20 after ejection"
         );
-        assert!(status.spilled_overloaded >= 50);
+        assert_eq!(
+            status.spilled_overloaded, spilled as u64,
+            "only the calls that left"
+        );
         assert!(status.same_zone_share() < 0.9);
     }
 
@@ -1031,6 +1168,53 @@ mod tests {
         // A caller with no zone counts nothing.
         let discovery = StaticDiscovery::new().with("svc", [addr(1)]);
         assert!(balancer_without_zone(&discovery).zone_status().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failover_datacenter_is_called_only_when_no_local_endpoint_is_left_to_try() {
+        let balancer = located_balancer(&[
+            (3, "a", Some("dc2")),
+            (1, "a", None),
+            (4, "b", Some("dc2")),
+            (2, "b", None),
+        ]);
+        for _ in 0..40 {
+            assert!([1, 2].contains(&picked_port(&balancer, None)));
+        }
+        let status = balancer.zone_status().unwrap();
+        assert_eq!(
+            status.same_zone_calls, 40,
+            "dc2's zone a is not the caller's"
+        );
+        assert_eq!(balancer.failed_over_to(), None);
+
+        // A call that tried both local endpoints goes to dc2.
+        let attempts = Attempts::default();
+        attempts.tried(endpoint_at(&balancer, 1).identity());
+        attempts.tried(endpoint_at(&balancer, 2).identity());
+        assert!([3, 4].contains(&picked_port(&balancer, Some(&attempts))));
+
+        // Both local endpoints ejected (crashed before Consul noticed): dc2 takes every call,
+        // even though one local endpoint is all the panic threshold would ask for.
+        eject(&balancer, 1);
+        for _ in 0..20 {
+            assert_eq!(picked_port(&balancer, None), 2);
+        }
+        eject(&balancer, 2);
+        for _ in 0..20 {
+            assert!([3, 4].contains(&picked_port(&balancer, None)));
+        }
+        assert_eq!(balancer.failed_over_to().as_deref(), Some("dc2"));
+        let dcs: Vec<Option<String>> = balancer
+            .snapshot()
+            .into_iter()
+            .map(|e| e.datacenter)
+            .collect();
+        assert_eq!(
+            dcs,
+            [None, None, Some("dc2".into()), Some("dc2".into())],
+            "local first"
+        );
     }
 
     fn balancer_without_zone(discovery: &StaticDiscovery) -> Balancer {

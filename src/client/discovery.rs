@@ -3,12 +3,15 @@
 //! queries, what every service and the gateway use) and [`StaticDiscovery`] (a fixed list of
 //! addresses, changed by hand: tests and set-ups without Consul).
 //!
-//! Datacenter failover, as Consul's prepared queries do it: a [`ConsulDiscovery`] given failover
-//! datacenters follows the service in each of them too (the local agent forwards the queries over
-//! the WAN), and publishes the local datacenter's instances while it has a passing one, else
-//! those of the first failover datacenter in order that has one; when the local datacenter has
-//! instances again, calls come back to it. The followed state says which datacenter it is
-//! ([`WatchState::datacenter`]).
+//! Datacenter failover, in the order Consul's prepared queries use: a [`ConsulDiscovery`] given
+//! failover datacenters follows the service in each of them too (the local agent forwards the
+//! queries over the WAN), and publishes the local datacenter's passing instances together with
+//! those of the first failover datacenter in order that has any, marked with their datacenter
+//! ([`ServiceInstance::datacenter`]) and keyed `<id>@<datacenter>`. The balancer calls them only
+//! when no local instance is left to try: none passing in Consul, or every one ejected or
+//! already tried by the call (a datacenter whose instances crashed a moment ago, before Consul
+//! noticed, fails no call either). When the local datacenter has instances again, calls come
+//! back to it.
 //!
 //! A balancer ([`super::Balancer`]) follows one [`WatchHandle`]: the newest [`WatchState`] of its
 //! service, published whenever the set changes.
@@ -54,11 +57,13 @@ impl ConsulDiscovery {
     /// Fails over to `datacenters`, in this order, while the local datacenter has no passing
     /// instance of a service.
     pub fn with_failover(mut self, datacenters: &[String]) -> Self {
-        self.failover = datacenters
-            .iter()
-            .filter(|dc| !dc.is_empty())
-            .cloned()
-            .collect();
+        let mut failover: Vec<String> = Vec::new();
+        for dc in datacenters {
+            if !dc.is_empty() && !failover.contains(dc) {
+                failover.push(dc.clone());
+            }
+        }
+        self.failover = failover.into();
         self
     }
 
@@ -87,16 +92,18 @@ impl Discover for ConsulDiscovery {
     }
 }
 
-/// A handle on the state [`with_failover`] chooses from `local` and `failover`, kept up to date by
-/// a task that ends (stopping the watchers) once the last receiver of it is gone.
+/// A handle on the state [`with_failover`] makes of `local` and `failover`, kept up to date by a
+/// task that is aborted (stopping the watchers) with the last clone of the handle.
 fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> WatchHandle {
-    let (tx, rx) = watch::channel(with_failover(&local, &failover));
     let mut changes = StreamMap::new();
-    changes.insert(0, WatchStream::from_changes(local.subscribe()));
+    // Each stream yields its current state first: nothing published before the task first
+    // runs is missed.
+    changes.insert(0, WatchStream::new(local.subscribe()));
     for (i, watcher) in failover.iter().enumerate() {
-        changes.insert(i + 1, WatchStream::from_changes(watcher.subscribe()));
+        changes.insert(i + 1, WatchStream::new(watcher.subscribe()));
     }
-    tokio::spawn(async move {
+    let (tx, rx) = watch::channel(with_failover(&local, &failover));
+    let task = tokio::spawn(async move {
         loop {
             tokio::select! {
                 () = tx.closed() => return,
@@ -107,10 +114,12 @@ fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> Watch
                 if *current == chosen {
                     return false;
                 }
-                if current.datacenter != chosen.datacenter {
-                    match &chosen.datacenter {
-                        Some(dc) => tracing::warn!(service = %chosen.service, datacenter = %dc, "no passing instance in the local datacenter: calls fail over"),
-                        None => tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back"),
+                let was_local = has_local(current);
+                if was_local != has_local(&chosen) {
+                    if was_local {
+                        tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter: calls fail over");
+                    } else {
+                        tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back");
                     }
                 }
                 *current = chosen;
@@ -118,22 +127,43 @@ fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> Watch
             });
         }
     });
-    WatchHandle::from_receiver(rx)
+    WatchHandle::from_task(rx, task)
 }
 
-/// The local state while it lists an instance (or Consul has not answered yet: calls wait for the
-/// local answer rather than fail over at start-up), else the first failover datacenter's that
-/// lists one, else the local one (empty).
+/// Whether `state` lists an instance of the local datacenter.
+fn has_local(state: &WatchState) -> bool {
+    state.instances.values().any(|i| i.datacenter.is_none())
+}
+
+/// The local state with, added to its instances, those of the first failover datacenter that
+/// lists any (keyed `<id>@<datacenter>`). Until the local watcher answered, its state as it is:
+/// calls wait for the local answer rather than fail over at start-up.
 fn with_failover(local: &WatchHandle, failover: &[WatchHandle]) -> WatchState {
     let here = local.current();
-    if !here.initialized || !here.instances.is_empty() {
+    if !here.initialized {
         return here;
     }
-    failover
+    let Some(there) = failover
         .iter()
         .map(WatchHandle::current)
         .find(|there| there.initialized && !there.instances.is_empty())
-        .unwrap_or(here)
+    else {
+        return here;
+    };
+    let mut instances = (*here.instances).clone();
+    for instance in there.instances.values() {
+        let mut instance = instance.clone();
+        instance.id = format!(
+            "{}@{}",
+            instance.id,
+            instance.datacenter.as_deref().unwrap_or("failover")
+        );
+        instances.insert(instance.id.clone(), instance);
+    }
+    WatchState {
+        instances: Arc::new(instances),
+        ..here
+    }
 }
 
 /// A fixed list of addresses per service, changed with [`StaticDiscovery::set`]. A service it
@@ -168,6 +198,7 @@ impl StaticDiscovery {
                     port: addr.port(),
                     tags: Vec::new(),
                     meta: BTreeMap::new(),
+                    datacenter: None,
                 };
                 (instance.id.clone(), instance)
             })
@@ -213,7 +244,6 @@ fn static_state(
         last_success: Some(Instant::now()),
         last_error: None,
         consecutive_errors: 0,
-        datacenter: None,
     }
 }
 
@@ -227,24 +257,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failover_follows_the_first_datacenter_with_instances_and_comes_back() {
+    async fn the_first_failover_datacenter_with_instances_is_added_to_the_local_one() {
         let dc1 = StaticDiscovery::new().with("svc", [addr(1)]);
         let dc2 = StaticDiscovery::new();
         let dc3 = StaticDiscovery::new().with("svc", [addr(3)]);
+        // A static list's states, as a watcher of datacenter `dc` publishes them.
         let in_dc = |discovery: &StaticDiscovery, dc: &str| {
-            let (tx, rx) = watch::channel(WatchState {
-                datacenter: Some(dc.to_owned()),
-                ..discovery.watch("svc").current()
-            });
+            let mark = {
+                let dc = dc.to_owned();
+                move |state: WatchState| {
+                    let instances = state
+                        .instances
+                        .iter()
+                        .map(|(id, i)| {
+                            let mut instance = i.clone();
+                            instance.datacenter = Some(dc.clone());
+                            (id.clone(), instance)
+                        })
+                        .collect();
+                    WatchState {
+                        instances: Arc::new(instances),
+                        ..state
+                    }
+                }
+            };
+            let (tx, rx) = watch::channel(mark(discovery.watch("svc").current()));
             let mut source = discovery.watch("svc").subscribe();
-            let dc = dc.to_owned();
             tokio::spawn(async move {
                 while source.changed().await.is_ok() {
                     let state = source.borrow_and_update().clone();
-                    let _ = tx.send(WatchState {
-                        datacenter: Some(dc.clone()),
-                        ..state
-                    });
+                    let _ = tx.send(mark(state));
                 }
             });
             WatchHandle::from_receiver(rx)
@@ -253,28 +295,37 @@ mod tests {
             dc1.watch("svc"),
             vec![in_dc(&dc2, "dc2"), in_dc(&dc3, "dc3")],
         );
-        let ports =
-            |state: &WatchState| -> Vec<u16> { state.instances.values().map(|i| i.port).collect() };
-        assert_eq!(ports(&handle.current()), [1]);
-        assert_eq!(handle.current().datacenter, None);
+        let ids = |state: &WatchState| -> Vec<String> { state.instances.keys().cloned().collect() };
+        assert_eq!(ids(&handle.current()), ["127.0.0.1:1", "127.0.0.1:3@dc3"]);
+        let failover = &handle.current().instances["127.0.0.1:3@dc3"];
+        assert_eq!(
+            (failover.datacenter.as_deref(), failover.port),
+            (Some("dc3"), 3)
+        );
 
         let mut updates = handle.subscribe();
         dc1.set("svc", []);
+        let state = updates.wait_for(|s| !has_local(s)).await.unwrap().clone();
+        assert_eq!(ids(&state), ["127.0.0.1:3@dc3"]);
+
+        dc2.set("svc", [addr(2)]);
         let state = updates
-            .wait_for(|s| !ports(s).contains(&1))
+            .wait_for(|s| s.instances.contains_key("127.0.0.1:2@dc2"))
             .await
             .unwrap()
             .clone();
-        assert_eq!(ports(&state), [3], "dc2 has none: dc3");
-        assert_eq!(state.datacenter.as_deref(), Some("dc3"));
-
-        dc2.set("svc", [addr(2)]);
-        let state = updates.wait_for(|s| ports(s) == [2]).await.unwrap().clone();
-        assert_eq!(state.datacenter.as_deref(), Some("dc2"), "in order");
+        assert_eq!(ids(&state), ["127.0.0.1:2@dc2"], "in order");
 
         dc1.set("svc", [addr(4)]);
-        let state = updates.wait_for(|s| ports(s) == [4]).await.unwrap().clone();
-        assert_eq!(state.datacenter, None, "back home");
+        let state = updates.wait_for(has_local).await.unwrap().clone();
+        assert_eq!(ids(&state), ["127.0.0.1:2@dc2", "127.0.0.1:4"], "back home");
+
+        // The follower stops with the last handle, though a receiver is still held.
+        drop(handle);
+        tokio::time::timeout(std::time::Duration::from_secs(5), updates.changed())
+            .await
+            .expect("the follower stopped")
+            .unwrap_err();
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ struct MethodInfo {
     default_timeout: Option<Duration>,
     /// Latency of its successful attempts (all endpoints together).
     latency: Arc<PeakEwma>,
+    /// One request, one answer (no stream either way).
+    unary: bool,
 }
 
 /// Idempotency and default deadline of every method in some descriptor sets; clones share one
@@ -95,16 +97,17 @@ impl MethodTable {
         })
     }
 
-    /// The latency estimate of `path` when a call to it may be sent again (see
-    /// [`MethodTable::is_retryable`]); `None` otherwise. One lookup for the retry layer.
-    pub(crate) fn retry_latency(&self, path: &str) -> Option<Arc<PeakEwma>> {
+    /// The latency estimate of `path` and whether it is unary, when a call to it may be sent
+    /// again (see [`MethodTable::is_retryable`]); `None` otherwise. One lookup for the retry
+    /// layer.
+    pub(crate) fn retry_latency(&self, path: &str) -> Option<(Arc<PeakEwma>, bool)> {
         let methods = self.methods.read().ok()?;
         let info = methods.get(path)?;
         matches!(
             info.level,
             IdempotencyLevel::NoSideEffects | IdempotencyLevel::Idempotent
         )
-        .then(|| Arc::clone(&info.latency))
+        .then(|| (Arc::clone(&info.latency), info.unary))
     }
 
     /// The deadline a call to `path` gets when its caller sets none, if its policy names one.
@@ -117,11 +120,16 @@ impl MethodTable {
 }
 
 /// A method's entry, before anything is observed of it.
-fn method_info(level: IdempotencyLevel, default_timeout: Option<Duration>) -> MethodInfo {
+fn method_info(
+    level: IdempotencyLevel,
+    default_timeout: Option<Duration>,
+    unary: bool,
+) -> MethodInfo {
     MethodInfo {
         level,
         default_timeout,
         latency: Arc::new(PeakEwma::new(Duration::ZERO)),
+        unary,
     }
 }
 
@@ -143,7 +151,8 @@ fn methods_of_pool(pool: &prost_reflect::DescriptorPool) -> HashMap<String, Meth
                 .and_then(|d| Duration::try_from(d).ok())
                 .filter(|d| !d.is_zero());
             let path = format!("/{}/{}", service.full_name(), method.name());
-            methods.insert(path, method_info(level, timeout));
+            let unary = !method.is_client_streaming() && !method.is_server_streaming();
+            methods.insert(path, method_info(level, timeout, unary));
         }
     }
     methods
@@ -167,7 +176,8 @@ fn methods_of_set(set: &FileDescriptorSet) -> HashMap<String, MethodInfo> {
                     .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
                         o.idempotency_level()
                     });
-                methods.insert(path, method_info(level, None));
+                let unary = !method.client_streaming() && !method.server_streaming();
+                methods.insert(path, method_info(level, None, unary));
             }
         }
     }

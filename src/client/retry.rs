@@ -13,6 +13,11 @@
 //! call keeps waiting for it. (With one endpoint a retry would only queue the call again on the
 //! same busy server, and a burst of resets of streams it has not accepted yet makes hyper's
 //! server close the whole connection, `ENHANCE_YOUR_CALM`, failing every call on it.)
+//!
+//! The answer of a unary retryable call is read whole within its attempt (it is one message and
+//! the trailers): a connection lost after the answer's headers but before its message — an
+//! instance killed in the middle of answering — fails the attempt, which is retried, instead of
+//! failing the call after the layer had returned it. Streams are returned as they come.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,8 +39,9 @@ use super::methods::MethodTable;
 use super::options::BoxError;
 pub use super::options::RetryPolicy;
 
-/// Largest request body a retryable call keeps to send again: a message at tonic's default
-/// decoding limit (4 MiB) and its frame header. A server would refuse a larger one anyway.
+/// Largest request body a retryable call keeps to send again, and largest answer of a unary one
+/// read whole: a message at tonic's default decoding limit (4 MiB) and its frame header. A server
+/// (or tonic's decoder) would refuse a larger one anyway.
 const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024 + 5;
 
 /// Layer that retries retryable calls.
@@ -149,7 +155,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = self.layer.clone();
         layer.budget.deposit();
-        let Some(latency) = layer.methods.retry_latency(request.uri().path()) else {
+        let Some((latency, unary)) = layer.methods.retry_latency(request.uri().path()) else {
             return Box::pin(self.inner.call(request));
         };
         // Take the service that was made ready; keep a clone for the retries.
@@ -191,7 +197,8 @@ where
                 // Only an attempt that may be abandoned steers clear of endpoints already tried.
                 attempts.set_prefer_untried(limit.is_some());
                 let started = tokio::time::Instant::now();
-                match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
+                match run_attempt(&mut inner, request, limit, unary, &layer.budget, &attempts).await
+                {
                     Attempt::Done(result) => {
                         let failed = should_retry(&result);
                         if !failed && result.is_ok() {
@@ -238,13 +245,22 @@ async fn run_attempt<S>(
     inner: &mut S,
     request: Req,
     limit: Option<Duration>,
+    unary: bool,
     budget: &TpsBudget,
     attempts: &Attempts,
 ) -> Attempt
 where
     S: Service<Req, Response = Resp, Error = BoxError>,
 {
-    let call = inner.call(request);
+    let answer = inner.call(request);
+    let call = async move {
+        let response = answer.await?;
+        if unary {
+            read_whole(response).await
+        } else {
+            Ok(response)
+        }
+    };
     let Some(limit) = limit else {
         return Attempt::Done(call.await);
     };
@@ -279,6 +295,44 @@ where
     attempts.take_abandoned();
     outcome
 }
+
+/// The answer with its body read whole (at most [`MAX_REPLAYED_BODY`] of data), to be handed on
+/// as it came; a body that fails midway fails the attempt.
+async fn read_whole(response: Resp) -> Result<Resp, BoxError> {
+    let (parts, mut body) = response.into_parts();
+    // A unary answer is one message and the trailers (or the trailers alone).
+    let mut frames = Vec::with_capacity(2);
+    let mut data = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|status| {
+            Box::new(BodyFailed(tonic::Status::unavailable(format!(
+                "the answer broke off: {}",
+                status.message()
+            )))) as BoxError
+        })?;
+        if let Some(chunk) = frame.data_ref() {
+            data += chunk.len();
+            if data > MAX_REPLAYED_BODY {
+                return Err(Box::new(tonic::Status::resource_exhausted(format!(
+                    "the answer is larger than {MAX_REPLAYED_BODY} bytes"
+                ))));
+            }
+        }
+        frames.push(Ok::<_, tonic::Status>(frame));
+    }
+    let replay = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    Ok(http::Response::from_parts(
+        parts,
+        tonic::body::Body::new(replay),
+    ))
+}
+
+/// An answer's body that failed after its headers (the connection was lost): a failure of the
+/// attempt, retried like a connection error (a bare [`tonic::Status`] would not be); the caller
+/// of the last attempt gets its `UNAVAILABLE` (tonic finds it as the error's source).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyFailed(#[source] tonic::Status);
 
 /// The timeout of an attempt when `attempts_left` attempts (this one included) share
 /// `remaining`: `max(floor, multiple × observed latency)` if that fits `remaining /
@@ -362,6 +416,37 @@ mod tests {
             ..policy
         };
         assert_eq!(attempt_timeout(&off, &latency, two_s, 3), None);
+    }
+
+    #[tokio::test]
+    async fn a_unary_answer_is_read_whole_and_one_that_breaks_off_is_a_retryable_unavailable() {
+        use futures::stream;
+        let answer = |frames: Vec<Result<http_body::Frame<Bytes>, tonic::Status>>| {
+            http::Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(
+                stream::iter(frames),
+            )))
+        };
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let whole = read_whole(answer(vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]))
+        .await
+        .unwrap();
+        let collected = whole.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(collected.to_bytes().as_ref(), b"\0\0\0\0\x01x");
+
+        let broken = read_whole(answer(vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0"))),
+            Err(tonic::Status::unknown("connection reset")),
+        ]))
+        .await;
+        assert!(should_retry(&broken), "retried like a connection error");
+        let status = tonic::Status::from_error(broken.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("connection reset"), "{status:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct DiscoveryStatus {
     pub stale_ms: Option<u64>,
     /// The latest query error, while queries fail.
     pub last_error: Option<String>,
-    /// The failover datacenter whose instances are called, while the local one has none.
+    /// The failover datacenter called, while the local one has no endpoint in rotation.
     #[serde(default)]
     pub datacenter: Option<String>,
 }
@@ -58,6 +58,9 @@ pub struct EndpointStatus {
     /// The instance's zone (Consul meta `zone`), if it has one.
     #[serde(default)]
     pub zone: Option<String>,
+    /// The failover datacenter it is in (`None`: the local one).
+    #[serde(default)]
+    pub datacenter: Option<String>,
     /// Consul health as the cache knows it: `passing` (the cache holds passing instances only),
     /// or `passing (stale)` while Consul is unreachable.
     pub consul_health: String,
@@ -96,7 +99,7 @@ impl TargetStatus {
                 consul_index: discovery.index,
                 stale_ms: discovery.staleness().map(millis),
                 last_error: discovery.last_error.clone(),
-                datacenter: discovery.datacenter.clone(),
+                datacenter: balancer.failed_over_to(),
             },
             breaker: breaker_state.to_owned(),
             breaker_open_ms,
@@ -109,6 +112,7 @@ impl TargetStatus {
                     id: e.id,
                     address: e.address,
                     zone: e.zone,
+                    datacenter: e.datacenter,
                     consul_health: if stale { "passing (stale)" } else { "passing" }.to_owned(),
                     ejected_ms: e.ejected_for.map(millis),
                     in_flight: e.pending,
@@ -167,13 +171,14 @@ impl fmt::Display for ClientStatus {
                     if zone.overloaded { " (overloaded now)" } else { "" },
                 )?;
             }
-            let rows: Vec<[String; 10]> = target
+            let rows: Vec<[String; 11]> = target
                 .endpoints
                 .iter()
                 .map(|e| {
                     [
                         e.id.clone(),
                         e.address.clone(),
+                        e.datacenter.clone().unwrap_or_else(|| "local".to_owned()),
                         e.zone.clone().unwrap_or_else(|| "-".to_owned()),
                         e.consul_health.clone(),
                         e.ejected_ms
@@ -189,6 +194,7 @@ impl fmt::Display for ClientStatus {
             let header = [
                 "ENDPOINT",
                 "ADDRESS",
+                "DC",
                 "ZONE",
                 "CONSUL",
                 "ROTATION",

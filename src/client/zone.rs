@@ -1,11 +1,12 @@
 //! Zone-aware balancing, the part the balancer ([`super::Balancer`]) asks before each pick: which
 //! endpoints may this call go to ([`ZonePool`])? A caller stays in its zone while a same-zone
-//! endpoint is left to try (in rotation, not yet tried by this call) and the zone is not
-//! overloaded ([`ZonePolicy`]'s hysteresis on the average calls in flight per same-zone
-//! endpoint). With none left to try, the call goes to the other zones; overloaded, to every zone
-//! (the least loaded endpoint wins). What it decided is counted: calls sent to the same zone and to
-//! others, and spills by reason, shown by `mesh status --client` and the `mesh_client_zone_*`
-//! metrics.
+//! endpoint is left to try (not ejected, not yet tried by this call, and the call tried fewer than
+//! [`super::balance::ATTEMPTS_PER_TIER`] there) and the zone is not overloaded ([`ZonePolicy`]'s
+//! hysteresis on the average calls in flight per same-zone endpoint, as of the last call). With
+//! none left to try, the call goes to the other zones; overloaded, to every zone (the balancing
+//! policy chooses among them). What happened is counted: calls sent to the same zone and to
+//! others, and calls that left the zone by reason, shown by `mesh status --client` and the
+//! `mesh_client_zone_*` metrics.
 //!
 //! An instance's zone is its Consul meta [`ZONE_META`] (the `--zone` flag of the instance).
 //! A caller without a zone balances over every endpoint, as if zones did not exist.
@@ -30,9 +31,9 @@ pub(crate) enum ZonePool {
     Every,
 }
 
-/// Why a call of a caller in a zone left the same-zone endpoints.
+/// Why a call of a caller in a zone may leave the same-zone endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Spill {
+pub(crate) enum Spill {
     /// No same-zone endpoint was left to try: all ejected, or all tried by this call already.
     Unavailable,
     /// The same-zone endpoints carry more calls in flight than the policy allows.
@@ -59,20 +60,26 @@ pub(crate) struct ZoneBalance {
 pub(crate) struct SameZone {
     /// Same-zone endpoints in the balancer, in rotation or not.
     pub(crate) known: usize,
-    /// Same-zone endpoints in rotation that this call has not tried.
+    /// Same-zone endpoints not ejected that this call has not tried.
     pub(crate) untried: usize,
-    /// Same-zone endpoints in rotation.
+    /// Same-zone endpoints this call tried.
+    pub(crate) tried: usize,
+    /// Same-zone endpoints not ejected.
     pub(crate) in_rotation: usize,
-    /// Calls in flight on the same-zone endpoints in rotation.
+    /// Calls in flight on the same-zone endpoints not ejected.
     pub(crate) in_flight: usize,
 }
 
 impl ZoneBalance {
-    /// The zone state of a caller in `zone`.
+    /// The zone state of a caller in `zone` (a `return_below` above `spill_above` is taken as
+    /// `spill_above`).
     pub(crate) fn new(zone: &str, policy: ZonePolicy) -> Self {
         Self {
             zone: zone.to_owned(),
-            policy,
+            policy: ZonePolicy {
+                return_below: policy.return_below.min(policy.spill_above),
+                ..policy
+            },
             overloaded: AtomicBool::new(false),
             same_zone_calls: AtomicU64::new(0),
             other_zone_calls: AtomicU64::new(0),
@@ -86,28 +93,22 @@ impl ZoneBalance {
         instance_zone == Some(self.zone.as_str())
     }
 
-    /// The endpoints this call may go to; counts a spill when it leaves the zone (a zone with no
-    /// endpoint at all is no spill: there was nothing to stay with).
-    pub(crate) fn pool(&self, same_zone: SameZone) -> ZonePool {
+    /// The endpoints this call may go to, and why it may leave the zone (a zone with no
+    /// endpoint at all is no reason: there was nothing to stay with).
+    pub(crate) fn pool(&self, same_zone: SameZone) -> (ZonePool, Option<Spill>) {
         if same_zone.known == 0 {
-            return ZonePool::Every;
+            return (ZonePool::Every, None);
         }
         match self.spill(same_zone) {
-            None => ZonePool::SameZone,
-            Some(Spill::Unavailable) => {
-                self.spilled_unavailable.fetch_add(1, Ordering::Relaxed);
-                ZonePool::OtherZones
-            }
-            Some(Spill::Overloaded) => {
-                self.spilled_overloaded.fetch_add(1, Ordering::Relaxed);
-                ZonePool::Every
-            }
+            None => (ZonePool::SameZone, None),
+            Some(Spill::Unavailable) => (ZonePool::OtherZones, Some(Spill::Unavailable)),
+            Some(Spill::Overloaded) => (ZonePool::Every, Some(Spill::Overloaded)),
         }
     }
 
     /// Why a call would leave the zone now, if it would.
     fn spill(&self, same_zone: SameZone) -> Option<Spill> {
-        if same_zone.untried == 0 {
+        if same_zone.untried == 0 || same_zone.tried >= super::balance::ATTEMPTS_PER_TIER {
             return Some(Spill::Unavailable);
         }
         let load = same_zone.in_flight as f64 / same_zone.in_rotation.max(1) as f64;
@@ -132,14 +133,20 @@ impl ZoneBalance {
         overloaded.then_some(Spill::Overloaded)
     }
 
-    /// Counts a call sent to an endpoint of the caller's zone (`same`) or of another.
-    pub(crate) fn count(&self, same: bool) {
-        let counter = if same {
-            &self.same_zone_calls
-        } else {
-            &self.other_zone_calls
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts a call sent to an endpoint of the caller's zone (`same`) or of another, and, when
+    /// it left the zone, why it could (`spill`, from [`ZoneBalance::pool`]).
+    pub(crate) fn count(&self, same: bool, spill: Option<Spill>) {
+        if same {
+            self.same_zone_calls.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.other_zone_calls.fetch_add(1, Ordering::Relaxed);
+        match spill {
+            Some(Spill::Unavailable) => &self.spilled_unavailable,
+            Some(Spill::Overloaded) => &self.spilled_overloaded,
+            None => return,
+        }
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts so far.
@@ -164,11 +171,11 @@ pub struct ZoneStatus {
     pub same_zone_calls: u64,
     /// Calls (attempts) sent to endpoints in other zones (or with no zone).
     pub other_zone_calls: u64,
-    /// Calls that spilled because no same-zone endpoint was left to try.
+    /// Calls sent to another zone because no same-zone endpoint was left to try.
     pub spilled_unavailable: u64,
-    /// Calls that spilled because the same-zone endpoints were overloaded.
+    /// Calls sent to another zone because the same-zone endpoints were overloaded.
     pub spilled_overloaded: u64,
-    /// Whether the same-zone endpoints are overloaded now.
+    /// Whether the same-zone endpoints were overloaded at the last call.
     pub overloaded: bool,
 }
 
@@ -192,6 +199,7 @@ mod tests {
         SameZone {
             known: 2,
             untried,
+            tried: 0,
             in_rotation,
             in_flight,
         }
@@ -206,8 +214,12 @@ mod tests {
                 return_below: 2.0,
             },
         );
-        let pool =
-            |untried, in_rotation, in_flight| zone.pool(same_zone(untried, in_rotation, in_flight));
+        let pool = |untried, in_rotation, in_flight| {
+            let (pool, spill) = zone.pool(same_zone(untried, in_rotation, in_flight));
+            // Each call goes where its pool allowed: the same zone, or another.
+            zone.count(pool == ZonePool::SameZone, spill);
+            pool
+        };
         assert_eq!(
             pool(2, 2, 8),
             ZonePool::SameZone,
@@ -221,11 +233,22 @@ mod tests {
 
         assert_eq!(pool(0, 2, 0), ZonePool::OtherZones, "every one tried");
         assert_eq!(pool(0, 0, 0), ZonePool::OtherZones, "none in rotation");
+        let tried_two = SameZone {
+            tried: 2,
+            ..same_zone(1, 3, 0)
+        };
+        assert_eq!(
+            zone.pool(tried_two).0,
+            ZonePool::OtherZones,
+            "two attempts in the zone"
+        );
         assert_eq!(
             zone.pool(SameZone::default()),
-            ZonePool::Every,
+            (ZonePool::Every, None),
             "none known"
         );
+        // A call that could leave for load but stayed (the policy chose the zone) is no spill.
+        zone.count(true, Some(Spill::Overloaded));
 
         let status = zone.status();
         assert_eq!(status.spilled_overloaded, 2);
@@ -242,9 +265,9 @@ mod tests {
         assert!(!zone.is_same_zone(Some("b")) && !zone.is_same_zone(None));
         assert_eq!(zone.status().same_zone_share(), 1.0);
         for _ in 0..3 {
-            zone.count(true);
+            zone.count(true, None);
         }
-        zone.count(false);
+        zone.count(false, None);
         assert_eq!(zone.status().same_zone_share(), 0.75);
         assert_eq!(zone.status().zone, "a");
     }

@@ -4,8 +4,9 @@
 //! Per service (label `service`): `mesh_client_discovery_stale` (1 while Consul queries fail and
 //! the last known instances are used), `mesh_client_discovery_age_seconds` (while stale, the time
 //! since Consul last answered; 0 while live), `mesh_client_breaker_state` (0 closed, 1 half-open,
-//! 2 open), `mesh_client_breaker_opened_total` and `mesh_client_failed_over` (1, labelled with
-//! the `datacenter`, while the local datacenter has no instance and another one's are called).
+//! 2 open), `mesh_client_breaker_opened_total` and `mesh_client_failed_over` (1 while no local
+//! endpoint is in rotation and a failover datacenter's are called; `mesh status --client` names
+//! the datacenter).
 //! For a process in a zone, per service: `mesh_client_zone_calls_total` (label `locality`:
 //! `same-zone` or `other-zone`; the same-zone share is the first over both),
 //! `mesh_client_zone_spills_total` (label `reason`: `unavailable`, no same-zone endpoint left to
@@ -136,17 +137,8 @@ impl Collector for MeshClientCollector {
         encode_gauges(
             e,
             "mesh_client_failed_over",
-            "1 while the local datacenter has no instance of the service and the failover datacenter named is called.",
-            targets.iter().map(|t| {
-                let dc = t.discovery.datacenter.as_deref();
-                (
-                    [
-                        ("service", t.service.as_str()),
-                        ("datacenter", dc.unwrap_or("")),
-                    ],
-                    i64::from(dc.is_some()),
-                )
-            }),
+            "1 while no local endpoint of the service is in rotation and a failover datacenter's are called.",
+            per_service(&targets, |t| i64::from(t.discovery.datacenter.is_some())),
         )?;
         encode_counters(
             e,
@@ -227,6 +219,7 @@ mod tests {
             id: format!("priority-{address}"),
             address: address.to_owned(),
             zone: Some("a".into()),
+            datacenter: None,
             consul_health: "passing".into(),
             ejected_ms: ejected.then_some(900),
             in_flight: 2,
@@ -303,8 +296,8 @@ mod tests {
             "mesh_client_endpoint_ejected{service=\"priority\",endpoint=\"127.0.0.1:4001\"} 1\n",
             "mesh_client_endpoint_ejected{service=\"priority\",endpoint=\"127.0.0.1:4000\"} 0\n",
             "mesh_client_endpoint_connections{service=\"priority\",endpoint=\"127.0.0.1:4000\"} 1\n",
-            "mesh_client_failed_over{service=\"priority\",datacenter=\"dc2\"} 1\n",
-            "mesh_client_failed_over{service=\"tasks\",datacenter=\"\"} 0\n",
+            "mesh_client_failed_over{service=\"priority\"} 1\n",
+            "mesh_client_failed_over{service=\"tasks\"} 0\n",
             "mesh_client_zone_calls_total{service=\"priority\",locality=\"same-zone\"} 95\n",
             "mesh_client_zone_calls_total{service=\"priority\",locality=\"other-zone\"} 5\n",
             "mesh_client_zone_spills_total{service=\"priority\",reason=\"unavailable\"} 4\n",
