@@ -50,9 +50,12 @@ async fn calls_spread_over_three_instances() {
     let balancer = mesh.balancers().into_iter().next().unwrap();
     let per_endpoint: Vec<u64> = balancer.snapshot().iter().map(|e| e.requests).collect();
     assert_eq!(per_endpoint.len(), 3);
-    assert_eq!(per_endpoint.iter().sum::<u64>(), total as u64);
+    // Every call reached an endpoint; a few more attempts may have been sent when one was slow
+    // past its attempt timeout on this busy machine (a retry, by design).
+    let sent = per_endpoint.iter().sum::<u64>();
+    assert!(sent >= total as u64, "{per_endpoint:?}");
     for requests in per_endpoint.iter().copied() {
-        let share = requests as f64 / total as f64;
+        let share = requests as f64 / sent as f64;
         assert!((0.20..=0.47).contains(&share), "shares {per_endpoint:?}");
     }
 }
@@ -88,27 +91,33 @@ async fn killing_one_of_three_instances_under_load_fails_no_call() {
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim = &mut instances[0];
+    // Its instance ID, from its log ("registered in Consul").
+    let dead_id = support::log_lines(victim)
+        .iter()
+        .find_map(|line| line["service_id"].as_str().map(str::to_owned))
+        .expect("the victim registered");
     victim.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     victim.wait().await.unwrap();
     // Let the client notice (ejection) and keep the load on for a while.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let balancer = mesh.balancers().into_iter().next().unwrap();
-    let dead_requests = |snapshot: &[protomesh::client::EndpointSnapshot]| {
-        snapshot
-            .iter()
-            .filter(|e| e.failures > 0)
+    // Once Consul drops the dead endpoint it is gone from the balancer: it receives nothing.
+    let requests_of_dead = || {
+        balancer
+            .snapshot()
+            .into_iter()
+            .find(|e| e.id == dead_id)
             .map(|e| e.requests)
-            .sum::<u64>()
     };
-    let after_first_failures = dead_requests(&balancer.snapshot());
+    let after_first_failures = requests_of_dead();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let later = dead_requests(&balancer.snapshot());
+    let later = requests_of_dead();
     let (calls, failures) = load.finish().await;
 
     assert!(calls > 1_000, "load was applied");
     assert_eq!(failures, 0, "retries cover the killed instance");
-    assert_eq!(
-        after_first_failures, later,
-        "the dead instance receives nothing more"
+    assert!(
+        later.is_none() || later == after_first_failures,
+        "the dead instance receives nothing more: {after_first_failures:?} then {later:?}"
     );
 }

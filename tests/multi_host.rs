@@ -16,7 +16,7 @@ use protomesh::client::Mesh;
 use protomesh::consul::QueryOptions;
 use protomesh_hosts::{HostsError, Lab, LabOptions};
 use protomesh_mesh::ServiceProcess;
-use support::{binary, eventually, tempdir, tool, unique, Load};
+use support::{binary, eventually, tempdir, tool, unique};
 
 /// Callers of each kind (HTTP through the gateway, gRPC through the mesh client).
 const WORKERS: usize = 8;
@@ -116,30 +116,30 @@ async fn start() -> Option<Cluster> {
     })
 }
 
-/// Both kinds of callers at once.
+/// Both kinds of callers at once, and the mesh client of the gRPC ones.
 struct Callers {
-    http: Load,
-    grpc: Load,
+    calls: support::http::Callers,
     mesh: Mesh,
 }
 
 impl Callers {
     async fn start(cluster: &Cluster) -> Self {
         let mesh = Mesh::from_consul(cluster.lab.consul(0).unwrap(), support::DESCRIPTORS).unwrap();
-        let grpc = Load::start(&mesh.channel("priority"), WORKERS);
-        let http = support::http::score_load(&cluster.gateway, WORKERS);
+        let calls =
+            support::http::Callers::start(&mesh.channel("priority"), &cluster.gateway, WORKERS);
         // Warm: every caller has answers before anything fails.
         eventually(Duration::from_secs(20), "calls flowing", || async {
-            (http.calls.load(Ordering::Relaxed) > 200 && grpc.calls.load(Ordering::Relaxed) > 200)
+            (calls.http.calls.load(Ordering::Relaxed) > 200
+                && calls.grpc.calls.load(Ordering::Relaxed) > 200)
                 .then_some(())
         })
         .await;
-        Self { http, grpc, mesh }
+        Self { calls, mesh }
     }
 
     /// Calls made so far, both kinds.
     fn calls(&self) -> usize {
-        self.http.calls.load(Ordering::Relaxed) + self.grpc.calls.load(Ordering::Relaxed)
+        self.calls.calls()
     }
 
     /// Calls the mesh client sent to the instance at `address` (`host:port`) so far.
@@ -156,20 +156,7 @@ impl Callers {
 
     /// Stops both; asserts no call failed and prints the figures under `label`.
     async fn finish(self, label: &str) {
-        let (http_calls, http_failures) = self.http.finish().await;
-        let (grpc_calls, grpc_failures) = self.grpc.finish().await;
-        eprintln!(
-            "{label}: through the gateway {http_calls} calls, {http_failures} failed; \
-             through the mesh client {grpc_calls} calls, {grpc_failures} failed"
-        );
-        assert_eq!(
-            http_failures, 0,
-            "{label}: failed calls through the gateway"
-        );
-        assert_eq!(
-            grpc_failures, 0,
-            "{label}: failed calls through the mesh client"
-        );
+        self.calls.finish(label).await;
     }
 }
 

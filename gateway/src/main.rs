@@ -109,7 +109,7 @@ struct Cli {
     /// The gateway's zone (its calls prefer instances in it) and the datacenters its calls fail
     /// over to.
     #[command(flatten)]
-    locality: protomesh::config::Locality,
+    locality: protomesh::client::Locality,
 }
 
 fn main() -> ExitCode {

@@ -27,18 +27,13 @@ use super::attempt::Attempts;
 use super::deadline::{Deadline, DEADLINE_FAILURE_FLOOR};
 use super::latency::PeakEwma;
 pub use super::options::{BalancePolicy, ConnectionPolicy, OutlierPolicy};
-use super::options::{BoxError, ChannelOptions};
+use super::options::{BoxError, ChannelOptions, ATTEMPTS_PER_TIER};
 use super::zone::{SameZone, ZoneBalance, ZonePool, ZoneStatus, ZONE_META};
 
 /// Between TCP keep-alive probes of an idle connection.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// Unanswered TCP keep-alive probes before the kernel drops the connection.
 const TCP_KEEPALIVE_RETRIES: u32 = 3;
-
-/// Attempts of one call in one tier (the caller's zone, the local datacenter) before its next
-/// attempt goes to the next (other zones, the failover datacenter): with the default three
-/// attempts, a call whose zone (or datacenter) just died still reaches another.
-pub(crate) const ATTEMPTS_PER_TIER: usize = 2;
 
 /// Latency assumed for an endpoint before it answered anything.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
@@ -920,12 +915,7 @@ mod tests {
         updates.changed().await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let ports: Vec<u16> = balancer
-                .shared
-                .current()
-                .iter()
-                .map(|e| e.instance.port)
-                .collect();
+            let ports = endpoint_ports(&balancer);
             if ports == [2, 3] {
                 break;
             }
@@ -1062,15 +1052,31 @@ mod tests {
         tx.send(located_state(&[(3, "a", Some("dc2"))])).unwrap();
         updates.changed().await.unwrap();
         balancer.shared.apply();
-        let ports: Vec<u16> = balancer
+        assert_eq!(
+            endpoint_ports(&balancer),
+            [1, 3],
+            "the local endpoint is kept"
+        );
+        assert_eq!(picked_port(&balancer, None), 1);
+        assert!(balancer.shared.keeping_empty.load(Ordering::Relaxed));
+    }
+
+    /// The ports of the balancer's endpoints, in its order.
+    fn endpoint_ports(balancer: &Balancer) -> Vec<u16> {
+        balancer
             .shared
             .current()
             .iter()
             .map(|e| e.instance.port)
-            .collect();
-        assert_eq!(ports, [1, 3], "the local endpoint is kept");
-        assert_eq!(picked_port(&balancer, None), 1);
-        assert!(balancer.shared.keeping_empty.load(Ordering::Relaxed));
+            .collect()
+    }
+
+    /// Asserts that `times` picks without attempts all go to one of `ports`.
+    fn picks_only(balancer: &Balancer, ports: &[u16], times: usize) {
+        for _ in 0..times {
+            let port = picked_port(balancer, None);
+            assert!(ports.contains(&port), "{port} is not one of {ports:?}");
+        }
     }
 
     fn endpoint_at(balancer: &Balancer, port: u16) -> Arc<Endpoint> {
@@ -1081,9 +1087,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_in_a_zone_stays_in_it_until_its_endpoints_fail_are_tried_or_overload() {
         let balancer = zoned_balancer(&[(1, "a"), (2, "a"), (3, "b"), (4, "c")]);
-        for _ in 0..50 {
-            assert!([1, 2].contains(&picked_port(&balancer, None)));
-        }
+        picks_only(&balancer, &[1, 2], 50);
         let status = balancer.zone_status().unwrap();
         assert_eq!((status.same_zone_calls, status.other_zone_calls), (50, 0));
         assert!(balancer
@@ -1130,9 +1134,7 @@ mod tests {
         // Both same-zone endpoints ejected: the other zones take the calls.
         eject(&balancer, 1);
         eject(&balancer, 2);
-        for _ in 0..20 {
-            assert!([3, 4].contains(&picked_port(&balancer, None)));
-        }
+        picks_only(&balancer, &[3, 4], 20);
         let status = balancer.zone_status().unwrap();
         assert_eq!(
             status.spilled_unavailable, 21,
@@ -1178,9 +1180,7 @@ mod tests {
             (4, "b", Some("dc2")),
             (2, "b", None),
         ]);
-        for _ in 0..40 {
-            assert!([1, 2].contains(&picked_port(&balancer, None)));
-        }
+        picks_only(&balancer, &[1, 2], 40);
         let status = balancer.zone_status().unwrap();
         assert_eq!(
             status.same_zone_calls, 40,
@@ -1201,9 +1201,7 @@ mod tests {
             assert_eq!(picked_port(&balancer, None), 2);
         }
         eject(&balancer, 2);
-        for _ in 0..20 {
-            assert!([3, 4].contains(&picked_port(&balancer, None)));
-        }
+        picks_only(&balancer, &[3, 4], 20);
         assert_eq!(balancer.failed_over_to().as_deref(), Some("dc2"));
         let dcs: Vec<Option<String>> = balancer
             .snapshot()

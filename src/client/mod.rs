@@ -26,7 +26,7 @@
 //!    Its connections find a silent peer by TCP keep-alive while idle and, when
 //!    [`ChannelOptions::http2_keep_alive`] is set, by HTTP/2 pings.
 //!
-//! Where a caller runs ([`crate::config::Locality`]) shapes two of them: its zone makes the
+//! Where a caller runs ([`Locality`]) shapes two of them: its zone makes the
 //! balancer prefer same-zone endpoints, and its failover datacenters make discovery
 //! ([`ConsulDiscovery::with_failover`]) hand the balancer another datacenter's instances while
 //! the local one has none.
@@ -39,6 +39,7 @@ pub mod discovery;
 pub mod grpc_timeout;
 pub(crate) mod latency;
 pub mod limit;
+mod locality;
 pub mod methods;
 mod options;
 pub mod retry;
@@ -59,6 +60,7 @@ pub use breaker::{
 };
 pub use deadline::{incoming_deadline, IncomingDeadlineLayer};
 pub use discovery::{ConsulDiscovery, Discover, StaticDiscovery};
+pub use locality::Locality;
 pub use methods::MethodTable;
 pub use options::ZonePolicy;
 pub use options::{BoxError, ChannelOptions};
@@ -127,7 +129,7 @@ impl Mesh {
     pub fn located(
         consul: ConsulClient,
         descriptor_sets: &[&[u8]],
-        locality: &crate::config::Locality,
+        locality: &Locality,
     ) -> Result<Self, methods::DescriptorError> {
         Ok(Self::in_zone(
             ConsulDiscovery::new(consul).with_failover(&locality.failover_datacenters),

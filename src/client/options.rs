@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+/// Attempts of one call in one tier (the caller's zone, the local datacenter) before its next
+/// attempt goes to the next (other zones, the failover datacenter): with the default three
+/// attempts, a call whose zone (or datacenter) just died still reaches another.
+pub(crate) const ATTEMPTS_PER_TIER: usize = 2;
+
 /// Errors that travel through the channel's layers (tonic turns a boxed `Status` back into it).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -73,11 +78,12 @@ pub enum BalancePolicy {
 }
 
 /// When a caller in a zone sends calls to other zones: a caller prefers the endpoints of its own
-/// zone (Consul meta `zone`) and spills to every zone when none of them is left to try (all
-/// ejected, or all tried by this call) or when they are overloaded. Overload has a hysteresis:
-/// spilling starts when the same-zone endpoints carry more than
-/// [`ZonePolicy::spill_above`] calls in flight each on average, and stops once they carry fewer
-/// than [`ZonePolicy::return_below`].
+/// zone (Consul meta `zone`); it sends a call to the other zones when none of them is left to try
+/// (all ejected, or this call tried them, or two of them), and to every zone (the balancing
+/// policy picks) while they are overloaded. Overload has a hysteresis: it starts when the
+/// same-zone endpoints carry more than [`ZonePolicy::spill_above`] calls in flight each on
+/// average, and ends once they carry fewer than [`ZonePolicy::return_below`] (taken as
+/// `spill_above` if above it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ZonePolicy {
     /// Average calls in flight per same-zone endpoint above which calls spill to other zones.

@@ -184,6 +184,8 @@ where
             let mut request = http::Request::from_parts(parts, replay.body());
             let max_attempts = layer.policy.max_attempts.max(1);
             let mut attempt = 1;
+            // The previous attempt failed (rather than being abandoned as slow).
+            let mut failed_before = false;
             loop {
                 request.extensions_mut().insert(attempts.clone());
                 let limit = deadline.and_then(|d| {
@@ -194,8 +196,11 @@ where
                         max_attempts - attempt + 1,
                     )
                 });
-                // Only an attempt that may be abandoned steers clear of endpoints already tried.
-                attempts.set_prefer_untried(limit.is_some());
+                // An attempt that may be abandoned steers clear of endpoints already tried, and so
+                // does one after a failure (an endpoint that just refused the call is no better
+                // for the next attempt, and with no latency sample it looks the least loaded);
+                // the last attempt after abandoned ones goes where the balancer sees least load.
+                attempts.set_prefer_untried(limit.is_some() || failed_before);
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, unary, &layer.budget, &attempts).await
                 {
@@ -207,6 +212,7 @@ where
                         if attempt >= max_attempts || !failed {
                             return result;
                         }
+                        failed_before = true;
                         let backoff = backoff(&layer.policy, attempt);
                         if deadline.is_some_and(|d| d.remaining() <= backoff)
                             || !layer.budget.withdraw()
@@ -217,6 +223,7 @@ where
                     }
                     // The budget was drawn on already, and the wait was the attempt timeout.
                     Attempt::Abandoned => {
+                        failed_before = false;
                         tracing::debug!(path = %replay.uri.path(), attempt, ?limit, "attempt timed out; trying another endpoint");
                     }
                 }

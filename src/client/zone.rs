@@ -1,7 +1,7 @@
 //! Zone-aware balancing, the part the balancer ([`super::Balancer`]) asks before each pick: which
 //! endpoints may this call go to ([`ZonePool`])? A caller stays in its zone while a same-zone
 //! endpoint is left to try (not ejected, not yet tried by this call, and the call tried fewer than
-//! [`super::balance::ATTEMPTS_PER_TIER`] there) and the zone is not overloaded ([`ZonePolicy`]'s
+//! [`super::options::ATTEMPTS_PER_TIER`] there) and the zone is not overloaded ([`ZonePolicy`]'s
 //! hysteresis on the average calls in flight per same-zone endpoint, as of the last call). With
 //! none left to try, the call goes to the other zones; overloaded, to every zone (the balancing
 //! policy chooses among them). What happened is counted: calls sent to the same zone and to
@@ -108,7 +108,7 @@ impl ZoneBalance {
 
     /// Why a call would leave the zone now, if it would.
     fn spill(&self, same_zone: SameZone) -> Option<Spill> {
-        if same_zone.untried == 0 || same_zone.tried >= super::balance::ATTEMPTS_PER_TIER {
+        if same_zone.untried == 0 || same_zone.tried >= super::options::ATTEMPTS_PER_TIER {
             return Some(Spill::Unavailable);
         }
         let load = same_zone.in_flight as f64 / same_zone.in_rotation.max(1) as f64;

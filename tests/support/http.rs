@@ -129,3 +129,44 @@ pub fn score_load(gateway: &str, workers: usize) -> Load {
         }
     })
 }
+
+/// Both kinds of callers at once: HTTP scoring through a gateway's JSON route, gRPC scoring
+/// through a mesh channel.
+pub struct Callers {
+    pub http: Load,
+    pub grpc: Load,
+}
+
+impl Callers {
+    /// `workers` of each kind.
+    pub fn start(channel: &protomesh::client::MeshChannel, gateway: &str, workers: usize) -> Self {
+        Self {
+            grpc: Load::start(channel, workers),
+            http: score_load(gateway, workers),
+        }
+    }
+
+    /// Calls made so far, both kinds.
+    pub fn calls(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        self.http.calls.load(Ordering::Relaxed) + self.grpc.calls.load(Ordering::Relaxed)
+    }
+
+    /// Stops both; prints the figures under `label` and asserts that no call failed.
+    pub async fn finish(self, label: &str) {
+        let (http_calls, http_failures) = self.http.finish().await;
+        let (grpc_calls, grpc_failures) = self.grpc.finish().await;
+        eprintln!(
+            "{label}: through the gateway {http_calls} calls, {http_failures} failed; \
+             through the mesh client {grpc_calls} calls, {grpc_failures} failed"
+        );
+        assert_eq!(
+            http_failures, 0,
+            "{label}: failed calls through the gateway"
+        );
+        assert_eq!(
+            grpc_failures, 0,
+            "{label}: failed calls through the mesh client"
+        );
+    }
+}
