@@ -1,8 +1,10 @@
 //! What the retry layer and the balancer share about the attempts of one call (a request
 //! extension, set by [`super::retry::RetryLayer`] on calls it may retry): which endpoints the
-//! call already tried, so that an attempt with a timeout goes to another one (the last attempt,
-//! which has all the time left, goes where the balancer thinks best: the endpoints tried may only
-//! have been slow, and an untried one may be the hung one), and whether the attempt in flight was
+//! call already tried, so that an attempt with a timeout, or any attempt after one failed, goes
+//! to another one (the last attempt after slow ones, which has all the time left, goes where the
+//! balancer thinks best: the endpoints tried may only have been slow, and an untried one may be
+//! the hung one; a caller's zone and the local datacenter are left after two attempts there
+//! whatever the attempt), and whether the attempt in flight was
 //! abandoned at its attempt timeout, so that the balancer counts it as that endpoint's failure.
 //! The balancer also notes whether the attempt in flight had another endpoint to go to: one that
 //! had none is never abandoned (sent again to the same busy endpoint it would only add load, and
@@ -28,6 +30,8 @@ struct Log {
     prefer_untried: AtomicBool,
     /// The attempt in flight was picked among more than one endpoint.
     had_choice: AtomicBool,
+    /// The answer is read whole within the attempt (a unary method).
+    reads_whole: AtomicBool,
 }
 
 impl Attempts {
@@ -54,6 +58,16 @@ impl Attempts {
         self.0.tried[..n]
             .iter()
             .any(|t| t.load(Ordering::Relaxed) == id)
+    }
+
+    /// Sets whether the attempts read their answer whole (see [`super::whole`]).
+    pub(crate) fn set_reads_whole(&self, reads_whole: bool) {
+        self.0.reads_whole.store(reads_whole, Ordering::Relaxed);
+    }
+
+    /// Whether the attempts read their answer whole.
+    pub(crate) fn reads_whole(&self) -> bool {
+        self.0.reads_whole.load(Ordering::Relaxed)
     }
 
     /// Notes whether the attempt in flight was picked among more than one endpoint.

@@ -375,6 +375,11 @@ impl Shared {
         if let Some(ejection) = endpoint.stats.record(ok, &self.outliers) {
             tracing::warn!(service = %self.service, instance = %endpoint.instance.id, ?ejection, last_failure = why, "endpoint ejected after consecutive failures");
             endpoint.reset_connections();
+            // A local endpoint kept only for the grace goes once ejected: it is not given a
+            // second chance when its ejection ends.
+            if self.keeping_empty.load(Ordering::Relaxed) {
+                self.apply();
+            }
         }
     }
 
@@ -388,10 +393,11 @@ impl Shared {
     /// Keeps endpoints (and their connections and stats) whose instance is unchanged, adds new
     /// ones, drops the ones that left.
     ///
-    /// An answer with no instance at all while endpoints are known is not trusted at once: a
+    /// An answer with no local instance while local endpoints are known is not trusted at once: a
     /// Consul agent that just restarted answers empty until the services register again (within
-    /// seconds). The known endpoints stay for [`ChannelOptions::empty_set_grace`]; if they are
-    /// really gone, calls to them fail over and eject them just as "no instance" would have.
+    /// seconds). The known local endpoints stay for [`ChannelOptions::empty_set_grace`] (beside a
+    /// failover datacenter's, if any) unless ejected; if they are really gone, calls to them fail
+    /// over and eject them, which drops them, just as "no instance" would have.
     fn apply(&self) {
         // One apply at a time (the update task, a first call's catch-up and the grace check may
         // race), each on the watch's newest state read under the lock: an older snapshot never
@@ -434,7 +440,12 @@ impl Shared {
             }
         }
         if keep_local {
-            next.extend(old.iter().filter(|e| !e.failover).cloned());
+            let now = Instant::now();
+            next.extend(
+                old.iter()
+                    .filter(|e| !e.failover && !e.stats.is_ejected(now))
+                    .cloned(),
+            );
         }
         // Local endpoints first, a failover datacenter's last (`pick` relies on it).
         next.sort_by_key(|e| e.failover);
@@ -499,18 +510,21 @@ impl Shared {
         let now = Instant::now();
         let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.has_tried(e.identity()));
         // The failover datacenter's endpoints (last in the list) only when no local one is left
-        // to try: every one ejected or tried, or this call tried enough of them already.
+        // to try: every one ejected or tried, or this call tried enough of them already (with
+        // zones, the other zones come first: those attempts count only for a caller whose zone
+        // has no local endpoint).
         let tiered = all.last().is_some_and(|e| e.failover);
         let failover = tiered && {
-            let (mut left, mut tried_here) = (0, 0);
+            let (mut left, mut tried_here, mut zoned) = (0, 0, false);
             for e in all.iter().take_while(|e| !e.failover) {
+                zoned |= e.same_zone;
                 if tried(e) {
                     tried_here += 1;
                 } else if !e.stats.is_ejected(now) {
                     left += 1;
                 }
             }
-            left == 0 || tried_here >= ATTEMPTS_PER_TIER
+            left == 0 || (!zoned && tried_here >= ATTEMPTS_PER_TIER)
         };
         let in_tier = |e: &Arc<Endpoint>| e.failover == failover;
         let (tier, in_rotation) =
@@ -522,9 +536,11 @@ impl Shared {
                         in_rotation + usize::from(!e.stats.is_ejected(now)),
                     )
                 });
+        // Under the panic threshold every endpoint of the tier is a candidate; never in the local
+        // tier when a failover datacenter can take the calls.
         let enough = in_rotation > 0
-            && in_rotation as f64 >= (tier as f64 * self.outliers.min_healthy_share).ceil();
-        // Under the panic threshold every endpoint of the tier is a candidate.
+            && ((tiered && !failover)
+                || in_rotation as f64 >= (tier as f64 * self.outliers.min_healthy_share).ceil());
         let skip_ejected = enough && in_rotation < tier;
         let candidate =
             |e: &Arc<Endpoint>| in_tier(e) && (!skip_ejected || !e.stats.is_ejected(now));
@@ -566,12 +582,10 @@ impl Shared {
         };
         let tried = |e: &Arc<Endpoint>| attempts.is_some_and(|a| a.avoids(e.identity()));
         if let Some(attempts) = attempts {
-            // A same-zone pick has the other zones' candidates to go to as well, a local one the
-            // failover datacenter's.
-            let elsewhere = || {
-                (pool == ZonePool::SameZone && count_in(ZonePool::OtherZones) > 0)
-                    || (tiered && !failover)
-            };
+            // A same-zone pick has the other zones' candidates to go to as well. The failover
+            // datacenter does not count: a slow but living sole local endpoint is waited for,
+            // not abandoned for another datacenter.
+            let elsewhere = || pool == ZonePool::SameZone && count_in(ZonePool::OtherZones) > 0;
             attempts.set_had_choice(count > 1 || elsewhere());
         }
         let chosen = match (self.policy, count) {
@@ -748,6 +762,7 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 shared.apply();
             }
             let attempts = request.extensions().get::<Attempts>().cloned();
+            let reads_whole = attempts.as_ref().is_some_and(Attempts::reads_whole);
             // An empty pick may only mean the update task is behind the watch: catch up once.
             let picked = shared.pick(attempts.as_ref()).or_else(|| {
                 shared.apply();
@@ -777,9 +792,14 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
             let started = pending.started;
             let result = async {
                 std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
-                channel.call(request).await
+                channel.call(request).await.map_err(BoxError::from)
             }
             .await;
+            // A unary answer is read whole while the call still counts on its endpoint.
+            let result = match result {
+                Ok(response) if reads_whole => super::whole::read_whole(response).await,
+                other => other,
+            };
             pending.finished = true;
             let ok = match &result {
                 Ok(response) => {
@@ -793,12 +813,12 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                         endpoint.stats.observe_rtt(started.elapsed());
                         shared.record(&endpoint, false, "no answer before the call's deadline");
                     }
-                    return result.map_err(|err| Box::new(err) as BoxError);
+                    return result;
                 }
                 Err(_) => false,
             };
             shared.record(&endpoint, ok, "connection error or UNAVAILABLE");
-            result.map_err(|err| Box::new(err) as BoxError)
+            result
         })
     }
 }
@@ -1059,6 +1079,9 @@ mod tests {
         );
         assert_eq!(picked_port(&balancer, None), 1);
         assert!(balancer.shared.keeping_empty.load(Ordering::Relaxed));
+        // Once ejected (it was really gone), it is dropped, not called again after its ejection.
+        eject(&balancer, 1);
+        assert_eq!(endpoint_ports(&balancer), [3]);
     }
 
     /// The ports of the balancer's endpoints, in its order.
@@ -1213,6 +1236,36 @@ mod tests {
             [None, None, Some("dc2".into()), Some("dc2".into())],
             "local first"
         );
+
+        // With zones: a call that tried its zone twice goes to another local zone before dc2.
+        let balancer = located_balancer(&[
+            (1, "a", None),
+            (2, "a", None),
+            (5, "b", None),
+            (3, "a", Some("dc2")),
+        ]);
+        let attempts = Attempts::default();
+        attempts.tried(endpoint_at(&balancer, 1).identity());
+        attempts.tried(endpoint_at(&balancer, 2).identity());
+        assert_eq!(picked_port(&balancer, Some(&attempts)), 5);
+        attempts.tried(endpoint_at(&balancer, 5).identity());
+        assert_eq!(picked_port(&balancer, Some(&attempts)), 3, "then dc2");
+
+        // Two of three local endpoints ejected: under the panic threshold, but with dc2 there
+        // the local tier sends nothing to the ejected ones.
+        let balancer = located_balancer(&[
+            (1, "b", None),
+            (2, "b", None),
+            (5, "b", None),
+            (3, "b", Some("dc2")),
+        ]);
+        eject(&balancer, 1);
+        eject(&balancer, 2);
+        picks_only(&balancer, &[5], 20);
+        // A sole local endpoint left has no other to be abandoned for: dc2 does not count.
+        let attempts = Attempts::default();
+        assert_eq!(picked_port(&balancer, Some(&attempts)), 5);
+        assert!(!attempts.has_other_endpoint());
     }
 
     fn balancer_without_zone(discovery: &StaticDiscovery) -> Balancer {

@@ -116,10 +116,12 @@ fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> Watch
                 }
                 let was_local = has_local(current);
                 if was_local != has_local(&chosen) {
-                    if was_local {
+                    if !was_local {
+                        tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back");
+                    } else if !chosen.instances.is_empty() {
                         tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter: calls fail over");
                     } else {
-                        tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back");
+                        tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter, nor in a failover one");
                     }
                 }
                 *current = chosen;
@@ -143,10 +145,21 @@ fn with_failover(local: &WatchHandle, failover: &[WatchHandle]) -> WatchState {
     if !here.initialized {
         return here;
     }
+    // A failover datacenter that answers the local instances is the local one, listed by
+    // mistake: skipped (its instances would be the local ones twice).
+    let is_here =
+        |there: &WatchState| {
+            there.instances.len() == here.instances.len()
+                && there.instances.iter().zip(here.instances.iter()).all(
+                    |((id, i), (here_id, h))| {
+                        id == here_id && i.address == h.address && i.port == h.port
+                    },
+                )
+        };
     let Some(there) = failover
         .iter()
         .map(WatchHandle::current)
-        .find(|there| there.initialized && !there.instances.is_empty())
+        .find(|there| there.initialized && !there.instances.is_empty() && !is_here(there))
     else {
         return here;
     };
@@ -291,9 +304,11 @@ mod tests {
             });
             WatchHandle::from_receiver(rx)
         };
+        // dc1 listed among its own failover datacenters (a configuration shared by every
+        // datacenter) is skipped while it has instances.
         let handle = follow_with_failover(
             dc1.watch("svc"),
-            vec![in_dc(&dc2, "dc2"), in_dc(&dc3, "dc3")],
+            vec![in_dc(&dc1, "dc1"), in_dc(&dc2, "dc2"), in_dc(&dc3, "dc3")],
         );
         let ids = |state: &WatchState| -> Vec<String> { state.instances.keys().cloned().collect() };
         assert_eq!(ids(&handle.current()), ["127.0.0.1:1", "127.0.0.1:3@dc3"]);

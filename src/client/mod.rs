@@ -44,6 +44,7 @@ pub mod methods;
 mod options;
 pub mod retry;
 pub mod status;
+mod whole;
 pub mod zone;
 
 use std::collections::HashMap;

@@ -9,6 +9,11 @@ use std::time::Duration;
 /// attempts, a call whose zone (or datacenter) just died still reaches another.
 pub(crate) const ATTEMPTS_PER_TIER: usize = 2;
 
+/// Largest request body a retryable call keeps to send again, and largest part of a unary
+/// answer read whole: a message at tonic's default decoding limit (4 MiB) and its frame header.
+/// A server would refuse a larger request anyway.
+pub(crate) const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024 + 5;
+
 /// Errors that travel through the channel's layers (tonic turns a boxed `Status` back into it).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

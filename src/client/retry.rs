@@ -5,8 +5,9 @@
 //! Such a call's attempts also have a timeout of their own, so that one stalled on an endpoint
 //! that accepts and never answers (a hung process, a host gone silent without a reset) is sent
 //! to another endpoint within the call's deadline: `max(floor, k × the method's observed
-//! latency)` (a peak EWMA of its successful attempts, [`PeakEwma`]), used only when it fits the
-//! remaining budget shared by the attempts left (`remaining / attempts left`), so a retry always
+//! latency)` (a peak EWMA of its successful attempts, [`PeakEwma`]), at most the remaining budget
+//! shared by the attempts left (`remaining / attempts left`; none when the floor does not fit
+//! it), so a retry always
 //! fits; the last attempt has all that is left. When the attempt timeout fires, the attempt had
 //! another endpoint to go to, and the budget allows a retry, the attempt is abandoned (its stream
 //! reset) and counted as a failure of its endpoint, which feeds outlier ejection; otherwise the
@@ -14,8 +15,8 @@
 //! same busy server, and a burst of resets of streams it has not accepted yet makes hyper's
 //! server close the whole connection, `ENHANCE_YOUR_CALM`, failing every call on it.)
 //!
-//! The answer of a unary retryable call is read whole within its attempt (it is one message and
-//! the trailers): a connection lost after the answer's headers but before its message — an
+//! The answer of a unary retryable call is read whole by the balancer within its attempt (see
+//! [`super::whole`]): a connection lost after the answer's headers but before its message — an
 //! instance killed in the middle of answering — fails the attempt, which is retried, instead of
 //! failing the call after the layer had returned it. Streams are returned as they come.
 
@@ -36,13 +37,8 @@ use super::balance::is_unavailable;
 use super::deadline::{set_remaining, Deadline};
 use super::latency::PeakEwma;
 use super::methods::MethodTable;
-use super::options::BoxError;
 pub use super::options::RetryPolicy;
-
-/// Largest request body a retryable call keeps to send again, and largest answer of a unary one
-/// read whole: a message at tonic's default decoding limit (4 MiB) and its frame header. A server
-/// (or tonic's decoder) would refuse a larger one anyway.
-const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024 + 5;
+use super::options::{BoxError, MAX_REPLAYED_BODY};
 
 /// Layer that retries retryable calls.
 #[derive(Clone)]
@@ -184,7 +180,7 @@ where
             let mut request = http::Request::from_parts(parts, replay.body());
             let max_attempts = layer.policy.max_attempts.max(1);
             let mut attempt = 1;
-            // The previous attempt failed (rather than being abandoned as slow).
+            // An attempt failed (rather than being abandoned as slow).
             let mut failed_before = false;
             loop {
                 request.extensions_mut().insert(attempts.clone());
@@ -197,9 +193,9 @@ where
                     )
                 });
                 // An attempt that may be abandoned steers clear of endpoints already tried, and so
-                // does one after a failure (an endpoint that just refused the call is no better
-                // for the next attempt, and with no latency sample it looks the least loaded);
-                // the last attempt after abandoned ones goes where the balancer sees least load.
+                // does any after a failure (an endpoint that refused the call is no better for
+                // the next attempt, and with no latency sample it looks the least loaded); the
+                // last attempt after abandoned ones only goes where the balancer sees least load.
                 attempts.set_prefer_untried(limit.is_some() || failed_before);
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, unary, &layer.budget, &attempts).await
@@ -223,7 +219,6 @@ where
                     }
                     // The budget was drawn on already, and the wait was the attempt timeout.
                     Attempt::Abandoned => {
-                        failed_before = false;
                         tracing::debug!(path = %replay.uri.path(), attempt, ?limit, "attempt timed out; trying another endpoint");
                     }
                 }
@@ -259,15 +254,8 @@ async fn run_attempt<S>(
 where
     S: Service<Req, Response = Resp, Error = BoxError>,
 {
-    let answer = inner.call(request);
-    let call = async move {
-        let response = answer.await?;
-        if unary {
-            read_whole(response).await
-        } else {
-            Ok(response)
-        }
-    };
+    attempts.set_reads_whole(unary);
+    let call = inner.call(request);
     let Some(limit) = limit else {
         return Attempt::Done(call.await);
     };
@@ -303,47 +291,11 @@ where
     outcome
 }
 
-/// The answer with its body read whole (at most [`MAX_REPLAYED_BODY`] of data), to be handed on
-/// as it came; a body that fails midway fails the attempt.
-async fn read_whole(response: Resp) -> Result<Resp, BoxError> {
-    let (parts, mut body) = response.into_parts();
-    // A unary answer is one message and the trailers (or the trailers alone).
-    let mut frames = Vec::with_capacity(2);
-    let mut data = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|status| {
-            Box::new(BodyFailed(tonic::Status::unavailable(format!(
-                "the answer broke off: {}",
-                status.message()
-            )))) as BoxError
-        })?;
-        if let Some(chunk) = frame.data_ref() {
-            data += chunk.len();
-            if data > MAX_REPLAYED_BODY {
-                return Err(Box::new(tonic::Status::resource_exhausted(format!(
-                    "the answer is larger than {MAX_REPLAYED_BODY} bytes"
-                ))));
-            }
-        }
-        frames.push(Ok::<_, tonic::Status>(frame));
-    }
-    let replay = http_body_util::StreamBody::new(futures::stream::iter(frames));
-    Ok(http::Response::from_parts(
-        parts,
-        tonic::body::Body::new(replay),
-    ))
-}
-
-/// An answer's body that failed after its headers (the connection was lost): a failure of the
-/// attempt, retried like a connection error (a bare [`tonic::Status`] would not be); the caller
-/// of the last attempt gets its `UNAVAILABLE` (tonic finds it as the error's source).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BodyFailed(#[source] tonic::Status);
-
 /// The timeout of an attempt when `attempts_left` attempts (this one included) share
-/// `remaining`: `max(floor, multiple × observed latency)` if that fits `remaining /
-/// attempts_left`, else none (the attempt may use all that is left, as the last one always does).
+/// `remaining`: `max(floor, multiple × observed latency)`, at most `remaining / attempts_left`
+/// (a method that got slow under load still has its hung attempts abandoned in time for the
+/// next); none when even the floor does not fit (the attempt may use all that is left, as the
+/// last one always does).
 fn attempt_timeout(
     policy: &RetryPolicy,
     latency: &PeakEwma,
@@ -357,8 +309,9 @@ fn attempt_timeout(
         latency.get().as_secs_f64() * policy.attempt_timeout_latency_multiple,
     )
     .unwrap_or(Duration::MAX);
+    let share = remaining / attempts_left;
     let wanted = observed.max(policy.attempt_timeout_floor);
-    (!wanted.is_zero() && wanted <= remaining / attempts_left).then_some(wanted)
+    (!wanted.is_zero() && policy.attempt_timeout_floor <= share).then(|| wanted.min(share))
 }
 
 /// Full-jitter exponential backoff before retry number `attempt` (1-based).
@@ -411,8 +364,9 @@ mod tests {
             attempt_timeout(&policy, &slow, two_s, 3),
             Some(Duration::from_millis(400))
         );
-        // Not when it would not leave room for the attempts left, nor for the last attempt.
-        assert_eq!(attempt_timeout(&policy, &slow, two_s, 6), None);
+        // At most the attempts' share of what is left; none when the floor does not fit, nor
+        // for the last attempt.
+        assert_eq!(attempt_timeout(&policy, &slow, two_s, 6), Some(two_s / 6));
         assert_eq!(
             attempt_timeout(&policy, &latency, Duration::from_millis(50), 3),
             None
@@ -423,37 +377,6 @@ mod tests {
             ..policy
         };
         assert_eq!(attempt_timeout(&off, &latency, two_s, 3), None);
-    }
-
-    #[tokio::test]
-    async fn a_unary_answer_is_read_whole_and_one_that_breaks_off_is_a_retryable_unavailable() {
-        use futures::stream;
-        let answer = |frames: Vec<Result<http_body::Frame<Bytes>, tonic::Status>>| {
-            http::Response::new(tonic::body::Body::new(http_body_util::StreamBody::new(
-                stream::iter(frames),
-            )))
-        };
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", "0".parse().unwrap());
-        let whole = read_whole(answer(vec![
-            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
-            Ok(http_body::Frame::trailers(trailers)),
-        ]))
-        .await
-        .unwrap();
-        let collected = whole.into_body().collect().await.unwrap();
-        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
-        assert_eq!(collected.to_bytes().as_ref(), b"\0\0\0\0\x01x");
-
-        let broken = read_whole(answer(vec![
-            Ok(http_body::Frame::data(Bytes::from_static(b"\0\0"))),
-            Err(tonic::Status::unknown("connection reset")),
-        ]))
-        .await;
-        assert!(should_retry(&broken), "retried like a connection error");
-        let status = tonic::Status::from_error(broken.unwrap_err());
-        assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(status.message().contains("connection reset"), "{status:?}");
     }
 
     #[test]

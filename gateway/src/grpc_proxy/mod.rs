@@ -5,12 +5,13 @@
 //! service of its path (`/pkg.Service/Method`) and the Consul service serving it, and
 //! [`forward`] sends the request as it came — headers (`grpc-timeout`, metadata) and a streaming
 //! body — through the mesh client's channel to that service. The answer goes back as it came
-//! too: headers, streaming body, trailers. Nothing is buffered, so unary, client-, server- and
-//! bidirectional-streaming calls all work, and a caller that goes away cancels the upstream
+//! too: headers, streaming body, trailers. Streams are not buffered, so unary, client-, server-
+//! and bidirectional-streaming calls all work, and a caller that goes away cancels the upstream
 //! call. What the mesh client adds applies: discovery, balancing, the service's circuit
-//! breaker, retries of unary calls to methods the gateway knows to be safe, and a deadline (the
-//! caller's `grpc-timeout`, or the mesh channel's 10 s default, which bounds the wait for the
-//! answer's headers). A request message over [`message_limit`]'s limit is refused as soon as its
+//! breaker, retries of unary calls to methods the gateway knows to be safe (their request is
+//! kept to be sent again, and their answer read whole within its attempt, so that one that
+//! breaks off is retried), and a deadline (the caller's `grpc-timeout`, or the mesh channel's
+//! 10 s default, which bounds the wait for the answer). A request message over [`message_limit`]'s limit is refused as soon as its
 //! frame header arrives.
 //!
 //! The gateway answers server reflection itself ([`reflection_server`]).
