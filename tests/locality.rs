@@ -28,6 +28,10 @@ const WORKERS: usize = 8;
 /// How long each phase runs under load.
 const PHASE: Duration = Duration::from_secs(3);
 
+/// One test at a time: each runs Consul, four to six instances, a gateway and sixteen callers;
+/// two at once on two shared cores would measure the machine, not the balancer.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Calls each endpoint of the mesh client's balancer got so far, by instance id, with its zone.
 fn calls_by_endpoint(balancer: &Balancer) -> BTreeMap<String, (Option<String>, u64)> {
     balancer
@@ -181,6 +185,7 @@ async fn passing(consul: &protomesh::consul::ConsulClient, datacenter: Option<&s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_in_zone_a_stay_in_it_spill_to_b_and_c_when_it_dies_and_come_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let consul = Consul::start().await;
     let mut zones: BTreeMap<&str, Vec<ServiceProcess>> = BTreeMap::new();
     for zone in ["a", "b", "c"] {
@@ -309,6 +314,7 @@ async fn datacenter(dc: &str) -> Consul {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fail_over_to_dc2_while_dc1_has_no_instance_and_come_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let (dc1, dc2) = (datacenter("dc1").await, datacenter("dc2").await);
     // Join them over the WAN, as an operator would.
     let joined = std::process::Command::new(tool("consul"))

@@ -20,6 +20,10 @@ use tokio::task::JoinSet;
 /// Callers scoring at once.
 const WORKERS: usize = 8;
 
+/// One test at a time: each runs Consul, three instances and eight callers, and two of those on
+/// two shared cores make every call slow enough to be abandoned, which is not what is tested.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits until Consul has `n` passing instances of `priority`.
 async fn passing(consul: &Consul, n: usize) {
     eventually(Duration::from_secs(20), &format!("{n} passing"), || async {
@@ -63,6 +67,7 @@ impl Hung {
 
 #[tokio::test]
 async fn an_instance_that_accepts_and_never_answers_fails_no_call_and_is_ejected() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let consul = Consul::start().await;
     let _instances: Vec<_> = (0..2)
         .map(|_| spawn_priority(&consul.addr(), &[]))
@@ -229,6 +234,7 @@ impl Drop for NetNs {
 
 #[tokio::test]
 async fn a_host_gone_silent_without_reset_fails_no_call_and_is_ejected() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let netns = match NetNs::create() {
         Err(err) => {
             eprintln!("SKIPPED: cannot create a network namespace (needs root): {err}");
