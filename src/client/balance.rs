@@ -558,11 +558,8 @@ impl Shared {
                 .filter(|e| candidate(e) && in_pool(e, pool))
                 .count()
         };
-        let mut count = if skip_ejected || tiered || pool != ZonePool::Every {
-            count_in(pool)
-        } else {
-            all.len()
-        };
+        let filtered = skip_ejected || tiered || pool != ZonePool::Every;
+        let mut count = if filtered { count_in(pool) } else { all.len() };
         if count == 0 && pool == ZonePool::OtherZones {
             // Only the same zone has endpoints: they are all there is.
             pool = ZonePool::Every;
@@ -572,7 +569,6 @@ impl Shared {
             return None;
         }
         let eligible = |e: &&Arc<Endpoint>| candidate(e) && in_pool(e, pool);
-        let filtered = skip_ejected || tiered || pool != ZonePool::Every;
         let nth = |n: usize| -> &Arc<Endpoint> {
             if filtered {
                 all.iter().filter(eligible).nth(n).unwrap_or(&all[0])
@@ -629,17 +625,14 @@ fn same_zone(all: &[Arc<Endpoint>], now: Instant, attempts: Option<&Attempts>) -
     let mut seen = SameZone::default();
     for endpoint in all.iter().filter(|e| e.same_zone) {
         seen.known += 1;
-        if attempts.is_some_and(|a| a.has_tried(endpoint.identity())) {
-            seen.tried += 1;
-        }
+        let tried = attempts.is_some_and(|a| a.has_tried(endpoint.identity()));
+        seen.tried += usize::from(tried);
         if endpoint.stats.is_ejected(now) {
             continue;
         }
         seen.in_rotation += 1;
         seen.in_flight += endpoint.stats.pending.load(Ordering::Relaxed);
-        if !attempts.is_some_and(|a| a.has_tried(endpoint.identity())) {
-            seen.untried += 1;
-        }
+        seen.untried += usize::from(!tried);
     }
     seen
 }

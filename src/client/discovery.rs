@@ -66,12 +66,6 @@ impl ConsulDiscovery {
         self.failover = failover.into();
         self
     }
-
-    /// Uses `options` for the watchers (shorter blocking queries in tests).
-    pub fn with_watch_options(mut self, options: WatchOptions) -> Self {
-        self.options = options;
-        self
-    }
 }
 
 impl Discover for ConsulDiscovery {

@@ -177,6 +177,7 @@ where
             let replay = Replayable::new(&parts, body);
             let deadline = replay.deadline;
             let attempts = Attempts::default();
+            attempts.set_reads_whole(unary);
             let mut request = http::Request::from_parts(parts, replay.body());
             let max_attempts = layer.policy.max_attempts.max(1);
             let mut attempt = 1;
@@ -198,8 +199,7 @@ where
                 // last attempt after abandoned ones only goes where the balancer sees least load.
                 attempts.set_prefer_untried(limit.is_some() || failed_before);
                 let started = tokio::time::Instant::now();
-                match run_attempt(&mut inner, request, limit, unary, &layer.budget, &attempts).await
-                {
+                match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
                     Attempt::Done(result) => {
                         let failed = should_retry(&result);
                         if !failed && result.is_ok() {
@@ -247,14 +247,12 @@ async fn run_attempt<S>(
     inner: &mut S,
     request: Req,
     limit: Option<Duration>,
-    unary: bool,
     budget: &TpsBudget,
     attempts: &Attempts,
 ) -> Attempt
 where
     S: Service<Req, Response = Resp, Error = BoxError>,
 {
-    attempts.set_reads_whole(unary);
     let call = inner.call(request);
     let Some(limit) = limit else {
         return Attempt::Done(call.await);
