@@ -100,18 +100,30 @@ impl EndpointStats {
             .map(Duration::from_nanos)
     }
 
+    /// Whether its last call failed (no success since): one back from an ejection is, until it
+    /// answers a call.
+    fn is_failing(&self) -> bool {
+        self.consecutive_failures.load(Ordering::Relaxed) > 0
+    }
+
     /// Records a success or failure; returns the ejection time when this failure ejects it.
+    /// Failures of calls sent before an ejection do not eject it again while it lasts; once it
+    /// ends, the endpoint is on probation: its next failure before a success ejects it again.
     fn record(&self, ok: bool, policy: &OutlierPolicy) -> Option<Duration> {
         if ok {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return None;
         }
         self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.is_ejected(Instant::now()) {
+            return None;
+        }
         let in_a_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row < policy.consecutive_failures {
             return None;
         }
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.consecutive_failures
+            .store(policy.consecutive_failures.max(2) - 1, Ordering::Relaxed);
         let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let ejection = policy
             .base_ejection
@@ -611,6 +623,21 @@ impl Shared {
                 }
             }
         };
+        // A call's last chance does not go to an endpoint whose last call failed (one back from
+        // an ejection that Consul has not noticed yet may be gone) while another is eligible.
+        let chosen = match attempts {
+            Some(attempts) if attempts.is_last_chance() && chosen.stats.is_failing() => all
+                .iter()
+                .filter(eligible)
+                .filter(|e| !e.stats.is_failing())
+                .min_by(|a, b| {
+                    tried(a)
+                        .cmp(&tried(b))
+                        .then(a.stats.load().total_cmp(&b.stats.load()))
+                })
+                .unwrap_or(chosen),
+            _ => chosen,
+        };
         if let Some(zone) = &self.zone {
             zone.count(chosen.same_zone, spill);
         }
@@ -890,6 +917,40 @@ mod tests {
         busy.stats.pending.fetch_add(10, Ordering::Relaxed);
         for _ in 0..20 {
             assert_eq!(picked_port(&balancer, None), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_last_chance_goes_to_an_endpoint_whose_last_call_did_not_fail() {
+        for policy in [BalancePolicy::PeakEwma, BalancePolicy::RoundRobin] {
+            let discovery = StaticDiscovery::new().with("svc", [addr(1), addr(2), addr(3)]);
+            let balancer = balancer(&discovery, policy);
+            let endpoints = balancer.shared.current();
+            let failing = endpoints.iter().find(|e| e.instance.port == 1).unwrap();
+            balancer.shared.record(failing, false, "test");
+            let attempts = Attempts::default();
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..200 {
+                seen.insert(picked_port(&balancer, Some(&attempts)));
+            }
+            assert!(
+                seen.contains(&1),
+                "{policy:?}: other attempts still go there"
+            );
+            attempts.set_last_chance(true);
+            for _ in 0..50 {
+                assert_ne!(picked_port(&balancer, Some(&attempts)), 1, "{policy:?}");
+            }
+            // With nothing else left, it is still called.
+            for other in [2, 3] {
+                let endpoint = endpoints.iter().find(|e| e.instance.port == other).unwrap();
+                balancer.shared.record(endpoint, false, "test");
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..200 {
+                seen.insert(picked_port(&balancer, Some(&attempts)));
+            }
+            assert_eq!(seen, [1, 2, 3].into(), "{policy:?}");
         }
     }
 
@@ -1273,8 +1334,8 @@ mod tests {
         assert!((stats.load() - idle * 4.0).abs() < 1.0);
     }
 
-    #[test]
-    fn consecutive_failures_eject_with_growing_backoff_and_success_resets() {
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_with_growing_backoff_and_probation_after() {
         let policy = OutlierPolicy {
             consecutive_failures: 2,
             base_ejection: Duration::from_secs(1),
@@ -1283,23 +1344,37 @@ mod tests {
         };
         let stats = EndpointStats::new();
         assert_eq!(stats.record(false, &policy), None);
+        assert!(stats.is_failing());
         assert_eq!(
             stats.record(true, &policy),
             None,
             "a success resets the run"
         );
+        assert!(!stats.is_failing());
         assert_eq!(stats.record(false, &policy), None);
         assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(1)));
         assert!(stats.is_ejected(Instant::now()));
-        stats.record(false, &policy);
+        // Calls sent before the ejection fail while it lasts: no second ejection.
+        for _ in 0..5 {
+            assert_eq!(stats.record(false, &policy), None);
+        }
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(!stats.is_ejected(Instant::now()));
+        // On probation: failing until it answers, ejected again at its first failure.
+        assert!(stats.is_failing());
         assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(2)));
-        stats.record(false, &policy);
+        tokio::time::advance(Duration::from_millis(2_001)).await;
         assert_eq!(
             stats.record(false, &policy),
             Some(Duration::from_secs(3)),
             "capped"
         );
-        assert_eq!(stats.failures.load(Ordering::Relaxed), 7);
+        tokio::time::advance(Duration::from_millis(3_001)).await;
+        // An answer ends the probation: two failures in a row again.
+        assert_eq!(stats.record(true, &policy), None);
+        assert_eq!(stats.record(false, &policy), None);
+        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(3)));
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 12);
     }
 
     #[test]

@@ -198,6 +198,7 @@ where
                 // the next attempt, and with no latency sample it looks the least loaded); the
                 // last attempt after abandoned ones only goes where the balancer sees least load.
                 attempts.set_prefer_untried(limit.is_some() || failed_before);
+                attempts.set_last_chance(limit.is_none());
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
                     Attempt::Done(result) => {
