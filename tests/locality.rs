@@ -5,7 +5,8 @@
 //!   has instances again;
 //! - datacenters: two Consul datacenters joined over the WAN; when every instance of `dc1` is
 //!   gone (one stopped, the last killed), calls go to `dc2` without a failed call; when `dc1` has
-//!   instances again, they come back.
+//!   instances again, they come back; the gateway routes a service that runs only in the
+//!   failover datacenter.
 //!
 //! Each test prints its figures (calls, failures, shares, times to move).
 #![allow(clippy::unwrap_used)]
@@ -342,11 +343,9 @@ async fn datacenter(dc: &str) -> Consul {
     Consul { agent, client }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_fail_over_to_dc2_while_dc1_has_no_instance_and_come_back() {
-    let _one = ONE_AT_A_TIME.lock().await;
+/// Dev agents of `dc1` and `dc2`, joined over the WAN as an operator would.
+async fn joined_datacenters() -> (Consul, Consul) {
     let (dc1, dc2) = (datacenter("dc1").await, datacenter("dc2").await);
-    // Join them over the WAN, as an operator would.
     let joined = std::process::Command::new(tool("consul"))
         .args([
             "join",
@@ -357,6 +356,33 @@ async fn calls_fail_over_to_dc2_while_dc1_has_no_instance_and_come_back() {
         .output()
         .unwrap();
     assert!(joined.status.success(), "{joined:?}");
+    (dc1, dc2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_routes_and_calls_a_service_that_runs_only_in_a_failover_datacenter() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (dc1, dc2) = joined_datacenters().await;
+    let _away = spawn_priority(&dc2.addr(), &[]);
+    passing(&dc1.client, Some("dc2"), 1).await;
+    // dc1's catalog has no priority: the gateway learns the route from dc2's (it waits for it).
+    let (_gateway, gateway_addr, _admin) =
+        gateway(&dc1.addr(), &["--failover-datacenters", "dc2"]).await;
+    let answer = http(
+        "POST",
+        format!("http://{gateway_addr}/v1/priority:score"),
+        vec!["content-type: application/json".into()],
+        Some(r#"{"title":"t","urgency":9,"impact":8}"#.into()),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body.contains("score"), "{}", answer.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_over_to_dc2_while_dc1_has_no_instance_and_come_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (dc1, dc2) = joined_datacenters().await;
     let home: Vec<ServiceProcess> = (0..2).map(|_| spawn_priority(&dc1.addr(), &[])).collect();
     let _away: Vec<ServiceProcess> = (0..2).map(|_| spawn_priority(&dc2.addr(), &[])).collect();
     passing(&dc1.client, None, 2).await;

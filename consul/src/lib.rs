@@ -48,6 +48,6 @@ pub use types::{
     ServiceRegistration,
 };
 pub use watcher::{
-    diff, HealthWatcher, InstanceChange, InstanceChanges, ServiceInstance, WatchError, WatchHandle,
-    WatchOptions, WatchState,
+    diff, follow_sources, HealthWatcher, InstanceChange, InstanceChanges, ServiceInstance,
+    WatchError, WatchHandle, WatchOptions, WatchState,
 };

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt, StreamMap};
 
 use crate::client::{ConsulClient, QueryOptions};
 use crate::error::error_chain;
@@ -476,6 +476,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Calls `update` on `tx`'s value (as [`watch::Sender::send_if_modified`] does: it returns
+/// whether it changed the value) once at first and again whenever one of `sources` changes,
+/// until `tx` has no receiver left or every source is closed: for a value made of several
+/// watches, such as a service's instances in several datacenters or the services of several
+/// catalogs.
+pub async fn follow_sources<T, U>(
+    sources: impl IntoIterator<Item = watch::Receiver<T>>,
+    tx: &watch::Sender<U>,
+    mut update: impl FnMut(&mut U) -> bool,
+) where
+    T: Clone + Send + Sync + 'static,
+{
+    let mut changes = StreamMap::new();
+    // Each stream yields its current value first: nothing published before this runs is missed.
+    for (i, source) in sources.into_iter().enumerate() {
+        changes.insert(i, WatchStream::new(source));
+    }
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            next = changes.next() => if next.is_none() { return },
+        }
+        tx.send_if_modified(&mut update);
+    }
+}
+
 /// A running watcher's state. Cheap to clone; the watcher stops when the last clone (and the
 /// last [`InstanceChanges`] stream) is dropped.
 #[derive(Debug, Clone)]
@@ -682,6 +708,31 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::types::{AgentService, Node};
+
+    #[tokio::test]
+    async fn follow_sources_publishes_what_its_sources_make_until_nobody_listens() {
+        let (a_tx, a) = watch::channel(1u32);
+        let (b_tx, b) = watch::channel(10u32);
+        let (tx, mut rx) = watch::channel(0u32);
+        let sources = [a.clone(), b.clone()];
+        let task = tokio::spawn(async move {
+            follow_sources(sources, &tx, |sum| {
+                let now = *a.borrow() + *b.borrow();
+                std::mem::replace(sum, now) != now
+            })
+            .await;
+        });
+        rx.wait_for(|sum| *sum == 11).await.unwrap();
+        b_tx.send(20).unwrap();
+        rx.wait_for(|sum| *sum == 21).await.unwrap();
+        a_tx.send(2).unwrap();
+        rx.wait_for(|sum| *sum == 22).await.unwrap();
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("it stops once nobody listens")
+            .unwrap();
+    }
 
     fn instance(id: &str, port: u16) -> ServiceInstance {
         ServiceInstance {

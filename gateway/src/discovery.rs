@@ -28,7 +28,7 @@ use std::time::Duration;
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use protomesh::client::Mesh;
 use protomesh::proto::protomesh::options::v1::{AuthRequirement, MethodPolicy};
-use protomesh_consul::{ConsulClient, QueryOptions};
+use protomesh_consul::{follow_sources, ConsulClient, QueryOptions};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -350,28 +350,20 @@ async fn follow_catalogs(
             catalog
         })
         .collect();
-    let mut changes = tokio_stream::StreamMap::new();
-    for (i, catalog) in receivers.iter().enumerate() {
-        changes.insert(i, tokio_stream::wrappers::WatchStream::new(catalog.clone()));
-    }
-    loop {
-        tokio::select! {
-            () = tx.closed() => return,
-            next = tokio_stream::StreamExt::next(&mut changes) => if next.is_none() { return },
-        }
-        let local = receivers[0].borrow().clone();
-        let Some(mut union) = local else { continue };
+    follow_sources(receivers.clone(), &tx, |current| {
+        let Some(mut union) = receivers[0].borrow().clone() else {
+            return false;
+        };
         for catalog in &receivers[1..] {
             union.extend(catalog.borrow().iter().flatten().cloned());
         }
-        tx.send_if_modified(|current| {
-            if current.as_ref() == Some(&union) {
-                return false;
-            }
-            *current = Some(union);
-            true
-        });
-    }
+        if current.as_ref() == Some(&union) {
+            return false;
+        }
+        *current = Some(union);
+        true
+    })
+    .await;
 }
 
 /// Follows the set of catalog services carrying `tag` in `datacenter` (the agent's own when

@@ -1182,27 +1182,23 @@ mod tests {
 
         // Overloaded: more than 4 in flight each → every zone, the least loaded first; back
         // below 2 each.
-        endpoint_at(&balancer, 1)
-            .stats
-            .pending
-            .fetch_add(5, Ordering::Relaxed);
-        endpoint_at(&balancer, 2)
-            .stats
-            .pending
-            .fetch_add(5, Ordering::Relaxed);
+        for port in [1, 2] {
+            endpoint_at(&balancer, port)
+                .stats
+                .pending
+                .fetch_add(5, Ordering::Relaxed);
+        }
         let spilled = (0..50)
             .filter(|_| [3, 4].contains(&picked_port(&balancer, None)))
             .count();
         assert!(spilled > 25, "{spilled} of 50 left the zone");
         assert!(balancer.zone_status().unwrap().overloaded);
-        endpoint_at(&balancer, 1)
-            .stats
-            .pending
-            .fetch_sub(4, Ordering::Relaxed);
-        endpoint_at(&balancer, 2)
-            .stats
-            .pending
-            .fetch_sub(4, Ordering::Relaxed);
+        for port in [1, 2] {
+            endpoint_at(&balancer, port)
+                .stats
+                .pending
+                .fetch_sub(4, Ordering::Relaxed);
+        }
         assert!(
             [1, 2].contains(&picked_port(&balancer, None)),
             "1 each: back"

@@ -22,11 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use protomesh_consul::{
-    ConsulClient, HealthWatcher, ServiceInstance, WatchHandle, WatchOptions, WatchState,
+    follow_sources, ConsulClient, HealthWatcher, ServiceInstance, WatchHandle, WatchOptions,
+    WatchState,
 };
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{StreamExt, StreamMap};
 
 /// A source of service instances.
 pub trait Discover: Send + Sync + 'static {
@@ -89,39 +88,31 @@ impl Discover for ConsulDiscovery {
 /// A handle on the state [`with_failover`] makes of `local` and `failover`, kept up to date by a
 /// task that is aborted (stopping the watchers) with the last clone of the handle.
 fn follow_with_failover(local: WatchHandle, failover: Vec<WatchHandle>) -> WatchHandle {
-    let mut changes = StreamMap::new();
-    // Each stream yields its current state first: nothing published before the task first
-    // runs is missed.
-    changes.insert(0, WatchStream::new(local.subscribe()));
-    for (i, watcher) in failover.iter().enumerate() {
-        changes.insert(i + 1, WatchStream::new(watcher.subscribe()));
-    }
+    let sources: Vec<_> = std::iter::once(&local)
+        .chain(&failover)
+        .map(WatchHandle::subscribe)
+        .collect();
     let (tx, rx) = watch::channel(with_failover(&local, &failover));
     let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = tx.closed() => return,
-                next = changes.next() => if next.is_none() { return },
-            }
+        follow_sources(sources, &tx, |current| {
             let chosen = with_failover(&local, &failover);
-            tx.send_if_modified(|current| {
-                if *current == chosen {
-                    return false;
+            if *current == chosen {
+                return false;
+            }
+            let was_local = has_local(current);
+            if was_local != has_local(&chosen) {
+                if !was_local {
+                    tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back");
+                } else if !chosen.instances.is_empty() {
+                    tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter: calls fail over");
+                } else {
+                    tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter, nor in a failover one");
                 }
-                let was_local = has_local(current);
-                if was_local != has_local(&chosen) {
-                    if !was_local {
-                        tracing::info!(service = %chosen.service, "the local datacenter has a passing instance again: calls come back");
-                    } else if !chosen.instances.is_empty() {
-                        tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter: calls fail over");
-                    } else {
-                        tracing::warn!(service = %chosen.service, "no passing instance in the local datacenter, nor in a failover one");
-                    }
-                }
-                *current = chosen;
-                true
-            });
-        }
+            }
+            *current = chosen;
+            true
+        })
+        .await;
     });
     WatchHandle::from_task(rx, task)
 }
