@@ -75,13 +75,21 @@ fn share(zones: &BTreeMap<String, u64>, zone: &str) -> f64 {
     zones.get(zone).copied().unwrap_or(0) as f64 / all.max(1) as f64
 }
 
-/// Calls that failed on the mesh client's endpoints in `zone` so far.
-fn failures_in_zone(balancer: &Balancer, zone: &str) -> u64 {
+/// Calls that failed on each of the mesh client's endpoints in `zone` so far, by instance id.
+fn failures_in_zone(balancer: &Balancer, zone: &str) -> BTreeMap<String, u64> {
     balancer
         .snapshot()
         .into_iter()
         .filter(|e| e.zone.as_deref() == Some(zone))
-        .map(|e| e.failures)
+        .map(|e| (e.id, e.failures))
+        .collect()
+}
+
+/// Failures between two readings of [`failures_in_zone`] (an endpoint that left counts none).
+fn failed_since(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(id, failures)| failures.saturating_sub(before.get(id).copied().unwrap_or(0)))
         .sum()
 }
 
@@ -202,7 +210,7 @@ impl Callers {
                 calls_by_endpoint(&self.balancer),
                 gateway_series(admin).await,
             );
-            let failed = failures_in_zone(&self.balancer, "a") - failed_before;
+            let failed = failed_since(&failed_before, &failures_in_zone(&self.balancer, "a"));
             let gateway_spilled =
                 spilled_unavailable(&gateway_end) - spilled_unavailable(&gateway_start);
             let by_zone = calls_by_zone(&start, &end);
@@ -276,6 +284,9 @@ async fn callers_in_zone_a_stay_in_it_spill_to_b_and_c_when_it_dies_and_come_bac
     let (normal, gateway_normal) = callers.stay_in_zone_a("normal load", &admin, &mesh).await;
 
     // Zone a's instances are killed: the calls go to b and c, none fails.
+    let killed: Vec<String> = failures_in_zone(&callers.balancer, "a")
+        .into_keys()
+        .collect();
     let killed_at = Instant::now();
     for mut instance in zones.remove("a").unwrap() {
         instance.signal(Signal::SIGKILL).unwrap();
@@ -315,8 +326,10 @@ async fn callers_in_zone_a_stay_in_it_spill_to_b_and_c_when_it_dies_and_come_bac
     eventually(Duration::from_secs(10), "calls back in zone a", || async {
         let now = calls_by_endpoint(&callers.balancer);
         let back = now
-            .values()
-            .filter(|(zone, calls)| zone.as_deref() == Some("a") && *calls > 0)
+            .iter()
+            .filter(|(id, (zone, calls))| {
+                zone.as_deref() == Some("a") && *calls > 0 && !killed.contains(id)
+            })
             .count()
             == 2;
         back.then_some(())

@@ -1,6 +1,7 @@
 //! [`HealthWatcher`]: follows one service's healthy instances with Consul blocking queries on
 //! `GET /v1/health/service/<name>` and publishes the instance set as a [`WatchState`] (a tokio
-//! watch channel) and as a stream of [`InstanceChange`]s, for a discovery cache.
+//! watch channel) and as a stream of [`InstanceChange`]s, for a discovery cache;
+//! [`follow_sources`] keeps a value made of several such watches up to date.
 //!
 //! The loop follows Consul's rules for blocking queries: the first query is non-blocking,
 //! the index is reset when it goes backwards and never sent as 0, consecutive queries are
@@ -477,10 +478,10 @@ impl Drop for AbortOnDrop {
 }
 
 /// Calls `update` on `tx`'s value (as [`watch::Sender::send_if_modified`] does: it returns
-/// whether it changed the value) once at first and again whenever one of `sources` changes,
-/// until `tx` has no receiver left or every source is closed: for a value made of several
-/// watches, such as a service's instances in several datacenters or the services of several
-/// catalogs.
+/// whether it changed the value) for each source's value when it starts and again whenever one
+/// of `sources` changes, until `tx` has no receiver left or every source is closed: for a value
+/// made of several watches, such as a service's instances in several datacenters or the
+/// services of several catalogs.
 pub async fn follow_sources<T, U>(
     sources: impl IntoIterator<Item = watch::Receiver<T>>,
     tx: &watch::Sender<U>,
@@ -722,11 +723,21 @@ mod tests {
             })
             .await;
         });
-        rx.wait_for(|sum| *sum == 11).await.unwrap();
+        let within = Duration::from_secs(5);
+        tokio::time::timeout(within, rx.wait_for(|sum| *sum == 11))
+            .await
+            .expect("the first value")
+            .unwrap();
         b_tx.send(20).unwrap();
-        rx.wait_for(|sum| *sum == 21).await.unwrap();
+        tokio::time::timeout(within, rx.wait_for(|sum| *sum == 21))
+            .await
+            .expect("b's change")
+            .unwrap();
         a_tx.send(2).unwrap();
-        rx.wait_for(|sum| *sum == 22).await.unwrap();
+        tokio::time::timeout(within, rx.wait_for(|sum| *sum == 22))
+            .await
+            .expect("a's change")
+            .unwrap();
         drop(rx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -4,8 +4,9 @@
 //! to another one (the last attempt after slow ones, which has all the time left, goes where the
 //! balancer thinks best: the endpoints tried may only have been slow, and an untried one may be
 //! the hung one; a caller's zone and the local datacenter are left after two attempts there
-//! whatever the attempt), whether the attempt in flight is the call's last chance (no attempt
-//! timeout: the balancer sends it to an endpoint whose last call did not fail when there is one),
+//! whatever the attempt), whether the attempt in flight is the call's last chance (a retry with
+//! no attempt timeout: the balancer sends it to an endpoint whose last call did not fail when
+//! there is one),
 //! and whether the attempt in flight was
 //! abandoned at its attempt timeout, so that the balancer counts it as that endpoint's failure.
 //! The balancer also notes whether the attempt in flight had another endpoint to go to: one that
@@ -34,7 +35,7 @@ struct Log {
     had_choice: AtomicBool,
     /// The answer is read whole within the attempt (a unary method).
     reads_whole: AtomicBool,
-    /// The attempt in flight is the call's last chance: it has no attempt timeout.
+    /// The attempt in flight is the call's last chance: a retry with no attempt timeout.
     last_chance: AtomicBool,
 }
 
@@ -64,8 +65,8 @@ impl Attempts {
             .any(|t| t.load(Ordering::Relaxed) == id)
     }
 
-    /// Sets whether the next attempt is the call's last chance (it has no attempt timeout: it
-    /// waits for its answer with all the time left).
+    /// Sets whether the next attempt is the call's last chance (a retry with no attempt timeout:
+    /// it waits for its answer with all the time left).
     pub(crate) fn set_last_chance(&self, last: bool) {
         self.0.last_chance.store(last, Ordering::Relaxed);
     }

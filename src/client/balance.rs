@@ -3,8 +3,11 @@
 //! peak-EWMA latency × (pending + 1) by default, round robin as an option, with passive outlier
 //! ejection (an endpoint failing N times in a row — connection errors, `UNAVAILABLE`, or attempts
 //! abandoned at their attempt timeout — sits out a growing backoff, and its connections are
-//! dropped) and a panic threshold (when ejection would leave too few endpoints, balance over all
-//! of them). A retry goes to an endpoint the call has not tried yet when there is one. A caller
+//! dropped; calls sent before an ejection do not count after it; back, the endpoint is on
+//! probation, ejected again at its first failure before a success) and a panic threshold (when
+//! ejection would leave too few endpoints, balance over all of them). A retry goes to an endpoint
+//! the call has not tried yet when there is one, and a call's last chance (a retry with no
+//! attempt timeout) to one whose last call did not fail when there is one. A caller
 //! in a zone picks among its own zone's endpoints while one is left to try and they are not
 //! overloaded, and among all of them otherwise (see [`super::zone`]). Endpoints of a failover
 //! datacenter (see [`super::discovery`]) are picked only when no local one is left to try.
@@ -51,6 +54,8 @@ pub struct EndpointStats {
     created: Instant,
     /// End of the current ejection in nanoseconds since `created` (0: never ejected).
     ejected_until: AtomicU64,
+    /// Start of the last ejection in nanoseconds since `created` (0: never ejected).
+    ejected_at: AtomicU64,
 }
 
 impl EndpointStats {
@@ -64,6 +69,7 @@ impl EndpointStats {
             latency: PeakEwma::new(DEFAULT_RTT),
             created: Instant::now(),
             ejected_until: AtomicU64::new(0),
+            ejected_at: AtomicU64::new(0),
         }
     }
 
@@ -106,31 +112,43 @@ impl EndpointStats {
         self.consecutive_failures.load(Ordering::Relaxed) > 0
     }
 
-    /// Records a success or failure; returns the ejection time when this failure ejects it.
-    /// Failures of calls sent before an ejection do not eject it again while it lasts; once it
-    /// ends, the endpoint is on probation: its next failure before a success ejects it again.
-    fn record(&self, ok: bool, policy: &OutlierPolicy) -> Option<Duration> {
+    /// Records the outcome of a call sent at `started`; returns the ejection time when this
+    /// failure ejects it. A failure of a call sent before the endpoint's last ejection began
+    /// counts for nothing (it was one of the run that ejected it, or raced with it); once an
+    /// ejection ends the endpoint is on probation: its next failure before a success ejects it
+    /// again.
+    fn record(&self, ok: bool, started: Instant, policy: &OutlierPolicy) -> Option<Duration> {
         if ok {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return None;
         }
         self.failures.fetch_add(1, Ordering::Relaxed);
-        if self.is_ejected(Instant::now()) {
+        if self.offset(started) < self.ejected_at.load(Ordering::Relaxed) {
             return None;
         }
         let in_a_row = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if in_a_row < policy.consecutive_failures {
             return None;
         }
-        self.consecutive_failures
-            .store(policy.consecutive_failures.max(2) - 1, Ordering::Relaxed);
+        // One ejection per run of failures, however many of them are recorded at once.
+        let probation = policy.consecutive_failures.max(2) - 1;
+        if self
+            .consecutive_failures
+            .compare_exchange(in_a_row, probation, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        let now = Instant::now();
+        self.ejected_at
+            .store(self.offset(now).max(1), Ordering::Relaxed);
         let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let ejection = policy
             .base_ejection
             .saturating_mul(1u32 << times)
             .min(policy.max_ejection);
         self.ejected_until
-            .store(self.offset(Instant::now() + ejection), Ordering::Relaxed);
+            .store(self.offset(now + ejection), Ordering::Relaxed);
         Some(ejection)
     }
 }
@@ -382,9 +400,10 @@ impl Balancer {
 }
 
 impl Shared {
-    /// Records a call's outcome on `endpoint`; an ejection also drops its connections.
-    fn record(&self, endpoint: &Endpoint, ok: bool, why: &'static str) {
-        if let Some(ejection) = endpoint.stats.record(ok, &self.outliers) {
+    /// Records the outcome of a call sent to `endpoint` at `started`; an ejection also drops its
+    /// connections.
+    fn record(&self, endpoint: &Endpoint, ok: bool, started: Instant, why: &'static str) {
+        if let Some(ejection) = endpoint.stats.record(ok, started, &self.outliers) {
             tracing::warn!(service = %self.service, instance = %endpoint.instance.id, ?ejection, last_failure = why, "endpoint ejected after consecutive failures");
             endpoint.reset_connections();
             // A local endpoint kept only for the grace goes once ejected: it is not given a
@@ -715,6 +734,7 @@ impl Drop for PendingGuard {
             self.shared.record(
                 &self.endpoint,
                 false,
+                self.started,
                 "no answer within the attempt timeout",
             );
         } else if self.deadline.is_some_and(|d| d.remaining().is_zero())
@@ -724,6 +744,7 @@ impl Drop for PendingGuard {
             self.shared.record(
                 &self.endpoint,
                 false,
+                self.started,
                 "no answer before the call's deadline",
             );
         }
@@ -831,13 +852,18 @@ impl Service<http::Request<tonic::body::Body>> for Balancer {
                 Err(_) if deadline.is_some_and(|d| d.remaining().is_zero()) => {
                     if started.elapsed() >= DEADLINE_FAILURE_FLOOR {
                         endpoint.stats.observe_rtt(started.elapsed());
-                        shared.record(&endpoint, false, "no answer before the call's deadline");
+                        shared.record(
+                            &endpoint,
+                            false,
+                            started,
+                            "no answer before the call's deadline",
+                        );
                     }
                     return result;
                 }
                 Err(_) => false,
             };
-            shared.record(&endpoint, ok, "connection error or UNAVAILABLE");
+            shared.record(&endpoint, ok, started, "connection error or UNAVAILABLE");
             result
         })
     }
@@ -881,7 +907,9 @@ mod tests {
             .find(|e| e.instance.port == port)
             .expect("listed");
         for _ in 0..balancer.shared.outliers.consecutive_failures {
-            balancer.shared.record(endpoint, false, "test");
+            balancer
+                .shared
+                .record(endpoint, false, Instant::now(), "test");
         }
         assert!(endpoint.stats.is_ejected(Instant::now()));
     }
@@ -927,7 +955,9 @@ mod tests {
             let balancer = balancer(&discovery, policy);
             let endpoints = balancer.shared.current();
             let failing = endpoints.iter().find(|e| e.instance.port == 1).unwrap();
-            balancer.shared.record(failing, false, "test");
+            balancer
+                .shared
+                .record(failing, false, Instant::now(), "test");
             let attempts = Attempts::default();
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..200 {
@@ -944,7 +974,9 @@ mod tests {
             // With nothing else left, it is still called.
             for other in [2, 3] {
                 let endpoint = endpoints.iter().find(|e| e.instance.port == other).unwrap();
-                balancer.shared.record(endpoint, false, "test");
+                balancer
+                    .shared
+                    .record(endpoint, false, Instant::now(), "test");
             }
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..200 {
@@ -1339,38 +1371,51 @@ mod tests {
             min_healthy_share: 0.5,
         };
         let stats = EndpointStats::new();
-        assert_eq!(stats.record(false, &policy), None);
+        let sent_early = Instant::now();
+        assert_eq!(stats.record(false, sent_early, &policy), None);
         assert!(stats.is_failing());
         assert_eq!(
-            stats.record(true, &policy),
+            stats.record(true, sent_early, &policy),
             None,
             "a success resets the run"
         );
         assert!(!stats.is_failing());
-        assert_eq!(stats.record(false, &policy), None);
-        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(1)));
+        assert_eq!(stats.record(false, sent_early, &policy), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            stats.record(false, Instant::now(), &policy),
+            Some(Duration::from_secs(1))
+        );
         assert!(stats.is_ejected(Instant::now()));
-        // Calls sent before the ejection fail while it lasts: no second ejection.
+        // Calls sent before the ejection fail, during it and after it: no second ejection.
         for _ in 0..5 {
-            assert_eq!(stats.record(false, &policy), None);
+            assert_eq!(stats.record(false, sent_early, &policy), None);
         }
         tokio::time::advance(Duration::from_millis(1_001)).await;
         assert!(!stats.is_ejected(Instant::now()));
+        assert_eq!(stats.record(false, sent_early, &policy), None);
         // On probation: failing until it answers, ejected again at its first failure.
         assert!(stats.is_failing());
-        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(2)));
+        assert_eq!(
+            stats.record(false, Instant::now(), &policy),
+            Some(Duration::from_secs(2))
+        );
         tokio::time::advance(Duration::from_millis(2_001)).await;
         assert_eq!(
-            stats.record(false, &policy),
+            stats.record(false, Instant::now(), &policy),
             Some(Duration::from_secs(3)),
             "capped"
         );
         tokio::time::advance(Duration::from_millis(3_001)).await;
         // An answer ends the probation: two failures in a row again.
-        assert_eq!(stats.record(true, &policy), None);
-        assert_eq!(stats.record(false, &policy), None);
-        assert_eq!(stats.record(false, &policy), Some(Duration::from_secs(3)));
-        assert_eq!(stats.failures.load(Ordering::Relaxed), 12);
+        let now = Instant::now();
+        assert_eq!(stats.record(true, now, &policy), None);
+        assert_eq!(stats.record(false, now, &policy), None);
+        assert_eq!(
+            stats.record(false, now, &policy),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 13);
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! 5. [`balance::Balancer`]: picks an endpoint (P2C over peak-EWMA by default; among the
 //!    caller's zone's endpoints while they can take the call, see [`zone`]), ejects outliers
 //!    (failures in a row, abandoned attempts included; an ejection also drops the endpoint's
-//!    connections), and spreads calls over as many connections per endpoint as the load needs.
+//!    connections; after one, a single failure before a success ejects it again), and spreads calls over as many connections per endpoint as the load needs.
 //!    Its connections find a silent peer by TCP keep-alive while idle and, when
 //!    [`ChannelOptions::http2_keep_alive`] is set, by HTTP/2 pings.
 //!

@@ -110,7 +110,8 @@ impl Default for ZonePolicy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutlierPolicy {
     /// Failures in a row (connection errors, `UNAVAILABLE`, attempts abandoned at their attempt
-    /// timeout) that eject an endpoint.
+    /// timeout) that eject an endpoint; after an ejection, one failure before a success ejects it
+    /// again.
     pub consecutive_failures: u32,
     /// First ejection time; doubles with each ejection of the same endpoint.
     pub base_ejection: Duration,

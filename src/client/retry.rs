@@ -198,7 +198,11 @@ where
                 // the next attempt, and with no latency sample it looks the least loaded); the
                 // last attempt after abandoned ones only goes where the balancer sees least load.
                 attempts.set_prefer_untried(limit.is_some() || failed_before);
-                attempts.set_last_chance(limit.is_none());
+                // A retry with no attempt timeout is the call's last chance: the balancer keeps it
+                // off endpoints whose last call failed (a first attempt is not steered: with
+                // attempt timeouts off, or a deadline too short for them, every first attempt
+                // would be, and an endpoint that failed once would never be called again).
+                attempts.set_last_chance(limit.is_none() && attempt > 1);
                 let started = tokio::time::Instant::now();
                 match run_attempt(&mut inner, request, limit, &layer.budget, &attempts).await {
                     Attempt::Done(result) => {
