@@ -20,18 +20,16 @@ use nix::sys::signal::Signal;
 use protomesh::client::{Balancer, Locality, Mesh};
 use protomesh::consul::{DevAgent, DevAgentOptions, QueryOptions};
 use protomesh_mesh::ServiceProcess;
-use support::http::http;
-use support::{binary, eventually, free_port, spawn_priority, tempdir, tool, unique, Consul};
+use support::http::{http, SCORE_JSON};
+use support::{
+    binary, eventually, free_port, spawn_priority, tempdir, tool, unique, Consul, ONE_AT_A_TIME,
+};
 
 /// Callers of each kind.
 const WORKERS: usize = 8;
 
 /// How long each phase runs under load.
 const PHASE: Duration = Duration::from_secs(3);
-
-/// One test at a time: each runs Consul, four to six instances, a gateway and sixteen callers;
-/// two at once on two shared cores would measure the machine, not the balancer.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Calls each endpoint of the mesh client's balancer got so far, by instance id, with its zone.
 fn calls_by_endpoint(balancer: &Balancer) -> BTreeMap<String, (Option<String>, u64)> {
@@ -385,7 +383,7 @@ async fn the_gateway_routes_and_calls_a_service_that_runs_only_in_a_failover_dat
         "POST",
         format!("http://{gateway_addr}/v1/priority:score"),
         vec!["content-type: application/json".into()],
-        Some(r#"{"title":"t","urgency":9,"impact":8}"#.into()),
+        Some(SCORE_JSON.into()),
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);

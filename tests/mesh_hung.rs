@@ -13,16 +13,14 @@ use std::time::{Duration, Instant};
 use protomesh::client::{Balancer, EndpointSnapshot, Mesh};
 use protomesh::consul::{DevAgent, DevAgentOptions, ServiceRegistration};
 use protomesh_mesh::ServiceProcess;
-use support::{binary, eventually, spawn_priority, tempdir, tool, unique, Consul, Load};
+use support::{
+    binary, eventually, spawn_priority, tempdir, tool, unique, Consul, Load, ONE_AT_A_TIME,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 /// Callers scoring at once.
 const WORKERS: usize = 8;
-
-/// One test at a time: each runs Consul, three instances and eight callers, and two of those on
-/// two shared cores make every call slow enough to be abandoned, which is not what is tested.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Waits until Consul has `n` passing instances of `priority`.
 async fn passing(consul: &Consul, n: usize) {

@@ -199,7 +199,7 @@ async fn every_binary_serves_metrics_that_promtool_accepts() {
 
     // Through the gateway: 3 good scores, 1 invalid, a tasks call without credentials (refused
     // at the edge), a path nothing routes.
-    let score_body = r#"{"title":"t","urgency":9,"impact":8}"#;
+    let score_body = support::http::SCORE_JSON;
     for _ in 0..3 {
         let (status, _, body) = http(&gateway, "POST", "/v1/priority:score", &[], score_body).await;
         assert_eq!(status, 200, "{body}");

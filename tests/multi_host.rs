@@ -16,17 +16,13 @@ use protomesh::client::Mesh;
 use protomesh::consul::QueryOptions;
 use protomesh_hosts::{HostsError, Lab, LabOptions};
 use protomesh_mesh::ServiceProcess;
-use support::{binary, eventually, tempdir, tool, unique};
+use support::{binary, eventually, tempdir, tool, unique, ONE_AT_A_TIME};
 
 /// Callers of each kind (HTTP through the gateway, gRPC through the mesh client).
 const WORKERS: usize = 8;
 
 /// The gateway's port on its host.
 const GATEWAY_PORT: u16 = 8080;
-
-/// One lab at a time: each runs four Consul agents, four services and sixteen callers on the
-/// machine's two cores, and the failures they test are timed.
-static ONE_LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The hosts, with priority on `host2`..`host4` and the gateway on `host1`.
 struct Cluster {
@@ -62,7 +58,7 @@ fn spawn_on(lab: &Lab, index: usize, name: &str, args: &[String]) -> ServiceProc
 /// Four hosts (three Consul servers, one client agent), priority on hosts 2–4, the gateway on
 /// host 1; `None` (the test says SKIPPED) where namespaces cannot be made (not root).
 async fn start() -> Option<Cluster> {
-    let one = ONE_LAB.lock().await;
+    let one = ONE_AT_A_TIME.lock().await;
     let options = LabOptions::new(4, tool("consul"), tempdir().join("lab"));
     let mut lab = match Lab::create(options) {
         Ok(lab) => lab,
@@ -382,7 +378,7 @@ async fn a_rolling_restart_of_every_instance_fails_no_call() {
 
 #[tokio::test]
 async fn mesh_up_hosts_brings_the_topology_up_and_ctrl_c_deletes_it() {
-    let _one = ONE_LAB.lock().await;
+    let _one = ONE_AT_A_TIME.lock().await;
     binary("priority");
     binary("gateway");
     let mut mesh = Interrupted(
@@ -437,7 +433,7 @@ async fn mesh_up_hosts_brings_the_topology_up_and_ctrl_c_deletes_it() {
         "POST",
         url.to_owned(),
         vec![],
-        Some(r#"{"title":"t","urgency":9,"impact":8}"#.to_owned()),
+        Some(support::http::SCORE_JSON.to_owned()),
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);

@@ -289,7 +289,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_mesh_ca() {
             post_json(
                 &gateway_addr,
                 "/v1/priority:score",
-                r#"{"title":"t","urgency":9,"impact":8}"#,
+                support::http::SCORE_JSON,
             )
             .await
             .filter(|(status, _)| *status != 404)

@@ -453,7 +453,7 @@ async fn a_service_s_log_lines_carry_the_caller_s_trace_and_request_ids() {
         "POST",
         &format!("http://{gateway}/v1/priority:score"),
         &[("traceparent", &caller), ("x-request-id", "log-test-7")],
-        r#"{"title":"t","urgency":9,"impact":8}"#,
+        support::http::SCORE_JSON,
     )
     .await;
     assert_eq!(status, 200, "{body}");

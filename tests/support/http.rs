@@ -22,6 +22,9 @@ pub struct Answer {
     pub body: String,
 }
 
+/// The JSON body of a `Score` call through the gateway (scores 72).
+pub const SCORE_JSON: &str = r#"{"title":"t","urgency":9,"impact":8}"#;
+
 /// One HTTP request with curl (no shell), `-i` to read the status line and headers.
 pub async fn http(method: &str, url: String, headers: Vec<String>, body: Option<String>) -> Answer {
     let method = method.to_owned();
@@ -110,9 +113,7 @@ pub fn score_load(gateway: &str, workers: usize) -> Load {
             async move {
                 let request = hyper::Request::post(&url)
                     .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from_static(
-                        br#"{"title":"t","urgency":9,"impact":8}"#,
-                    )))
+                    .body(Full::new(Bytes::from_static(SCORE_JSON.as_bytes())))
                     .unwrap();
                 let answer = tokio::time::timeout(Duration::from_secs(10), async {
                     let response = client.request(request).await?;

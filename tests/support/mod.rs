@@ -45,6 +45,11 @@ pub fn target_dir() -> PathBuf {
 
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// Heavy failure tests of one test binary, one at a time: each runs Consul, several instances
+/// and a crowd of callers, and the failures they test are timed; two at once on the machine's
+/// two shared cores would measure the machine (calls slow enough to be abandoned), not the mesh.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Path of a workspace binary, built first if it is missing.
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
